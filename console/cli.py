@@ -1,0 +1,348 @@
+"""The ``taskdeck`` command.
+
+``taskdeck run FILE.py TASK --x 1``  run a task through the engine and print its outputs
+``taskdeck get runs`` / ``taskdeck get actions RUN``  list runs and a run's actions
+``taskdeck abort RUN [--action NAME]``  abort a run or one action and its subtree
+``taskdeck --headless``  run the engine alone, one line per phase transition
+
+While an engine serves the data directory, ``run``/``get``/``abort`` go through it (its local HTTP API);
+otherwise ``run`` starts an engine in this process for the duration of the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import datetime as dt
+import json
+import logging
+import pathlib
+import signal
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+from engine.engine import Engine, EngineAlreadyRunningError, EngineConfig, default_data_dir, read_endpoint
+from engine.phases import ActionPhase
+from engine.runs import InvalidRunError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class CliError(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------- client for a live engine
+class EngineClient:
+    def __init__(self, url: str):
+        self.url = url.rstrip("/") + "/taskdeck/v1"
+
+    def call(self, method: str, path: str, payload: Any = None, timeout: float = 30) -> Any:
+        data = json.dumps(payload).encode() if payload is not None else None
+        request = urllib.request.Request(self.url + path, data=data, method=method,
+                                         headers={"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                message = json.loads(exc.read()).get("error", str(exc))
+            except ValueError:
+                message = str(exc)
+            raise CliError(message) from None
+        except urllib.error.URLError as exc:
+            raise CliError(f"cannot reach the engine at {self.url}: {exc.reason}") from None
+
+
+def live_client(data_dir: pathlib.Path) -> EngineClient | None:
+    endpoint = read_endpoint(data_dir)
+    return EngineClient(endpoint["url"]) if endpoint and endpoint.get("url") else None
+
+
+# --------------------------------------------------------------------------- output
+def _duration(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes}m{seconds:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def _first_line(error: dict | None) -> str:
+    if not error:
+        return ""
+    text = f"{error.get('code') or error.get('kind') or 'error'}: {error.get('message', '')}"
+    return text.splitlines()[0][:80] if text else ""
+
+
+def print_table(rows: list[list[str]], headers: list[str]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    for row in [headers, *rows]:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def print_result(result: dict, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps({k: result.get(k) for k in ("run", "phase", "outputs", "error")}))
+    else:
+        print(f"run {result['run']}: {result['phase']}")
+        for name, value in (result.get("outputs") or {}).items():
+            print(f"  {name} = {json.dumps(value)}")
+        if result.get("error"):
+            error = result["error"]
+            print(f"  error [{error.get('kind') or '-'}] {error.get('code')}: {error.get('message')}")
+    return EXIT_OK if result.get("phase") == ActionPhase.SUCCEEDED.name else EXIT_FAILED
+
+
+# --------------------------------------------------------------------------- commands
+def parse_task_args(extra: list[str]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    i = 0
+    while i < len(extra):
+        token = extra[i]
+        if not token.startswith("--") or token == "--":
+            raise CliError(f"unexpected argument {token!r}; task inputs are given as --name value")
+        key = token[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+        elif i + 1 < len(extra):
+            i += 1
+            value = extra[i]
+        else:
+            raise CliError(f"--{key} needs a value")
+        values[key.replace("-", "_")] = value
+        i += 1
+    return values
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from engine.sdk import TaskLoadError, inputs_from_strings, load_task, serialize_task
+
+    file = pathlib.Path(args.file)
+    try:
+        task = load_task(file, args.task)
+        task_args = list(args.task_args)
+        for flag in ("json", "tui"):  # run flags may trail the inputs unless the task has such an input
+            if f"--{flag}" in task_args and flag not in task.native_interface.inputs:
+                task_args.remove(f"--{flag}")
+                setattr(args, flag, True)
+        spec = serialize_task(task, project=args.project, domain=args.domain, root_dir=file.resolve().parent)
+        inputs = inputs_from_strings(task, parse_task_args(task_args))
+    except (TaskLoadError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    code_dir = str(file.resolve().parent)
+    if args.tui:
+        raise CliError("the console (--tui) is not available yet; run without --tui")
+    client = live_client(args.data_dir)
+    if client is not None:
+        created = client.call("POST", "/runs", {
+            "taskSpec": base64.b64encode(spec.SerializeToString()).decode(),
+            "inputs": base64.b64encode(inputs.SerializeToString()).decode(),
+            "project": args.project, "domain": args.domain, "name": args.name, "codeDir": code_dir,
+        })
+        run_name = created["run"]
+        if not args.json:
+            print(f"submitted run {run_name} to the engine at {client.url}", file=sys.stderr)
+        while True:
+            result = client.call("POST", f"/runs/{run_name}/wait?timeout=30", timeout=60)
+            if not result.get("timedOut"):
+                return print_result(result, args.json)
+    return asyncio.run(_run_embedded(args, spec, inputs, code_dir))
+
+
+async def _run_embedded(args: argparse.Namespace, spec, inputs, code_dir: str) -> int:
+    engine = Engine(EngineConfig(data_dir=args.data_dir))
+    try:
+        await engine.start()
+    except EngineAlreadyRunningError as exc:
+        raise CliError(str(exc)) from None
+    interrupted = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, interrupted.set)
+    try:
+        try:
+            record = await engine.runs.create_run(spec, inputs, project=args.project, domain=args.domain,
+                                                  name=args.name, code_dir=code_dir)
+        except InvalidRunError as exc:
+            raise CliError(str(exc)) from None
+        if not args.json:
+            print(f"run {record.run_name} started (data dir {engine.data_dir})", file=sys.stderr)
+        wait = asyncio.create_task(engine.runs.wait_for_run(record.run_name))
+        stop = asyncio.create_task(interrupted.wait())
+        await asyncio.wait({wait, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if not wait.done():
+            print(f"interrupted: aborting run {record.run_name}", file=sys.stderr)
+            await engine.runs.abort_action(record.run_name, reason="interrupted from the command line")
+            result = await engine.runs.wait_for_run(record.run_name, timeout=30)
+            print_result(result.to_json(), args.json)
+            return EXIT_INTERRUPTED
+        stop.cancel()
+        return print_result(wait.result().to_json(), args.json)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await engine.stop()
+
+
+async def _local_reads(data_dir: pathlib.Path, fn):
+    from engine.store.sqlite import SqliteStore
+    from engine.runs import RunsService
+
+    store = SqliteStore(data_dir / "taskdeck.db", read_only=True)
+    await store.start()
+    try:
+        return await fn(RunsService(store, data_dir), store)
+    finally:
+        await store.close()
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    from engine.views import action_json, task_action_for
+
+    client = live_client(args.data_dir)
+    if args.kind == "runs":
+        if client is not None:
+            rows = client.call("GET", f"/runs?limit={args.limit}")
+        else:
+            rows = asyncio.run(_local_reads(args.data_dir, lambda runs, store: _runs_json(runs, args.limit)))
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            print_table([[r["run"], r.get("taskName") or "-", r["phase"], (r.get("startedAt") or "-")[:19],
+                          _duration(r.get("durationMs")), str(r["attempts"]), _first_line(r.get("error"))]
+                         for r in rows], ["RUN", "TASK", "PHASE", "STARTED", "DURATION", "ATTEMPTS", "ERROR"])
+        return EXIT_OK
+    if not args.run:
+        raise CliError("usage: taskdeck get actions RUN")
+    if client is not None:
+        rows = client.call("GET", f"/runs/{args.run}/actions")
+    else:
+        async def read(runs, store):
+            return [action_json(a, task_action_for(store, a)) for a in await runs.list_actions(args.run)]
+        try:
+            rows = asyncio.run(_local_reads(args.data_dir, read))
+        except LookupError as exc:
+            raise CliError(str(exc)) from None
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print_table([[r["name"], r.get("parent") or "-", r.get("shortName") or r.get("taskName") or "-", r["phase"],
+                      str(r["attempts"]), r["cacheStatus"].replace("CACHE_", ""), _duration(r.get("durationMs")),
+                      _first_line(r.get("error"))] for r in rows],
+                    ["ACTION", "PARENT", "TASK", "PHASE", "ATTEMPTS", "CACHE", "DURATION", "ERROR"])
+    return EXIT_OK
+
+
+async def _runs_json(runs, limit: int) -> list[dict]:
+    from engine.views import action_json
+
+    return [action_json(r) for r in await runs.list_runs(limit)]
+
+
+def cmd_abort(args: argparse.Namespace) -> int:
+    client = live_client(args.data_dir)
+    if client is None:
+        raise CliError(f"no engine is serving {args.data_dir}; start one with `taskdeck --headless` to abort runs")
+    client.call("POST", f"/runs/{args.run}/abort", {"action": args.action, "reason": args.reason})
+    print(f"abort requested for {args.run}/{args.action or 'a0'}")
+    return EXIT_OK
+
+
+async def _headless(data_dir: pathlib.Path) -> int:
+    from engine.store.base import EventsRecorded
+
+    engine = Engine(EngineConfig(data_dir=data_dir))
+    try:
+        await engine.start()
+    except EngineAlreadyRunningError as exc:
+        raise CliError(str(exc)) from None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    def on_change(change) -> None:
+        if isinstance(change, EventsRecorded):
+            for event in change.events:
+                when = dt.datetime.fromtimestamp(event.updated_time, dt.timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+                error = f" [{event.error_kind}]" if event.error_kind else ""
+                print(f"{when} {event.run_name}/{event.name} attempt {event.attempt} "
+                      f"{ActionPhase(event.phase).name}{error}", flush=True)
+
+    unsubscribe = engine.store.subscribe(on_change)
+    print(f"TaskDeck engine serving {engine.data_dir} at {engine.url} (Ctrl-C to stop)", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        unsubscribe()
+        await engine.stop()
+        print("engine stopped", flush=True)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- entry point
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="taskdeck", description="Local Flyte v2 executor and operations console.")
+    parser.add_argument("--data-dir", type=pathlib.Path, default=None,
+                        help=f"where runs, logs and the database live (default {default_data_dir()})")
+    parser.add_argument("--headless", action="store_true", help="run the engine without the console")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log engine activity to stderr")
+    sub = parser.add_subparsers(dest="command")
+
+    run = sub.add_parser("run", help="run a flyte task through the engine",
+                         description="Run FILE's TASK; task inputs follow as --name value.")
+    run.add_argument("--json", action="store_true", help="print one JSON object: run, phase, outputs, error")
+    run.add_argument("--project", default="flytesnacks")
+    run.add_argument("--domain", default="development")
+    run.add_argument("--run-name", dest="name", default=None, help="run name (default: generated)")
+    run.add_argument("--tui", action="store_true", help="open the console on the run")
+    run.add_argument("file")
+    run.add_argument("task")
+    run.add_argument("task_args", nargs=argparse.REMAINDER, help="task inputs as --name value")
+
+    get = sub.add_parser("get", help="list runs or a run's actions")
+    get.add_argument("kind", choices=["runs", "actions"])
+    get.add_argument("run", nargs="?")
+    get.add_argument("--json", action="store_true")
+    get.add_argument("--limit", type=int, default=200)
+
+    abort = sub.add_parser("abort", help="abort a run, or one action and its subtree")
+    abort.add_argument("run")
+    abort.add_argument("--action", default=None)
+    abort.add_argument("--reason", default="aborted from the command line")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.data_dir = (args.data_dir or default_data_dir()).expanduser().resolve()
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "get":
+            return cmd_get(args)
+        if args.command == "abort":
+            return cmd_abort(args)
+        if args.headless:
+            return asyncio.run(_headless(args.data_dir))
+        print("taskdeck: the console is not available yet; use `taskdeck --headless`, `taskdeck run` "
+              "and `taskdeck get` (see --help)", file=sys.stderr)
+        return EXIT_USAGE
+    except CliError as exc:
+        print(f"taskdeck: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""The engine: store, controller (reconciler + workers), actions sync, plugins, runs service and API server,
+all as asyncio work on one event loop. The console embeds it; ``taskdeck --headless`` runs it alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import fcntl
+import json
+import logging
+import os
+from pathlib import Path
+
+from engine.controller import ActionsSync, ControllerManager
+from engine.plugins.container import LocalContainerPlugin
+from engine.plugins.registry import PluginRegistry
+from engine.plugins.sleep import SleepPlugin
+from engine.reconciler import DEFAULT_MAX_SYSTEM_FAILURES, DEFAULT_REQUEUE_SECONDS, TaskActionReconciler
+from engine.runs import RunsService
+from engine.store.sqlite import SqliteStore
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = "engine.lock"
+ENDPOINT_FILE = "engine.json"
+DB_FILE = "taskdeck.db"
+
+
+def default_data_dir() -> Path:
+    if os.environ.get("TASKDECK_DATA_DIR"):
+        return Path(os.environ["TASKDECK_DATA_DIR"]).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "taskdeck"
+
+
+class EngineAlreadyRunningError(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass
+class EngineConfig:
+    data_dir: Path = dataclasses.field(default_factory=default_data_dir)
+    workers: int = 64
+    requeue_after: float = DEFAULT_REQUEUE_SECONDS
+    max_system_failures: int = DEFAULT_MAX_SYSTEM_FAILURES
+    max_processes: int = 16
+    serve: bool = True  # the local HTTP API (and, later, the SDK's controller services)
+    host: str = "127.0.0.1"
+    port: int = 0
+
+
+class DataDirLock:
+    """One engine per data directory: an exclusive flock, released by the kernel if the engine dies."""
+
+    def __init__(self, data_dir: Path):
+        self.path = data_dir / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            owner = read_endpoint(self.path.parent)
+            pid = f" (pid {owner['pid']})" if owner else ""
+            raise EngineAlreadyRunningError(
+                f"another TaskDeck engine{pid} is already serving {self.path.parent}; "
+                "stop it or use another --data-dir"
+            ) from None
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def read_endpoint(data_dir: Path) -> dict | None:
+    """The live engine serving ``data_dir`` ({pid, url}), or None when none holds the lock."""
+    lock_path = data_dir / LOCK_FILE
+    if not lock_path.exists():
+        return None
+    fd = os.open(lock_path, os.O_RDWR)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # held: an engine is live
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+    finally:
+        os.close(fd)
+    try:
+        return json.loads((data_dir / ENDPOINT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class Engine:
+    def __init__(self, config: EngineConfig | None = None):
+        self.config = config or EngineConfig()
+        self.data_dir = Path(self.config.data_dir).expanduser().resolve()
+        self.store = SqliteStore(self.data_dir / DB_FILE)
+        self.registry = PluginRegistry()
+        self.container_plugin = LocalContainerPlugin(max_processes=self.config.max_processes)
+        self.registry.register(self.container_plugin)
+        self.registry.register(SleepPlugin())
+        self.runtime_env: dict[str, str] = {}
+        self.reconciler = TaskActionReconciler(
+            self.store, self.registry, self.data_dir, self._enqueue,
+            runtime_env=self.runtime_env,
+            max_system_failures=self.config.max_system_failures,
+            requeue_after=self.config.requeue_after,
+        )
+        self.manager = ControllerManager(self.store, self.reconciler.reconcile, workers=self.config.workers)
+        self.actions_sync = ActionsSync(self.store)
+        self.runs = RunsService(self.store, self.data_dir)
+        self._lock = DataDirLock(self.data_dir)
+        self._server = None
+        self.url: str | None = None
+        self.started = False
+
+    def _enqueue(self, name: str) -> None:
+        self.manager.queue.add(name)
+
+    async def start(self) -> None:
+        self._lock.acquire()
+        try:
+            await self.store.start()
+            await self.actions_sync.start()
+            await self.manager.start()
+            if self.config.serve:
+                from engine.api import ApiServer
+
+                self._server = ApiServer(self, self.config.host, self.config.port)
+                self.url = await self._server.start()
+                (self.data_dir / ENDPOINT_FILE).write_text(json.dumps({"pid": os.getpid(), "url": self.url}))
+        except BaseException:
+            await self._shutdown()
+            raise
+        self.started = True
+        log.info("engine started on %s (data dir %s)", self.url or "no API", self.data_dir)
+
+    async def stop(self) -> None:
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        self.started = False
+        if self._server is not None:
+            await self._server.stop()
+            self._server = None
+            with contextlib.suppress(FileNotFoundError):
+                (self.data_dir / ENDPOINT_FILE).unlink()
+        await self.manager.stop()
+        await self.actions_sync.stop()
+        for plugin in self.registry.plugins:
+            await plugin.close()
+        await self.store.close()
+        self._lock.release()
+
+    async def __aenter__(self) -> Engine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+
+async def run_forever(engine: Engine, stop: asyncio.Event) -> None:
+    await engine.start()
+    try:
+        await stop.wait()
+    finally:
+        await engine.stop()

@@ -1,0 +1,331 @@
+"""Local container plugin: runs container tasks (``python``, ``container``, ...) as local processes.
+
+The image is recorded, not pulled. Flyte's template variables in the args are substituted, the process
+gets the environment the ``flyte`` SDK's entrypoint needs, stdout/stderr go to a per-attempt log file, and
+the outcome is read from ``outputs.pb`` / ``error.pb`` (the exit code alone is not trusted: the SDK exits 0
+after catching a user error). Each process leads its own process group so abort kills all of it.
+
+A process that outlives the engine (kill -9) is adopted on restart: its pid and start time are in the
+plugin state, and it is polled until it exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import shlex
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+from flyteidl2.core import execution_pb2
+
+from engine.plugins.core import (
+    SYSTEM,
+    UNKNOWN,
+    USER,
+    ExecutionError,
+    PhaseInfo,
+    Plugin,
+    PluginError,
+    TaskExecutionContext,
+    TaskInfo,
+    Transition,
+)
+from engine.phases import PluginPhase
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+ANNOTATION_CODE_DIR = "taskdeck.flyte.org/code-dir"
+TERMINATE_GRACE_SECONDS = 3.0
+ADOPTED_POLL_SECONDS = 0.5
+
+_TEMPLATE_VAR = re.compile(r"\{\{\s*[.$]([A-Za-z0-9_]+)\s*\}\}")
+
+
+def substitute_template(arg: str, values: dict[str, str]) -> str:
+    """Replace Flyte's ``{{.var}}`` placeholders (case-insensitive, as Flyte's template engine)."""
+
+    def replace(match: re.Match) -> str:
+        return values.get(match.group(1).lower(), match.group(0))
+
+    return _TEMPLATE_VAR.sub(replace, arg)
+
+
+def template_values(tctx: TaskExecutionContext) -> dict[str, str]:
+    md = tctx.metadata
+    return {
+        "input": tctx.input_path,
+        "inputprefix": os.path.dirname(tctx.input_path),
+        "outputprefix": tctx.output_prefix,
+        "rawoutputdataprefix": tctx.raw_output_prefix,
+        "checkpointoutputprefix": tctx.checkpoint_prefix,
+        "prevcheckpointprefix": tctx.prev_checkpoint_prefix,
+        "runname": md.run_name,
+        "actionname": md.action_name,
+        "runstarttime": md.run_start_time,
+        "perretryuniquekey": md.generated_name,
+        "namespace": md.namespace,
+        "tasktemplatepath": "inline://taskTemplate",
+    }
+
+
+def _process_start_ticks(pid: int) -> int | None:
+    """Start time of a process in clock ticks since boot, to tell our process from a reused pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    # Field 22, counted after the ")" that closes the command name.
+    fields = data[data.rfind(")") + 2:].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _alive(pid: int, start_ticks: int | None) -> bool:
+    if sys.platform.startswith("linux"):
+        ticks = _process_start_ticks(pid)
+        if ticks is None:
+            return False
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                if f.read().split(b") ", 1)[1][:1] == b"Z":  # zombie: exited, not yet reaped
+                    return False
+        return start_ticks is None or ticks == start_ticks
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def _kill_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+class _Running:
+    def __init__(self, process: asyncio.subprocess.Process, log_file):
+        self.process = process
+        self.log_file = log_file
+        self.exit_code: int | None = None
+        self.done = asyncio.Event()
+
+
+class LocalContainerPlugin(Plugin):
+    id = "container"
+    task_types = ("container", "python", "raw-container", "sidecar", "pod", "python-task")
+    is_default = True
+
+    def __init__(self, max_processes: int = 16, bin_dir: str | None = None):
+        self.max_processes = max_processes
+        self.bin_dir = bin_dir or str(Path(sys.executable).parent)
+        self._running: dict[str, _Running] = {}
+        self._adopted: dict[str, tuple[int, int | None]] = {}
+        self._exit_codes: dict[str, int] = {}  # finished processes, until finalize
+        self._waiting: dict[str, object] = {}  # generated name → enqueue_owner, woken when a slot frees
+
+    @property
+    def slots_in_use(self) -> int:
+        return sum(1 for r in self._running.values() if r.exit_code is None) + len(self._adopted)
+
+    # ---------------------------------------------------------------- handle
+    async def handle(self, tctx: TaskExecutionContext) -> Transition:
+        state = tctx.plugin_state.get()
+        name = tctx.metadata.generated_name
+        if state is None or state.get("phase") != "Started":
+            if self.slots_in_use >= self.max_processes:
+                self._waiting[name] = tctx.enqueue_owner
+                return Transition.of(PhaseInfo.waiting_for_resources(
+                    reason=f"waiting for a free process slot ({self.max_processes} running)"))
+            self._waiting.pop(name, None)
+            return Transition.of(await self._launch(tctx))
+        return Transition.of(self._observe(tctx, state))
+
+    def _command(self, tctx: TaskExecutionContext) -> list[str]:
+        template = tctx.task_template
+        if template.WhichOneof("target") != "container":
+            raise PluginError("task template has no container target", code="BadTaskSpecification")
+        container = template.container
+        values = template_values(tctx)
+        argv = [substitute_template(a, values) for a in list(container.command) + list(container.args)]
+        if not argv:
+            raise PluginError("container has neither command nor args", code="BadTaskSpecification")
+        if os.sep not in argv[0]:
+            resolved = shutil.which(argv[0], path=os.pathsep.join([self.bin_dir, os.environ.get("PATH", "")]))
+            if resolved is None:
+                raise PluginError(f"executable {argv[0]!r} not found on PATH", code="BadTaskSpecification")
+            argv[0] = resolved
+        return argv
+
+    def _environment(self, tctx: TaskExecutionContext) -> dict[str, str]:
+        md = tctx.metadata
+        env = dict(os.environ)
+        env["PATH"] = os.pathsep.join([self.bin_dir, env.get("PATH", "")])
+        env.update({kv.key: kv.value for kv in tctx.task_template.container.env})
+        env.update(tctx.runtime_env)
+        env.update({
+            "FLYTE_INTERNAL_EXECUTION_PROJECT": md.project,
+            "FLYTE_INTERNAL_EXECUTION_DOMAIN": md.domain,
+            "FSSPEC_FILE_AUTO_MKDIR": "true",  # the SDK writes child inputs to dirs nobody created
+            "PYTHONUNBUFFERED": "1",
+        })
+        env.update(md.environment)  # ACTION_NAME, RUN_NAME, _U_RUN_BASE, _U_ORG_NAME win
+        return env
+
+    async def _launch(self, tctx: TaskExecutionContext) -> PhaseInfo:
+        argv = self._command(tctx)
+        env = self._environment(tctx)
+        cwd = tctx.metadata.annotations.get(ANNOTATION_CODE_DIR) or tctx.output_prefix
+        for path in (tctx.output_prefix, tctx.checkpoint_prefix, tctx.log_path.parent):
+            Path(path).mkdir(parents=True, exist_ok=True)
+        if not os.path.isdir(cwd):
+            return PhaseInfo.failure("BadTaskSpecification", f"code directory {cwd} does not exist")
+        # A relaunch under the same attempt (after a system failure) must not read the last try's files.
+        for stale in ("outputs.pb", "error.pb"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(tctx.output_prefix, stale))
+        log_file = open(tctx.log_path, "ab", buffering=0)
+        image = tctx.task_template.container.image
+        log_file.write(
+            f"[taskdeck] attempt {tctx.metadata.attempt} of {tctx.metadata.owner_name}; image {image or '-'} "
+            f"recorded, not pulled; running locally in {cwd}\n[taskdeck] $ {shlex.join(argv)}\n".encode()
+        )
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            log_file.close()
+            raise PluginError(f"could not start {argv[0]}: {exc}") from exc
+        running = _Running(process, log_file)
+        name = tctx.metadata.generated_name
+        self._running[name] = running
+        asyncio.get_running_loop().create_task(self._reap(name, running, tctx.enqueue_owner))
+        tctx.plugin_state.put(STATE_VERSION, {
+            "phase": "Started", "pid": process.pid, "startTicks": _process_start_ticks(process.pid),
+            "startedAt": time.time(), "image": image,
+        })
+        return PhaseInfo.running(info=TaskInfo(log_path=str(tctx.log_path), custom={"pid": process.pid}))
+
+    async def _reap(self, name: str, running: _Running, enqueue_owner) -> None:
+        running.exit_code = await running.process.wait()
+        running.log_file.close()
+        running.done.set()
+        self._wake_waiters()
+        enqueue_owner()
+
+    def _wake_waiters(self) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for enqueue_owner in waiting.values():
+            enqueue_owner()  # type: ignore[operator]
+
+    def _observe(self, tctx: TaskExecutionContext, state: dict) -> PhaseInfo:
+        name = tctx.metadata.generated_name
+        info = TaskInfo(log_path=str(tctx.log_path), custom={"pid": state.get("pid")})
+        running = self._running.get(name)
+        if running is not None:
+            if running.exit_code is None:
+                return PhaseInfo.running(info=info)
+            del self._running[name]
+            self._exit_codes[name] = running.exit_code
+        if name in self._exit_codes:
+            return self._outcome(tctx, self._exit_codes[name], info)
+        pid, ticks = state.get("pid"), state.get("startTicks")
+        if pid and _alive(pid, ticks):
+            if name not in self._adopted:
+                log.info("adopting running process %s of %s", pid, name)
+                self._adopted[name] = (pid, ticks)
+                asyncio.get_running_loop().create_task(self._poll_adopted(name, pid, ticks, tctx.enqueue_owner))
+            return PhaseInfo.running(info=info)
+        self._adopted.pop(name, None)
+        return self._outcome(tctx, None, info)
+
+    async def _poll_adopted(self, name: str, pid: int, ticks: int | None, enqueue_owner) -> None:
+        while name in self._adopted and _alive(pid, ticks):
+            await asyncio.sleep(ADOPTED_POLL_SECONDS)
+        self._adopted.pop(name, None)
+        self._wake_waiters()
+        enqueue_owner()
+
+    def _outcome(self, tctx: TaskExecutionContext, exit_code: int | None, info: TaskInfo) -> PhaseInfo:
+        out = Path(tctx.output_prefix)
+        error_file = out / "error.pb"
+        info.custom["exitCode"] = exit_code
+        if error_file.exists():
+            doc = execution_pb2.ErrorDocument()
+            try:
+                doc.ParseFromString(error_file.read_bytes())
+            except Exception as exc:  # noqa: BLE001 - any decode failure means an unreadable error file
+                return PhaseInfo.system_retryable_failure("CorruptedErrorFile", f"error.pb is unreadable: {exc}", info)
+            err = doc.error
+            kind = {execution_pb2.ExecutionError.USER: USER, execution_pb2.ExecutionError.SYSTEM: SYSTEM}.get(
+                err.origin, UNKNOWN)
+            error = ExecutionError(err.code or "Unknown", err.message or "Unknown error message", kind)
+            if err.kind == execution_pb2.ContainerError.RECOVERABLE:
+                return PhaseInfo.failed(PluginPhase.RETRYABLE_FAILURE, error, info)
+            return PhaseInfo.failed(PluginPhase.PERMANENT_FAILURE, error, info)
+        if (out / "outputs.pb").exists():
+            return PhaseInfo.success(info)
+        if exit_code == 0 and not tctx.task_template.interface.outputs.variables:
+            return PhaseInfo.success(info)
+        if exit_code is None:
+            return PhaseInfo.system_retryable_failure(
+                "ProcessLost", "the task process ended while the engine was not watching and left no outputs", info)
+        if exit_code in (-signal.SIGKILL, 137, 247):
+            return PhaseInfo.system_retryable_failure(
+                "Interrupted", f"the task process was killed (exit {exit_code}); see {tctx.log_path}", info)
+        if exit_code == 0:
+            return PhaseInfo.retryable_failure(
+                "OutputsNotFound", f"the task exited 0 but wrote no outputs.pb in {tctx.output_prefix}", info)
+        return PhaseInfo.retryable_failure(
+            "NonZeroExit", f"the task process exited with code {exit_code} and no error file; see {tctx.log_path}",
+            info)
+
+    # ---------------------------------------------------------------- abort / finalize
+    async def abort(self, tctx: TaskExecutionContext) -> None:
+        name = tctx.metadata.generated_name
+        self._waiting.pop(name, None)
+        running = self._running.get(name)
+        if running is not None:
+            if running.exit_code is None:
+                await self._terminate(running.process.pid, running.done.wait)
+            return
+        state = tctx.plugin_state.get() or {}
+        pid, ticks = state.get("pid"), state.get("startTicks")
+        if pid and _alive(pid, ticks):
+            async def gone() -> None:
+                while _alive(pid, ticks):
+                    await asyncio.sleep(0.05)
+            await self._terminate(pid, gone)
+            self._adopted.pop(name, None)
+
+    async def _terminate(self, pid: int, wait_exit) -> None:
+        _kill_group(pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(wait_exit(), TERMINATE_GRACE_SECONDS)
+        except asyncio.TimeoutError:
+            pass
+        _kill_group(pid, signal.SIGKILL)  # whatever is left of the group, children included
+
+    async def finalize(self, tctx: TaskExecutionContext) -> None:
+        self._exit_codes.pop(tctx.metadata.generated_name, None)
+
+    async def close(self) -> None:
+        """Processes keep running when the engine stops; the next engine adopts them."""
+        for running in self._running.values():
+            if running.exit_code is None:
+                with contextlib.suppress(Exception):
+                    running.log_file.close()
+        self._running.clear()
+        self._adopted.clear()

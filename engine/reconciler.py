@@ -1,0 +1,505 @@
+"""The TaskActionReconciler: Flyte's Reconcile, step by step (reference §2.2).
+
+Where Flyte has a known wart we do the right thing and say so here:
+* an in-place user retry records a FAILED event (with the error) for the failed attempt before the
+  QUEUED event of the next one, and keeps errorState, instead of hiding the failure;
+* deleting an already terminal TaskAction (garbage collection) records no extra ABORTED event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from flyteidl2.core import tasks_pb2
+from flyteidl2.workflow import run_definition_pb2
+from google.protobuf.message import DecodeError
+
+from engine.events import attempt_prefix, build_action_event
+from engine.model import (
+    COMPLETED_TIME_FORMAT,
+    FINALIZER,
+    LABEL_COMPLETED_TIME,
+    LABEL_TERMINATION_STATUS,
+    TERMINATED,
+    ErrorState,
+    PhaseTransition,
+    TaskAction,
+    TaskActionStatus,
+    utcnow,
+)
+from engine.phases import PHASE_TABLE, ActionPhase, ConditionType, PluginPhase, Reason
+from engine.plugins.core import (
+    NON_RETRYABLE_CODES,
+    SYSTEM,
+    USER,
+    CorruptedPluginStateError,
+    ExecutionError,
+    PhaseInfo,
+    Plugin,
+    PluginStateManager,
+    TaskExecutionContext,
+    TaskExecutionMetadata,
+)
+from engine.plugins.registry import PluginNotFoundError, PluginRegistry
+from engine.store.base import ConflictError, EngineStore, EventRecord, NotFoundError
+
+log = logging.getLogger(__name__)
+
+ANNOTATION_RUN_START_TIME = "taskdeck.flyte.org/run-start-time"
+DEFAULT_MAX_SYSTEM_FAILURES = 3
+DEFAULT_REQUEUE_SECONDS = 10.0
+CONFLICT_RETRIES = 5
+MAX_TEMPLATE_BYTES = 10 * 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    requeue_after: float | None = None
+
+
+def local_path(uri: str) -> str:
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+def input_file(input_uri: str) -> str:
+    path = local_path(input_uri).rstrip("/")
+    return path if path.endswith("/inputs.pb") or path == "inputs.pb" else f"{path}/inputs.pb"
+
+
+def max_attempts(template: tasks_pb2.TaskTemplate | None) -> int:
+    if template is None or not template.HasField("metadata"):
+        return 1
+    return template.metadata.retries.retries + 1
+
+
+def status_changed(old: TaskActionStatus, new: TaskActionStatus) -> bool:
+    """taskActionStatusChanged: stateJson, errorState and signal fields are not compared."""
+    return (
+        old.plugin_state_version != new.plugin_state_version
+        or old.plugin_phase != new.plugin_phase
+        or old.plugin_phase_version != new.plugin_phase_version
+        or old.attempts != new.attempts
+        or old.system_failures != new.system_failures
+        or old.cache_status != new.cache_status
+        or old.plugin_state != new.plugin_state
+        or len(old.phase_history) != len(new.phase_history)
+        or old.conditions != new.conditions
+    )
+
+
+def append_phase_history(status: TaskActionStatus, phase: str, message: str, now: dt.datetime) -> None:
+    if status.phase_history and status.phase_history[-1].phase == phase:
+        return
+    status.phase_history.append(PhaseTransition(phase=phase, occurred_at=now, message=message or None))
+
+
+def map_phase_to_conditions(status: TaskActionStatus, info: PhaseInfo, now: dt.datetime) -> None:
+    """Apply one row of the phase table: conditions, errorState (failures) and phaseHistory."""
+    row = PHASE_TABLE[info.phase]
+    if row.reason is None:
+        return
+    message = info.reason or row.reason
+    status.set_condition(ConditionType.PROGRESSING, row.progressing, row.reason, message, now)
+    if row.terminal_condition is not None:
+        status.set_condition(row.terminal_condition, True, row.reason, message, now)
+    if info.phase.is_failure and info.err is not None:
+        status.error_state = ErrorState(code=info.err.code, kind=info.err.kind, message=info.err.message)
+    append_phase_history(status, row.reason, message, now)
+
+
+def state_json(task_action: TaskAction, phase: PluginPhase, now: dt.datetime) -> str:
+    return json.dumps({
+        "phase": phase.wire_name,
+        "actionId": f"{task_action.spec.run_name}/{task_action.spec.action_name}",
+        "timestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    })
+
+
+class TaskActionReconciler:
+    def __init__(
+        self,
+        store: EngineStore,
+        registry: PluginRegistry,
+        data_dir: Path,
+        enqueue: Callable[[str], None],
+        *,
+        runtime_env: dict[str, str] | None = None,
+        max_system_failures: int = DEFAULT_MAX_SYSTEM_FAILURES,
+        requeue_after: float = DEFAULT_REQUEUE_SECONDS,
+        cluster: str = "",
+    ):
+        if max_system_failures < 0 or requeue_after < 0:
+            raise ValueError("max_system_failures and requeue_after must not be negative")
+        self.store = store
+        self.registry = registry
+        self.data_dir = Path(data_dir)
+        self.enqueue = enqueue
+        self.runtime_env = runtime_env if runtime_env is not None else {}
+        self.max_system_failures = max_system_failures or DEFAULT_MAX_SYSTEM_FAILURES
+        self.requeue_after = requeue_after
+        self.cluster = cluster
+        self.clock: Callable[[], dt.datetime] = utcnow
+
+    # ------------------------------------------------------------------ entry point
+    async def reconcile(self, name: str) -> Result:
+        try:
+            task_action = await self.store.get(name)
+        except NotFoundError:
+            return Result()
+        original = task_action.copy_deep()
+        if task_action.metadata.deletion_timestamp is not None:
+            return await self.handle_abort_and_finalize(task_action)
+        if task_action.status.is_terminal:
+            await self.ensure_terminal_labels(task_action)
+            return Result()
+        if task_action.is_condition:
+            return await self.reconcile_condition(task_action, original)
+        return await self.reconcile_task(task_action, original)
+
+    # ------------------------------------------------------------------ tasks
+    def validate(self, task_action: TaskAction) -> tuple[str, str] | tuple[str, str, Plugin]:
+        spec = task_action.spec
+        missing = [
+            field for field, value in (
+                ("runName", spec.run_name), ("project", spec.project), ("domain", spec.domain),
+                ("actionName", spec.action_name), ("taskType", spec.task_type),
+                ("taskTemplate", spec.task_template), ("inputUri", spec.input_uri),
+                ("runOutputBase", spec.run_output_base),
+            ) if not value
+        ]
+        if missing:
+            return Reason.INVALID_SPEC, f"missing required fields: {', '.join(missing)}"
+        if len(spec.task_template) > MAX_TEMPLATE_BYTES:
+            return Reason.INVALID_SPEC, f"taskTemplate is {len(spec.task_template)} bytes (limit {MAX_TEMPLATE_BYTES})"
+        try:
+            template = tasks_pb2.TaskTemplate()
+            template.ParseFromString(spec.task_template)
+        except (DecodeError, RecursionError, ValueError) as exc:
+            return Reason.INVALID_SPEC, f"taskTemplate is not a valid core.TaskTemplate: {exc}"
+        try:
+            plugin = self.registry.resolve(spec.task_type)
+        except PluginNotFoundError as exc:
+            return Reason.PLUGIN_NOT_FOUND, str(exc)
+        return "", "", plugin
+
+    async def reconcile_task(self, task_action: TaskAction, original: TaskAction) -> Result:
+        verdict = self.validate(task_action)
+        if len(verdict) == 2:
+            reason, message = verdict
+            return await self._fail_validation(task_action, reason, message)
+        plugin: Plugin = verdict[2]
+
+        if FINALIZER not in task_action.metadata.finalizers:
+            task_action.metadata.finalizers.append(FINALIZER)
+            await self.store.update(task_action)
+            return Result()  # the update wakes the next reconcile
+
+        try:
+            tctx = self.build_context(task_action)
+        except Exception as exc:  # noqa: BLE001 - Flyte: requeue, nothing written
+            log.warning("%s: cannot build the task execution context: %s", task_action.name, exc)
+            return Result(self.requeue_after)
+
+        try:
+            transition = await plugin.handle(tctx)
+        except CorruptedPluginStateError as exc:
+            return await self.finalize_permanent_failure(
+                task_action, original, ExecutionError("CorruptedPluginState", str(exc), SYSTEM))
+        except Exception as exc:  # noqa: BLE001 - any plugin exception is a system failure
+            return await self.record_system_error(task_action, original, plugin.id, exc)
+        info = transition.info
+
+        if info.phase == PluginPhase.RETRYABLE_FAILURE and info.err is not None and info.err.kind == SYSTEM:
+            await self.reset_plugin_resource(task_action, plugin, tctx)
+            error = _SystemError(f"[{info.err.code}] {info.err.message}", info.err.code)
+            return await self.record_system_error(task_action, original, plugin.id, error)
+
+        status = task_action.status
+        status.system_failures = 0
+        now = self.clock()
+        extra_events: list[EventRecord] = []
+        restart_attempts = 0
+        if info.phase == PluginPhase.RETRYABLE_FAILURE:
+            attempts, limit = status.observed_attempts, tctx.metadata.max_attempts
+            if attempts < limit:
+                try:
+                    await plugin.abort(tctx)
+                except Exception as exc:  # noqa: BLE001 - only logged, as in Flyte
+                    log.warning("%s: abort before restart failed: %s", task_action.name, exc)
+                extra_events.append(build_action_event(
+                    task_action, info, ActionPhase.FAILED, attempt=attempts, updated_time=now, cluster=self.cluster))
+                if info.err is not None:
+                    status.error_state = ErrorState(code=info.err.code, kind=info.err.kind, message=info.err.message)
+                restart_attempts = attempts + 1
+                info = PhaseInfo.queued(0, "restarting task")
+            else:
+                err = info.err or ExecutionError(
+                    "MaxRetriesExceeded", f"task failed after {attempts} attempt(s)", USER)
+                info = PhaseInfo.failed(PluginPhase.PERMANENT_FAILURE, err, info.info)
+
+        map_phase_to_conditions(status, info, now)
+        status.state_json = state_json(task_action, info.phase, now)
+        new_state, version, written = tctx.plugin_state.new_state()
+        if written:
+            status.plugin_state, status.plugin_state_version = new_state, version
+        if restart_attempts:
+            status.plugin_state, status.plugin_state_version = None, 0
+        status.plugin_phase = info.phase.wire_name
+        status.plugin_phase_version = info.version
+        status.attempts = restart_attempts or status.observed_attempts
+        status.cache_status = info.info.cache_status
+        await self.update_task_action_status(original, task_action, info, extra_events)
+        if task_action.status.is_terminal:
+            await self.ensure_terminal_labels(task_action)
+        return Result(self.requeue_after)
+
+    async def _fail_validation(self, task_action: TaskAction, reason: str, message: str) -> Result:
+        status, now = task_action.status, self.clock()
+        status.set_condition(ConditionType.FAILED, True, reason, message, now)
+        status.set_condition(ConditionType.PROGRESSING, False, reason, message, now)
+        status.error_state = ErrorState(code=reason, kind=USER, message=message)
+        try:
+            await self.store.update_status(task_action)
+        except Exception as exc:  # noqa: BLE001 - Flyte ignores this error; the next reconcile retries
+            log.warning("%s: could not record %s: %s", task_action.name, reason, exc)
+        return Result()
+
+    def build_context(self, task_action: TaskAction) -> TaskExecutionContext:
+        spec, status = task_action.spec, task_action.status
+        template = tasks_pb2.TaskTemplate()
+        template.ParseFromString(spec.task_template or b"")
+        attempt = status.observed_attempts
+        prefix = local_path(attempt_prefix(task_action, attempt))
+        previous = (
+            local_path(attempt_prefix(task_action, attempt - 1)) + "/_flytecheckpoints" if attempt >= 2 else ""
+        )
+        environment = dict(spec.env_vars or {})
+        environment.update({
+            "ACTION_NAME": spec.action_name,
+            "RUN_NAME": spec.run_name,
+            "_U_RUN_BASE": spec.run_output_base,
+            "_U_ORG_NAME": "local",
+        })
+        name = task_action.name
+        metadata = TaskExecutionMetadata(
+            namespace=task_action.metadata.namespace,
+            owner_name=name,
+            run_name=spec.run_name,
+            action_name=spec.action_name,
+            project=spec.project,
+            domain=spec.domain,
+            attempt=attempt,
+            max_attempts=max_attempts(template),
+            labels=dict(task_action.metadata.labels),
+            annotations=dict(task_action.metadata.annotations),
+            environment=environment,
+            run_start_time=task_action.metadata.annotations.get(ANNOTATION_RUN_START_TIME, ""),
+        )
+        return TaskExecutionContext(
+            metadata=metadata,
+            task_template_bytes=spec.task_template or b"",
+            input_path=input_file(spec.input_uri),
+            output_prefix=prefix,
+            raw_output_prefix=prefix,
+            checkpoint_prefix=f"{prefix}/_flytecheckpoints",
+            prev_checkpoint_prefix=previous,
+            log_path=self.log_path(spec.run_name, spec.action_name, attempt),
+            plugin_state=PluginStateManager(status.plugin_state, status.plugin_state_version),
+            enqueue_owner=lambda: self.enqueue(name),
+            runtime_env=self.runtime_env,
+            _template=template,
+        )
+
+    def log_path(self, run_name: str, action_name: str, attempt: int) -> Path:
+        return self.data_dir / "logs" / run_name / action_name / f"{attempt}.log"
+
+    # ------------------------------------------------------------------ failures
+    async def reset_plugin_resource(self, task_action: TaskAction, plugin: Plugin, tctx: TaskExecutionContext) -> None:
+        try:
+            await plugin.abort(tctx)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("%s: abort during reset failed: %s", task_action.name, exc)
+        task_action.status.plugin_state = None
+        task_action.status.plugin_state_version = 0
+
+    async def record_system_error(
+        self, task_action: TaskAction, original: TaskAction, plugin_id: str, error: Exception
+    ) -> Result:
+        code = getattr(error, "code", None)
+        if code in NON_RETRYABLE_CODES:
+            return await self.finalize_permanent_failure(
+                task_action, original, ExecutionError(code, str(error), USER))
+        status = task_action.status
+        status.system_failures += 1
+        message = str(error) or type(error).__name__
+        if status.system_failures > self.max_system_failures:
+            return await self.finalize_permanent_failure(task_action, original, ExecutionError(
+                "MaxSystemFailuresExceeded",
+                f'plugin "{plugin_id}" failed with system error {status.system_failures} times: {message}',
+                SYSTEM,
+            ))
+        log.warning("%s: system failure %d/%d from plugin %s: %s", task_action.name, status.system_failures,
+                    self.max_system_failures, plugin_id, message)
+        status.error_state = ErrorState(code=code or "SystemError", kind=SYSTEM, message=message)
+        if status_changed(original.status, status):
+            try:
+                await self.store.update_status(task_action)
+            except Exception as exc:  # noqa: BLE001 - Flyte only logs this
+                log.warning("%s: could not record the system failure: %s", task_action.name, exc)
+        return Result(self.requeue_after)
+
+    async def finalize_permanent_failure(
+        self, task_action: TaskAction, original: TaskAction, error: ExecutionError
+    ) -> Result:
+        info = PhaseInfo.failed(PluginPhase.PERMANENT_FAILURE, error)
+        status = task_action.status
+        map_phase_to_conditions(status, info, self.clock())
+        status.plugin_phase = PluginPhase.PERMANENT_FAILURE.wire_name
+        status.plugin_phase_version = 0
+        status.attempts = status.observed_attempts
+        await self.update_task_action_status(original, task_action, info, [])
+        await self.ensure_terminal_labels(task_action)
+        return Result()
+
+    # ------------------------------------------------------------------ persistence
+    async def update_task_action_status(
+        self, original: TaskAction, task_action: TaskAction, info: PhaseInfo, extra_events: list[EventRecord]
+    ) -> None:
+        """Record the event first, then persist the status with conflict retry (at-least-once)."""
+        if not status_changed(original.status, task_action.status):
+            return
+        event = build_action_event(task_action, info, PHASE_TABLE[info.phase].event_phase, cluster=self.cluster)
+        await self.store.record_events([*extra_events, event])
+        await self.persist_status(task_action)
+
+    async def persist_status(self, task_action: TaskAction) -> None:
+        new_status = task_action.status
+        candidate = task_action
+        for attempt in range(CONFLICT_RETRIES):
+            try:
+                saved = await self.store.update_status(candidate)
+                task_action.metadata.resource_version = saved.metadata.resource_version
+                return
+            except ConflictError:
+                if attempt == CONFLICT_RETRIES - 1:
+                    raise
+                await asyncio.sleep(0.01)
+                candidate = await self.store.get(task_action.name)
+                candidate.status = new_status.model_copy(deep=True)
+
+    async def ensure_terminal_labels(self, task_action: TaskAction) -> None:
+        labels = task_action.metadata.labels
+        if LABEL_TERMINATION_STATUS in labels and LABEL_COMPLETED_TIME in labels:
+            return
+        completed = self.clock()
+        for type_ in (ConditionType.SUCCEEDED, ConditionType.FAILED):
+            cond = task_action.status.condition(type_)
+            if cond is not None and cond.status == "True":
+                completed = cond.last_transition_time
+                break
+        completed = completed.astimezone(dt.timezone.utc)
+        patched = await self.store.patch_labels(task_action.name, {
+            LABEL_TERMINATION_STATUS: TERMINATED,
+            LABEL_COMPLETED_TIME: completed.strftime(COMPLETED_TIME_FORMAT),
+        })
+        task_action.metadata.labels = patched.metadata.labels
+        task_action.metadata.resource_version = patched.metadata.resource_version
+
+    # ------------------------------------------------------------------ abort / finalize
+    async def handle_abort_and_finalize(self, task_action: TaskAction) -> Result:
+        if FINALIZER not in task_action.metadata.finalizers:
+            return Result()
+        try:
+            plugin = self.registry.resolve(task_action.spec.task_type)
+            tctx = self.build_context(task_action)
+        except Exception as exc:  # noqa: BLE001 - FinalizationSkipped: nothing to clean up with
+            log.warning("%s: finalization skipped: %s", task_action.name, exc)
+            return await self._remove_finalizer(task_action)
+        try:
+            await plugin.abort(tctx)
+            await plugin.finalize(tctx)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("%s: abort/finalize failed, retrying: %s", task_action.name, exc)
+            return Result(self.requeue_after)
+        if not task_action.status.is_terminal:
+            aborted_at = task_action.metadata.deletion_timestamp or self.clock()
+            event = build_action_event(
+                task_action, PhaseInfo.aborted(), ActionPhase.ABORTED, updated_time=aborted_at, cluster=self.cluster)
+            await self.store.record_events([event])
+        return await self._remove_finalizer(task_action)
+
+    async def _remove_finalizer(self, task_action: TaskAction) -> Result:
+        task_action.metadata.finalizers = [f for f in task_action.metadata.finalizers if f != FINALIZER]
+        await self.store.update(task_action)
+        return Result()
+
+    # ------------------------------------------------------------------ conditions
+    async def reconcile_condition(self, task_action: TaskAction, original: TaskAction) -> Result:
+        status, now = task_action.status, self.clock()
+        requeue: float | None = None
+        if status.signal_value:
+            message = f'condition signalled by "{status.signalled_by}"'
+            status.set_condition(ConditionType.PROGRESSING, False, Reason.SIGNALED, message, now)
+            status.set_condition(ConditionType.SUCCEEDED, True, Reason.SIGNALED, message, now)
+            append_phase_history(status, Reason.SIGNALED, message, now)
+        else:
+            condition = run_definition_pb2.ConditionAction()
+            try:
+                if not task_action.spec.condition_spec:
+                    raise ValueError("conditionSpec is empty")
+                condition.ParseFromString(task_action.spec.condition_spec)
+            except (DecodeError, ValueError) as exc:
+                message = f"invalid condition spec: {exc}"
+                status.set_condition(ConditionType.FAILED, True, Reason.INVALID_SPEC, message, now)
+                status.set_condition(ConditionType.PROGRESSING, False, Reason.INVALID_SPEC, message, now)
+                status.error_state = ErrorState(code=Reason.INVALID_SPEC, kind=USER, message=message)
+            else:
+                timeout = condition.timeout.ToTimedelta() if condition.HasField("timeout") else dt.timedelta(0)
+                created = task_action.metadata.creation_timestamp or now
+                deadline = created + timeout
+                if timeout > dt.timedelta(0) and now >= deadline:
+                    message = f"condition timed out after {timeout} without a signal"
+                    status.set_condition(ConditionType.FAILED, True, Reason.TIMED_OUT, message, now)
+                    status.set_condition(ConditionType.PROGRESSING, False, Reason.TIMED_OUT, message, now)
+                    status.error_state = ErrorState(code="ConditionTimedOut", kind=USER, message=message)
+                    append_phase_history(status, Reason.TIMED_OUT, message, now)
+                else:
+                    status.set_condition(ConditionType.PROGRESSING, True, Reason.PAUSED, "waiting for signal", now)
+                    append_phase_history(status, Reason.PAUSED, "waiting for signal", now)
+                    if timeout > dt.timedelta(0):
+                        requeue = max((deadline - now).total_seconds(), 0.0)
+        if status.conditions != original.status.conditions or len(status.phase_history) != len(
+                original.status.phase_history):
+            await self._update_condition_status(task_action)
+        if status.is_terminal:
+            await self.ensure_terminal_labels(task_action)
+        return Result(requeue)
+
+    async def _update_condition_status(self, task_action: TaskAction) -> None:
+        """Copy only conditions, phaseHistory and errorState, so a concurrent Signal write is kept."""
+        for attempt in range(CONFLICT_RETRIES):
+            latest = await self.store.get(task_action.name)
+            latest.status.conditions = task_action.status.conditions
+            latest.status.phase_history = task_action.status.phase_history
+            latest.status.error_state = task_action.status.error_state
+            try:
+                saved = await self.store.update_status(latest)
+                task_action.metadata = saved.metadata
+                return
+            except ConflictError:
+                if attempt == CONFLICT_RETRIES - 1:
+                    raise
+                await asyncio.sleep(0.01)
+
+
+class _SystemError(Exception):
+    def __init__(self, message: str, code: str):
+        super().__init__(message)
+        self.code = code
+

@@ -1,0 +1,266 @@
+"""The runs service: create runs, read runs/actions/events, wait for and abort them.
+
+CreateRun as in Flyte (reference §4.6): the run name is ``r`` + 19 random characters, inputs go to
+``<run base>/inputs/inputs.pb``, the task spec is stored by digest, and the root action row (QUEUED,
+attempts 1) and its TaskAction ``<run>-a0`` are written in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import hashlib
+import os
+import re
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from flyteidl2.common import identifier_pb2
+from flyteidl2.core import tasks_pb2
+from flyteidl2.task import common_pb2, task_definition_pb2
+from flyteidl2.workflow import run_definition_pb2
+
+from engine.events import attempt_prefix, decode_event
+from engine.literals import read_inputs, read_outputs
+from engine.model import (
+    ROOT_ACTION_NAME,
+    ObjectMeta,
+    TaskAction,
+    TaskActionSpec,
+    base_labels,
+    task_action_name,
+    utcnow,
+)
+from engine.phases import ActionPhase
+from engine.plugins.container import ANNOTATION_CODE_DIR, substitute_template
+from engine.reconciler import ANNOTATION_RUN_START_TIME, local_path
+from engine.store.base import ActionKey, ActionRecord, ActionsChanged, EngineStore, EventRecord, NotFoundError
+
+RUN_NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # k8s.io/apimachinery util/rand
+RUN_NAME_LENGTH = 20
+_DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+ACTION_TYPE_TASK = 1
+ACTION_TYPE_TRACE = 2
+ACTION_TYPE_CONDITION = 3
+
+
+class InvalidRunError(ValueError):
+    pass
+
+
+class RunNotFoundError(LookupError):
+    pass
+
+
+def generate_run_name() -> str:
+    return "r" + "".join(secrets.choice(RUN_NAME_ALPHABET) for _ in range(RUN_NAME_LENGTH - 1))
+
+
+def validate_run_name(name: str) -> None:
+    if len(name) > 30 or not _DNS1035.match(name):
+        raise InvalidRunError(f"run name {name!r} must be a DNS-1035 label of at most 30 characters")
+
+
+def spec_digest(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@dataclasses.dataclass
+class RunResult:
+    run: ActionRecord
+    outputs: dict[str, Any] | None
+    error: dict[str, str] | None
+
+    @property
+    def phase(self) -> ActionPhase:
+        return ActionPhase(self.run.phase)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run": self.run.run_name,
+            "phase": self.phase.name,
+            "outputs": self.outputs,
+            "error": self.error,
+        }
+
+
+class RunsService:
+    def __init__(self, store: EngineStore, data_dir: Path):
+        self.store = store
+        self.data_dir = Path(data_dir)
+
+    def run_base(self, project: str, domain: str, run_name: str) -> str:
+        return str(self.data_dir / "data" / project / domain / run_name)
+
+    async def create_run(
+        self,
+        task_spec: task_definition_pb2.TaskSpec,
+        inputs: common_pb2.Inputs | None = None,
+        *,
+        project: str = "flytesnacks",
+        domain: str = "development",
+        name: str | None = None,
+        code_dir: str | None = None,
+        env_vars: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
+        annotations: dict[str, str] | None = None,
+    ) -> ActionRecord:
+        if name:
+            validate_run_name(name)
+        run_name = name or generate_run_name()
+        template = tasks_pb2.TaskTemplate()
+        template.CopyFrom(task_spec.task_template)
+        if not template.type:
+            raise InvalidRunError("the task template has no type")
+        started = utcnow()
+        start_iso = started.isoformat()
+        if template.WhichOneof("target") == "container":
+            # The run's start time is part of the spec, so parents that hash it into child names are stable.
+            args = [substitute_template(a, {"runstarttime": start_iso}) for a in template.container.args]
+            del template.container.args[:]
+            template.container.args.extend(args)
+        spec = task_definition_pb2.TaskSpec()
+        spec.CopyFrom(task_spec)
+        spec.task_template.CopyFrom(template)
+        spec_bytes = spec.SerializeToString(deterministic=True)
+        digest = spec_digest(spec_bytes)
+
+        run_base = self.run_base(project, domain, run_name)
+        input_uri = f"{run_base}/inputs/inputs.pb"
+        write_atomic(input_uri, (inputs or common_pb2.Inputs()).SerializeToString())
+
+        action_id = identifier_pb2.ActionIdentifier(
+            run=identifier_pb2.RunIdentifier(project=project, domain=domain, name=run_name), name=ROOT_ACTION_NAME)
+        action_spec = run_definition_pb2.ActionSpec(
+            action_id=action_id, input_uri=input_uri, run_output_base=run_base,
+            task=run_definition_pb2.TaskAction(id=None, spec=spec),
+        )
+        now = time.time()
+        record = ActionRecord(
+            project=project, domain=domain, run_name=run_name, name=ROOT_ACTION_NAME,
+            parent_action_name=None, phase=int(ActionPhase.QUEUED), action_type=ACTION_TYPE_TASK,
+            task_project=template.id.project or None, task_domain=template.id.domain or None,
+            task_name=template.id.name or None, task_version=template.id.version or None,
+            task_type=template.type, short_name=spec.short_name or None,
+            environment_name=spec.environment.name or None, function_name=template.id.name.rsplit(".", 1)[-1],
+            action_spec=action_spec.SerializeToString(), task_spec_digest=digest,
+            input_uri=input_uri, run_output_base=run_base, created_at=now, updated_at=now, attempts=1,
+        )
+        all_labels = dict(labels or {})
+        all_labels.update(base_labels(project, domain, run_name, ROOT_ACTION_NAME, "task", is_root=True))
+        all_annotations = dict(annotations or {})
+        all_annotations[ANNOTATION_RUN_START_TIME] = start_iso
+        if code_dir:
+            all_annotations[ANNOTATION_CODE_DIR] = code_dir
+        task_action = TaskAction(
+            metadata=ObjectMeta(
+                name=task_action_name(run_name, ROOT_ACTION_NAME), labels=all_labels, annotations=all_annotations,
+                creation_timestamp=started,
+            ),
+            spec=TaskActionSpec(
+                run_name=run_name, project=project, domain=domain, action_name=ROOT_ACTION_NAME,
+                input_uri=input_uri, run_output_base=run_base, task_type=template.type,
+                short_name=(spec.short_name or template.id.name)[:63],
+                task_template=template.SerializeToString(), env_vars=env_vars or None,
+                interruptible=template.metadata.interruptible if template.metadata.HasField("interruptible") else None,
+            ),
+        )
+        await self.store.create_run_action(record, task_action, (digest, spec_bytes))
+        return record
+
+    # ------------------------------------------------------------------ reads
+    async def get_run(self, run_name: str) -> ActionRecord:
+        run = await self.store.find_run(run_name)
+        if run is None:
+            raise RunNotFoundError(f"run {run_name!r} not found")
+        return run
+
+    async def list_runs(self, limit: int = 200) -> list[ActionRecord]:
+        return await self.store.list_runs(limit)
+
+    async def list_actions(self, run_name: str) -> list[ActionRecord]:
+        run = await self.get_run(run_name)
+        return await self.store.list_actions(run.project, run.domain, run.run_name)
+
+    async def list_events(self, key: ActionKey) -> list[EventRecord]:
+        return await self.store.list_events(key)
+
+    async def result(self, run_name: str) -> RunResult:
+        run = await self.get_run(run_name)
+        outputs = None
+        if run.phase == ActionPhase.SUCCEEDED:
+            prefix = self.attempt_prefix_of(run, run.attempts or 1)
+            outputs = read_outputs(f"{prefix}/outputs.pb") or {}
+        error = None
+        if run.error_kind is not None or run.phase in (ActionPhase.FAILED, ActionPhase.TIMED_OUT,
+                                                        ActionPhase.ABORTED):
+            error = {"kind": run.error_kind or "", "code": run.error_code or "",
+                     "message": run.error_message or ""}
+            if run.phase == ActionPhase.ABORTED and not run.error_message:
+                error = {"kind": "", "code": "Aborted", "message": run.abort_reason or "aborted"}
+        return RunResult(run, outputs, error)
+
+    def attempt_prefix_of(self, action: ActionRecord, attempt: int) -> str:
+        return local_path(f"{action.run_output_base.rstrip('/')}/{action.name}/{attempt}")
+
+    def inputs_of(self, action: ActionRecord) -> dict[str, Any] | None:
+        path = local_path(action.input_uri)
+        return read_inputs(path if path.endswith(".pb") else f"{path}/inputs.pb")
+
+    async def wait_for_run(self, run_name: str, timeout: float | None = None) -> RunResult:
+        """Wait until the run's root action is terminal in the actions table."""
+        run = await self.get_run(run_name)
+        changed = asyncio.Event()
+
+        def on_change(change) -> None:
+            if isinstance(change, ActionsChanged) and any(k[2] == run.run_name and k[3] == run.name
+                                                          for k in change.keys):
+                changed.set()
+
+        unsubscribe = self.store.subscribe(on_change)
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    changed.clear()
+                    current = await self.get_run(run_name)
+                    if ActionPhase(current.phase).is_terminal:
+                        return await self.result(run_name)
+                    await changed.wait()
+        finally:
+            unsubscribe()
+
+    # ------------------------------------------------------------------ abort
+    async def abort_action(self, run_name: str, action_name: str = ROOT_ACTION_NAME,
+                           reason: str = "aborted by user") -> None:
+        """Abort an action and its subtree: its TaskAction is deleted, the deletion cascades."""
+        run = await self.get_run(run_name)
+        key = (run.project, run.domain, run.run_name, action_name)
+        if await self.store.get_action(key) is None:
+            raise RunNotFoundError(f"action {action_name!r} not found in run {run_name!r}")
+        await self.store.mark_abort_requested(key, reason, time.time())
+        try:
+            await self.store.delete(task_action_name(run.run_name, action_name))
+        except NotFoundError:
+            pass  # already gone: abort is idempotent
+
+    def decode_events(self, events: list[EventRecord]) -> list[run_definition_pb2.ActionEvent]:
+        return [decode_event(e) for e in events]
+
+
+def outputs_path(task_action: TaskAction, attempt: int) -> str:
+    return local_path(attempt_prefix(task_action, attempt)) + "/outputs.pb"

@@ -1,0 +1,247 @@
+"""The store interface: TaskAction resources (Kubernetes semantics) and the runs data model.
+
+The SQLite store implements it for the embedded default; a Kubernetes-backed store can implement the
+resource half against the API server (resourceVersion, label selectors, watch, finalizers and owner
+references are all Kubernetes concepts) and the runs half against a database.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+from typing import Literal
+
+from engine.model import TaskAction
+
+
+class StoreError(Exception):
+    """Base class of store errors."""
+
+
+class NotFoundError(StoreError):
+    pass
+
+
+class AlreadyExistsError(StoreError):
+    pass
+
+
+class ConflictError(StoreError):
+    """A write carried a stale resourceVersion (HTTP 409 in Kubernetes)."""
+
+
+class GoneError(StoreError):
+    """A watch asked for a resourceVersion older than the retained history (HTTP 410): re-list."""
+
+
+class OwnerGoneError(StoreError):
+    """A child was created under an owner that is missing or being deleted."""
+
+
+class StorageUnavailableError(StoreError):
+    """The database could not be written (disk full, read-only, I/O error). Nothing was applied."""
+
+
+WatchEventType = Literal["ADDED", "MODIFIED", "DELETED"]
+
+
+@dataclasses.dataclass(frozen=True)
+class WatchEvent:
+    type: WatchEventType
+    object: TaskAction
+    resource_version: int
+
+
+# (project, domain, run_name, action_name)
+ActionKey = tuple[str, str, str, str]
+
+
+@dataclasses.dataclass
+class ActionRecord:
+    """A row of the actions table; a run is its root action (parent_action_name is None)."""
+
+    project: str
+    domain: str
+    run_name: str
+    name: str
+    parent_action_name: str | None = None
+    phase: int = 1  # ActionPhase.QUEUED
+    action_type: int = 1  # workflow.ActionType: TASK 1, TRACE 2, CONDITION 3
+    task_project: str | None = None
+    task_domain: str | None = None
+    task_name: str | None = None
+    task_version: str | None = None
+    task_type: str = ""
+    short_name: str | None = None
+    environment_name: str | None = None
+    function_name: str = ""
+    action_group: str = ""
+    action_spec: bytes | None = None  # serialized workflow.ActionSpec
+    task_spec_digest: str | None = None
+    run_spec: bytes | None = None
+    input_uri: str = ""
+    run_output_base: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    ended_at: float | None = None
+    duration_ms: int | None = None
+    attempts: int = 0
+    cache_status: int = 0
+    abort_requested_at: float | None = None
+    abort_reason: str | None = None
+    error_kind: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+    @property
+    def key(self) -> ActionKey:
+        return (self.project, self.domain, self.run_name, self.name)
+
+
+@dataclasses.dataclass(frozen=True)
+class ActionStatusUpdate:
+    """UpdateActionStatus: applied only if the monotonic phase guard allows it."""
+
+    key: ActionKey
+    phase: int
+    attempts: int
+    cache_status: int = 0
+    start_time: float | None = None
+    end_time: float | None = None
+    error_kind: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EventRecord:
+    """A row of action_events; unique on (action, attempt, phase, version)."""
+
+    project: str
+    domain: str
+    run_name: str
+    name: str
+    attempt: int
+    phase: int
+    version: int
+    info: bytes  # serialized workflow.ActionEvent
+    error_kind: str
+    updated_time: float
+    reported_time: float
+
+    @property
+    def key(self) -> ActionKey:
+        return (self.project, self.domain, self.run_name, self.name)
+
+
+@dataclasses.dataclass(frozen=True)
+class ActionsChanged:
+    """Published after a commit that touched the actions table."""
+
+    keys: tuple[ActionKey, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class EventsRecorded:
+    """Published after a commit that inserted new action events (duplicates are not repeated)."""
+
+    events: tuple[EventRecord, ...]
+
+
+Change = ActionsChanged | EventsRecorded
+
+
+class ResourceStore(abc.ABC):
+    """TaskAction resources with Kubernetes semantics.
+
+    Objects returned are copies: mutate them freely and write them back with ``update``/``update_status``.
+    """
+
+    @abc.abstractmethod
+    async def create(self, obj: TaskAction) -> TaskAction: ...
+
+    @abc.abstractmethod
+    async def get(self, name: str) -> TaskAction: ...
+
+    @abc.abstractmethod
+    async def list(self, selector: dict[str, str | None] | None = None) -> list[TaskAction]:
+        """Objects whose labels match; a None value means the label only has to exist."""
+
+    @abc.abstractmethod
+    async def update(self, obj: TaskAction) -> TaskAction:
+        """Write metadata and spec (not status), checked against ``metadata.resourceVersion``."""
+
+    @abc.abstractmethod
+    async def update_status(self, obj: TaskAction) -> TaskAction:
+        """Write the status subresource, checked against ``metadata.resourceVersion``."""
+
+    @abc.abstractmethod
+    async def patch_labels(self, name: str, labels: dict[str, str]) -> TaskAction:
+        """Merge-patch labels; no resourceVersion check."""
+
+    @abc.abstractmethod
+    async def delete(self, name: str) -> None:
+        """Set deletionTimestamp (or remove at once when there is no finalizer); cascades to dependents."""
+
+    @abc.abstractmethod
+    def watch(self, since_resource_version: int | None = None) -> AsyncIterator[WatchEvent]:
+        """Changes after ``since_resource_version`` (None: from now). Raises GoneError if too old."""
+
+    @property
+    @abc.abstractmethod
+    def resource_version(self) -> int: ...
+
+
+class RunsRepository(abc.ABC):
+    """The runs data model: actions (runs are root actions), action events and task specs."""
+
+    @abc.abstractmethod
+    async def create_run_action(
+        self, record: ActionRecord, task_action: TaskAction | None, task_spec: tuple[str, bytes] | None
+    ) -> TaskAction | None:
+        """Atomically insert the action row, the task spec and create its TaskAction.
+
+        Raises AlreadyExistsError when the action row exists.
+        """
+
+    @abc.abstractmethod
+    async def update_action_status(self, update: ActionStatusUpdate) -> None: ...
+
+    @abc.abstractmethod
+    async def mark_abort_requested(self, key: ActionKey, reason: str, when: float) -> None: ...
+
+    @abc.abstractmethod
+    async def record_events(self, events: list[EventRecord]) -> None:
+        """Insert events; a repeated (action, attempt, phase, version) is ignored."""
+
+    @abc.abstractmethod
+    async def get_action(self, key: ActionKey) -> ActionRecord | None: ...
+
+    @abc.abstractmethod
+    async def find_run(self, run_name: str) -> ActionRecord | None:
+        """The root action of the run with that name, in any project/domain."""
+
+    @abc.abstractmethod
+    async def list_runs(self, limit: int = 200) -> list[ActionRecord]: ...
+
+    @abc.abstractmethod
+    async def list_actions(self, project: str, domain: str, run_name: str) -> list[ActionRecord]: ...
+
+    @abc.abstractmethod
+    async def list_events(self, key: ActionKey) -> list[EventRecord]: ...
+
+    @abc.abstractmethod
+    async def get_task_spec(self, digest: str) -> bytes | None: ...
+
+    @abc.abstractmethod
+    def subscribe(self, callback: Callable[[Change], None]) -> Callable[[], None]:
+        """Call ``callback`` after each commit that changed runs data; returns an unsubscribe function."""
+
+
+class EngineStore(ResourceStore, RunsRepository, abc.ABC):
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...

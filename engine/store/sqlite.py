@@ -1,0 +1,674 @@
+"""The embedded store: one SQLite database (WAL) behind one writer task.
+
+Every write is an *op* queued to the writer. The writer takes all queued ops (up to ``max_batch``),
+validates each against the committed state plus what earlier ops of the same batch staged (so a stale
+resourceVersion is refused exactly as the API server would), runs the batch's SQL in one transaction, and
+only after COMMIT updates the in-memory objects, resolves the callers and publishes watch events. A caller
+is therefore acknowledged only for what is durable, and throughput is not bound by one commit per change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import logging
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from engine.model import TaskAction, utcnow
+from engine.phases import TERMINAL_ACTION_PHASES, ActionPhase
+from engine.store.base import (
+    ActionKey,
+    ActionRecord,
+    ActionsChanged,
+    ActionStatusUpdate,
+    AlreadyExistsError,
+    Change,
+    ConflictError,
+    EngineStore,
+    EventRecord,
+    EventsRecorded,
+    GoneError,
+    NotFoundError,
+    OwnerGoneError,
+    StorageUnavailableError,
+    WatchEvent,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS taskactions (
+    name TEXT PRIMARY KEY,
+    namespace TEXT NOT NULL,
+    resource_version INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS actions (
+    project TEXT NOT NULL, domain TEXT NOT NULL, run_name TEXT NOT NULL, name TEXT NOT NULL,
+    parent_action_name TEXT,
+    phase INTEGER NOT NULL DEFAULT 1,
+    action_type INTEGER NOT NULL DEFAULT 0,
+    task_project TEXT, task_domain TEXT, task_name TEXT, task_version TEXT,
+    task_type TEXT NOT NULL DEFAULT '',
+    short_name TEXT, environment_name TEXT,
+    function_name TEXT NOT NULL DEFAULT '',
+    action_group TEXT NOT NULL DEFAULT '',
+    action_spec BLOB, task_spec_digest TEXT, run_spec BLOB,
+    input_uri TEXT NOT NULL DEFAULT '', run_output_base TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL, updated_at REAL NOT NULL, ended_at REAL, duration_ms INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    cache_status INTEGER NOT NULL DEFAULT 0,
+    abort_requested_at REAL, abort_reason TEXT,
+    error_kind TEXT, error_code TEXT, error_message TEXT,
+    PRIMARY KEY (project, domain, run_name, name)
+);
+CREATE INDEX IF NOT EXISTS actions_parent ON actions (parent_action_name);
+CREATE INDEX IF NOT EXISTS actions_phase ON actions (phase);
+CREATE INDEX IF NOT EXISTS actions_created ON actions (created_at);
+CREATE INDEX IF NOT EXISTS actions_run_name ON actions (run_name);
+CREATE TABLE IF NOT EXISTS action_events (
+    project TEXT NOT NULL, domain TEXT NOT NULL, run_name TEXT NOT NULL, name TEXT NOT NULL,
+    attempt INTEGER NOT NULL, phase INTEGER NOT NULL, version INTEGER NOT NULL,
+    info BLOB NOT NULL,
+    error_kind TEXT NOT NULL DEFAULT '',
+    updated_time REAL NOT NULL,
+    reported_time REAL NOT NULL,
+    PRIMARY KEY (project, domain, run_name, name, attempt, phase, version)
+);
+CREATE TABLE IF NOT EXISTS task_specs (digest TEXT PRIMARY KEY, spec BLOB NOT NULL);
+"""
+
+_ACTION_COLUMNS = [f.name for f in dataclasses.fields(ActionRecord)]
+_INSERT_ACTION = (
+    f"INSERT OR IGNORE INTO actions ({', '.join(_ACTION_COLUMNS)}) VALUES ({', '.join('?' * len(_ACTION_COLUMNS))})"
+)
+_EVENT_COLUMNS = [f.name for f in dataclasses.fields(EventRecord)]
+_INSERT_EVENT = (
+    f"INSERT OR IGNORE INTO action_events ({', '.join(_EVENT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_EVENT_COLUMNS))})"
+)
+_TERMINAL_SQL = ", ".join(str(int(p)) for p in sorted(TERMINAL_ACTION_PHASES))
+# The monotonic guard of UpdateActionPhase (reference §4.6), evaluated by SQLite against the row.
+_UPDATE_ACTION_STATUS = f"""
+UPDATE actions SET
+    phase = :phase,
+    attempts = MAX(attempts, :attempts),
+    cache_status = :cache_status,
+    updated_at = :now,
+    created_at = CASE WHEN :start_time IS NOT NULL AND :start_time < created_at THEN :start_time ELSE created_at END,
+    ended_at = CASE WHEN :terminal THEN COALESCE(ended_at, MAX(COALESCE(:end_time, :now), created_at)) ELSE NULL END,
+    duration_ms = CASE WHEN :terminal
+        THEN CAST((COALESCE(ended_at, MAX(COALESCE(:end_time, :now), created_at)) - created_at) * 1000 AS INTEGER)
+        ELSE NULL END,
+    error_kind = CASE WHEN :terminal THEN :error_kind ELSE error_kind END,
+    error_code = CASE WHEN :terminal THEN :error_code ELSE error_code END,
+    error_message = CASE WHEN :terminal THEN :error_message ELSE error_message END
+WHERE project = :project AND domain = :domain AND run_name = :run_name AND name = :name
+  AND (phase <= :phase OR phase IN ({int(ActionPhase.FAILED)}, {int(ActionPhase.TIMED_OUT)})
+       OR (phase = {int(ActionPhase.PAUSED)} AND :phase IN ({_TERMINAL_SQL})))
+"""
+_UPSERT_OBJECT = (
+    "INSERT INTO taskactions (name, namespace, resource_version, body) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT(name) DO UPDATE SET namespace = excluded.namespace, "
+    "resource_version = excluded.resource_version, body = excluded.body"
+)
+_DELETE_OBJECT = "DELETE FROM taskactions WHERE name = ?"
+_SAVE_RV = "INSERT INTO meta (key, value) VALUES ('resource_version', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
+
+
+def _row_to_action(row: sqlite3.Row) -> ActionRecord:
+    return ActionRecord(**{k: row[k] for k in _ACTION_COLUMNS})
+
+
+def _row_to_event(row: sqlite3.Row) -> EventRecord:
+    return EventRecord(**{k: row[k] for k in _EVENT_COLUMNS})
+
+
+def _matches(labels: dict[str, str], selector: dict[str, str | None] | None) -> bool:
+    if not selector:
+        return True
+    for key, value in selector.items():
+        if key not in labels:
+            return False
+        if value is not None and labels[key] != value:
+            return False
+    return True
+
+
+class _Batch:
+    """What one writer batch stages on top of the committed state.
+
+    Op functions validate first and stage after, so an op that raises leaves the batch untouched.
+    """
+
+    def __init__(self, store: SqliteStore):
+        self._store = store
+        self.staged: dict[str, TaskAction | None] = {}
+        self.rv = store._rv
+        self.statements: list[tuple[str, Any]] = []
+        self.watch_events: list[WatchEvent] = []
+        self.changed_actions: dict[ActionKey, None] = {}
+        self.new_events: list[EventRecord] = []
+        self.new_action_keys: set[ActionKey] = set()
+        self.now = utcnow()
+
+    def action_exists(self, key: ActionKey) -> bool:
+        return key in self.new_action_keys or key in self._store._action_keys
+
+    def lookup(self, name: str) -> TaskAction | None:
+        if name in self.staged:
+            return self.staged[name]
+        return self._store._objects.get(name)
+
+    def dependents_of(self, uid: str) -> list[str]:
+        names = set(self._store._dependents.get(uid, ()))
+        for name, obj in self.staged.items():
+            if obj is not None and any(ref.uid == uid for ref in obj.metadata.owner_references):
+                names.add(name)
+        return sorted(names)
+
+    def stage(self, obj: TaskAction, event_type: str) -> TaskAction:
+        self.rv += 1
+        obj.metadata.resource_version = str(self.rv)
+        self.staged[obj.name] = obj
+        self.watch_events.append(WatchEvent(event_type, obj, self.rv))  # type: ignore[arg-type]
+        return obj
+
+    def stage_removal(self, obj: TaskAction) -> None:
+        self.rv += 1
+        self.staged[obj.name] = None
+        self.watch_events.append(WatchEvent("DELETED", obj, self.rv))
+
+    def sql(self, statement: str, params: Any) -> None:
+        self.statements.append((statement, params))
+
+
+@dataclasses.dataclass
+class _Op:
+    apply: Callable[[_Batch], Any]
+    future: asyncio.Future
+
+
+class _Watch:
+    def __init__(self, store: SqliteStore):
+        self._store = store
+        self.queue: asyncio.Queue[WatchEvent | None] = asyncio.Queue()
+
+    def __aiter__(self) -> _Watch:
+        return self
+
+    async def __anext__(self) -> WatchEvent:
+        event = await self.queue.get()
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+    async def aclose(self) -> None:
+        self._store._watches.discard(self)
+
+
+class SqliteStore(EngineStore):
+    def __init__(self, path: str | Path, *, max_batch: int = 1000, history_size: int = 50_000,
+                 read_only: bool = False):
+        self.path = str(path)
+        self.read_only = read_only
+        self.max_batch = max_batch
+        self._objects: dict[str, TaskAction] = {}
+        self._dependents: dict[str, set[str]] = collections.defaultdict(set)
+        self._rv = 0
+        self._history: collections.deque[WatchEvent] = collections.deque()
+        self._history_size = history_size
+        self._history_floor = 0
+        self._watches: set[_Watch] = set()
+        self._subscribers: list[Callable[[Change], None]] = []
+        self._action_keys: set[ActionKey] = set()
+        self._ops: asyncio.Queue[_Op | None] = asyncio.Queue()
+        self._writer_task: asyncio.Task | None = None
+        self._write_conn: aiosqlite.Connection | None = None
+        self._read_conn: aiosqlite.Connection | None = None
+        self.batches_committed = 0
+        self.storage_error: str | None = None
+
+    # ----------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        if self.read_only:
+            await self._start_read_only()
+            return
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._write_conn = await aiosqlite.connect(self.path, isolation_level=None)
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=5000", "foreign_keys=OFF"):
+            await self._write_conn.execute(f"PRAGMA {pragma}")
+        await self._write_conn.executescript(SCHEMA)
+        async with self._write_conn.execute("SELECT value FROM meta WHERE key = 'resource_version'") as cur:
+            row = await cur.fetchone()
+        self._rv = int(row[0]) if row else 0
+        async with self._write_conn.execute("SELECT body FROM taskactions") as cur:
+            async for (body,) in cur:
+                obj = TaskAction.from_json(body)
+                self._objects[obj.name] = obj
+                self._index(obj)
+                self._rv = max(self._rv, obj.resource_version)
+        async with self._write_conn.execute("SELECT project, domain, run_name, name FROM actions") as cur:
+            self._action_keys = {tuple(row) async for row in cur}  # type: ignore[misc]
+        self._history_floor = self._rv
+        self._read_conn = await aiosqlite.connect(self.path, isolation_level=None)
+        self._read_conn.row_factory = sqlite3.Row
+        await self._read_conn.execute("PRAGMA busy_timeout=5000")
+        self._writer_task = asyncio.create_task(self._writer_loop(), name="store-writer")
+
+    async def _start_read_only(self) -> None:
+        """A reader beside (or without) a live engine: no writer, no schema changes."""
+        conn = await aiosqlite.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None) \
+            if Path(self.path).exists() else await aiosqlite.connect(":memory:", isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        if not Path(self.path).exists():
+            await conn.executescript(SCHEMA)
+        await conn.execute("PRAGMA busy_timeout=5000")
+        async with conn.execute("SELECT body FROM taskactions") as cur:
+            async for row in cur:
+                obj = TaskAction.from_json(row[0])
+                self._objects[obj.name] = obj
+        self._read_conn = conn
+
+    async def close(self) -> None:
+        if self._writer_task is not None:
+            await self._ops.put(None)
+            await self._writer_task
+            self._writer_task = None
+        for watch in list(self._watches):
+            watch.queue.put_nowait(None)
+        self._watches.clear()
+        for conn in (self._read_conn, self._write_conn):
+            if conn is not None:
+                await conn.close()
+        self._read_conn = self._write_conn = None
+
+    # ----------------------------------------------------------------- writer
+    async def _submit(self, apply: Callable[[_Batch], Any]) -> Any:
+        if self._writer_task is None:
+            raise StorageUnavailableError("store is not running")
+        future = asyncio.get_running_loop().create_future()
+        self._ops.put_nowait(_Op(apply, future))
+        return await future
+
+    async def _writer_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            op = await self._ops.get()
+            if op is None:
+                break
+            ops = [op]
+            while len(ops) < self.max_batch and not self._ops.empty():
+                nxt = self._ops.get_nowait()
+                if nxt is None:
+                    stopping = True
+                    break
+                ops.append(nxt)
+            await self._commit(ops)
+
+    async def _commit(self, ops: list[_Op]) -> None:
+        batch = _Batch(self)
+        results: list[tuple[_Op, Any, BaseException | None]] = []
+        for op in ops:
+            if op.future.cancelled():
+                continue
+            try:
+                results.append((op, op.apply(batch), None))
+            except Exception as exc:  # a refused op fails alone; the batch goes on
+                results.append((op, None, exc))
+        try:
+            await self._execute(batch)
+        except (sqlite3.Error, OSError) as exc:
+            self.storage_error = f"{type(exc).__name__}: {exc}"
+            log.error("storage write failed, batch of %d ops not applied: %s", len(ops), exc)
+            error = StorageUnavailableError(self.storage_error)
+            for op, _, _ in results:
+                if not op.future.done():
+                    op.future.set_exception(error)
+            return
+        self.storage_error = None
+        self.batches_committed += 1
+        self._apply_committed(batch)
+        for op, result, exc in results:
+            if op.future.done():
+                continue
+            if exc is not None:
+                op.future.set_exception(exc)
+            else:
+                op.future.set_result(result)
+
+    async def _execute(self, batch: _Batch) -> None:
+        statements: dict[str, list[Any]] = {}
+        for statement, params in batch.statements:
+            statements.setdefault(statement, []).append(params)
+        upserts = [
+            (name, obj.metadata.namespace, obj.resource_version, obj.to_json())
+            for name, obj in batch.staged.items()
+            if obj is not None
+        ]
+        removals = [(name,) for name, obj in batch.staged.items() if obj is None]
+        if not statements and not upserts and not removals:
+            return
+        conn = self._write_conn
+        assert conn is not None
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            if upserts:
+                await conn.executemany(_UPSERT_OBJECT, upserts)
+            if removals:
+                await conn.executemany(_DELETE_OBJECT, removals)
+            if batch.rv != self._rv:
+                await conn.execute(_SAVE_RV, (str(batch.rv),))
+            for statement, rows in statements.items():
+                await conn.executemany(statement, rows)
+            await conn.execute("COMMIT")
+        except BaseException:
+            try:
+                await conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise
+
+    def _apply_committed(self, batch: _Batch) -> None:
+        for name, obj in batch.staged.items():
+            old = self._objects.pop(name, None)
+            if old is not None:
+                self._unindex(old)
+            if obj is not None:
+                self._objects[name] = obj
+                self._index(obj)
+        self._rv = batch.rv
+        self._action_keys.update(batch.new_action_keys)
+        for event in batch.watch_events:
+            self._history.append(event)
+            if len(self._history) > self._history_size:
+                self._history_floor = self._history.popleft().resource_version
+            for watch in self._watches:
+                watch.queue.put_nowait(event)
+        if batch.changed_actions:
+            self._publish(ActionsChanged(tuple(batch.changed_actions)))
+        if batch.new_events:
+            self._publish(EventsRecorded(tuple(batch.new_events)))
+
+    def _publish(self, change: Change) -> None:
+        for callback in list(self._subscribers):
+            try:
+                callback(change)
+            except Exception:  # a broken subscriber must not break the writer
+                log.exception("store subscriber failed")
+
+    def _index(self, obj: TaskAction) -> None:
+        for ref in obj.metadata.owner_references:
+            self._dependents[ref.uid].add(obj.name)
+
+    def _unindex(self, obj: TaskAction) -> None:
+        for ref in obj.metadata.owner_references:
+            names = self._dependents.get(ref.uid)
+            if names is not None:
+                names.discard(obj.name)
+                if not names:
+                    del self._dependents[ref.uid]
+
+    # ----------------------------------------------------------------- resources
+    @property
+    def resource_version(self) -> int:
+        return self._rv
+
+    async def get(self, name: str) -> TaskAction:
+        obj = self._objects.get(name)
+        if obj is None:
+            raise NotFoundError(f"taskaction {name!r} not found")
+        return obj.copy_deep()
+
+    def peek(self, name: str) -> TaskAction | None:
+        """The committed object itself, for read-only use (no copy)."""
+        return self._objects.get(name)
+
+    async def list(self, selector: dict[str, str | None] | None = None) -> list[TaskAction]:
+        return [obj.copy_deep() for obj in self._objects.values() if _matches(obj.metadata.labels, selector)]
+
+    def names(self) -> list[str]:
+        return list(self._objects)
+
+    async def create(self, obj: TaskAction) -> TaskAction:
+        new = obj.copy_deep()
+        result = await self._submit(lambda batch: self._op_create(batch, new))
+        return result.copy_deep()
+
+    def _op_create(self, batch: _Batch, obj: TaskAction) -> TaskAction:
+        if batch.lookup(obj.name) is not None:
+            raise AlreadyExistsError(f"taskaction {obj.name!r} already exists")
+        for ref in obj.metadata.owner_references:
+            owner = batch.lookup(ref.name)
+            if owner is None or owner.metadata.uid != ref.uid or owner.metadata.deletion_timestamp is not None:
+                raise OwnerGoneError(f"owner {ref.name!r} of {obj.name!r} is gone or being deleted")
+        obj.metadata.uid = obj.metadata.uid or str(uuid.uuid4())
+        obj.metadata.creation_timestamp = obj.metadata.creation_timestamp or batch.now
+        obj.metadata.generation = 1
+        obj.metadata.deletion_timestamp = None
+        return batch.stage(obj, "ADDED")
+
+    def _checked_current(self, batch: _Batch, obj: TaskAction) -> TaskAction:
+        current = batch.lookup(obj.name)
+        if current is None:
+            raise NotFoundError(f"taskaction {obj.name!r} not found")
+        if obj.metadata.resource_version != current.metadata.resource_version:
+            raise ConflictError(
+                f"taskaction {obj.name!r}: resourceVersion {obj.metadata.resource_version} is stale "
+                f"(current {current.metadata.resource_version})"
+            )
+        return current
+
+    async def update(self, obj: TaskAction) -> TaskAction:
+        new = obj.copy_deep()
+        result = await self._submit(lambda batch: self._op_update(batch, new))
+        return result.copy_deep()
+
+    def _op_update(self, batch: _Batch, obj: TaskAction) -> TaskAction:
+        current = self._checked_current(batch, obj)
+        # Immutable and server-owned fields come from the current object; status is a subresource.
+        obj.metadata.uid = current.metadata.uid
+        obj.metadata.creation_timestamp = current.metadata.creation_timestamp
+        obj.metadata.deletion_timestamp = current.metadata.deletion_timestamp
+        obj.status = current.status.model_copy(deep=True)
+        if obj.spec != current.spec:
+            obj.metadata.generation = current.metadata.generation + 1
+        else:
+            obj.metadata.generation = current.metadata.generation
+        if obj.metadata.deletion_timestamp is not None and not obj.metadata.finalizers:
+            batch.stage_removal(obj)
+            self._cascade(batch, obj)
+            return obj
+        return batch.stage(obj, "MODIFIED")
+
+    async def update_status(self, obj: TaskAction) -> TaskAction:
+        new_status = obj.status.model_copy(deep=True)
+        name, rv = obj.name, obj.metadata.resource_version
+        result = await self._submit(lambda batch: self._op_update_status(batch, name, rv, new_status))
+        return result.copy_deep()
+
+    def _op_update_status(self, batch: _Batch, name: str, rv: str, status) -> TaskAction:
+        current = batch.lookup(name)
+        if current is None:
+            raise NotFoundError(f"taskaction {name!r} not found")
+        if rv != current.metadata.resource_version:
+            raise ConflictError(f"taskaction {name!r}: resourceVersion {rv} is stale")
+        new = current.model_copy()
+        new.metadata = current.metadata.model_copy(deep=True)
+        new.status = status
+        return batch.stage(new, "MODIFIED")
+
+    async def patch_labels(self, name: str, labels: dict[str, str]) -> TaskAction:
+        result = await self._submit(lambda batch: self._op_patch_labels(batch, name, labels))
+        return result.copy_deep()
+
+    def _op_patch_labels(self, batch: _Batch, name: str, labels: dict[str, str]) -> TaskAction:
+        current = batch.lookup(name)
+        if current is None:
+            raise NotFoundError(f"taskaction {name!r} not found")
+        if all(current.metadata.labels.get(k) == v for k, v in labels.items()):
+            return current
+        new = current.model_copy()
+        new.metadata = current.metadata.model_copy(deep=True)
+        new.metadata.labels.update(labels)
+        return batch.stage(new, "MODIFIED")
+
+    async def delete(self, name: str) -> None:
+        await self._submit(lambda batch: self._op_delete(batch, name, must_exist=True))
+
+    def _op_delete(self, batch: _Batch, name: str, must_exist: bool) -> None:
+        current = batch.lookup(name)
+        if current is None:
+            if must_exist:
+                raise NotFoundError(f"taskaction {name!r} not found")
+            return
+        if current.metadata.finalizers:
+            if current.metadata.deletion_timestamp is None:
+                new = current.model_copy()
+                new.metadata = current.metadata.model_copy(deep=True)
+                new.metadata.deletion_timestamp = batch.now
+                batch.stage(new, "MODIFIED")
+        else:
+            batch.stage_removal(current)
+        self._cascade(batch, current)
+
+    def _cascade(self, batch: _Batch, owner: TaskAction) -> None:
+        """Owner-reference garbage collection: every dependent is deleted too."""
+        for child in batch.dependents_of(owner.metadata.uid):
+            child_obj = batch.lookup(child)
+            if child_obj is not None and child_obj.metadata.deletion_timestamp is None:
+                self._op_delete(batch, child, must_exist=False)
+
+    def watch(self, since_resource_version: int | None = None) -> AsyncIterator[WatchEvent]:
+        if since_resource_version is not None and since_resource_version < self._history_floor:
+            raise GoneError(
+                f"resourceVersion {since_resource_version} is older than the retained history "
+                f"({self._history_floor}); list again"
+            )
+        watch = _Watch(self)
+        if since_resource_version is not None:
+            for event in self._history:
+                if event.resource_version > since_resource_version:
+                    watch.queue.put_nowait(event)
+        self._watches.add(watch)
+        return watch
+
+    # ----------------------------------------------------------------- runs data
+    async def create_run_action(
+        self, record: ActionRecord, task_action: TaskAction | None, task_spec: tuple[str, bytes] | None
+    ) -> TaskAction | None:
+        new = task_action.copy_deep() if task_action is not None else None
+        result = await self._submit(lambda batch: self._op_create_run_action(batch, record, new, task_spec))
+        return result.copy_deep() if result is not None else None
+
+    def _op_create_run_action(self, batch: _Batch, record, task_action, task_spec) -> TaskAction | None:
+        if batch.action_exists(record.key):
+            raise AlreadyExistsError(f"action {record.run_name}/{record.name} already exists")
+        created = None
+        if task_action is not None:
+            created = self._op_create(batch, task_action)
+        if task_spec is not None:
+            batch.sql("INSERT OR IGNORE INTO task_specs (digest, spec) VALUES (?, ?)", task_spec)
+        batch.sql(_INSERT_ACTION, tuple(getattr(record, c) for c in _ACTION_COLUMNS))
+        batch.changed_actions[record.key] = None
+        batch.new_action_keys.add(record.key)
+        return created
+
+    async def update_action_status(self, update: ActionStatusUpdate) -> None:
+        await self._submit(lambda batch: self._op_update_action_status(batch, update))
+
+    def _op_update_action_status(self, batch: _Batch, update: ActionStatusUpdate) -> None:
+        project, domain, run_name, name = update.key
+        batch.sql(
+            _UPDATE_ACTION_STATUS,
+            {
+                "project": project, "domain": domain, "run_name": run_name, "name": name,
+                "phase": int(update.phase), "attempts": update.attempts, "cache_status": update.cache_status,
+                "now": time.time(), "start_time": update.start_time, "end_time": update.end_time,
+                "terminal": ActionPhase(update.phase) in TERMINAL_ACTION_PHASES,
+                "error_kind": update.error_kind, "error_code": update.error_code,
+                "error_message": update.error_message,
+            },
+        )
+        batch.changed_actions[update.key] = None
+
+    async def mark_abort_requested(self, key: ActionKey, reason: str, when: float) -> None:
+        def apply(batch: _Batch) -> None:
+            batch.sql(
+                "UPDATE actions SET abort_requested_at = COALESCE(abort_requested_at, ?), abort_reason = ?, "
+                "updated_at = ? WHERE project = ? AND domain = ? AND run_name = ? AND name = ?",
+                (when, reason, when, *key),
+            )
+            batch.changed_actions[key] = None
+
+        await self._submit(apply)
+
+    async def record_events(self, events: list[EventRecord]) -> None:
+        if events:
+            await self._submit(lambda batch: self._op_record_events(batch, events))
+
+    def _op_record_events(self, batch: _Batch, events: list[EventRecord]) -> None:
+        for event in events:
+            batch.sql(_INSERT_EVENT, tuple(getattr(event, c) for c in _EVENT_COLUMNS))
+        batch.new_events.extend(events)
+
+    async def _fetchall(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
+        assert self._read_conn is not None
+        async with self._read_conn.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    async def get_action(self, key: ActionKey) -> ActionRecord | None:
+        rows = await self._fetchall(
+            "SELECT * FROM actions WHERE project = ? AND domain = ? AND run_name = ? AND name = ?", key
+        )
+        return _row_to_action(rows[0]) if rows else None
+
+    async def find_run(self, run_name: str) -> ActionRecord | None:
+        rows = await self._fetchall(
+            "SELECT * FROM actions WHERE run_name = ? AND parent_action_name IS NULL ORDER BY created_at DESC",
+            (run_name,),
+        )
+        return _row_to_action(rows[0]) if rows else None
+
+    async def list_runs(self, limit: int = 200) -> list[ActionRecord]:
+        rows = await self._fetchall(
+            "SELECT * FROM actions WHERE parent_action_name IS NULL ORDER BY created_at DESC LIMIT ?", (limit,)
+        )
+        return [_row_to_action(r) for r in rows]
+
+    async def list_actions(self, project: str, domain: str, run_name: str) -> list[ActionRecord]:
+        rows = await self._fetchall(
+            "SELECT * FROM actions WHERE project = ? AND domain = ? AND run_name = ? ORDER BY created_at, name",
+            (project, domain, run_name),
+        )
+        return [_row_to_action(r) for r in rows]
+
+    async def list_events(self, key: ActionKey) -> list[EventRecord]:
+        rows = await self._fetchall(
+            "SELECT * FROM action_events WHERE project = ? AND domain = ? AND run_name = ? AND name = ? "
+            "ORDER BY attempt, reported_time, phase, version",
+            key,
+        )
+        return [_row_to_event(r) for r in rows]
+
+    async def get_task_spec(self, digest: str) -> bytes | None:
+        rows = await self._fetchall("SELECT spec FROM task_specs WHERE digest = ?", (digest,))
+        return bytes(rows[0][0]) if rows else None
+
+    def subscribe(self, callback: Callable[[Change], None]) -> Callable[[], None]:
+        self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
+
+        return unsubscribe
