@@ -162,7 +162,7 @@ class ApiServer:
         await _send_json(send, 404, {"error": f"not found: {scope['path']}"})
 
     async def start(self) -> str:
-        config = uvicorn.Config(self.app, host=self.host, port=self.port, lifespan="off", log_level="warning",
+        config = uvicorn.Config(self.app, host=self.host, port=self.port, lifespan="off", log_level="warning", interface="asgi3",
                                 timeout_graceful_shutdown=2, access_log=False)
         self._server = _Server(config)
         self._task = asyncio.create_task(self._server.serve(), name="api-server")

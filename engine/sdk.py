@@ -114,9 +114,10 @@ def inputs_from_strings(task, raw: dict[str, str]) -> common_pb2.Inputs:
         return (await convert_from_native_to_inputs(interface, **values)).proto_inputs
 
     try:
+        asyncio.get_running_loop()
+    except RuntimeError:
         return asyncio.run(convert())
-    except RuntimeError:  # already inside a loop: run the conversion on a private one
-        import concurrent.futures
+    import concurrent.futures  # called from inside a loop: convert on a private loop in a thread
 
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            return pool.submit(asyncio.run, convert()).result()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(convert())).result()

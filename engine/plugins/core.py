@@ -56,8 +56,6 @@ class PhaseInfo:
     def __post_init__(self) -> None:
         if self.info.occurred_at is None:
             self.info.occurred_at = dt.datetime.now(dt.timezone.utc)
-        if self.phase.is_failure and self.err is None:
-            self.err = ExecutionError("Unknown", "Unknown error message", UNKNOWN)
 
     def with_version(self, version: int) -> PhaseInfo:
         return dataclasses.replace(self, version=version)

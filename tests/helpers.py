@@ -1,0 +1,103 @@
+"""Shared test helpers: TaskAction builders, a scripted plugin, and engine polling."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from flyteidl2.core import identifier_pb2, interface_pb2, literals_pb2, tasks_pb2, types_pb2
+from flyteidl2.task import common_pb2, task_definition_pb2
+
+from engine.literals import primitive_literal
+from engine.model import ObjectMeta, TaskAction, TaskActionSpec, base_labels, owner_reference_to, task_action_name
+from engine.plugins.core import PhaseInfo, Plugin, TaskExecutionContext, Transition
+
+
+def make_task_action(run: str = "rtest", action: str = "a0", *, parent: TaskAction | None = None,
+                     task_type: str = "scripted", template: bytes | None = None, finalizers=None,
+                     input_uri: str = "/tmp/in", run_output_base: str = "/tmp/out") -> TaskAction:
+    if template is None:
+        template = tasks_pb2.TaskTemplate(type=task_type).SerializeToString()
+    metadata = ObjectMeta(
+        name=task_action_name(run, action),
+        labels=base_labels("p", "d", run, action, "task", parent is None),
+        finalizers=list(finalizers or []),
+    )
+    if parent is not None:
+        metadata.owner_references = [owner_reference_to(parent)]
+    return TaskAction(
+        metadata=metadata,
+        spec=TaskActionSpec(
+            run_name=run, project="p", domain="d", action_name=action,
+            parent_action_name=parent.spec.action_name if parent is not None else None,
+            input_uri=input_uri, run_output_base=run_output_base, task_type=task_type, task_template=template,
+        ),
+    )
+
+
+class ScriptedPlugin(Plugin):
+    """Returns the scripted PhaseInfos one per handle (the last repeats); an Exception item is raised."""
+
+    id = "scripted"
+    task_types = ("scripted",)
+
+    def __init__(self, script: list | Callable[[TaskExecutionContext, int], object] | None = None):
+        self.script = script if script is not None else [PhaseInfo.success()]
+        self.handled: list[tuple[str, int]] = []  # (generated name, attempt)
+        self.aborted: list[str] = []
+        self.finalized: list[str] = []
+
+    async def handle(self, tctx: TaskExecutionContext) -> Transition:
+        index = len(self.handled)
+        self.handled.append((tctx.metadata.generated_name, tctx.metadata.attempt))
+        if callable(self.script):
+            item = self.script(tctx, index)
+        else:
+            item = self.script[min(index, len(self.script) - 1)]
+        if isinstance(item, BaseException):
+            raise item
+        return Transition.of(item)
+
+    async def abort(self, tctx: TaskExecutionContext) -> None:
+        self.aborted.append(tctx.metadata.generated_name)
+
+    async def finalize(self, tctx: TaskExecutionContext) -> None:
+        self.finalized.append(tctx.metadata.generated_name)
+
+
+def task_spec(task_type: str, inputs: dict[str, types_pb2.LiteralType] | None = None, *, retries: int = 0,
+              name: str = "test.task") -> task_definition_pb2.TaskSpec:
+    interface = interface_pb2.TypedInterface()
+    for key, literal_type in (inputs or {}).items():
+        interface.inputs.variables.add(key=key, value=interface_pb2.Variable(type=literal_type))
+    template = tasks_pb2.TaskTemplate(
+        id=identifier_pb2.Identifier(resource_type=identifier_pb2.TASK, project="p", domain="d", name=name,
+                                     version="v1"),
+        type=task_type, interface=interface,
+        metadata=tasks_pb2.TaskMetadata(retries=literals_pb2.RetryStrategy(retries=retries)),
+    )
+    return task_definition_pb2.TaskSpec(task_template=template, short_name=name.rsplit(".", 1)[-1])
+
+
+def sleep_spec() -> task_definition_pb2.TaskSpec:
+    return task_spec("core-sleep", {"duration": types_pb2.LiteralType(simple=types_pb2.SimpleType.DURATION)},
+                     name="bench.sleep")
+
+
+def sleep_inputs(seconds: float) -> common_pb2.Inputs:
+    return common_pb2.Inputs(literals=[common_pb2.NamedLiteral(name="duration", value=primitive_literal(seconds))])
+
+
+async def eventually(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.01):
+    """Poll an (a)sync predicate until it returns something truthy; fail with the last value."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
