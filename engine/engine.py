@@ -1,4 +1,4 @@
-"""The engine: store, controller (reconciler + workers), actions sync, plugins, runs service and API server,
+"""The engine: store, controller (reconciler + workers), plugins, runs service and API server,
 all as asyncio work on one event loop. The console embeds it; ``taskdeck --headless`` runs it alone.
 """
 
@@ -13,7 +13,7 @@ import logging
 import os
 from pathlib import Path
 
-from engine.controller import ActionsSync, ControllerManager
+from engine.controller import ControllerManager
 from engine.plugins.container import LocalContainerPlugin
 from engine.plugins.registry import PluginRegistry
 from engine.plugins.sleep import SleepPlugin
@@ -119,7 +119,6 @@ class Engine:
             requeue_after=self.config.requeue_after,
         )
         self.manager = ControllerManager(self.store, self.reconciler.reconcile, workers=self.config.workers)
-        self.actions_sync = ActionsSync(self.store)
         self.runs = RunsService(self.store, self.data_dir)
         self._lock = DataDirLock(self.data_dir)
         self._server = None
@@ -133,7 +132,6 @@ class Engine:
         self._lock.acquire()
         try:
             await self.store.start()
-            await self.actions_sync.start()
             await self.manager.start()
             if self.config.serve:
                 from engine.api import ApiServer
@@ -158,7 +156,6 @@ class Engine:
             with contextlib.suppress(FileNotFoundError):
                 (self.data_dir / ENDPOINT_FILE).unlink()
         await self.manager.stop()
-        await self.actions_sync.stop()
         for plugin in self.registry.plugins:
             await plugin.close()
         await self.store.close()

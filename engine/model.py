@@ -39,6 +39,16 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+def _build(cls, fields: dict):
+    """Instantiate an already-valid model from its field dict, skipping validation (hot path)."""
+    obj = cls.__new__(cls)
+    object.__setattr__(obj, "__dict__", fields)
+    object.__setattr__(obj, "__pydantic_fields_set__", set(fields))
+    object.__setattr__(obj, "__pydantic_extra__", None)
+    object.__setattr__(obj, "__pydantic_private__", None)
+    return obj
+
+
 class CrdModel(BaseModel):
     model_config = ConfigDict(
         alias_generator=to_camel,
@@ -70,6 +80,15 @@ class ObjectMeta(CrdModel):
     annotations: dict[str, str] = Field(default_factory=dict)
     finalizers: list[str] = Field(default_factory=list)
     owner_references: list[OwnerReference] = Field(default_factory=list)
+
+    def copy_deep(self) -> ObjectMeta:
+        return _build(ObjectMeta, {
+            **self.__dict__,
+            "labels": dict(self.labels),
+            "annotations": dict(self.annotations),
+            "finalizers": list(self.finalizers),
+            "owner_references": list(self.owner_references),
+        })
 
 
 class TaskActionSpec(CrdModel):
@@ -129,6 +148,13 @@ class TaskActionStatus(CrdModel):
     signal_value: bytes | None = None
     signalled_by: str = ""
     signalled_at: dt.datetime | None = None
+
+    def copy_deep(self) -> TaskActionStatus:
+        return _build(TaskActionStatus, {
+            **self.__dict__,
+            "conditions": [_build(Condition, dict(c.__dict__)) for c in self.conditions],
+            "phase_history": list(self.phase_history),
+        })
 
     @property
     def observed_attempts(self) -> int:
@@ -195,7 +221,19 @@ class TaskAction(CrdModel):
         return cls.model_validate_json(data)
 
     def copy_deep(self) -> TaskAction:
-        return self.model_copy(deep=True)
+        """An independent copy, built field by field (generic deepcopy dominated the engine's profile).
+
+        Values that are only ever replaced, never mutated in place (owner references, phase transitions,
+        errorState, bytes), are shared; containers and conditions, which are mutated, are copied.
+        """
+        return _build(TaskAction, {
+            "api_version": self.api_version,
+            "kind": self.kind,
+            "metadata": self.metadata.copy_deep(),
+            "spec": _build(TaskActionSpec, {**self.spec.__dict__, "env_vars": dict(self.spec.env_vars)
+                                            if self.spec.env_vars is not None else None}),
+            "status": self.status.copy_deep(),
+        })
 
 
 def task_action_name(run_name: str, action_name: str) -> str:

@@ -139,6 +139,7 @@ class TaskActionReconciler:
         self.store = store
         self.registry = registry
         self.data_dir = Path(data_dir)
+        self._logs_root = str(self.data_dir / "logs")
         self.enqueue = enqueue
         self.runtime_env = runtime_env if runtime_env is not None else {}
         self.max_system_failures = max_system_failures or DEFAULT_MAX_SYSTEM_FAILURES
@@ -148,16 +149,15 @@ class TaskActionReconciler:
 
     # ------------------------------------------------------------------ entry point
     async def reconcile(self, name: str) -> Result:
-        try:
-            task_action = await self.store.get(name)
-        except NotFoundError:
+        original = self.store.peek(name)  # committed and read-only; the working copy is mutated
+        if original is None:
             return Result()
-        original = task_action.copy_deep()
-        if task_action.metadata.deletion_timestamp is not None:
-            return await self.handle_abort_and_finalize(task_action)
-        if task_action.status.is_terminal:
-            await self.ensure_terminal_labels(task_action)
+        if original.metadata.deletion_timestamp is not None:
+            return await self.handle_abort_and_finalize(original.copy_deep())
+        if original.status.is_terminal:
+            await self.ensure_terminal_labels(original)
             return Result()
+        task_action = original.copy_deep()
         if task_action.is_condition:
             return await self.reconcile_condition(task_action, original)
         return await self.reconcile_task(task_action, original)
@@ -317,7 +317,7 @@ class TaskActionReconciler:
         )
 
     def log_path(self, run_name: str, action_name: str, attempt: int) -> Path:
-        return self.data_dir / "logs" / run_name / action_name / f"{attempt}.log"
+        return Path(f"{self._logs_root}/{run_name}/{action_name}/{attempt}.log")
 
     # ------------------------------------------------------------------ failures
     async def reset_plugin_resource(self, task_action: TaskAction, plugin: Plugin, tctx: TaskExecutionContext) -> None:
@@ -349,7 +349,7 @@ class TaskActionReconciler:
         status.error_state = ErrorState(code=code or "SystemError", kind=SYSTEM, message=message)
         if status_changed(original.status, status):
             try:
-                await self.store.update_status(task_action)
+                await self.store.update_status(task_action)  # no conflict retry here, as in Flyte
             except Exception as exc:  # noqa: BLE001 - Flyte only logs this
                 log.warning("%s: could not record the system failure: %s", task_action.name, exc)
         return Result(self.requeue_after)
@@ -391,7 +391,7 @@ class TaskActionReconciler:
                     raise
                 await asyncio.sleep(0.01)
                 candidate = await self.store.get(task_action.name)
-                candidate.status = new_status.model_copy(deep=True)
+                candidate.status = new_status.copy_deep()
 
     async def ensure_terminal_labels(self, task_action: TaskAction) -> None:
         labels = task_action.metadata.labels
@@ -404,12 +404,10 @@ class TaskActionReconciler:
                 completed = cond.last_transition_time
                 break
         completed = completed.astimezone(dt.timezone.utc)
-        patched = await self.store.patch_labels(task_action.name, {
+        await self.store.patch_labels(task_action.name, {
             LABEL_TERMINATION_STATUS: TERMINATED,
             LABEL_COMPLETED_TIME: completed.strftime(COMPLETED_TIME_FORMAT),
         })
-        task_action.metadata.labels = patched.metadata.labels
-        task_action.metadata.resource_version = patched.metadata.resource_version
 
     # ------------------------------------------------------------------ abort / finalize
     async def handle_abort_and_finalize(self, task_action: TaskAction) -> Result:
@@ -490,7 +488,7 @@ class TaskActionReconciler:
             latest.status.error_state = task_action.status.error_state
             try:
                 saved = await self.store.update_status(latest)
-                task_action.metadata = saved.metadata
+                task_action.metadata = saved.metadata.copy_deep()
                 return
             except ConflictError:
                 if attempt == CONFLICT_RETRIES - 1:

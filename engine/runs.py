@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import os
 import re
-import secrets
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -31,13 +31,22 @@ from engine.model import (
     TaskAction,
     TaskActionSpec,
     base_labels,
+    owner_reference_to,
     task_action_name,
     utcnow,
 )
 from engine.phases import ActionPhase
 from engine.plugins.container import ANNOTATION_CODE_DIR, substitute_template
 from engine.reconciler import ANNOTATION_RUN_START_TIME, local_path
-from engine.store.base import ActionKey, ActionRecord, ActionsChanged, EngineStore, EventRecord, NotFoundError
+from engine.store.base import (
+    ActionKey,
+    ActionRecord,
+    ActionsChanged,
+    EngineStore,
+    EventRecord,
+    NotFoundError,
+    OwnerGoneError,
+)
 
 RUN_NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # k8s.io/apimachinery util/rand
 RUN_NAME_LENGTH = 20
@@ -56,8 +65,15 @@ class RunNotFoundError(LookupError):
     pass
 
 
+class ParentGoneError(LookupError):
+    """A child was enqueued under a parent that does not exist or is being aborted."""
+
+
+_name_random = random.SystemRandom()
+
+
 def generate_run_name() -> str:
-    return "r" + "".join(secrets.choice(RUN_NAME_ALPHABET) for _ in range(RUN_NAME_LENGTH - 1))
+    return "r" + "".join(_name_random.choices(RUN_NAME_ALPHABET, k=RUN_NAME_LENGTH - 1))
 
 
 def validate_run_name(name: str) -> None:
@@ -69,15 +85,14 @@ def spec_digest(data: bytes) -> str:
     return base64.b64encode(hashlib.sha256(data).digest()).decode()
 
 
-def write_atomic(path: str | Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+def write_new_file(path: str, data: bytes) -> None:
+    """Write a file in a directory nobody reads yet (a new run's), creating the directory.
+
+    No fsync: as durable as the WAL commit that follows (synchronous=NORMAL survives a process crash).
+    """
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 @dataclasses.dataclass
@@ -103,9 +118,10 @@ class RunsService:
     def __init__(self, store: EngineStore, data_dir: Path):
         self.store = store
         self.data_dir = Path(data_dir)
+        self._data_root = str(self.data_dir / "data")
 
     def run_base(self, project: str, domain: str, run_name: str) -> str:
-        return str(self.data_dir / "data" / project / domain / run_name)
+        return f"{self._data_root}/{project}/{domain}/{run_name}"
 
     async def create_run(
         self,
@@ -142,7 +158,7 @@ class RunsService:
 
         run_base = self.run_base(project, domain, run_name)
         input_uri = f"{run_base}/inputs/inputs.pb"
-        write_atomic(input_uri, (inputs or common_pb2.Inputs()).SerializeToString())
+        write_new_file(input_uri, (inputs or common_pb2.Inputs()).SerializeToString())
 
         action_id = identifier_pb2.ActionIdentifier(
             run=identifier_pb2.RunIdentifier(project=project, domain=domain, name=run_name), name=ROOT_ACTION_NAME)
@@ -181,6 +197,76 @@ class RunsService:
             ),
         )
         await self.store.create_run_action(record, task_action, (digest, spec_bytes))
+        return record
+
+    async def create_action(
+        self,
+        run_name: str,
+        action_name: str,
+        parent_action_name: str,
+        task_spec: task_definition_pb2.TaskSpec,
+        input_uri: str,
+        *,
+        run_output_base: str | None = None,
+        group: str = "",
+        cache_key: str = "",
+    ) -> ActionRecord:
+        """Create a child task action under a live parent (what EnqueueAction does).
+
+        The child inherits the parent's run-scoped labels, annotations and env vars, and gets an owner
+        reference to the parent, so aborting the parent cascades. Raises AlreadyExistsError for a
+        duplicate (run, action) and ParentGoneError when the parent is missing or being aborted.
+        """
+        try:
+            parent = await self.store.get(task_action_name(run_name, parent_action_name))
+        except NotFoundError:
+            raise ParentGoneError(f"parent action {parent_action_name!r} of run {run_name!r} does not exist") from None
+        if parent.metadata.deletion_timestamp is not None:
+            raise ParentGoneError(f"parent action {parent_action_name!r} of run {run_name!r} is being aborted")
+        project, domain = parent.spec.project, parent.spec.domain
+        template = tasks_pb2.TaskTemplate()
+        template.CopyFrom(task_spec.task_template)
+        start_iso = parent.metadata.annotations.get(ANNOTATION_RUN_START_TIME, "")
+        if start_iso and template.WhichOneof("target") == "container":
+            args = [substitute_template(a, {"runstarttime": start_iso}) for a in template.container.args]
+            del template.container.args[:]
+            template.container.args.extend(args)
+        spec = task_definition_pb2.TaskSpec()
+        spec.CopyFrom(task_spec)
+        spec.task_template.CopyFrom(template)
+        spec_bytes = spec.SerializeToString(deterministic=True)
+        output_base = run_output_base or parent.spec.run_output_base
+        labels = {k: v for k, v in parent.metadata.labels.items() if not k.startswith("flyte.org/")}
+        labels.update(base_labels(project, domain, run_name, action_name, "task", is_root=False))
+        now = time.time()
+        record = ActionRecord(
+            project=project, domain=domain, run_name=run_name, name=action_name,
+            parent_action_name=parent_action_name, phase=int(ActionPhase.QUEUED), action_type=ACTION_TYPE_TASK,
+            task_project=template.id.project or None, task_domain=template.id.domain or None,
+            task_name=template.id.name or None, task_version=template.id.version or None,
+            task_type=template.type, short_name=spec.short_name or None,
+            environment_name=spec.environment.name or None, function_name=template.id.name.rsplit(".", 1)[-1],
+            action_group=group, task_spec_digest=spec_digest(spec_bytes), input_uri=input_uri,
+            run_output_base=output_base, created_at=now, updated_at=now, attempts=1,
+        )
+        task_action = TaskAction(
+            metadata=ObjectMeta(
+                name=task_action_name(run_name, action_name), labels=labels,
+                annotations=dict(parent.metadata.annotations), owner_references=[owner_reference_to(parent)],
+            ),
+            spec=TaskActionSpec(
+                run_name=run_name, project=project, domain=domain, action_name=action_name,
+                parent_action_name=parent_action_name, input_uri=input_uri, run_output_base=output_base,
+                task_type=template.type, short_name=(spec.short_name or template.id.name)[:63],
+                task_template=template.SerializeToString(), env_vars=parent.spec.env_vars, group=group,
+                cache_key=cache_key,
+                interruptible=template.metadata.interruptible if template.metadata.HasField("interruptible") else None,
+            ),
+        )
+        try:
+            await self.store.create_run_action(record, task_action, (record.task_spec_digest, spec_bytes))
+        except OwnerGoneError:
+            raise ParentGoneError(f"parent action {parent_action_name!r} of run {run_name!r} is being aborted") from None
         return record
 
     # ------------------------------------------------------------------ reads

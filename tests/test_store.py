@@ -246,21 +246,22 @@ async def test_many_concurrent_writes_share_few_transactions(store):
 
 async def test_failed_commit_applies_nothing_and_the_store_recovers(store):
     obj = await store.create(make_task_action())
-    real_conn = store._write_conn
+    real_db = store._write_db
 
     class Broken:
         def __getattr__(self, name):
-            return getattr(real_conn, name)
+            return getattr(real_db, name)
 
-        async def executemany(self, *args):
+        def executemany(self, *args):
             raise sqlite3.OperationalError("disk I/O error")
 
-    store._write_conn = Broken()
+    store._write_db = Broken()
     obj.status.attempts = 7
     with pytest.raises(Exception, match="disk I/O error"):
         await store.update_status(obj)
     assert (await store.get(obj.name)).status.attempts == 0  # nothing half-applied in memory
-    store._write_conn = real_conn
+    assert "disk I/O error" in store.storage_error
+    store._write_db = real_db
     saved = await store.update_status(obj)
     assert saved.status.attempts == 7
     assert isinstance(store.storage_error, type(None))

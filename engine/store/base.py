@@ -155,7 +155,8 @@ Change = ActionsChanged | EventsRecorded
 class ResourceStore(abc.ABC):
     """TaskAction resources with Kubernetes semantics.
 
-    Objects returned are copies: mutate them freely and write them back with ``update``/``update_status``.
+    ``get``, ``list`` and the writes return copies: mutate them freely and write them back. ``peek``
+    returns the committed object itself (an informer-cache read): treat it as read-only.
     """
 
     @abc.abstractmethod
@@ -163,6 +164,10 @@ class ResourceStore(abc.ABC):
 
     @abc.abstractmethod
     async def get(self, name: str) -> TaskAction: ...
+
+    @abc.abstractmethod
+    def peek(self, name: str) -> TaskAction | None:
+        """The committed object, read-only, without a copy (None if it does not exist)."""
 
     @abc.abstractmethod
     async def list(self, selector: dict[str, str | None] | None = None) -> list[TaskAction]:
@@ -230,6 +235,10 @@ class RunsRepository(abc.ABC):
 
     @abc.abstractmethod
     async def list_events(self, key: ActionKey) -> list[EventRecord]: ...
+
+    @abc.abstractmethod
+    async def phase_counts(self, run: tuple[str, str, str] | None = None) -> dict[int, int]:
+        """ActionPhase → count: of runs (root actions), or of the actions of one (project, domain, run)."""
 
     @abc.abstractmethod
     async def get_task_spec(self, digest: str) -> bytes | None: ...

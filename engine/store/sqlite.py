@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import dataclasses
 import logging
 import sqlite3
@@ -22,6 +23,7 @@ from typing import Any
 
 import aiosqlite
 
+from engine.actions_table import derive_action_updates
 from engine.model import TaskAction, utcnow
 from engine.phases import TERMINAL_ACTION_PHASES, ActionPhase
 from engine.store.base import (
@@ -75,6 +77,7 @@ CREATE INDEX IF NOT EXISTS actions_parent ON actions (parent_action_name);
 CREATE INDEX IF NOT EXISTS actions_phase ON actions (phase);
 CREATE INDEX IF NOT EXISTS actions_created ON actions (created_at);
 CREATE INDEX IF NOT EXISTS actions_run_name ON actions (run_name);
+CREATE INDEX IF NOT EXISTS actions_run_phase ON actions (project, domain, run_name, phase);
 CREATE TABLE IF NOT EXISTS action_events (
     project TEXT NOT NULL, domain TEXT NOT NULL, run_name TEXT NOT NULL, name TEXT NOT NULL,
     attempt INTEGER NOT NULL, phase INTEGER NOT NULL, version INTEGER NOT NULL,
@@ -159,6 +162,7 @@ class _Batch:
         self.changed_actions: dict[ActionKey, None] = {}
         self.new_events: list[EventRecord] = []
         self.new_action_keys: set[ActionKey] = set()
+        self.new_dependents: dict[str, set[str]] = {}
         self.now = utcnow()
 
     def action_exists(self, key: ActionKey) -> bool:
@@ -170,13 +174,14 @@ class _Batch:
         return self._store._objects.get(name)
 
     def dependents_of(self, uid: str) -> list[str]:
-        names = set(self._store._dependents.get(uid, ()))
-        for name, obj in self.staged.items():
-            if obj is not None and any(ref.uid == uid for ref in obj.metadata.owner_references):
-                names.add(name)
-        return sorted(names)
+        """Committed dependents plus those created earlier in this batch (owner references never change)."""
+        return sorted(self._store._dependents.get(uid, set()) | self.new_dependents.get(uid, set()))
 
     def stage(self, obj: TaskAction, event_type: str) -> TaskAction:
+        self._derive_actions(self.lookup(obj.name), obj)
+        if event_type == "ADDED":
+            for ref in obj.metadata.owner_references:
+                self.new_dependents.setdefault(ref.uid, set()).add(obj.name)
         self.rv += 1
         obj.metadata.resource_version = str(self.rv)
         self.staged[obj.name] = obj
@@ -184,12 +189,18 @@ class _Batch:
         return obj
 
     def stage_removal(self, obj: TaskAction) -> None:
+        self._derive_actions(obj, None)
         self.rv += 1
         self.staged[obj.name] = None
         self.watch_events.append(WatchEvent("DELETED", obj, self.rv))
 
     def sql(self, statement: str, params: Any) -> None:
         self.statements.append((statement, params))
+
+    def _derive_actions(self, old: TaskAction | None, new: TaskAction | None) -> None:
+        """Keep the actions table in step with the resources, in the same transaction."""
+        for update in derive_action_updates(old, new):
+            self._store._op_update_action_status(self, update)
 
 
 @dataclasses.dataclass
@@ -233,7 +244,8 @@ class SqliteStore(EngineStore):
         self._action_keys: set[ActionKey] = set()
         self._ops: asyncio.Queue[_Op | None] = asyncio.Queue()
         self._writer_task: asyncio.Task | None = None
-        self._write_conn: aiosqlite.Connection | None = None
+        self._write_db: sqlite3.Connection | None = None  # used only in the writer thread
+        self._write_thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._read_conn: aiosqlite.Connection | None = None
         self.batches_committed = 0
         self.storage_error: str | None = None
@@ -244,26 +256,32 @@ class SqliteStore(EngineStore):
             await self._start_read_only()
             return
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._write_conn = await aiosqlite.connect(self.path, isolation_level=None)
-        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=5000", "foreign_keys=OFF"):
-            await self._write_conn.execute(f"PRAGMA {pragma}")
-        await self._write_conn.executescript(SCHEMA)
-        async with self._write_conn.execute("SELECT value FROM meta WHERE key = 'resource_version'") as cur:
-            row = await cur.fetchone()
-        self._rv = int(row[0]) if row else 0
-        async with self._write_conn.execute("SELECT body FROM taskactions") as cur:
-            async for (body,) in cur:
-                obj = TaskAction.from_json(body)
-                self._objects[obj.name] = obj
-                self._index(obj)
-                self._rv = max(self._rv, obj.resource_version)
-        async with self._write_conn.execute("SELECT project, domain, run_name, name FROM actions") as cur:
-            self._action_keys = {tuple(row) async for row in cur}  # type: ignore[misc]
+        self._write_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store-writer")
+        loop = asyncio.get_running_loop()
+        rv, bodies, keys = await loop.run_in_executor(self._write_thread, self._open_writer)
+        self._rv = rv
+        for body in bodies:
+            obj = TaskAction.from_json(body)
+            self._objects[obj.name] = obj
+            self._index(obj)
+            self._rv = max(self._rv, obj.resource_version)
+        self._action_keys = keys
         self._history_floor = self._rv
         self._read_conn = await aiosqlite.connect(self.path, isolation_level=None)
         self._read_conn.row_factory = sqlite3.Row
         await self._read_conn.execute("PRAGMA busy_timeout=5000")
         self._writer_task = asyncio.create_task(self._writer_loop(), name="store-writer")
+
+    def _open_writer(self) -> tuple[int, list[str], set[ActionKey]]:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=5000", "foreign_keys=OFF"):
+            conn.execute(f"PRAGMA {pragma}")
+        conn.executescript(SCHEMA)
+        self._write_db = conn
+        row = conn.execute("SELECT value FROM meta WHERE key = 'resource_version'").fetchone()
+        bodies = [body for (body,) in conn.execute("SELECT body FROM taskactions")]
+        keys = {tuple(r) for r in conn.execute("SELECT project, domain, run_name, name FROM actions")}
+        return (int(row[0]) if row else 0), bodies, keys  # type: ignore[return-value]
 
     async def _start_read_only(self) -> None:
         """A reader beside (or without) a live engine: no writer, no schema changes."""
@@ -287,10 +305,15 @@ class SqliteStore(EngineStore):
         for watch in list(self._watches):
             watch.queue.put_nowait(None)
         self._watches.clear()
-        for conn in (self._read_conn, self._write_conn):
-            if conn is not None:
-                await conn.close()
-        self._read_conn = self._write_conn = None
+        if self._read_conn is not None:
+            await self._read_conn.close()
+            self._read_conn = None
+        if self._write_db is not None:
+            db, self._write_db = self._write_db, None
+            await asyncio.get_running_loop().run_in_executor(self._write_thread, db.close)
+        if self._write_thread is not None:
+            self._write_thread.shutdown(wait=True)
+            self._write_thread = None
 
     # ----------------------------------------------------------------- writer
     async def _submit(self, apply: Callable[[_Batch], Any]) -> Any:
@@ -358,22 +381,29 @@ class SqliteStore(EngineStore):
         removals = [(name,) for name, obj in batch.staged.items() if obj is None]
         if not statements and not upserts and not removals:
             return
-        conn = self._write_conn
+        work: list[tuple[str, list[Any]]] = []
+        if upserts:
+            work.append((_UPSERT_OBJECT, upserts))
+        if removals:
+            work.append((_DELETE_OBJECT, removals))
+        if batch.rv != self._rv:
+            work.append((_SAVE_RV, [(str(batch.rv),)]))
+        work.extend(statements.items())
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._write_thread, self._write_batch, work)
+
+    def _write_batch(self, work: list[tuple[str, list[Any]]]) -> None:
+        """One transaction, in the writer thread: one thread hop per batch, not per statement."""
+        conn = self._write_db
         assert conn is not None
-        await conn.execute("BEGIN IMMEDIATE")
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            if upserts:
-                await conn.executemany(_UPSERT_OBJECT, upserts)
-            if removals:
-                await conn.executemany(_DELETE_OBJECT, removals)
-            if batch.rv != self._rv:
-                await conn.execute(_SAVE_RV, (str(batch.rv),))
-            for statement, rows in statements.items():
-                await conn.executemany(statement, rows)
-            await conn.execute("COMMIT")
+            for statement, rows in work:
+                conn.executemany(statement, rows)
+            conn.execute("COMMIT")
         except BaseException:
             try:
-                await conn.execute("ROLLBACK")
+                conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
             raise
@@ -430,7 +460,6 @@ class SqliteStore(EngineStore):
         return obj.copy_deep()
 
     def peek(self, name: str) -> TaskAction | None:
-        """The committed object itself, for read-only use (no copy)."""
         return self._objects.get(name)
 
     async def list(self, selector: dict[str, str | None] | None = None) -> list[TaskAction]:
@@ -441,8 +470,7 @@ class SqliteStore(EngineStore):
 
     async def create(self, obj: TaskAction) -> TaskAction:
         new = obj.copy_deep()
-        result = await self._submit(lambda batch: self._op_create(batch, new))
-        return result.copy_deep()
+        return (await self._submit(lambda batch: self._op_create(batch, new))).copy_deep()
 
     def _op_create(self, batch: _Batch, obj: TaskAction) -> TaskAction:
         if batch.lookup(obj.name) is not None:
@@ -470,8 +498,7 @@ class SqliteStore(EngineStore):
 
     async def update(self, obj: TaskAction) -> TaskAction:
         new = obj.copy_deep()
-        result = await self._submit(lambda batch: self._op_update(batch, new))
-        return result.copy_deep()
+        return (await self._submit(lambda batch: self._op_update(batch, new))).copy_deep()
 
     def _op_update(self, batch: _Batch, obj: TaskAction) -> TaskAction:
         current = self._checked_current(batch, obj)
@@ -479,7 +506,7 @@ class SqliteStore(EngineStore):
         obj.metadata.uid = current.metadata.uid
         obj.metadata.creation_timestamp = current.metadata.creation_timestamp
         obj.metadata.deletion_timestamp = current.metadata.deletion_timestamp
-        obj.status = current.status.model_copy(deep=True)
+        obj.status = current.status.copy_deep()
         if obj.spec != current.spec:
             obj.metadata.generation = current.metadata.generation + 1
         else:
@@ -491,10 +518,9 @@ class SqliteStore(EngineStore):
         return batch.stage(obj, "MODIFIED")
 
     async def update_status(self, obj: TaskAction) -> TaskAction:
-        new_status = obj.status.model_copy(deep=True)
+        new_status = obj.status.copy_deep()
         name, rv = obj.name, obj.metadata.resource_version
-        result = await self._submit(lambda batch: self._op_update_status(batch, name, rv, new_status))
-        return result.copy_deep()
+        return (await self._submit(lambda batch: self._op_update_status(batch, name, rv, new_status))).copy_deep()
 
     def _op_update_status(self, batch: _Batch, name: str, rv: str, status) -> TaskAction:
         current = batch.lookup(name)
@@ -503,13 +529,12 @@ class SqliteStore(EngineStore):
         if rv != current.metadata.resource_version:
             raise ConflictError(f"taskaction {name!r}: resourceVersion {rv} is stale")
         new = current.model_copy()
-        new.metadata = current.metadata.model_copy(deep=True)
+        new.metadata = current.metadata.copy_deep()
         new.status = status
         return batch.stage(new, "MODIFIED")
 
     async def patch_labels(self, name: str, labels: dict[str, str]) -> TaskAction:
-        result = await self._submit(lambda batch: self._op_patch_labels(batch, name, labels))
-        return result.copy_deep()
+        return (await self._submit(lambda batch: self._op_patch_labels(batch, name, labels))).copy_deep()
 
     def _op_patch_labels(self, batch: _Batch, name: str, labels: dict[str, str]) -> TaskAction:
         current = batch.lookup(name)
@@ -518,7 +543,7 @@ class SqliteStore(EngineStore):
         if all(current.metadata.labels.get(k) == v for k, v in labels.items()):
             return current
         new = current.model_copy()
-        new.metadata = current.metadata.model_copy(deep=True)
+        new.metadata = current.metadata.copy_deep()
         new.metadata.labels.update(labels)
         return batch.stage(new, "MODIFIED")
 
@@ -534,7 +559,7 @@ class SqliteStore(EngineStore):
         if current.metadata.finalizers:
             if current.metadata.deletion_timestamp is None:
                 new = current.model_copy()
-                new.metadata = current.metadata.model_copy(deep=True)
+                new.metadata = current.metadata.copy_deep()
                 new.metadata.deletion_timestamp = batch.now
                 batch.stage(new, "MODIFIED")
         else:
@@ -567,8 +592,8 @@ class SqliteStore(EngineStore):
         self, record: ActionRecord, task_action: TaskAction | None, task_spec: tuple[str, bytes] | None
     ) -> TaskAction | None:
         new = task_action.copy_deep() if task_action is not None else None
-        result = await self._submit(lambda batch: self._op_create_run_action(batch, record, new, task_spec))
-        return result.copy_deep() if result is not None else None
+        created = await self._submit(lambda batch: self._op_create_run_action(batch, record, new, task_spec))
+        return created.copy_deep() if created is not None else None
 
     def _op_create_run_action(self, batch: _Batch, record, task_action, task_spec) -> TaskAction | None:
         if batch.action_exists(record.key):
@@ -659,6 +684,16 @@ class SqliteStore(EngineStore):
             key,
         )
         return [_row_to_event(r) for r in rows]
+
+    async def phase_counts(self, run: tuple[str, str, str] | None = None) -> dict[int, int]:
+        if run is None:
+            rows = await self._fetchall(
+                "SELECT phase, COUNT(*) FROM actions WHERE parent_action_name IS NULL GROUP BY phase")
+        else:
+            rows = await self._fetchall(
+                "SELECT phase, COUNT(*) FROM actions WHERE project = ? AND domain = ? AND run_name = ? "
+                "GROUP BY phase", run)
+        return {int(phase): int(count) for phase, count in rows}
 
     async def get_task_spec(self, digest: str) -> bytes | None:
         rows = await self._fetchall("SELECT spec FROM task_specs WHERE digest = ?", (digest,))
