@@ -28,14 +28,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from engine.engine import Engine, EngineConfig  # noqa: E402
 from engine.phases import ActionPhase  # noqa: E402
+from engine.store.base import ActionsChanged  # noqa: E402
 from helpers import sleep_inputs, sleep_spec  # noqa: E402
 
 BATCH = 200
 
 
-async def _wait_for(engine: Engine, run: tuple[str, str, str] | None, count: int) -> None:
-    while (await engine.store.phase_counts(run)).get(int(ActionPhase.SUCCEEDED), 0) < count:
-        await asyncio.sleep(0.02)
+class SucceededCounter:
+    """Counts SUCCEEDED from the store's change notifications (no polling queries during the round)."""
+
+    def __init__(self, engine: Engine):
+        self.keys: set[tuple] = set()
+        self.enough = asyncio.Event()
+        self.target = 0
+        self.unsubscribe = engine.store.subscribe(self._on_change)
+
+    def _on_change(self, change) -> None:
+        if isinstance(change, ActionsChanged):
+            for update in change.updates:
+                if update.phase == ActionPhase.SUCCEEDED:
+                    self.keys.add(update.key)
+            if self.target and len(self.keys) >= self.target:
+                self.enough.set()
+
+    async def wait(self, engine: Engine, run: tuple[str, str, str] | None, count: int) -> None:
+        self.target = count
+        if len(self.keys) < count:
+            await self.enough.wait()
+        self.unsubscribe()
+        counts = await engine.store.phase_counts(run)  # the table agrees
+        assert counts.get(int(ActionPhase.SUCCEEDED), 0) == count, counts
 
 
 async def fan_out_round(n: int, workers: int) -> float:
@@ -45,6 +67,7 @@ async def fan_out_round(n: int, workers: int) -> float:
         try:
             spec = sleep_spec()
             root = await engine.runs.create_run(spec, sleep_inputs(3600), project="bench", domain="dev")
+            counter = SucceededCounter(engine)
             inputs_uri = f"{root.run_output_base}/shared/inputs.pb"
             Path(inputs_uri).parent.mkdir(parents=True)
             Path(inputs_uri).write_bytes(sleep_inputs(0).SerializeToString())
@@ -52,7 +75,7 @@ async def fan_out_round(n: int, workers: int) -> float:
             for i in range(0, n, BATCH):
                 await asyncio.gather(*(engine.runs.create_action(root.run_name, f"n{j}", "a0", spec, inputs_uri)
                                        for j in range(i, min(i + BATCH, n))))
-            await _wait_for(engine, (root.project, root.domain, root.run_name), n)
+            await counter.wait(engine, (root.project, root.domain, root.run_name), n)
             elapsed = time.perf_counter() - started
             for j in range(0, n, max(1, n // 100)):  # every sampled child has its SUCCEEDED event
                 key = (root.project, root.domain, root.run_name, f"n{j}")
@@ -70,11 +93,12 @@ async def runs_round(n: int, workers: int) -> float:
         await engine.start()
         try:
             spec, inputs = sleep_spec(), sleep_inputs(0)
+            counter = SucceededCounter(engine)
             started = time.perf_counter()
             for i in range(0, n, BATCH):
                 await asyncio.gather(*(engine.runs.create_run(spec, inputs, project="bench", domain="dev")
                                        for _ in range(min(BATCH, n - i))))
-            await _wait_for(engine, None, n)
+            await counter.wait(engine, None, n)
             return n / (time.perf_counter() - started)
         finally:
             await engine.stop()

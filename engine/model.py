@@ -126,6 +126,10 @@ class PhaseTransition(CrdModel):
     occurred_at: dt.datetime
     message: str | None = None
 
+    @classmethod
+    def of(cls, phase: str, occurred_at: dt.datetime, message: str | None) -> PhaseTransition:
+        return _build(cls, {"phase": phase, "occurred_at": occurred_at, "message": message})
+
 
 class ErrorState(CrdModel):
     code: str = ""
@@ -172,9 +176,10 @@ class TaskActionStatus(CrdModel):
         value = "True" if status else "False"
         existing = self.condition(type_)
         if existing is None:
-            self.conditions.append(
-                Condition(type=type_, status=value, last_transition_time=now, reason=reason, message=message)
-            )
+            self.conditions.append(_build(Condition, {
+                "type": type_, "status": value, "observed_generation": 0, "last_transition_time": now,
+                "reason": reason, "message": message,
+            }))
             return
         if existing.status != value:
             existing.status = value

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -96,7 +95,7 @@ def status_changed(old: TaskActionStatus, new: TaskActionStatus) -> bool:
 def append_phase_history(status: TaskActionStatus, phase: str, message: str, now: dt.datetime) -> None:
     if status.phase_history and status.phase_history[-1].phase == phase:
         return
-    status.phase_history.append(PhaseTransition(phase=phase, occurred_at=now, message=message or None))
+    status.phase_history.append(PhaseTransition.of(phase, now, message or None))
 
 
 def map_phase_to_conditions(status: TaskActionStatus, info: PhaseInfo, now: dt.datetime) -> None:
@@ -114,11 +113,11 @@ def map_phase_to_conditions(status: TaskActionStatus, info: PhaseInfo, now: dt.d
 
 
 def state_json(task_action: TaskAction, phase: PluginPhase, now: dt.datetime) -> str:
-    return json.dumps({
-        "phase": phase.wire_name,
-        "actionId": f"{task_action.spec.run_name}/{task_action.spec.action_name}",
-        "timestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-    })
+    """createStateJSON (observability only). Names are DNS labels, so no JSON escaping is needed."""
+    spec = task_action.spec
+    return (f'{{"phase": "{phase.wire_name}", "actionId": "{spec.run_name}/{spec.action_name}", '
+            f'"timestamp": "{now.year:04d}-{now.month:02d}-{now.day:02d}T{now.hour:02d}:{now.minute:02d}:'
+            f'{now.second:02d}Z"}}')
 
 
 class TaskActionReconciler:
@@ -163,7 +162,7 @@ class TaskActionReconciler:
         return await self.reconcile_task(task_action, original)
 
     # ------------------------------------------------------------------ tasks
-    def validate(self, task_action: TaskAction) -> tuple[str, str] | tuple[str, str, Plugin]:
+    def validate(self, task_action: TaskAction) -> tuple[str, str] | tuple[Plugin, tasks_pb2.TaskTemplate]:
         spec = task_action.spec
         missing = [
             field for field, value in (
@@ -186,14 +185,14 @@ class TaskActionReconciler:
             plugin = self.registry.resolve(spec.task_type)
         except PluginNotFoundError as exc:
             return Reason.PLUGIN_NOT_FOUND, str(exc)
-        return "", "", plugin
+        return plugin, template
 
     async def reconcile_task(self, task_action: TaskAction, original: TaskAction) -> Result:
         verdict = self.validate(task_action)
-        if len(verdict) == 2:
+        if isinstance(verdict[0], str):
             reason, message = verdict
             return await self._fail_validation(task_action, reason, message)
-        plugin: Plugin = verdict[2]
+        plugin, template = verdict
 
         if FINALIZER not in task_action.metadata.finalizers:
             task_action.metadata.finalizers.append(FINALIZER)
@@ -201,7 +200,7 @@ class TaskActionReconciler:
             return Result()  # the update wakes the next reconcile
 
         try:
-            tctx = self.build_context(task_action)
+            tctx = self.build_context(task_action, template)
         except Exception as exc:  # noqa: BLE001 - Flyte: requeue, nothing written
             log.warning("%s: cannot build the task execution context: %s", task_action.name, exc)
             return Result(self.requeue_after)
@@ -270,10 +269,12 @@ class TaskActionReconciler:
             log.warning("%s: could not record %s: %s", task_action.name, reason, exc)
         return Result()
 
-    def build_context(self, task_action: TaskAction) -> TaskExecutionContext:
+    def build_context(self, task_action: TaskAction,
+                      template: tasks_pb2.TaskTemplate | None = None) -> TaskExecutionContext:
         spec, status = task_action.spec, task_action.status
-        template = tasks_pb2.TaskTemplate()
-        template.ParseFromString(spec.task_template or b"")
+        if template is None:
+            template = tasks_pb2.TaskTemplate()
+            template.ParseFromString(spec.task_template or b"")
         attempt = status.observed_attempts
         prefix = local_path(attempt_prefix(task_action, attempt))
         previous = (
@@ -371,20 +372,23 @@ class TaskActionReconciler:
     async def update_task_action_status(
         self, original: TaskAction, task_action: TaskAction, info: PhaseInfo, extra_events: list[EventRecord]
     ) -> None:
-        """Record the event first, then persist the status with conflict retry (at-least-once)."""
+        """Record the event, then persist the status, with conflict retry.
+
+        Both go in one transaction, the event first: a status is never saved without its event, and a
+        status refused for a conflict leaves no orphan event (the retry or the next reconcile sends it).
+        """
         if not status_changed(original.status, task_action.status):
             return
         event = build_action_event(task_action, info, PHASE_TABLE[info.phase].event_phase, cluster=self.cluster)
-        await self.store.record_events([*extra_events, event])
-        await self.persist_status(task_action)
+        await self.persist_status(task_action, [*extra_events, event])
 
-    async def persist_status(self, task_action: TaskAction) -> None:
+    async def persist_status(self, task_action: TaskAction, events: list[EventRecord]) -> None:
         new_status = task_action.status
         candidate = task_action
         for attempt in range(CONFLICT_RETRIES):
             try:
-                saved = await self.store.update_status(candidate)
-                task_action.metadata.resource_version = saved.metadata.resource_version
+                await self.store.update_status(candidate, events)
+                task_action.metadata.resource_version = candidate.metadata.resource_version
                 return
             except ConflictError:
                 if attempt == CONFLICT_RETRIES - 1:
@@ -487,8 +491,8 @@ class TaskActionReconciler:
             latest.status.phase_history = task_action.status.phase_history
             latest.status.error_state = task_action.status.error_state
             try:
-                saved = await self.store.update_status(latest)
-                task_action.metadata = saved.metadata.copy_deep()
+                await self.store.update_status(latest)
+                task_action.metadata = latest.metadata
                 return
             except ConflictError:
                 if attempt == CONFLICT_RETRIES - 1:

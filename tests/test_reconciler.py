@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import sqlite3
 
 import pytest
 
@@ -240,25 +241,30 @@ async def test_deleting_a_terminal_action_records_no_extra_aborted_event(harness
     assert await events_of(store) == [(1, "SUCCEEDED")]
 
 
-async def test_events_are_recorded_before_the_status(harness):
+async def test_a_status_is_never_saved_without_its_event(harness):
     store, reconciler, plugin = harness
     plugin.script = [PhaseInfo.running()]
     obj = await store.create(make_task_action())
-    order = []
-    real_events, real_status = store.record_events, store.update_status
-
-    async def record_events(events):
-        order.append("event")
-        return await real_events(events)
-
-    async def update_status(o):
-        order.append("status")
-        return await real_status(o)
-
-    store.record_events, store.update_status = record_events, update_status
     await reconciler.reconcile(obj.name)
+    real_db = store._write_db
+
+    class FailingEventInsert:
+        def __getattr__(self, name):
+            return getattr(real_db, name)
+
+        def executemany(self, sql, rows):
+            if "action_events" in sql:
+                raise sqlite3.OperationalError("disk I/O error")
+            return real_db.executemany(sql, rows)
+
+    store._write_db = FailingEventInsert()
+    with pytest.raises(Exception):
+        await reconciler.reconcile(obj.name)
+    assert (await store.get(obj.name)).status.plugin_phase == ""  # no status without its event
+    store._write_db = real_db
     await reconciler.reconcile(obj.name)
-    assert order == ["event", "status"]
+    assert (await store.get(obj.name)).status.plugin_phase == "PhaseRunning"
+    assert await events_of(store) == [(1, "RUNNING")]
 
 
 # ----------------------------------------------------------------------------- through the engine

@@ -72,8 +72,20 @@ async def test_update_does_not_touch_status_and_update_status_does_not_touch_spe
     assert updated.status.attempts == 0 and updated.metadata.labels["x"] == "y"
     updated.spec.short_name = "changed"
     updated.status.attempts = 2
-    saved = await store.update_status(updated)
+    await store.update_status(updated)
+    saved = await store.get(obj.name)
     assert saved.spec.short_name == "" and saved.status.attempts == 2
+
+
+async def test_writes_refresh_the_callers_object_and_keep_their_own_copy(store):
+    obj = make_task_action()
+    await store.create(obj)
+    assert obj.metadata.uid and obj.resource_version == 1  # server-set fields written back
+    obj.status.attempts = 4
+    await store.update_status(obj)
+    assert obj.resource_version == 2
+    obj.status.attempts = 99  # the store kept its own copy
+    assert (await store.get(obj.name)).status.attempts == 4
 
 
 async def test_objects_survive_a_restart(tmp_path):

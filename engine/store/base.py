@@ -137,9 +137,14 @@ class EventRecord:
 
 @dataclasses.dataclass(frozen=True)
 class ActionsChanged:
-    """Published after a commit that touched the actions table."""
+    """Published after a commit that touched the actions table.
+
+    ``updates`` are the status updates requested in that commit (the table's guard may have kept an
+    earlier phase); read the row for the authoritative state.
+    """
 
     keys: tuple[ActionKey, ...]
+    updates: tuple[ActionStatusUpdate, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,8 +160,10 @@ Change = ActionsChanged | EventsRecorded
 class ResourceStore(abc.ABC):
     """TaskAction resources with Kubernetes semantics.
 
-    ``get``, ``list`` and the writes return copies: mutate them freely and write them back. ``peek``
-    returns the committed object itself (an informer-cache read): treat it as read-only.
+    ``get`` and ``list`` return copies: mutate them freely and write them back. Writes store a copy and
+    refresh the caller's object in place (resourceVersion, uid, timestamps; the status too after
+    ``update``), as controller-runtime's client does. ``peek`` returns the committed object itself (an
+    informer-cache read): treat it as read-only.
     """
 
     @abc.abstractmethod
@@ -178,12 +185,15 @@ class ResourceStore(abc.ABC):
         """Write metadata and spec (not status), checked against ``metadata.resourceVersion``."""
 
     @abc.abstractmethod
-    async def update_status(self, obj: TaskAction) -> TaskAction:
-        """Write the status subresource, checked against ``metadata.resourceVersion``."""
+    async def update_status(self, obj: TaskAction, events: list[EventRecord] | None = None) -> TaskAction:
+        """Write the status subresource, checked against ``metadata.resourceVersion``.
+
+        ``events`` are recorded first, in the same transaction: a status is never saved without its events.
+        """
 
     @abc.abstractmethod
-    async def patch_labels(self, name: str, labels: dict[str, str]) -> TaskAction:
-        """Merge-patch labels; no resourceVersion check."""
+    async def patch_labels(self, name: str, labels: dict[str, str]) -> int:
+        """Merge-patch labels; no resourceVersion check. Returns the new resourceVersion."""
 
     @abc.abstractmethod
     async def delete(self, name: str) -> None:
