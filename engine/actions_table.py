@@ -24,6 +24,13 @@ def _observed(obj: TaskAction) -> tuple[int, int, int]:
     return (int(phase_from_conditions(obj.status.conditions)), obj.status.observed_attempts, obj.status.cache_status)
 
 
+def _running_or_later(obj: TaskAction | None) -> bool:
+    if obj is None:
+        return False
+    phase = phase_from_conditions(obj.status.conditions)
+    return phase >= ActionPhase.RUNNING and phase != ActionPhase.PAUSED
+
+
 def status_update(obj: TaskAction, phase: ActionPhase) -> ActionStatusUpdate:
     status = obj.status
     error = status.error_state if phase in (ActionPhase.FAILED, ActionPhase.TIMED_OUT) else None
@@ -48,14 +55,19 @@ def status_update(obj: TaskAction, phase: ActionPhase) -> ActionStatusUpdate:
     )
 
 
-def derive_action_updates(old: TaskAction | None, new: TaskAction | None) -> list[ActionStatusUpdate]:
-    """The actions-table updates implied by one TaskAction change (``new`` None: deleted)."""
+def derive_action_updates(old: TaskAction | None, new: TaskAction | None,
+                          parent: TaskAction | None = None) -> list[ActionStatusUpdate]:
+    """The actions-table updates implied by one TaskAction change (``new`` None: deleted).
+
+    ``parent`` is the new child's parent, when known: its promotion is skipped when its own conditions
+    already put it at RUNNING or later (the table follows the conditions, so it is there already).
+    """
     if new is None:
         if old is None or old.status.is_terminal:
             return []
         return [status_update(old, ActionPhase.ABORTED)]
     updates = []
-    if old is None and new.spec.parent_action_name:
+    if old is None and new.spec.parent_action_name and not _running_or_later(parent):
         spec = new.spec
         parent = (spec.project, spec.domain, spec.run_name, spec.parent_action_name)
         updates.append(ActionStatusUpdate(parent, int(ActionPhase.RUNNING), 1))

@@ -46,6 +46,7 @@ class EngineConfig:
     requeue_after: float = DEFAULT_REQUEUE_SECONDS
     max_system_failures: int = DEFAULT_MAX_SYSTEM_FAILURES
     max_processes: int = 16
+    commit_in_thread: bool = False  # True: SQLite commits in a writer thread instead of on the loop
     serve: bool = True  # the local HTTP API (and, later, the SDK's controller services)
     host: str = "127.0.0.1"
     port: int = 0
@@ -106,7 +107,7 @@ class Engine:
     def __init__(self, config: EngineConfig | None = None):
         self.config = config or EngineConfig()
         self.data_dir = Path(self.config.data_dir).expanduser().resolve()
-        self.store = SqliteStore(self.data_dir / DB_FILE)
+        self.store = SqliteStore(self.data_dir / DB_FILE, inline_commits=not self.config.commit_in_thread)
         self.registry = PluginRegistry()
         self.container_plugin = LocalContainerPlugin(max_processes=self.config.max_processes)
         self.registry.register(self.container_plugin)

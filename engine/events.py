@@ -13,6 +13,14 @@ from engine.phases import ActionPhase
 from engine.plugins.core import SYSTEM, USER, ExecutionError, PhaseInfo
 from engine.store.base import EventRecord
 
+def _set_time(field, when: dt.datetime) -> None:
+    """Timestamp.FromDatetime without its slow generic path (the datetimes here are UTC-aware)."""
+    ts = when.timestamp()
+    seconds = int(ts // 1)
+    field.seconds = seconds
+    field.nanos = int(round((ts - seconds) * 1e6)) * 1000
+
+
 _ERROR_KIND = {USER: run_definition_pb2.ErrorInfo.KIND_USER, SYSTEM: run_definition_pb2.ErrorInfo.KIND_SYSTEM}
 
 
@@ -47,8 +55,8 @@ def build_action_event(
         cluster=cluster,
         cache_status=phase_info.info.cache_status,
     )
-    event.updated_time.FromDatetime(updated_time)
-    event.reported_time.FromDatetime(now)
+    _set_time(event.updated_time, updated_time)
+    _set_time(event.reported_time, now)
     error = error or phase_info.err
     if error is not None and event_phase in (ActionPhase.FAILED, ActionPhase.TIMED_OUT):
         event.error_info.CopyFrom(run_definition_pb2.ErrorInfo(
@@ -64,7 +72,7 @@ def build_action_event(
     reasons = [phase_info.reason] if phase_info.reason else []
     for reason in reasons + list(phase_info.info.additional_reasons):
         cluster_event = event.cluster_events.add(message=reason)
-        cluster_event.occurred_at.FromDatetime(phase_info.info.occurred_at or updated_time)
+        _set_time(cluster_event.occurred_at, phase_info.info.occurred_at or updated_time)
     return EventRecord(
         project=spec.project,
         domain=spec.domain,

@@ -154,7 +154,8 @@ class TaskActionReconciler:
         if original.metadata.deletion_timestamp is not None:
             return await self.handle_abort_and_finalize(original.copy_deep())
         if original.status.is_terminal:
-            await self.ensure_terminal_labels(original)
+            if self.terminal_labels(original):  # only a copy may be touched: original is the committed object
+                await self.ensure_terminal_labels(original.copy_deep())
             return Result()
         task_action = original.copy_deep()
         if task_action.is_condition:
@@ -297,8 +298,8 @@ class TaskActionReconciler:
             domain=spec.domain,
             attempt=attempt,
             max_attempts=max_attempts(template),
-            labels=dict(task_action.metadata.labels),
-            annotations=dict(task_action.metadata.annotations),
+            labels=task_action.metadata.labels,  # the working copy is private to this reconcile
+            annotations=task_action.metadata.annotations,
             environment=environment,
             run_start_time=task_action.metadata.annotations.get(ANNOTATION_RUN_START_TIME, ""),
         )
@@ -383,12 +384,16 @@ class TaskActionReconciler:
         await self.persist_status(task_action, [*extra_events, event])
 
     async def persist_status(self, task_action: TaskAction, events: list[EventRecord]) -> None:
+        """Persist with conflict retry; a terminal status carries its terminal labels in the same call."""
         new_status = task_action.status
+        labels = self.terminal_labels(task_action)
         candidate = task_action
         for attempt in range(CONFLICT_RETRIES):
             try:
-                await self.store.update_status(candidate, events)
+                await self.store.update_status(candidate, events, labels)
                 task_action.metadata.resource_version = candidate.metadata.resource_version
+                if labels:
+                    task_action.metadata.labels.update(labels)
                 return
             except ConflictError:
                 if attempt == CONFLICT_RETRIES - 1:
@@ -397,21 +402,27 @@ class TaskActionReconciler:
                 candidate = await self.store.get(task_action.name)
                 candidate.status = new_status.copy_deep()
 
-    async def ensure_terminal_labels(self, task_action: TaskAction) -> None:
-        labels = task_action.metadata.labels
-        if LABEL_TERMINATION_STATUS in labels and LABEL_COMPLETED_TIME in labels:
-            return
+    def terminal_labels(self, task_action: TaskAction) -> dict[str, str] | None:
+        """The GC labels a terminal TaskAction lacks, or None (not terminal, or already labelled)."""
+        status, labels = task_action.status, task_action.metadata.labels
+        if not status.is_terminal or (LABEL_TERMINATION_STATUS in labels and LABEL_COMPLETED_TIME in labels):
+            return None
         completed = self.clock()
         for type_ in (ConditionType.SUCCEEDED, ConditionType.FAILED):
-            cond = task_action.status.condition(type_)
+            cond = status.condition(type_)
             if cond is not None and cond.status == "True":
                 completed = cond.last_transition_time
                 break
-        completed = completed.astimezone(dt.timezone.utc)
-        await self.store.patch_labels(task_action.name, {
+        return {
             LABEL_TERMINATION_STATUS: TERMINATED,
-            LABEL_COMPLETED_TIME: completed.strftime(COMPLETED_TIME_FORMAT),
-        })
+            LABEL_COMPLETED_TIME: completed.astimezone(dt.timezone.utc).strftime(COMPLETED_TIME_FORMAT),
+        }
+
+    async def ensure_terminal_labels(self, task_action: TaskAction) -> None:
+        labels = self.terminal_labels(task_action)
+        if labels:
+            await self.store.patch_labels(task_action.name, labels)
+            task_action.metadata.labels.update(labels)
 
     # ------------------------------------------------------------------ abort / finalize
     async def handle_abort_and_finalize(self, task_action: TaskAction) -> Result:

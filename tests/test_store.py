@@ -284,3 +284,23 @@ async def test_subscribers_hear_about_action_changes(store):
     store.subscribe(seen.append)
     await store.create_run_action(_record(), None, None)
     assert any(isinstance(c, ActionsChanged) and ("p", "d", "r1", "a0") in c.keys for c in seen)
+
+
+async def test_first_child_promotes_a_queued_parent_to_running(store):
+    parent = make_task_action(run="r1")
+    await store.create_run_action(_record(), parent, None)
+    child = make_task_action(run="r1", action="c1", parent=parent)
+    await store.create_run_action(_record("c1", parent="a0"), child, None)
+    assert (await store.get_action(("p", "d", "r1", "a0"))).phase == ActionPhase.RUNNING
+    assert (await store.get_action(("p", "d", "r1", "c1"))).phase == ActionPhase.QUEUED
+
+
+async def test_actions_table_follows_conditions_in_the_same_commit_and_deletion_aborts(store):
+    obj = make_task_action(run="r1")
+    await store.create_run_action(_record(), obj, None)
+    obj.status.set_condition("Progressing", True, "Executing", "", obj.metadata.creation_timestamp)
+    await store.update_status(obj)
+    assert (await store.get_action(("p", "d", "r1", "a0"))).phase == ActionPhase.RUNNING
+    await store.delete(obj.name)
+    row = await store.get_action(("p", "d", "r1", "a0"))
+    assert row.phase == ActionPhase.ABORTED and row.ended_at is not None

@@ -185,10 +185,12 @@ class ResourceStore(abc.ABC):
         """Write metadata and spec (not status), checked against ``metadata.resourceVersion``."""
 
     @abc.abstractmethod
-    async def update_status(self, obj: TaskAction, events: list[EventRecord] | None = None) -> TaskAction:
+    async def update_status(self, obj: TaskAction, events: list[EventRecord] | None = None,
+                            labels: dict[str, str] | None = None) -> TaskAction:
         """Write the status subresource, checked against ``metadata.resourceVersion``.
 
         ``events`` are recorded first, in the same transaction: a status is never saved without its events.
+        ``labels`` are merge-patched after the status (on Kubernetes: a second call, as Flyte does).
         """
 
     @abc.abstractmethod

