@@ -254,6 +254,15 @@ def cmd_abort(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_signal(args: argparse.Namespace) -> int:
+    client = live_client(args.data_dir)
+    if client is None:
+        raise CliError(f"no engine is serving {args.data_dir}; conditions are signalled through a running engine")
+    result = client.call("POST", f"/runs/{args.run}/signal", {"action": args.action, "value": args.value})
+    print(f"signalled {args.run}/{result['signalled']} = {args.value}")
+    return EXIT_OK
+
+
 async def _headless(data_dir: pathlib.Path) -> int:
     from engine.store.base import EventsRecorded
 
@@ -316,6 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     abort.add_argument("run")
     abort.add_argument("--action", default=None)
     abort.add_argument("--reason", default="aborted from the command line")
+    signal_cmd = sub.add_parser("signal", help="give a paused condition its value (bool, int, float or str)")
+    signal_cmd.add_argument("run")
+    signal_cmd.add_argument("action", help="the condition's action name, or the condition's own name")
+    signal_cmd.add_argument("value")
     return parser
 
 
@@ -332,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_get(args)
         if args.command == "abort":
             return cmd_abort(args)
+        if args.command == "signal":
+            return cmd_signal(args)
         if args.headless:
             return asyncio.run(_headless(args.data_dir))
         print("taskdeck: the console is not available yet; use `taskdeck --headless`, `taskdeck run` "

@@ -73,6 +73,7 @@ class TaskDeckApi:
             ("GET", re.compile(r"^/runs/(?P<run>[^/]+)/actions/(?P<action>[^/]+)/events$"), self.list_events),
             ("POST", re.compile(r"^/runs/(?P<run>[^/]+)/wait$"), self.wait_run),
             ("POST", re.compile(r"^/runs/(?P<run>[^/]+)/abort$"), self.abort),
+            ("POST", re.compile(r"^/runs/(?P<run>[^/]+)/signal$"), self.signal),
         ]
 
     async def __call__(self, scope, receive, send) -> None:
@@ -137,6 +138,11 @@ class TaskDeckApi:
         except TimeoutError:
             return {**(await self.engine.runs.result(run)).to_json(), "timedOut": True}
 
+    async def signal(self, payload, query, run) -> Any:
+        action = await self.engine.runs.signal_text(run, str(payload.get("action", "")), str(payload.get("value", "")),
+                                                    payload.get("by") or "taskdeck-cli")
+        return {"signalled": action}
+
     async def abort(self, payload, query, run) -> Any:
         await self.engine.runs.abort_action(run, payload.get("action") or "a0", payload.get("reason") or "aborted")
         return {"aborted": True}
@@ -149,6 +155,7 @@ class ApiServer:
         self.port = port
         self.api = TaskDeckApi(engine)
         self.mounts: list[tuple[str, ASGIApp]] = [(TaskDeckApi.prefix, self.api)]
+        self.mounts += [(app.path, app) for app in engine.controller_services.apps()]
         self._server: _Server | None = None
         self._task: asyncio.Task | None = None
 

@@ -13,6 +13,7 @@ import logging
 import os
 from pathlib import Path
 
+from engine.connect import ControllerServices
 from engine.controller import ControllerManager
 from engine.plugins.container import LocalContainerPlugin
 from engine.plugins.registry import PluginRegistry
@@ -47,6 +48,7 @@ class EngineConfig:
     max_system_failures: int = DEFAULT_MAX_SYSTEM_FAILURES
     max_processes: int = 16
     commit_in_thread: bool = False  # True: SQLite commits in a writer thread instead of on the loop
+    use_actions_service: bool = True  # task processes use ActionsService (_U_USE_ACTIONS=1), as Flyte's do
     serve: bool = True  # the local HTTP API (and, later, the SDK's controller services)
     host: str = "127.0.0.1"
     port: int = 0
@@ -121,6 +123,7 @@ class Engine:
         )
         self.manager = ControllerManager(self.store, self.reconciler.reconcile, workers=self.config.workers)
         self.runs = RunsService(self.store, self.data_dir)
+        self.controller_services = ControllerServices(self)
         self._lock = DataDirLock(self.data_dir)
         self._server = None
         self.url: str | None = None
@@ -139,6 +142,10 @@ class Engine:
 
                 self._server = ApiServer(self, self.config.host, self.config.port)
                 self.url = await self._server.start()
+                # Task processes reach the SDK's controller services here (flyte-sdk-client §4.4).
+                self.runtime_env.update({"_U_EP_OVERRIDE": self.url, "_U_INSECURE": "true"})
+                if self.config.use_actions_service:
+                    self.runtime_env["_U_USE_ACTIONS"] = "1"
                 (self.data_dir / ENDPOINT_FILE).write_text(json.dumps({"pid": os.getpid(), "url": self.url}))
         except BaseException:
             await self._shutdown()
@@ -151,6 +158,7 @@ class Engine:
 
     async def _shutdown(self) -> None:
         self.started = False
+        self.controller_services.closing.set()  # end the SDK's watch streams so the server can stop
         if self._server is not None:
             await self._server.stop()
             self._server = None

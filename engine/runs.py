@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import datetime as dt
 import hashlib
 import os
 import re
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from flyteidl2.common import identifier_pb2
-from flyteidl2.core import tasks_pb2
+from flyteidl2.core import literals_pb2, tasks_pb2, types_pb2
 from flyteidl2.task import common_pb2, task_definition_pb2
 from flyteidl2.workflow import run_definition_pb2
 
@@ -42,6 +43,7 @@ from engine.store.base import (
     ActionKey,
     ActionRecord,
     ActionsChanged,
+    ConflictError,
     EngineStore,
     EventRecord,
     NotFoundError,
@@ -63,6 +65,45 @@ class InvalidRunError(ValueError):
 
 class RunNotFoundError(LookupError):
     pass
+
+
+_SIGNAL_TYPES = {
+    types_pb2.SimpleType.BOOLEAN: "boolean",
+    types_pb2.SimpleType.INTEGER: "integer",
+    types_pb2.SimpleType.FLOAT: "float_value",
+    types_pb2.SimpleType.STRING: "string_value",
+}
+
+
+def check_signal_value(condition: run_definition_pb2.ConditionAction, value: literals_pb2.Literal) -> None:
+    """A signal must be a primitive of the condition's declared simple type."""
+    expected = _SIGNAL_TYPES.get(condition.type.simple)
+    actual = value.scalar.primitive.WhichOneof("value") if value.scalar.HasField("primitive") else None
+    if expected is None or actual != expected:
+        wanted = types_pb2.SimpleType.Name(condition.type.simple) if expected else "a simple type"
+        raise InvalidRunError(f"condition {condition.name!r} expects {wanted}, got {actual or 'no primitive'}")
+
+
+def signal_literal(condition: run_definition_pb2.ConditionAction, text: str) -> literals_pb2.Literal:
+    """Parse typed text input (bool, int, float, str) into the condition's literal."""
+    simple = condition.type.simple
+    try:
+        if simple == types_pb2.SimpleType.BOOLEAN:
+            lowered = text.strip().lower()
+            if lowered not in ("true", "false", "yes", "no", "1", "0", "y", "n"):
+                raise ValueError(f"not a boolean: {text!r}")
+            primitive = literals_pb2.Primitive(boolean=lowered in ("true", "yes", "1", "y"))
+        elif simple == types_pb2.SimpleType.INTEGER:
+            primitive = literals_pb2.Primitive(integer=int(text))
+        elif simple == types_pb2.SimpleType.FLOAT:
+            primitive = literals_pb2.Primitive(float_value=float(text))
+        elif simple == types_pb2.SimpleType.STRING:
+            primitive = literals_pb2.Primitive(string_value=text)
+        else:
+            raise ValueError("the condition has no simple type")
+    except ValueError as exc:
+        raise InvalidRunError(str(exc)) from None
+    return literals_pb2.Literal(scalar=literals_pb2.Scalar(primitive=primitive))
 
 
 class ParentGoneError(LookupError):
@@ -268,6 +309,128 @@ class RunsService:
         except OwnerGoneError:
             raise ParentGoneError(f"parent action {parent_action_name!r} of run {run_name!r} is being aborted") from None
         return record
+
+    async def _live_parent(self, run_name: str, parent_action_name: str) -> TaskAction:
+        parent = self.store.peek(task_action_name(run_name, parent_action_name))
+        if parent is None:
+            raise ParentGoneError(f"parent action {parent_action_name!r} of run {run_name!r} does not exist")
+        if parent.metadata.deletion_timestamp is not None:
+            raise ParentGoneError(f"parent action {parent_action_name!r} of run {run_name!r} is being aborted")
+        return parent
+
+    async def record_trace(self, run_name: str, action_name: str, parent_action_name: str,
+                           trace: run_definition_pb2.TraceAction, input_uri: str = "", group: str = "") -> ActionRecord:
+        """A ``@flyte.trace`` step the parent already ran: an action row, no TaskAction (as in Flyte)."""
+        parent = await self._live_parent(run_name, parent_action_name)
+        spec = parent.spec
+        start = trace.start_time.ToDatetime(tzinfo=dt.timezone.utc).timestamp() if trace.HasField(
+            "start_time") else time.time()
+        end = trace.end_time.ToDatetime(tzinfo=dt.timezone.utc).timestamp() if trace.HasField(
+            "end_time") else start
+        action_spec = run_definition_pb2.ActionSpec(
+            action_id=identifier_pb2.ActionIdentifier(
+                run=identifier_pb2.RunIdentifier(project=spec.project, domain=spec.domain, name=run_name),
+                name=action_name),
+            parent_action_name=parent_action_name, input_uri=input_uri, run_output_base=spec.run_output_base,
+            trace=trace, group=group,
+        )
+        phase = ActionPhase(trace.phase) if trace.phase else ActionPhase.SUCCEEDED
+        record = ActionRecord(
+            project=spec.project, domain=spec.domain, run_name=run_name, name=action_name,
+            parent_action_name=parent_action_name, phase=int(phase), action_type=ACTION_TYPE_TRACE,
+            task_name=trace.name or None, task_type="trace", short_name=(trace.name or "trace")[:63],
+            function_name=trace.name, action_group=group, action_spec=action_spec.SerializeToString(),
+            input_uri=input_uri, run_output_base=spec.run_output_base, created_at=start, updated_at=time.time(),
+            ended_at=end if phase.is_terminal else None,
+            duration_ms=int(max(end - start, 0) * 1000) if phase.is_terminal else None, attempts=1,
+        )
+        if phase == ActionPhase.FAILED:
+            record.error_kind, record.error_code, record.error_message = "USER", "TraceFailed", "trace step failed"
+        await self.store.create_run_action(record, None, None)
+        return record
+
+    async def create_condition(self, run_name: str, action_name: str, parent_action_name: str,
+                               condition: run_definition_pb2.ConditionAction, group: str = "") -> ActionRecord:
+        """A condition (human input): PAUSED until signalled, TIMED_OUT after its timeout."""
+        simple = condition.type.simple if condition.type.HasField("simple") else None
+        if simple not in _SIGNAL_TYPES:
+            raise InvalidRunError("a condition's type must be a simple BOOLEAN, INTEGER, FLOAT or STRING")
+        parent = await self._live_parent(run_name, parent_action_name)
+        spec = parent.spec
+        labels = {k: v for k, v in parent.metadata.labels.items() if not k.startswith("flyte.org/")}
+        labels.update(base_labels(spec.project, spec.domain, run_name, action_name, "condition", is_root=False))
+        now = time.time()
+        record = ActionRecord(
+            project=spec.project, domain=spec.domain, run_name=run_name, name=action_name,
+            parent_action_name=parent_action_name, phase=int(ActionPhase.QUEUED),
+            action_type=ACTION_TYPE_CONDITION, task_name=condition.name or None, task_type="condition",
+            short_name=(condition.name or "condition")[:63], function_name=condition.name, action_group=group,
+            run_output_base=spec.run_output_base, created_at=now, updated_at=now, attempts=1,
+        )
+        task_action = TaskAction(
+            metadata=ObjectMeta(name=task_action_name(run_name, action_name), labels=labels,
+                                annotations=dict(parent.metadata.annotations),
+                                owner_references=[owner_reference_to(parent)]),
+            spec=TaskActionSpec(
+                run_name=run_name, project=spec.project, domain=spec.domain, action_name=action_name,
+                parent_action_name=parent_action_name, action_type="condition",
+                condition_spec=condition.SerializeToString(), run_output_base=spec.run_output_base,
+                short_name=(condition.name or "condition")[:63], group=group,
+            ),
+        )
+        try:
+            await self.store.create_run_action(record, task_action, None)
+        except OwnerGoneError:
+            raise ParentGoneError(f"parent action {parent_action_name!r} of run {run_name!r} is being aborted") from None
+        return record
+
+    async def signal(self, run_name: str, action_name: str, value: literals_pb2.Literal,
+                     signalled_by: str = "taskdeck") -> None:
+        """Give a paused condition its value. The same value again is a no-op; another value is refused."""
+        name = task_action_name(run_name, action_name)
+        for attempt in range(5):
+            try:
+                obj = await self.store.get(name)
+            except NotFoundError:
+                raise RunNotFoundError(f"action {action_name!r} of run {run_name!r} not found") from None
+            if not obj.is_condition:
+                raise InvalidRunError(f"{run_name}/{action_name} is not a condition")
+            condition = run_definition_pb2.ConditionAction()
+            condition.ParseFromString(obj.spec.condition_spec or b"")
+            check_signal_value(condition, value)
+            payload = value.SerializeToString(deterministic=True)
+            if obj.status.signal_value is not None:
+                if obj.status.signal_value == payload:
+                    return
+                raise InvalidRunError(f"{run_name}/{action_name} was already signalled with another value")
+            if obj.status.is_terminal:
+                raise InvalidRunError(f"{run_name}/{action_name} has already ended")
+            obj.status.signal_value = payload
+            obj.status.signalled_by = signalled_by
+            obj.status.signalled_at = utcnow()
+            try:
+                await self.store.update_status(obj)
+                return
+            except ConflictError:
+                await asyncio.sleep(0.01 * (attempt + 1))
+        raise InvalidRunError(f"{run_name}/{action_name} kept changing; signal again")
+
+    async def signal_text(self, run_name: str, action: str, text: str, signalled_by: str = "taskdeck") -> str:
+        """Signal a condition from typed text; ``action`` is the action's name or its condition's name."""
+        run = await self.get_run(run_name)
+        actions = await self.store.list_actions(run.project, run.domain, run.run_name)
+        matches = [a for a in actions if a.action_type == ACTION_TYPE_CONDITION and action in (a.name, a.short_name)]
+        paused = [a for a in matches if ActionPhase(a.phase) == ActionPhase.PAUSED]
+        target = (paused or matches or [None])[0]
+        if target is None:
+            raise RunNotFoundError(f"no condition {action!r} in run {run_name!r}")
+        obj = self.store.peek(task_action_name(run.run_name, target.name))
+        if obj is None:
+            raise InvalidRunError(f"condition {action!r} has already been cleaned up")
+        condition = run_definition_pb2.ConditionAction()
+        condition.ParseFromString(obj.spec.condition_spec or b"")
+        await self.signal(run.run_name, target.name, signal_literal(condition, text), signalled_by)
+        return target.name
 
     # ------------------------------------------------------------------ reads
     async def get_run(self, run_name: str) -> ActionRecord:

@@ -1,0 +1,301 @@
+"""The controller services the ``flyte`` SDK calls from inside a running task, over the Connect protocol.
+
+flyteidl2's generated ASGI applications serve ``QueueService`` (EnqueueAction, AbortQueuedAction,
+AbortQueuedRun), ``StateService.Watch`` and the unified ``ActionsService`` (Enqueue, WatchForUpdates,
+Abort, Signal) that the SDK uses with ``_U_USE_ACTIONS=1``. They are thin: every RPC goes through the
+engine's runs service, so a parent's children are ordinary TaskActions reconciled like any other.
+
+Watch semantics (what the SDK's informer needs): the parent's known children first, then a sentinel,
+then live updates; a terminal update carries ``output_uri`` (the attempt prefix holding outputs.pb, or the
+trace's output file) or the ``ExecutionError``; a signalled condition carries its value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+from flyteidl2.actions import actions_service_pb2
+from flyteidl2.actions.actions_service_connect import ActionsService, ActionsServiceASGIApplication
+from flyteidl2.common import identifier_pb2
+from flyteidl2.core import execution_pb2, literals_pb2
+from flyteidl2.workflow import queue_service_pb2, run_definition_pb2, state_service_pb2
+from flyteidl2.workflow.queue_service_connect import QueueService, QueueServiceASGIApplication
+from flyteidl2.workflow.state_service_connect import StateService, StateServiceASGIApplication
+
+from engine.model import task_action_name
+from engine.phases import ActionPhase
+from engine.runs import (
+    ACTION_TYPE_CONDITION,
+    ACTION_TYPE_TRACE,
+    InvalidRunError,
+    ParentGoneError,
+    RunNotFoundError,
+)
+from engine.store.base import ActionRecord, ActionsChanged, AlreadyExistsError
+
+if TYPE_CHECKING:
+    from engine.engine import Engine
+
+log = logging.getLogger(__name__)
+
+_disconnected: contextvars.ContextVar[asyncio.Event | None] = contextvars.ContextVar("disconnected", default=None)
+
+_ERROR_KIND = {"USER": execution_pb2.ExecutionError.USER, "SYSTEM": execution_pb2.ExecutionError.SYSTEM}
+
+
+def disconnect_aware(app):
+    """ASGI wrapper: record the client's disconnect where a streaming handler can await it.
+
+    connectrpc checks for a disconnect only between messages, so an idle stream would never end.
+    """
+
+    async def wrapped(scope, receive, send):
+        event = asyncio.Event()
+        token = _disconnected.set(event)
+
+        async def watched_receive():
+            message = await receive()
+            if message.get("type") == "http.disconnect":
+                event.set()
+            return message
+
+        try:
+            await app(scope, watched_receive, send)
+        finally:
+            _disconnected.reset(token)
+
+    wrapped.path = app.path  # type: ignore[attr-defined]
+    return wrapped
+
+
+class ControllerServices:
+    """The engine side of the SDK's controller: enqueue, watch, abort, signal."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.closing = asyncio.Event()
+
+    def apps(self) -> list:
+        return [
+            disconnect_aware(QueueServiceASGIApplication(_QueueService(self))),
+            disconnect_aware(StateServiceASGIApplication(_StateService(self))),
+            disconnect_aware(ActionsServiceASGIApplication(_ActionsService(self))),
+        ]
+
+    # ------------------------------------------------------------------ enqueue
+    async def enqueue(self, action_id: identifier_pb2.ActionIdentifier, parent: str, input_uri: str,
+                      run_output_base: str, group: str, task=None, trace=None, condition=None) -> None:
+        runs, run_name, name = self.engine.runs, action_id.run.name, action_id.name
+        if not run_name or not name or not parent:
+            raise ConnectError(Code.INVALID_ARGUMENT, "action_id.run.name, action_id.name and the parent are required")
+        try:
+            if trace is not None:
+                await runs.record_trace(run_name, name, parent, trace, input_uri, group)
+            elif condition is not None:
+                if await self._exists(action_id):
+                    return  # a condition that already exists is a success, as in Flyte
+                await runs.create_condition(run_name, name, parent, condition, group)
+            elif task is not None:
+                cache_key = task.cache_key.value if task.HasField("cache_key") else ""
+                await runs.create_action(run_name, name, parent, task.spec, input_uri,
+                                         run_output_base=run_output_base or None, group=group, cache_key=cache_key)
+            else:
+                raise ConnectError(Code.INVALID_ARGUMENT, "one of task, trace or condition is required")
+        except AlreadyExistsError as exc:
+            raise ConnectError(Code.ALREADY_EXISTS, str(exc)) from None
+        except ParentGoneError as exc:
+            code = Code.ABORTED if "aborted" in str(exc) else Code.NOT_FOUND
+            raise ConnectError(code, str(exc)) from None
+        except (InvalidRunError, ValueError) as exc:
+            raise ConnectError(Code.INVALID_ARGUMENT, str(exc)) from None
+
+    async def _exists(self, action_id) -> bool:
+        record = await self.engine.store.find_run(action_id.run.name)
+        if record is None:
+            return False
+        key = (record.project, record.domain, action_id.run.name, action_id.name)
+        return await self.engine.store.get_action(key) is not None
+
+    # ------------------------------------------------------------------ abort / signal
+    async def abort(self, run_name: str, action_name: str, reason: str) -> None:
+        try:
+            await self.engine.runs.abort_action(run_name, action_name or "a0", reason or "aborted by the SDK")
+        except RunNotFoundError:
+            pass  # already gone: abort is idempotent
+
+    async def signal(self, action_id, value: literals_pb2.Literal, by: str) -> None:
+        try:
+            await self.engine.runs.signal(action_id.run.name, action_id.name, value, by or "sdk")
+        except RunNotFoundError as exc:
+            raise ConnectError(Code.NOT_FOUND, str(exc)) from None
+        except InvalidRunError as exc:
+            raise ConnectError(Code.INVALID_ARGUMENT, str(exc)) from None
+
+    # ------------------------------------------------------------------ watch
+    async def watch(self, parent_id: identifier_pb2.ActionIdentifier) -> AsyncIterator[
+            state_service_pb2.ActionUpdate | None]:
+        """Children of ``parent_id``: snapshot, then None (the sentinel), then live updates."""
+        run_id, parent = parent_id.run, parent_id.name
+        store = self.engine.store
+        pending: dict[str, None] = {}
+        wake = asyncio.Event()
+
+        def on_change(change) -> None:
+            if isinstance(change, ActionsChanged):
+                for key in change.keys:
+                    if key[2] == run_id.name:
+                        pending[key[3]] = None
+                        wake.set()
+
+        unsubscribe = store.subscribe(on_change)  # subscribe before listing: nothing falls in between
+        disconnected = _disconnected.get() or asyncio.Event()
+        sent: dict[str, tuple] = {}
+        try:
+            root = await store.find_run(run_id.name)
+            children: set[str] = set()
+            if root is not None:
+                for record in await store.list_actions(root.project, root.domain, run_id.name):
+                    if record.parent_action_name == parent:
+                        children.add(record.name)
+                        update = self.action_update(run_id, record)
+                        sent[record.name] = _signature(update)
+                        yield update
+            yield None
+            stop = asyncio.ensure_future(self._first(disconnected, self.closing))
+            try:
+                while not stop.done():
+                    waiter = asyncio.ensure_future(wake.wait())
+                    await asyncio.wait({waiter, stop}, return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
+                    if stop.done():
+                        break
+                    wake.clear()
+                    names = list(pending)
+                    pending.clear()
+                    for name in names:
+                        if root is None:
+                            root = await store.find_run(run_id.name)
+                            if root is None:
+                                continue
+                        record = await store.get_action((root.project, root.domain, run_id.name, name))
+                        if record is None or record.parent_action_name != parent:
+                            continue
+                        update = self.action_update(run_id, record)
+                        signature = _signature(update)
+                        if sent.get(name) != signature:
+                            sent[name] = signature
+                            yield update
+            finally:
+                stop.cancel()
+        finally:
+            unsubscribe()
+
+    @staticmethod
+    async def _first(*events: asyncio.Event) -> None:
+        waits = [asyncio.ensure_future(e.wait()) for e in events]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    def action_update(self, run_id: identifier_pb2.RunIdentifier, record: ActionRecord) -> state_service_pb2.ActionUpdate:
+        phase = ActionPhase(record.phase)
+        update = state_service_pb2.ActionUpdate(
+            action_id=identifier_pb2.ActionIdentifier(run=run_id, name=record.name), phase=int(phase))
+        if record.action_type == ACTION_TYPE_TRACE:
+            spec = run_definition_pb2.ActionSpec()
+            spec.ParseFromString(record.action_spec or b"")
+            update.output_uri = spec.trace.outputs.output_uri
+        elif phase == ActionPhase.SUCCEEDED and record.action_type != ACTION_TYPE_CONDITION:
+            update.output_uri = f"{record.run_output_base.rstrip('/')}/{record.name}/{record.attempts or 1}"
+        if phase in (ActionPhase.FAILED, ActionPhase.TIMED_OUT):
+            update.error.CopyFrom(execution_pb2.ExecutionError(
+                code=record.error_code or "Unknown", message=record.error_message or "",
+                kind=_ERROR_KIND.get(record.error_kind or "", execution_pb2.ExecutionError.UNKNOWN)))
+        if record.action_type == ACTION_TYPE_CONDITION and phase == ActionPhase.SUCCEEDED:
+            obj = self.engine.store.peek(task_action_name(record.run_name, record.name))
+            if obj is not None and obj.status.signal_value:
+                update.value.ParseFromString(obj.status.signal_value)
+        return update
+
+
+def _signature(update: state_service_pb2.ActionUpdate) -> tuple:
+    return (update.phase, update.output_uri, update.HasField("error"), update.HasField("value"))
+
+
+class _QueueService(QueueService):
+    def __init__(self, services: ControllerServices):
+        self.services = services
+
+    async def enqueue_action(self, request, ctx):
+        kind = request.WhichOneof("spec")
+        await self.services.enqueue(
+            request.action_id, request.parent_action_name, request.input_uri, request.run_output_base,
+            request.group, **{kind: getattr(request, kind)} if kind else {})
+        return queue_service_pb2.EnqueueActionResponse()
+
+    async def abort_queued_action(self, request, ctx):
+        await self.services.abort(request.action_id.run.name, request.action_id.name, request.reason)
+        return queue_service_pb2.AbortQueuedActionResponse()
+
+    async def abort_queued_run(self, request, ctx):
+        await self.services.abort(request.run_id.name, "a0", request.reason)
+        return queue_service_pb2.AbortQueuedRunResponse()
+
+
+class _StateService(StateService):
+    def __init__(self, services: ControllerServices):
+        self.services = services
+
+    async def watch(self, request, ctx):
+        async for update in self.services.watch(request.parent_action_id):
+            if update is None:
+                yield state_service_pb2.WatchResponse(
+                    control_message=state_service_pb2.ControlMessage(sentinel=True))
+            else:
+                yield state_service_pb2.WatchResponse(action_update=update)
+
+    async def put(self, request, ctx):  # the SDK has no call sites; accepted and ignored
+        return state_service_pb2.PutResponse(action_id=request.action_id)
+
+    async def get(self, request, ctx):
+        return state_service_pb2.GetResponse(action_id=request.action_id)
+
+
+class _ActionsService(ActionsService):
+    def __init__(self, services: ControllerServices):
+        self.services = services
+
+    async def enqueue(self, request, ctx):
+        action = request.action
+        kind = action.WhichOneof("spec")
+        await self.services.enqueue(
+            action.action_id, action.parent_action_name, action.input_uri, action.run_output_base, action.group,
+            **{kind: getattr(action, kind)} if kind else {})
+        return actions_service_pb2.EnqueueResponse()
+
+    async def watch_for_updates(self, request, ctx):
+        async for update in self.services.watch(request.parent_action_id):
+            if update is None:
+                yield actions_service_pb2.WatchForUpdatesResponse(
+                    control_message=state_service_pb2.ControlMessage(sentinel=True))
+            else:
+                yield actions_service_pb2.WatchForUpdatesResponse(action_update=update)
+
+    async def update(self, request, ctx):  # the SDK has no call sites; attempts/cache status come from the engine
+        return actions_service_pb2.UpdateResponse()
+
+    async def abort(self, request, ctx):
+        await self.services.abort(request.action_id.run.name, request.action_id.name, request.reason)
+        return actions_service_pb2.AbortResponse()
+
+    async def signal(self, request, ctx):
+        await self.services.signal(request.action_id, request.value, request.signalled_by)
+        return actions_service_pb2.SignalResponse()
