@@ -25,6 +25,7 @@ from engine.store.sqlite import SqliteStore
 log = logging.getLogger(__name__)
 
 LOCK_FILE = "engine.lock"
+PORT_FILE = "engine.port"  # kept across restarts: running tasks hold this port in _U_EP_OVERRIDE
 ENDPOINT_FILE = "engine.json"
 DB_FILE = "taskdeck.db"
 
@@ -138,10 +139,7 @@ class Engine:
             await self.store.start()
             await self.manager.start()
             if self.config.serve:
-                from engine.api import ApiServer
-
-                self._server = ApiServer(self, self.config.host, self.config.port)
-                self.url = await self._server.start()
+                self.url = await self._start_server()
                 # Task processes reach the SDK's controller services here (flyte-sdk-client §4.4).
                 self.runtime_env.update({"_U_EP_OVERRIDE": self.url, "_U_INSECURE": "true"})
                 if self.config.use_actions_service:
@@ -152,6 +150,31 @@ class Engine:
             raise
         self.started = True
         log.info("engine started on %s (data dir %s)", self.url or "no API", self.data_dir)
+
+    async def _start_server(self) -> str:
+        """Serve on the port this data directory used before when possible, so task processes that
+        outlived the previous engine (and hold its address) reach this one."""
+        from engine.api import ApiServer
+
+        port_file = self.data_dir / PORT_FILE
+        candidates = [self.config.port]
+        if not self.config.port and port_file.exists():
+            try:
+                candidates.insert(0, int(port_file.read_text().strip()))
+            except ValueError:
+                pass
+        last_error: Exception | None = None
+        for port in candidates:
+            self._server = ApiServer(self, self.config.host, port)
+            try:
+                url = await self._server.start()
+            except (OSError, SystemExit, RuntimeError) as exc:  # uvicorn exits when the port is taken
+                last_error = exc
+                self._server = None
+                continue
+            port_file.write_text(url.rsplit(":", 1)[1])
+            return url
+        raise RuntimeError(f"could not start the engine's server: {last_error}")
 
     async def stop(self) -> None:
         await self._shutdown()
