@@ -297,5 +297,14 @@ class _ActionsService(ActionsService):
         return actions_service_pb2.AbortResponse()
 
     async def signal(self, request, ctx):
-        await self.services.signal(request.action_id, request.value, request.signalled_by)
+        await self.services.signal(request.action_id, request.value, _principal(request.signalled_by))
         return actions_service_pb2.SignalResponse()
+
+
+def _principal(identity) -> str:
+    """The subject of an EnrichedIdentity (user or application), for status.signalledBy."""
+    if identity.HasField("user"):
+        return identity.user.id.subject or identity.user.spec.email or "user"
+    if identity.HasField("application"):
+        return identity.application.id.subject or identity.application.spec.name or "application"
+    return ""
