@@ -31,7 +31,7 @@ from engine.phases import ActionPhase  # noqa: E402
 from engine.store.base import ActionsChanged  # noqa: E402
 from helpers import sleep_inputs, sleep_spec  # noqa: E402
 
-BATCH = 200
+BATCH = 50
 
 
 class SucceededCounter:

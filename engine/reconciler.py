@@ -54,6 +54,7 @@ ANNOTATION_RUN_START_TIME = "taskdeck.flyte.org/run-start-time"
 DEFAULT_MAX_SYSTEM_FAILURES = 3
 DEFAULT_REQUEUE_SECONDS = 10.0
 CONFLICT_RETRIES = 5
+RESTART_MESSAGE = "restarting task"
 MAX_TEMPLATE_BYTES = 10 * 1024 * 1024
 
 
@@ -206,14 +207,26 @@ class TaskActionReconciler:
             log.warning("%s: cannot build the task execution context: %s", task_action.name, exc)
             return Result(self.requeue_after)
 
-        try:
-            transition = await plugin.handle(tctx)
-        except CorruptedPluginStateError as exc:
-            return await self.finalize_permanent_failure(
-                task_action, original, ExecutionError("CorruptedPluginState", str(exc), SYSTEM))
-        except Exception as exc:  # noqa: BLE001 - any plugin exception is a system failure
-            return await self.record_system_error(task_action, original, plugin.id, exc)
-        info = transition.info
+        expired, next_bound = expired_timeout(task_action, template, self.clock())
+        if expired is not None:
+            code, message = expired
+            try:
+                await plugin.abort(tctx)  # the whole attempt stops, process group included
+            except Exception as exc:  # noqa: BLE001
+                log.warning("%s: abort on %s failed: %s", task_action.name, code, exc)
+            if code != "TaskTimeout":  # a queueing limit or the deadline ends the action, retries or not
+                return await self.finalize_permanent_failure(task_action, original,
+                                                             ExecutionError(code, message, USER))
+            info = PhaseInfo.retryable_failure(code, message)  # a runtime timeout is retryable
+        else:
+            try:
+                transition = await plugin.handle(tctx)
+            except CorruptedPluginStateError as exc:
+                return await self.finalize_permanent_failure(
+                    task_action, original, ExecutionError("CorruptedPluginState", str(exc), SYSTEM))
+            except Exception as exc:  # noqa: BLE001 - any plugin exception is a system failure
+                return await self.record_system_error(task_action, original, plugin.id, exc)
+            info = transition.info
 
         if info.phase == PluginPhase.RETRYABLE_FAILURE and info.err is not None and info.err.kind == SYSTEM:
             await self.reset_plugin_resource(task_action, plugin, tctx)
@@ -237,7 +250,7 @@ class TaskActionReconciler:
                 if info.err is not None:
                     status.error_state = ErrorState(code=info.err.code, kind=info.err.kind, message=info.err.message)
                 restart_attempts = attempts + 1
-                info = PhaseInfo.queued(0, "restarting task")
+                info = PhaseInfo.queued(0, RESTART_MESSAGE)
             else:
                 err = info.err or ExecutionError(
                     "MaxRetriesExceeded", f"task failed after {attempts} attempt(s)", USER)
@@ -254,9 +267,16 @@ class TaskActionReconciler:
         status.plugin_phase_version = info.version
         status.attempts = restart_attempts or status.observed_attempts
         status.cache_status = info.info.cache_status
+        if info.phase == PluginPhase.PERMANENT_FAILURE and info.err is not None and info.err.code in TIMEOUT_CODES:
+            return await self.finalize_permanent_failure(task_action, original, info.err)
         await self.update_task_action_status(original, task_action, info, extra_events)
         if task_action.status.is_terminal:
             await self.ensure_terminal_labels(task_action)
+            return Result(self.requeue_after)
+        if info.phase == PluginPhase.RUNNING or restart_attempts:  # a bound may start counting now
+            _, next_bound = expired_timeout(task_action, template, self.clock())
+        if next_bound is not None:
+            return Result(min(self.requeue_after, next_bound + 0.01))
         return Result(self.requeue_after)
 
     async def _fail_validation(self, task_action: TaskAction, reason: str, message: str) -> Result:
@@ -361,17 +381,28 @@ class TaskActionReconciler:
     ) -> Result:
         info = PhaseInfo.failed(PluginPhase.PERMANENT_FAILURE, error)
         status = task_action.status
-        map_phase_to_conditions(status, info, self.clock())
+        now = self.clock()
+        if error.code in TIMEOUT_CODES:
+            # Failed=True with reason TimedOut: the actions table and the events say TIMED_OUT.
+            status.set_condition(ConditionType.PROGRESSING, False, Reason.TIMED_OUT, error.message, now)
+            status.set_condition(ConditionType.FAILED, True, Reason.TIMED_OUT, error.message, now)
+            status.error_state = ErrorState(code=error.code, kind=error.kind, message=error.message)
+            append_phase_history(status, Reason.TIMED_OUT, error.message, now)
+            event_phase = ActionPhase.TIMED_OUT
+        else:
+            map_phase_to_conditions(status, info, now)
+            event_phase = None
         status.plugin_phase = PluginPhase.PERMANENT_FAILURE.wire_name
         status.plugin_phase_version = 0
         status.attempts = status.observed_attempts
-        await self.update_task_action_status(original, task_action, info, [])
+        await self.update_task_action_status(original, task_action, info, [], event_phase)
         await self.ensure_terminal_labels(task_action)
         return Result()
 
     # ------------------------------------------------------------------ persistence
     async def update_task_action_status(
-        self, original: TaskAction, task_action: TaskAction, info: PhaseInfo, extra_events: list[EventRecord]
+        self, original: TaskAction, task_action: TaskAction, info: PhaseInfo, extra_events: list[EventRecord],
+        event_phase: ActionPhase | None = None,
     ) -> None:
         """Record the event, then persist the status, with conflict retry.
 
@@ -380,7 +411,8 @@ class TaskActionReconciler:
         """
         if not status_changed(original.status, task_action.status):
             return
-        event = build_action_event(task_action, info, PHASE_TABLE[info.phase].event_phase, cluster=self.cluster)
+        event = build_action_event(task_action, info, event_phase or PHASE_TABLE[info.phase].event_phase,
+                                   cluster=self.cluster)
         await self.persist_status(task_action, [*extra_events, event])
 
     async def persist_status(self, task_action: TaskAction, events: list[EventRecord]) -> None:
@@ -509,6 +541,62 @@ class TaskActionReconciler:
                 if attempt == CONFLICT_RETRIES - 1:
                     raise
                 await asyncio.sleep(0.01)
+
+
+TIMEOUT_CODES = frozenset({"TaskTimeout", "QueuedTimeout", "DeadlineExceeded"})
+
+
+def _seconds(duration) -> float:
+    return duration.seconds + duration.nanos / 1e9
+
+
+def attempt_started_at(status: TaskActionStatus) -> dt.datetime | None:
+    """When the current attempt started executing (None if it has not), from phaseHistory."""
+    for entry in reversed(status.phase_history):
+        if entry.phase == Reason.EXECUTING:
+            return entry.occurred_at
+        if entry.phase == Reason.QUEUED:
+            return None
+    return None
+
+
+def attempt_queued_at(task_action: TaskAction) -> dt.datetime | None:
+    """When the current attempt was queued: its restart, else the action's creation."""
+    for entry in reversed(task_action.status.phase_history):
+        if entry.phase == Reason.QUEUED and entry.message == RESTART_MESSAGE:
+            return entry.occurred_at
+    return task_action.metadata.creation_timestamp
+
+
+def expired_timeout(task_action: TaskAction, template: tasks_pb2.TaskTemplate,
+                    now: dt.datetime) -> tuple[tuple[str, str] | None, float | None]:
+    """((code, message) of the first bound exceeded, or None; seconds until the next bound, or None)."""
+    md = template.metadata
+    bounds: list[tuple[str, str, dt.datetime]] = []
+    created = task_action.metadata.creation_timestamp
+    if md.HasField("timeouts") and md.timeouts.HasField("deadline") and created is not None:
+        limit = _seconds(md.timeouts.deadline)
+        if limit > 0:
+            bounds.append(("DeadlineExceeded", f"the action passed its deadline of {limit:g}s",
+                           created + dt.timedelta(seconds=limit)))
+    started = attempt_started_at(task_action.status)
+    if started is None:
+        queued = attempt_queued_at(task_action)
+        if md.HasField("timeouts") and md.timeouts.HasField("queued_timeout") and queued is not None:
+            limit = _seconds(md.timeouts.queued_timeout)
+            if limit > 0:
+                bounds.append(("QueuedTimeout", f"the attempt waited longer than {limit:g}s to start",
+                               queued + dt.timedelta(seconds=limit)))
+    elif md.HasField("timeout"):
+        limit = _seconds(md.timeout)
+        if limit > 0:
+            bounds.append(("TaskTimeout", f"the attempt ran longer than its timeout of {limit:g}s",
+                           started + dt.timedelta(seconds=limit)))
+    for code, message, at in bounds:
+        if now >= at:
+            return (code, message), None
+    remaining = [(at - now).total_seconds() for _, _, at in bounds]
+    return None, (min(remaining) if remaining else None)
 
 
 class _SystemError(Exception):
