@@ -15,6 +15,7 @@ from pathlib import Path
 
 from engine.connect import ControllerServices
 from engine.controller import ControllerManager
+from engine.gc import DEFAULT_INTERVAL_SECONDS, DEFAULT_TTL_SECONDS, GarbageCollector
 from engine.plugins.container import LocalContainerPlugin
 from engine.plugins.registry import PluginRegistry
 from engine.plugins.sleep import SleepPlugin
@@ -49,6 +50,8 @@ class EngineConfig:
     max_system_failures: int = DEFAULT_MAX_SYSTEM_FAILURES
     max_processes: int = 16
     commit_in_thread: bool = False  # True: SQLite commits in a writer thread instead of on the loop
+    gc_ttl_seconds: float = DEFAULT_TTL_SECONDS  # terminated TaskActions are removed after this
+    gc_interval_seconds: float = DEFAULT_INTERVAL_SECONDS  # 0 disables the collector
     use_actions_service: bool = True  # task processes use ActionsService (_U_USE_ACTIONS=1), as Flyte's do
     serve: bool = True  # the local HTTP API (and, later, the SDK's controller services)
     host: str = "127.0.0.1"
@@ -125,6 +128,7 @@ class Engine:
         self.manager = ControllerManager(self.store, self.reconciler.reconcile, workers=self.config.workers)
         self.runs = RunsService(self.store, self.data_dir)
         self.controller_services = ControllerServices(self)
+        self.gc = GarbageCollector(self.store, self.config.gc_ttl_seconds, self.config.gc_interval_seconds)
         self._lock = DataDirLock(self.data_dir)
         self._server = None
         self.url: str | None = None
@@ -138,6 +142,7 @@ class Engine:
         try:
             await self.store.start()
             await self.manager.start()
+            await self.gc.start()
             if self.config.serve:
                 self.url = await self._start_server()
                 # Task processes reach the SDK's controller services here (flyte-sdk-client §4.4).
@@ -187,6 +192,7 @@ class Engine:
             self._server = None
             with contextlib.suppress(FileNotFoundError):
                 (self.data_dir / ENDPOINT_FILE).unlink()
+        await self.gc.stop()
         await self.manager.stop()
         for plugin in self.registry.plugins:
             await plugin.close()
