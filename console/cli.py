@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import base64
 import datetime as dt
+import getpass
 import json
 import logging
 import pathlib
@@ -254,6 +255,36 @@ def cmd_abort(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_retry(args: argparse.Namespace) -> int:
+    client = live_client(args.data_dir)
+    payload = {"action": args.action, "reason": args.reason, "by": getpass.getuser()}
+    if client is not None:
+        result = client.call("POST", f"/runs/{args.run}/retry", payload)
+        print(f"retrying {args.run}: {', '.join(result['retried'])} (through the engine at {client.url})")
+        return EXIT_OK
+    return asyncio.run(_retry_embedded(args, payload))
+
+
+async def _retry_embedded(args: argparse.Namespace, payload: dict) -> int:
+    """No engine is serving the directory: start one, retry, and wait for the run as `taskdeck run` does."""
+    engine = Engine(EngineConfig(data_dir=args.data_dir))
+    try:
+        await engine.start()
+    except EngineAlreadyRunningError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        try:
+            names = await engine.runs.retry_action(args.run, payload["action"] or "a0", who=payload["by"],
+                                                   why=payload["reason"] or "")
+        except (InvalidRunError, LookupError) as exc:
+            raise CliError(str(exc)) from None
+        print(f"retrying {args.run}: {', '.join(names)}", file=sys.stderr)
+        result = await engine.runs.wait_for_run(args.run, action_name=payload["action"] or "a0")
+        return print_result(result.to_json(), args.json)
+    finally:
+        await engine.stop()
+
+
 def cmd_signal(args: argparse.Namespace) -> int:
     client = live_client(args.data_dir)
     if client is None:
@@ -325,6 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
     abort.add_argument("run")
     abort.add_argument("--action", default=None)
     abort.add_argument("--reason", default="aborted from the command line")
+    retry = sub.add_parser("retry", help="re-run a failed, aborted or timed-out run or action as a new attempt")
+    retry.add_argument("run")
+    retry.add_argument("--action", default=None, help="one action of the run (default: the run's root)")
+    retry.add_argument("--reason", default="", help="why, recorded in the new attempt's event")
+    retry.add_argument("--json", action="store_true")
+
     signal_cmd = sub.add_parser("signal", help="give a paused condition its value (bool, int, float or str)")
     signal_cmd.add_argument("run")
     signal_cmd.add_argument("action", help="the condition's action name, or the condition's own name")
@@ -345,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_get(args)
         if args.command == "abort":
             return cmd_abort(args)
+        if args.command == "retry":
+            return cmd_retry(args)
         if args.command == "signal":
             return cmd_signal(args)
         if args.headless:

@@ -74,6 +74,7 @@ class TaskDeckApi:
             ("POST", re.compile(r"^/runs/(?P<run>[^/]+)/wait$"), self.wait_run),
             ("POST", re.compile(r"^/runs/(?P<run>[^/]+)/abort$"), self.abort),
             ("POST", re.compile(r"^/runs/(?P<run>[^/]+)/signal$"), self.signal),
+            ("POST", re.compile(r"^/runs/(?P<run>[^/]+)/retry$"), self.retry),
         ]
 
     async def __call__(self, scope, receive, send) -> None:
@@ -142,6 +143,11 @@ class TaskDeckApi:
         action = await self.engine.runs.signal_text(run, str(payload.get("action", "")), str(payload.get("value", "")),
                                                     payload.get("by") or "taskdeck-cli")
         return {"signalled": action}
+
+    async def retry(self, payload, query, run) -> Any:
+        names = await self.engine.runs.retry_action(run, payload.get("action") or "a0",
+                                                    who=payload.get("by") or "taskdeck-cli", why=payload.get("reason") or "")
+        return {"retried": names}
 
     async def abort(self, payload, query, run) -> Any:
         await self.engine.runs.abort_action(run, payload.get("action") or "a0", payload.get("reason") or "aborted")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -21,16 +22,17 @@ from typing import Any
 
 from flyteidl2.common import identifier_pb2
 from flyteidl2.core import literals_pb2, tasks_pb2, types_pb2
-from flyteidl2.task import common_pb2, task_definition_pb2
+from flyteidl2.task import common_pb2, run_pb2, task_definition_pb2
 from flyteidl2.workflow import run_definition_pb2
 
-from engine.events import attempt_prefix, decode_event
+from engine.events import attempt_prefix, build_action_event, decode_event
 from engine.literals import read_inputs, read_outputs
 from engine.model import (
     ROOT_ACTION_NAME,
     ObjectMeta,
     TaskAction,
     TaskActionSpec,
+    TaskActionStatus,
     base_labels,
     owner_reference_to,
     task_action_name,
@@ -38,6 +40,7 @@ from engine.model import (
 )
 from engine.phases import ActionPhase
 from engine.plugins.container import ANNOTATION_CODE_DIR, substitute_template
+from engine.plugins.core import PhaseInfo
 from engine.reconciler import ANNOTATION_RUN_START_TIME, local_path
 from engine.store.base import (
     ActionKey,
@@ -57,6 +60,7 @@ _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 ACTION_TYPE_TASK = 1
 ACTION_TYPE_TRACE = 2
 ACTION_TYPE_CONDITION = 3
+RETRYABLE_PHASES = frozenset({ActionPhase.FAILED, ActionPhase.ABORTED, ActionPhase.TIMED_OUT})
 
 
 class InvalidRunError(ValueError):
@@ -207,9 +211,15 @@ class RunsService:
             action_id=action_id, input_uri=input_uri, run_output_base=run_base,
             task=run_definition_pb2.TaskAction(id=None, spec=spec),
         )
+        run_spec = run_pb2.RunSpec(
+            labels=run_pb2.Labels(values=labels or {}),
+            annotations=run_pb2.Annotations(values={**(annotations or {}), ANNOTATION_RUN_START_TIME: start_iso,
+                                                    **({ANNOTATION_CODE_DIR: code_dir} if code_dir else {})}),
+            envs=run_pb2.Envs(values=[literals_pb2.KeyValuePair(key=k, value=v) for k, v in (env_vars or {}).items()]),
+        )
         now = time.time()
         record = ActionRecord(
-            project=project, domain=domain, run_name=run_name, name=ROOT_ACTION_NAME,
+            project=project, domain=domain, run_name=run_name, name=ROOT_ACTION_NAME, run_spec=run_spec.SerializeToString(),
             parent_action_name=None, phase=int(ActionPhase.QUEUED), action_type=ACTION_TYPE_TASK,
             task_project=template.id.project or None, task_domain=template.id.domain or None,
             task_name=template.id.name or None, task_version=template.id.version or None,
@@ -432,6 +442,82 @@ class RunsService:
         await self.signal(run.run_name, target.name, signal_literal(condition, text), signalled_by)
         return target.name
 
+    async def retry_action(self, run_name: str, action_name: str = ROOT_ACTION_NAME, *,
+                           who: str = "taskdeck", why: str = "") -> list[str]:
+        """Re-run a failed, aborted or timed-out action as a new attempt, in its run.
+
+        Its failed/aborted/timed-out descendants are re-run too, so a re-run parent finds them working;
+        succeeded descendants are kept, and the parent's SDK reuses them (their names are deterministic).
+        The new attempt's QUEUED event says who retried and why. Returns the re-run action names.
+        """
+        run = await self.get_run(run_name)
+        rows = await self.store.list_actions(run.project, run.domain, run.run_name)
+        by_name = {r.name: r for r in rows}
+        target = by_name.get(action_name)
+        if target is None:
+            raise RunNotFoundError(f"action {action_name!r} not found in run {run_name!r}")
+        if ActionPhase(target.phase) not in RETRYABLE_PHASES:
+            raise InvalidRunError(f"{run_name}/{action_name} is {ActionPhase(target.phase).name}: only failed, "
+                                  "aborted or timed-out actions can be retried")
+        if target.action_type != ACTION_TYPE_TASK:
+            raise InvalidRunError(f"{run_name}/{action_name} is not a task action")
+        children: dict[str, list[ActionRecord]] = {}
+        for row in rows:
+            if row.parent_action_name:
+                children.setdefault(row.parent_action_name, []).append(row)
+        targets, frontier = [target], [target]
+        while frontier:  # breadth first: parents before their children
+            nxt = [c for p in frontier for c in children.get(p.name, [])
+                   if c.action_type == ACTION_TYPE_TASK and ActionPhase(c.phase) in RETRYABLE_PHASES]
+            targets += nxt
+            frontier = [c for p in frontier for c in children.get(p.name, [])]
+        # The old TaskActions go first (deleting the target cascades to its subtree; finished ones record nothing).
+        for row in targets:
+            name = task_action_name(run.run_name, row.name)
+            if self.store.peek(name) is not None:
+                with contextlib.suppress(NotFoundError):
+                    await self.store.delete(name)
+        async with asyncio.timeout(30):
+            while any(self.store.peek(task_action_name(run.run_name, r.name)) is not None for r in targets):
+                await asyncio.sleep(0.02)
+        run_spec = run_pb2.RunSpec()
+        run_spec.ParseFromString(run.run_spec or b"")
+        reason = f"retried by {who}" + (f": {why}" if why else "")
+        for row in targets:
+            await self._restart(row, run_spec, reason)
+        return [r.name for r in targets]
+
+    async def _restart(self, row: ActionRecord, run_spec, reason: str) -> None:
+        spec_bytes = await self.store.get_task_spec(row.task_spec_digest or "")
+        if spec_bytes is None:
+            raise InvalidRunError(f"the task spec of {row.run_name}/{row.name} is not stored; it cannot be retried")
+        spec = task_definition_pb2.TaskSpec()
+        spec.ParseFromString(spec_bytes)
+        template = spec.task_template
+        is_root = row.parent_action_name is None
+        labels = dict(run_spec.labels.values)
+        labels.update(base_labels(row.project, row.domain, row.run_name, row.name, "task", is_root=is_root))
+        owners = []
+        if not is_root:
+            parent = self.store.peek(task_action_name(row.run_name, row.parent_action_name))
+            if parent is not None and parent.metadata.deletion_timestamp is None:
+                owners = [owner_reference_to(parent)]
+        attempts = (row.attempts or 1) + 1
+        task_action = TaskAction(
+            metadata=ObjectMeta(name=task_action_name(row.run_name, row.name), labels=labels,
+                                annotations=dict(run_spec.annotations.values), owner_references=owners),
+            spec=TaskActionSpec(
+                run_name=row.run_name, project=row.project, domain=row.domain, action_name=row.name,
+                parent_action_name=row.parent_action_name, input_uri=row.input_uri,
+                run_output_base=row.run_output_base, task_type=template.type,
+                short_name=(spec.short_name or template.id.name)[:63], task_template=template.SerializeToString(),
+                env_vars={kv.key: kv.value for kv in run_spec.envs.values} or None, group=row.action_group,
+            ),
+            status=TaskActionStatus(attempts=attempts),
+        )
+        event = build_action_event(task_action, PhaseInfo.queued(0, reason), ActionPhase.QUEUED, attempt=attempts)
+        await self.store.restart_action(row.key, attempts, task_action, [event])
+
     # ------------------------------------------------------------------ reads
     async def get_run(self, run_name: str) -> ActionRecord:
         run = await self.store.find_run(run_name)
@@ -449,8 +535,13 @@ class RunsService:
     async def list_events(self, key: ActionKey) -> list[EventRecord]:
         return await self.store.list_events(key)
 
-    async def result(self, run_name: str) -> RunResult:
+    async def result(self, run_name: str, action_name: str = ROOT_ACTION_NAME) -> RunResult:
         run = await self.get_run(run_name)
+        if action_name != ROOT_ACTION_NAME:
+            found = await self.store.get_action((run.project, run.domain, run.run_name, action_name))
+            if found is None:
+                raise RunNotFoundError(f"action {action_name!r} not found in run {run_name!r}")
+            run = found
         outputs = None
         if run.phase == ActionPhase.SUCCEEDED:
             prefix = self.attempt_prefix_of(run, run.attempts or 1)
@@ -471,14 +562,15 @@ class RunsService:
         path = local_path(action.input_uri)
         return read_inputs(path if path.endswith(".pb") else f"{path}/inputs.pb")
 
-    async def wait_for_run(self, run_name: str, timeout: float | None = None) -> RunResult:
-        """Wait until the run's root action is terminal in the actions table."""
+    async def wait_for_run(self, run_name: str, timeout: float | None = None,
+                           action_name: str = ROOT_ACTION_NAME) -> RunResult:
+        """Wait until the run's root action (or ``action_name``) is terminal in the actions table."""
         run = await self.get_run(run_name)
+        key = (run.project, run.domain, run.run_name, action_name)
         changed = asyncio.Event()
 
         def on_change(change) -> None:
-            if isinstance(change, ActionsChanged) and any(k[2] == run.run_name and k[3] == run.name
-                                                          for k in change.keys):
+            if isinstance(change, ActionsChanged) and key in change.keys:
                 changed.set()
 
         unsubscribe = self.store.subscribe(on_change)
@@ -486,9 +578,11 @@ class RunsService:
             async with asyncio.timeout(timeout):
                 while True:
                     changed.clear()
-                    current = await self.get_run(run_name)
+                    current = await self.store.get_action(key)
+                    if current is None:
+                        raise RunNotFoundError(f"action {action_name!r} not found in run {run_name!r}")
                     if ActionPhase(current.phase).is_terminal:
-                        return await self.result(run_name)
+                        return await self.result(run_name, action_name)
                     await changed.wait()
         finally:
             unsubscribe()

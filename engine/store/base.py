@@ -223,6 +223,12 @@ class RunsRepository(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def restart_action(self, key: ActionKey, attempts: int, task_action: TaskAction,
+                             events: list[EventRecord]) -> None:
+        """An operator retry: reset the row to QUEUED with ``attempts`` (past the phase guard), create the
+        TaskAction and record ``events``, atomically."""
+
+    @abc.abstractmethod
     async def update_action_status(self, update: ActionStatusUpdate) -> None: ...
 
     @abc.abstractmethod

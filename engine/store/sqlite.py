@@ -639,6 +639,25 @@ class SqliteStore(EngineStore):
         batch.new_action_keys.add(record.key)
         return created
 
+    async def restart_action(self, key: ActionKey, attempts: int, task_action: TaskAction,
+                             events: list[EventRecord]) -> None:
+        new = task_action.copy_deep()
+
+        def apply(batch: _Batch) -> TaskAction:
+            if not batch.action_exists(key):
+                raise NotFoundError(f"action {'/'.join(key)} does not exist")
+            batch.sql(
+                "UPDATE actions SET phase = ?, attempts = ?, updated_at = ?, ended_at = NULL, duration_ms = NULL, "
+                "error_kind = NULL, error_code = NULL, error_message = NULL, abort_requested_at = NULL, "
+                "abort_reason = NULL WHERE project = ? AND domain = ? AND run_name = ? AND name = ?",
+                (int(ActionPhase.QUEUED), attempts, time.time(), *key))
+            batch.changed_actions[key] = None
+            created = self._op_create(batch, new)
+            self._op_record_events(batch, events)
+            return created
+
+        _refresh(task_action, await self._submit(apply))
+
     async def update_action_status(self, update: ActionStatusUpdate) -> None:
         await self._submit(lambda batch: self._op_update_action_status(batch, update))
 
