@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -140,6 +141,7 @@ class TaskActionReconciler:
         self.registry = registry
         self.data_dir = Path(data_dir)
         self._logs_root = str(self.data_dir / "logs")
+        self.data_roots = [os.path.realpath(self.data_dir)]
         self.enqueue = enqueue
         self.runtime_env = runtime_env if runtime_env is not None else {}
         self.max_system_failures = max_system_failures or DEFAULT_MAX_SYSTEM_FAILURES
@@ -176,6 +178,9 @@ class TaskActionReconciler:
         ]
         if missing:
             return Reason.INVALID_SPEC, f"missing required fields: {', '.join(missing)}"
+        for field, uri in (("inputUri", spec.input_uri), ("runOutputBase", spec.run_output_base)):
+            if not self.is_allowed_uri(uri):
+                return Reason.INVALID_SPEC, f"{field} {uri!r} is outside the engine's data directory"
         if len(spec.task_template) > MAX_TEMPLATE_BYTES:
             return Reason.INVALID_SPEC, f"taskTemplate is {len(spec.task_template)} bytes (limit {MAX_TEMPLATE_BYTES})"
         try:
@@ -337,6 +342,13 @@ class TaskActionReconciler:
             runtime_env=self.runtime_env,
             _template=template,
         )
+
+    def is_allowed_uri(self, uri: str) -> bool:
+        """Local paths must stay inside the data roots; a task may not read or write elsewhere."""
+        if "://" in uri and not uri.startswith("file://"):
+            return False  # no remote object stores in the local engine
+        path = os.path.realpath(local_path(uri))
+        return any(path == root or path.startswith(root + os.sep) for root in self.data_roots)
 
     def log_path(self, run_name: str, action_name: str, attempt: int) -> Path:
         return Path(f"{self._logs_root}/{run_name}/{action_name}/{attempt}.log")

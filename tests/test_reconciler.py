@@ -29,6 +29,7 @@ async def harness(tmp_path):
     registry.register(plugin)
     woken: list[str] = []
     reconciler = TaskActionReconciler(store, registry, tmp_path, woken.append, requeue_after=10.0)
+    reconciler.data_roots.append("/tmp")  # make_task_action's default paths
     yield store, reconciler, plugin
     await store.close()
 
@@ -72,6 +73,22 @@ async def test_unknown_task_type_fails_as_plugin_not_found(harness):
     saved = await store.get(obj.name)
     assert saved.status.condition("Failed").reason == "PluginNotFound"
     assert saved.status.is_terminal and await events_of(store) == []
+
+
+@pytest.mark.parametrize("field,uri", [("input_uri", "/etc/passwd"), ("run_output_base", "/tmp/../etc"),
+                                       ("input_uri", "s3://bucket/in")])
+async def test_uris_outside_the_data_directory_fail_only_their_action(harness, field, uri):
+    store, reconciler, plugin = harness
+    bad = make_task_action(action="bad")
+    setattr(bad.spec, field, uri)
+    good = make_task_action(action="good")
+    await store.create(bad)
+    await store.create(good)
+    for name in (bad.name, good.name, good.name):
+        await reconciler.reconcile(name)
+    failed = (await store.get(bad.name)).status.condition("Failed")
+    assert failed.reason == "InvalidSpec" and "outside the engine's data directory" in failed.message
+    assert plugin.handled == [(f"{good.name}-0", 1)]  # the other action is unaffected
 
 
 async def test_garbage_template_bytes_fail_as_invalid_spec(harness):
@@ -295,7 +312,8 @@ async def test_abort_cascades_to_children_and_marks_them_aborted(engine):
         else None)
     from engine.store.base import ActionRecord
 
-    child = make_task_action(run=run.run_name, action="c1", parent=root)
+    child = make_task_action(run=run.run_name, action="c1", parent=root, input_uri=run.input_uri,
+                             run_output_base=run.run_output_base)
     child.spec.project, child.spec.domain = run.project, run.domain
     await engine.store.create_run_action(
         ActionRecord(project=run.project, domain=run.domain, run_name=run.run_name, name="c1",

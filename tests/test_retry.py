@@ -67,7 +67,8 @@ async def test_retrying_a_run_re_runs_failed_children_and_keeps_succeeded_ones(e
     run = await engine.runs.create_run(task_spec("scripted"))
     root = await eventually(lambda: engine.store.peek(f"{run.run_name}-a0"))
     for name in ("good", "bad"):
-        await engine.runs.create_action(run.run_name, name, "a0", task_spec("scripted"), "/unused")
+        await engine.runs.create_action(run.run_name, name, "a0", task_spec("scripted"),
+                                        f"{run.run_output_base}/{name}/inputs.pb")
     await eventually(lambda: _phases(engine, run), timeout=10)
     assert await _phases(engine, run) == {"a0": "FAILED", "good": "SUCCEEDED", "bad": "FAILED"}
     assert root is not None
