@@ -3,7 +3,9 @@
 Where Flyte has a known wart we do the right thing and say so here:
 * an in-place user retry records a FAILED event (with the error) for the failed attempt before the
   QUEUED event of the next one, and keeps errorState, instead of hiding the failure;
-* deleting an already terminal TaskAction (garbage collection) records no extra ABORTED event.
+* deleting an already terminal TaskAction (garbage collection) records no extra ABORTED event;
+* consecutive system failures are reset by an outcome (terminal phase or a new attempt), not by the
+  Running report of a relaunch, so a task whose every launch crashes cannot loop forever (#7926).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ DEFAULT_MAX_SYSTEM_FAILURES = 3
 DEFAULT_REQUEUE_SECONDS = 10.0
 CONFLICT_RETRIES = 5
 RESTART_MESSAGE = "restarting task"
+STORAGE_RETRY_SECONDS = 2.0
 MAX_TEMPLATE_BYTES = 10 * 1024 * 1024
 
 
@@ -212,6 +215,10 @@ class TaskActionReconciler:
             log.warning("%s: cannot build the task execution context: %s", task_action.name, exc)
             return Result(self.requeue_after)
 
+        if self.store.storage_error is not None and not await self.store.probe():
+            # Storage refuses writes: launch nothing whose outcome could not be recorded.
+            return Result(STORAGE_RETRY_SECONDS)
+
         expired, next_bound = expired_timeout(task_action, template, self.clock())
         if expired is not None:
             code, message = expired
@@ -239,7 +246,6 @@ class TaskActionReconciler:
             return await self.record_system_error(task_action, original, plugin.id, error)
 
         status = task_action.status
-        status.system_failures = 0
         now = self.clock()
         extra_events: list[EventRecord] = []
         restart_attempts = 0
@@ -261,6 +267,10 @@ class TaskActionReconciler:
                     "MaxRetriesExceeded", f"task failed after {attempts} attempt(s)", USER)
                 info = PhaseInfo.failed(PluginPhase.PERMANENT_FAILURE, err, info.info)
 
+        if info.phase.is_terminal or restart_attempts:
+            # Flyte resets on any non-system outcome, but then a relaunch that reports Running resets it too,
+            # and a task whose every launch crashes loops forever (flyteorg/flyte#7926). Reset on outcomes.
+            status.system_failures = 0
         map_phase_to_conditions(status, info, now)
         status.state_json = state_json(task_action, info.phase, now)
         new_state, version, written = tctx.plugin_state.new_state()

@@ -134,9 +134,10 @@ async def test_unchanged_status_writes_nothing(harness):
     assert await events_of(store) == [(1, "RUNNING")]
 
 
-async def test_system_failures_count_without_a_new_attempt_and_reset(harness):
+async def test_system_failures_count_without_a_new_attempt_and_an_outcome_resets_them(harness):
     store, reconciler, plugin = harness
-    plugin.script = [RuntimeError("api timeout"), RuntimeError("api timeout"), PhaseInfo.running()]
+    plugin.script = [RuntimeError("api timeout"), RuntimeError("api timeout"), PhaseInfo.running(),
+                     PhaseInfo.success()]
     obj = await store.create(make_task_action())
     await reconciler.reconcile(obj.name)
     await reconciler.reconcile(obj.name)
@@ -147,8 +148,25 @@ async def test_system_failures_count_without_a_new_attempt_and_reset(harness):
     assert await events_of(store) == []  # no event on the system-failure path
     await reconciler.reconcile(obj.name)
     saved = await store.get(obj.name)
+    assert saved.status.system_failures == 2  # a Running report is not an outcome
+    await reconciler.reconcile(obj.name)
+    saved = await store.get(obj.name)
     assert saved.status.system_failures == 0 and saved.status.attempts == 1
-    assert [a for _, a in plugin.handled] == [1, 1, 1]
+    assert [a for _, a in plugin.handled] == [1, 1, 1, 1]
+
+
+async def test_a_relaunch_that_keeps_crashing_ends_instead_of_looping(harness):
+    store, reconciler, plugin = harness
+    plugin.script = lambda tctx, i: (PhaseInfo.running() if i % 2 == 0
+                                     else PhaseInfo.system_retryable_failure("Interrupted", "crashed"))
+    obj = await store.create(make_task_action())
+    for _ in range(20):
+        await reconciler.reconcile(obj.name)
+        if (await store.get(obj.name)).status.is_terminal:
+            break
+    saved = await store.get(obj.name)
+    assert saved.status.is_terminal and saved.status.error_state.code == "MaxSystemFailuresExceeded"
+    assert len(plugin.handled) == 8  # four launches, each crashing
 
 
 async def test_fourth_consecutive_system_failure_fails_permanently(harness):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 
 from flyteidl2.core import execution_pb2
+from flyteidl2.task import common_pb2
 
 from engine.plugins.core import (
     SYSTEM,
@@ -42,6 +44,7 @@ from engine.phases import PluginPhase
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
+MARKER = ".taskdeck-process.json"  # beside the attempt's outputs: the launch survives a lost status write
 ANNOTATION_CODE_DIR = "taskdeck.flyte.org/code-dir"
 TERMINATE_GRACE_SECONDS = 3.0
 ADOPTED_POLL_SECONDS = 0.5
@@ -143,6 +146,9 @@ class LocalContainerPlugin(Plugin):
         state = tctx.plugin_state.get()
         name = tctx.metadata.generated_name
         if state is None or state.get("phase") != "Started":
+            adopted = self._adopt_marker(tctx)
+            if adopted is not None:
+                return Transition.of(adopted)
             if self.slots_in_use >= self.max_processes:
                 self._waiting[name] = tctx.enqueue_owner
                 return Transition.of(PhaseInfo.waiting_for_resources(
@@ -212,11 +218,34 @@ class LocalContainerPlugin(Plugin):
         name = tctx.metadata.generated_name
         self._running[name] = running
         asyncio.get_running_loop().create_task(self._reap(name, running, tctx.enqueue_owner))
-        tctx.plugin_state.put(STATE_VERSION, {
-            "phase": "Started", "pid": process.pid, "startTicks": _process_start_ticks(process.pid),
-            "startedAt": time.time(), "image": image,
-        })
+        state = {"phase": "Started", "pid": process.pid, "startTicks": _process_start_ticks(process.pid),
+                 "startedAt": time.time(), "image": image}
+        try:
+            marker = Path(tctx.output_prefix) / MARKER
+            marker.with_suffix(".tmp").write_text(json.dumps(state))
+            marker.with_suffix(".tmp").replace(marker)
+        except OSError as exc:  # a launch we cannot record must not run
+            _kill_group(process.pid, signal.SIGKILL)
+            raise PluginError(f"cannot record the launched process ({exc}); it was stopped") from exc
+        tctx.plugin_state.put(STATE_VERSION, state)
         return PhaseInfo.running(info=TaskInfo(log_path=str(tctx.log_path), custom={"pid": process.pid}))
+
+    def _adopt_marker(self, tctx: TaskExecutionContext) -> PhaseInfo | None:
+        """A process this attempt launched but whose status write was lost: adopt it, don't launch again."""
+        name = tctx.metadata.generated_name
+        marker = Path(tctx.output_prefix) / MARKER
+        if name not in self._running and not marker.exists():
+            return None
+        try:
+            state = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            if name not in self._running:
+                return None
+            running = self._running[name]
+            state = {"phase": "Started", "pid": running.process.pid,
+                     "startTicks": _process_start_ticks(running.process.pid)}
+        tctx.plugin_state.put(STATE_VERSION, state)
+        return self._observe(tctx, state)
 
     async def _reap(self, name: str, running: _Running, enqueue_owner) -> None:
         running.exit_code = await running.process.wait()
@@ -275,7 +304,13 @@ class LocalContainerPlugin(Plugin):
             if err.kind == execution_pb2.ContainerError.RECOVERABLE:
                 return PhaseInfo.failed(PluginPhase.RETRYABLE_FAILURE, error, info)
             return PhaseInfo.failed(PluginPhase.PERMANENT_FAILURE, error, info)
-        if (out / "outputs.pb").exists():
+        outputs_file = out / "outputs.pb"
+        if outputs_file.exists():
+            try:  # a half-written file (full disk) must not become a success
+                common_pb2.Outputs().ParseFromString(outputs_file.read_bytes())
+            except Exception as exc:  # noqa: BLE001
+                return PhaseInfo.system_retryable_failure("CorruptedOutputs", f"outputs.pb is unreadable: {exc}",
+                                                          info)
             return PhaseInfo.success(info)
         if exit_code == 0 and not tctx.task_template.interface.outputs.variables:
             return PhaseInfo.success(info)
@@ -294,21 +329,25 @@ class LocalContainerPlugin(Plugin):
 
     # ---------------------------------------------------------------- abort / finalize
     async def abort(self, tctx: TaskExecutionContext) -> None:
+        """Stop the attempt's whole process group and forget it: the next launch starts afresh."""
         name = tctx.metadata.generated_name
         self._waiting.pop(name, None)
-        running = self._running.get(name)
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(tctx.output_prefix, MARKER))
+        running = self._running.pop(name, None)
+        self._exit_codes.pop(name, None)
         if running is not None:
             if running.exit_code is None:
                 await self._terminate(running.process.pid, running.done.wait)
             return
         state = tctx.plugin_state.get() or {}
         pid, ticks = state.get("pid"), state.get("startTicks")
+        self._adopted.pop(name, None)
         if pid and _alive(pid, ticks):
             async def gone() -> None:
                 while _alive(pid, ticks):
                     await asyncio.sleep(0.05)
             await self._terminate(pid, gone)
-            self._adopted.pop(name, None)
 
     async def _terminate(self, pid: int, wait_exit) -> None:
         _kill_group(pid, signal.SIGTERM)

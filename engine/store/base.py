@@ -154,7 +154,14 @@ class EventsRecorded:
     events: tuple[EventRecord, ...]
 
 
-Change = ActionsChanged | EventsRecorded
+@dataclasses.dataclass(frozen=True)
+class StorageChanged:
+    """Published when writes start failing (``error`` set) and when they succeed again (None)."""
+
+    error: str | None
+
+
+Change = ActionsChanged | EventsRecorded | StorageChanged
 
 
 class ResourceStore(abc.ABC):
@@ -267,6 +274,12 @@ class RunsRepository(abc.ABC):
 
 
 class EngineStore(ResourceStore, RunsRepository, abc.ABC):
+    storage_error: str | None = None  # why the last write failed, until one succeeds
+
+    @abc.abstractmethod
+    async def probe(self) -> bool:
+        """Try a write; True (and storage_error cleared) when storage accepts writes again."""
+
     @abc.abstractmethod
     async def start(self) -> None: ...
 

@@ -40,6 +40,7 @@ from engine.store.base import (
     GoneError,
     NotFoundError,
     OwnerGoneError,
+    StorageChanged,
     StorageUnavailableError,
     WatchEvent,
 )
@@ -369,14 +370,20 @@ class SqliteStore(EngineStore):
         try:
             await self._execute(batch)
         except (sqlite3.Error, OSError) as exc:
+            first = self.storage_error is None
             self.storage_error = f"{type(exc).__name__}: {exc}"
             log.error("storage write failed, batch of %d ops not applied: %s", len(ops), exc)
+            if first:
+                self._publish(StorageChanged(self.storage_error))
             error = StorageUnavailableError(self.storage_error)
             for op, _, _ in results:
                 if not op.future.done():
                     op.future.set_exception(error)
             return
-        self.storage_error = None
+        if self.storage_error is not None:
+            self.storage_error = None
+            log.warning("storage accepts writes again")
+            self._publish(StorageChanged(None))
         self.batches_committed += 1
         self._apply_committed(batch)
         for op, result, exc in results:
@@ -638,6 +645,17 @@ class SqliteStore(EngineStore):
         batch.changed_actions[record.key] = None
         batch.new_action_keys.add(record.key)
         return created
+
+    async def probe(self) -> bool:
+        def apply(batch: _Batch) -> None:
+            batch.sql("INSERT INTO meta (key, value) VALUES ('probe', ?) ON CONFLICT(key) DO UPDATE SET "
+                      "value = excluded.value", (str(time.time()),))
+
+        try:
+            await self._submit(apply)
+        except StorageUnavailableError:
+            return False
+        return True
 
     async def restart_action(self, key: ActionKey, attempts: int, task_action: TaskAction,
                              events: list[EventRecord]) -> None:
