@@ -100,6 +100,11 @@ def print_result(result: dict, as_json: bool) -> int:
     return EXIT_OK if result.get("phase") == ActionPhase.SUCCEEDED.name else EXIT_FAILED
 
 
+def engine_config(args: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(data_dir=args.data_dir, max_system_failures=args.max_system_failures,
+                        max_processes=args.max_processes, gc_ttl_seconds=args.gc_ttl)
+
+
 # --------------------------------------------------------------------------- commands
 def parse_task_args(extra: list[str]) -> dict[str, str]:
     values: dict[str, str] = {}
@@ -157,7 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _run_embedded(args: argparse.Namespace, spec, inputs, code_dir: str) -> int:
-    engine = Engine(EngineConfig(data_dir=args.data_dir))
+    engine = Engine(engine_config(args))
     try:
         await engine.start()
     except EngineAlreadyRunningError as exc:
@@ -220,7 +225,9 @@ def cmd_get(args: argparse.Namespace) -> int:
                          for r in rows], ["RUN", "TASK", "PHASE", "STARTED", "DURATION", "ATTEMPTS", "ERROR"])
         return EXIT_OK
     if not args.run:
-        raise CliError("usage: taskdeck get actions RUN")
+        raise CliError(f"usage: taskdeck get {args.kind} RUN")
+    if args.kind == "events":
+        return _print_events(args, client)
     if client is not None:
         rows = client.call("GET", f"/runs/{args.run}/actions")
     else:
@@ -237,6 +244,30 @@ def cmd_get(args: argparse.Namespace) -> int:
                       str(r["attempts"]), r["cacheStatus"].replace("CACHE_", ""), _duration(r.get("durationMs")),
                       _first_line(r.get("error"))] for r in rows],
                     ["ACTION", "PARENT", "TASK", "PHASE", "ATTEMPTS", "CACHE", "DURATION", "ERROR"])
+    return EXIT_OK
+
+
+def _print_events(args: argparse.Namespace, client: EngineClient | None) -> int:
+    from engine.views import event_json
+
+    if client is not None:
+        rows = client.call("GET", f"/runs/{args.run}/actions/{args.action}/events")
+    else:
+        async def read(runs, store):
+            run = await runs.get_run(args.run)
+            return [event_json(e) for e in await runs.list_events((run.project, run.domain, run.run_name,
+                                                                   args.action))]
+        try:
+            rows = asyncio.run(_local_reads(args.data_dir, read))
+        except LookupError as exc:
+            raise CliError(str(exc)) from None
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print_table([[str(r["attempt"]), r["phase"], (r.get("updatedTime") or "-")[11:23],
+                      _first_line(r.get("error")), "; ".join(r.get("reasons") or [])[:60],
+                      (r.get("logs") or ["-"])[0]] for r in rows],
+                    ["ATTEMPT", "PHASE", "TIME", "ERROR", "REASONS", "LOG"])
     return EXIT_OK
 
 
@@ -267,7 +298,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 async def _retry_embedded(args: argparse.Namespace, payload: dict) -> int:
     """No engine is serving the directory: start one, retry, and wait for the run as `taskdeck run` does."""
-    engine = Engine(EngineConfig(data_dir=args.data_dir))
+    engine = Engine(engine_config(args))
     try:
         await engine.start()
     except EngineAlreadyRunningError as exc:
@@ -294,10 +325,10 @@ def cmd_signal(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _headless(data_dir: pathlib.Path) -> int:
-    from engine.store.base import EventsRecorded
+async def _headless(args: argparse.Namespace) -> int:
+    from engine.store.base import EventsRecorded, StorageChanged
 
-    engine = Engine(EngineConfig(data_dir=data_dir))
+    engine = Engine(engine_config(args))
     try:
         await engine.start()
     except EngineAlreadyRunningError as exc:
@@ -308,6 +339,12 @@ async def _headless(data_dir: pathlib.Path) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     def on_change(change) -> None:
+        if isinstance(change, StorageChanged):
+            if change.error:
+                print(f"storage unavailable: {change.error}; launching nothing until writes succeed again",
+                      flush=True)
+            else:
+                print("storage available again; resuming", flush=True)
         if isinstance(change, EventsRecorded):
             for event in change.events:
                 when = dt.datetime.fromtimestamp(event.updated_time, dt.timezone.utc).strftime("%H:%M:%S.%f")[:-3]
@@ -333,6 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"where runs, logs and the database live (default {default_data_dir()})")
     parser.add_argument("--headless", action="store_true", help="run the engine without the console")
     parser.add_argument("-v", "--verbose", action="store_true", help="log engine activity to stderr")
+    parser.add_argument("--max-system-failures", type=int, default=3,
+                        help="consecutive system failures an action survives (default 3; the 4th fails it)")
+    parser.add_argument("--max-processes", type=int, default=16, help="task processes running at once")
+    parser.add_argument("--gc-ttl", type=float, default=3600,
+                        help="seconds after which terminated TaskActions are removed (rows and events stay)")
     sub = parser.add_subparsers(dest="command")
 
     run = sub.add_parser("run", help="run a flyte task through the engine",
@@ -346,8 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("task")
     run.add_argument("task_args", nargs=argparse.REMAINDER, help="task inputs as --name value")
 
-    get = sub.add_parser("get", help="list runs or a run's actions")
-    get.add_argument("kind", choices=["runs", "actions"])
+    get = sub.add_parser("get", help="list runs, a run's actions, or an action's events (every attempt)")
+    get.add_argument("kind", choices=["runs", "actions", "events"])
+    get.add_argument("--action", default="a0", help="with `events`: the action (default the root)")
     get.add_argument("run", nargs="?")
     get.add_argument("--json", action="store_true")
     get.add_argument("--limit", type=int, default=200)
@@ -387,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "signal":
             return cmd_signal(args)
         if args.headless:
-            return asyncio.run(_headless(args.data_dir))
+            return asyncio.run(_headless(args))
         print("taskdeck: the console is not available yet; use `taskdeck --headless`, `taskdeck run` "
               "and `taskdeck get` (see --help)", file=sys.stderr)
         return EXIT_USAGE

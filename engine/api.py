@@ -20,6 +20,7 @@ import uvicorn
 from flyteidl2.task import common_pb2, task_definition_pb2
 
 from engine.runs import InvalidRunError, RunNotFoundError
+from engine.store.base import StorageUnavailableError
 from engine.views import action_json, event_json, task_action_for
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ class TaskDeckApi:
     def __init__(self, engine: Engine):
         self.engine = engine
         self.routes: list[tuple[str, re.Pattern, Callable]] = [
+            ("GET", re.compile(r"^/health$"), self.health),
             ("GET", re.compile(r"^/runs$"), self.list_runs),
             ("POST", re.compile(r"^/runs$"), self.create_run),
             ("GET", re.compile(r"^/runs/(?P<run>[^/]+)$"), self.get_run),
@@ -93,6 +95,8 @@ class TaskDeckApi:
                     await _send_json(send, 404, {"error": str(exc)})
                 except (InvalidRunError, ValueError) as exc:
                     await _send_json(send, 400, {"error": str(exc)})
+                except StorageUnavailableError as exc:
+                    await _send_json(send, 503, {"error": f"storage unavailable: {exc}"})
                 except Exception as exc:  # noqa: BLE001 - a bad request never takes the engine down
                     log.exception("API %s %s failed", method, path)
                     await _send_json(send, 500, {"error": f"{type(exc).__name__}: {exc}"})
@@ -100,6 +104,9 @@ class TaskDeckApi:
                     await _send_json(send, 200, result)
                 return
         await _send_json(send, 404, {"error": f"no route for {scope['method']} {scope['path']}"})
+
+    async def health(self, payload, query) -> Any:
+        return {"storageError": self.engine.store.storage_error, "dataDir": str(self.engine.data_dir)}
 
     async def list_runs(self, payload, query) -> Any:
         runs = await self.engine.runs.list_runs(int(query.get("limit", 200)))

@@ -368,3 +368,28 @@ async def test_a_hanging_plugin_does_not_stall_other_actions(engine):
     assert (await engine.runs.get_run("rhang")).phase != ActionPhase.SUCCEEDED
     hang.set()
     assert (await engine.runs.wait_for_run("rhang", timeout=10)).phase == ActionPhase.SUCCEEDED
+
+
+async def test_abort_racing_success_ends_in_exactly_one_terminal_phase(harness):
+    store, reconciler, plugin = harness
+    plugin.script = [PhaseInfo.success()]
+    from engine.store.base import ActionRecord
+
+    outcomes = set()
+    for i in range(20):
+        name = f"race{i}"
+        obj = make_task_action(run=name)
+        await store.create_run_action(ActionRecord(project="p", domain="d", run_name=name, name="a0",
+                                                   created_at=1.0, updated_at=1.0, attempts=1), obj, None)
+        await reconciler.reconcile(obj.name)  # finalizer
+        ops = [reconciler.reconcile(obj.name), store.delete(obj.name)]
+        await asyncio.gather(*(ops if i % 2 else reversed(ops)))
+        for _ in range(5):  # let the deletion finish
+            await reconciler.reconcile(obj.name)
+        assert store.peek(obj.name) is None
+        row = await store.get_action(("p", "d", name, "a0"))
+        terminal_events = [p for _, p in await events_of(store, run=name) if p in ("SUCCEEDED", "ABORTED", "FAILED")]
+        assert len(terminal_events) == 1, terminal_events
+        assert ActionPhase(row.phase).name == terminal_events[0]
+        outcomes.add(terminal_events[0])
+    assert outcomes <= {"SUCCEEDED", "ABORTED"}

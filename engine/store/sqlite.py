@@ -754,6 +754,10 @@ class SqliteStore(EngineStore):
         )
         return [_row_to_event(r) for r in rows]
 
+    async def integrity_check(self) -> str:
+        rows = await self._fetchall("PRAGMA integrity_check")
+        return "; ".join(str(r[0]) for r in rows)
+
     async def phase_counts(self, run: tuple[str, str, str] | None = None) -> dict[int, int]:
         if run is None:
             rows = await self._fetchall(
