@@ -11,6 +11,7 @@ Where Flyte has a known wart we do the right thing and say so here:
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import datetime as dt
 import logging
@@ -59,6 +60,7 @@ DEFAULT_REQUEUE_SECONDS = 10.0
 CONFLICT_RETRIES = 5
 RESTART_MESSAGE = "restarting task"
 STORAGE_RETRY_SECONDS = 2.0
+VERDICT_CACHE_SIZE = 4096
 MAX_TEMPLATE_BYTES = 10 * 1024 * 1024
 
 
@@ -145,6 +147,8 @@ class TaskActionReconciler:
         self.data_dir = Path(data_dir)
         self._logs_root = str(self.data_dir / "logs")
         self.data_roots = [os.path.realpath(self.data_dir)]
+        # A spec is immutable per (uid, generation): validate and parse it once, not on every reconcile.
+        self._verdicts: collections.OrderedDict[tuple[str, int], tuple] = collections.OrderedDict()
         self.enqueue = enqueue
         self.runtime_env = runtime_env if runtime_env is not None else {}
         self.max_system_failures = max_system_failures or DEFAULT_MAX_SYSTEM_FAILURES
@@ -197,8 +201,18 @@ class TaskActionReconciler:
             return Reason.PLUGIN_NOT_FOUND, str(exc)
         return plugin, template
 
+    def _validated(self, task_action: TaskAction) -> tuple:
+        key = (task_action.metadata.uid, task_action.metadata.generation)
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = self.validate(task_action)
+            self._verdicts[key] = verdict
+            if len(self._verdicts) > VERDICT_CACHE_SIZE:
+                self._verdicts.popitem(last=False)
+        return verdict
+
     async def reconcile_task(self, task_action: TaskAction, original: TaskAction) -> Result:
-        verdict = self.validate(task_action)
+        verdict = self._validated(task_action)
         if isinstance(verdict[0], str):
             reason, message = verdict
             return await self._fail_validation(task_action, reason, message)
@@ -357,8 +371,8 @@ class TaskActionReconciler:
         """Local paths must stay inside the data roots; a task may not read or write elsewhere."""
         if "://" in uri and not uri.startswith("file://"):
             return False  # no remote object stores in the local engine
-        path = os.path.realpath(local_path(uri))
-        return any(path == root or path.startswith(root + os.sep) for root in self.data_roots)
+        path = os.path.normpath(local_path(uri))
+        return os.path.isabs(path) and any(path == root or path.startswith(root + os.sep) for root in self.data_roots)
 
     def log_path(self, run_name: str, action_name: str, attempt: int) -> Path:
         return Path(f"{self._logs_root}/{run_name}/{action_name}/{attempt}.log")
