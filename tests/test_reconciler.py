@@ -393,3 +393,29 @@ async def test_abort_racing_success_ends_in_exactly_one_terminal_phase(harness):
         assert ActionPhase(row.phase).name == terminal_events[0]
         outcomes.add(terminal_events[0])
     assert outcomes <= {"SUCCEEDED", "ABORTED"}
+
+
+@pytest.mark.parametrize("template", [
+    task_spec("scripted").task_template.SerializeToString()[:-7],  # truncated
+    b"\x0a" + b"\xff" * 64,  # garbage
+])
+async def test_truncated_or_garbage_templates_fail_only_their_action(harness, template):
+    store, reconciler, plugin = harness
+    bad = await store.create(make_task_action(action="bad", template=template))
+    good = await store.create(make_task_action(action="good"))
+    for name in (bad.name, good.name, good.name):
+        await reconciler.reconcile(name)
+    assert (await store.get(bad.name)).status.condition("Failed").reason == "InvalidSpec"
+    assert plugin.handled == [(f"{good.name}-0", 1)]
+
+
+async def test_an_oversized_template_fails_as_invalid_spec(harness):
+    from engine import reconciler as reconciler_module
+
+    store, reconciler, _ = harness
+    huge = task_spec("scripted")
+    huge.task_template.custom.update({"blob": "x" * (reconciler_module.MAX_TEMPLATE_BYTES + 1)})
+    obj = await store.create(make_task_action(template=huge.task_template.SerializeToString()))
+    await reconciler.reconcile(obj.name)
+    failed = (await store.get(obj.name)).status.condition("Failed")
+    assert failed.reason == "InvalidSpec" and "limit" in failed.message

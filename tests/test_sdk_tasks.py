@@ -129,3 +129,17 @@ def test_headless_engine_serves_run_and_get_and_refuses_a_second_engine(tmp_path
     assert f"{run_name}/a0 attempt 1 RUNNING" in output
     assert f"{run_name}/a0 attempt 1 SUCCEEDED" in output
     assert "engine stopped" in output
+
+
+async def test_missing_inputs_fail_only_that_run_with_a_clear_error(engine):
+    from flyteidl2.task import common_pb2
+
+    task = load_task(EXAMPLES / "basics.py", "add")
+    spec = serialize_task(task, project="proj", domain="dev", root_dir=EXAMPLES)
+    partial = inputs_from_strings(task, {"x": "1", "y": "2"})
+    del partial.literals[1:]  # y is missing
+    bad = await engine.runs.create_run(spec, partial, project="proj", domain="dev", code_dir=str(EXAMPLES))
+    good = await run_example(engine, "add", x=1, y=2)
+    result = await engine.runs.wait_for_run(bad.run_name, timeout=60)
+    assert result.phase == ActionPhase.FAILED and "y" in result.error["message"], result.error
+    assert good.phase == ActionPhase.SUCCEEDED and good.outputs == {"o0": 3}
