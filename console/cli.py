@@ -142,9 +142,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (TaskLoadError, ValueError) as exc:
         raise CliError(str(exc)) from None
     code_dir = str(file.resolve().parent)
-    if args.tui:
-        raise CliError("the console (--tui) is not available yet; run without --tui")
     client = live_client(args.data_dir)
+    if args.tui:
+        if client is not None:
+            raise CliError(f"an engine already serves {args.data_dir}; the console embeds its own engine")
+        return _run_in_console(args, spec, inputs, code_dir)
     if client is not None:
         created = client.call("POST", "/runs", {
             "taskSpec": base64.b64encode(spec.SerializeToString()).decode(),
@@ -159,6 +161,52 @@ def cmd_run(args: argparse.Namespace) -> int:
             if not result.get("timedOut"):
                 return print_result(result, args.json)
     return asyncio.run(_run_embedded(args, spec, inputs, code_dir))
+
+
+def _log_to_file(data_dir: pathlib.Path) -> None:
+    """The console draws on the terminal: engine log lines go to <data>/console.log instead."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.FileHandler(data_dir / "console.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+
+
+def _run_in_console(args: argparse.Namespace, spec, inputs, code_dir: str) -> int:
+    """Start the engine inside the console, submit the run, and open the console on it."""
+    from console.app import TaskDeckApp
+
+    _log_to_file(args.data_dir)
+    engine = Engine(engine_config(args))
+
+    class _RunApp(TaskDeckApp):
+        async def on_mount(self) -> None:
+            try:
+                await self.engine.start()
+                record = await self.engine.runs.create_run(spec, inputs, project=args.project, domain=args.domain,
+                                                           name=args.name, code_dir=code_dir)
+            except Exception as exc:  # noqa: BLE001
+                self.exit(return_code=2, message=f"taskdeck: {exc}")
+                return
+            self.open_run_name = record.run_name
+            self.start_engine = True
+            await super().on_mount()
+
+    app = _RunApp(engine, read_only=args.read_only, ascii_only=args.ascii)
+    return app.run() or EXIT_OK
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    from console.app import TaskDeckApp
+
+    if live_client(args.data_dir) is not None:
+        raise CliError(f"an engine already serves {args.data_dir}: the console embeds its own engine; stop the "
+                       "other one, or use `taskdeck get` against it")
+    _log_to_file(args.data_dir)
+    app = TaskDeckApp(Engine(engine_config(args)), read_only=args.read_only, ascii_only=args.ascii)
+    return app.run() or EXIT_OK
 
 
 async def _run_embedded(args: argparse.Namespace, spec, inputs, code_dir: str) -> int:
@@ -369,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", type=pathlib.Path, default=None,
                         help=f"where runs, logs and the database live (default {default_data_dir()})")
     parser.add_argument("--headless", action="store_true", help="run the engine without the console")
+    parser.add_argument("--read-only", action="store_true", help="console: hide abort, retry and signal")
+    parser.add_argument("--ascii", action="store_true", help="console: ASCII phase glyphs")
     parser.add_argument("-v", "--verbose", action="store_true", help="log engine activity to stderr")
     parser.add_argument("--max-system-failures", type=int, default=3,
                         help="consecutive system failures an action survives (default 3; the 4th fails it)")
@@ -431,9 +481,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_signal(args)
         if args.headless:
             return asyncio.run(_headless(args))
-        print("taskdeck: the console is not available yet; use `taskdeck --headless`, `taskdeck run` "
-              "and `taskdeck get` (see --help)", file=sys.stderr)
-        return EXIT_USAGE
+        return cmd_console(args)
     except CliError as exc:
         print(f"taskdeck: {exc}", file=sys.stderr)
         return EXIT_USAGE

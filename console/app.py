@@ -1,0 +1,133 @@
+"""The TaskDeck console: a Textual app with the engine running inside it, on the app's own event loop.
+
+Abort, retry and signal go through the engine's runs service, exactly as the headless engine's API does.
+"""
+
+from __future__ import annotations
+
+import re
+
+from rich.markup import escape
+from textual.app import App
+from textual.binding import Binding
+from textual.color import Color
+
+from console.screens.dialogs import ConfirmScreen, HelpScreen, InputScreen
+from console.screens.run import RunScreen
+from console.screens.runs import RunsScreen
+from engine.engine import Engine
+
+
+_VARIABLE = re.compile(r"\$([a-z][a-z0-9-]*)")
+
+
+class TaskDeckApp(App):
+    TITLE = "TaskDeck"
+    CSS = """
+    #counters, #run-title { height: 1; padding: 0 1; background: $panel; }
+    #filter { height: 3; }
+    #tree { width: 45%; border-right: solid $panel-lighten-2; }
+    #detail, #event-list { padding: 0 1; }
+    """
+    BINDINGS = [
+        Binding("q", "quit", "Quit"),
+        Binding("question_mark", "help", "Keys", key_display="?"),
+        Binding("colon", "jump", "Jump", key_display=":"),
+    ]
+
+    def __init__(self, engine: Engine, *, open_run: str | None = None, read_only: bool = False,
+                 ascii_only: bool = False, start_engine: bool = True):
+        super().__init__()
+        self.engine = engine
+        self.open_run_name = open_run
+        self.read_only = read_only
+        self.ascii_only = ascii_only
+        self.start_engine = start_engine
+        self.startup_error: str | None = None
+
+    async def on_mount(self) -> None:
+        if self.start_engine and not self.engine.started:
+            try:
+                await self.engine.start()
+            except Exception as exc:  # noqa: BLE001 - e.g. another engine serves the directory
+                self.startup_error = str(exc)
+                self.exit(return_code=2, message=f"taskdeck: {exc}")
+                return
+        await self.push_screen(RunsScreen())
+        if self.open_run_name:
+            self.open_run(self.open_run_name)
+
+    async def action_quit(self) -> None:
+        if self.start_engine and self.engine.started:
+            await self.engine.stop()  # a clean shutdown: in-flight work finishes, writes are committed
+        self.exit()
+
+    def themed(self, markup: str) -> str:
+        """Resolve $theme-variables in markup for widgets that parse Rich markup (DataTable, Tree)."""
+        variables = self.get_css_variables()
+
+        def color(match: re.Match) -> str:
+            value = variables.get(match.group(1))
+            if value is None:
+                return match.group(0)
+            try:
+                return Color.parse(value).hex
+            except Exception:  # noqa: BLE001 - an unparsable variable leaves the text unstyled
+                return "default"
+
+        return _VARIABLE.sub(color, markup)
+
+    def open_run(self, run_name: str) -> None:
+        self.push_screen(RunScreen(run_name))
+
+    def action_help(self) -> None:
+        screen = self.screen
+        rows = [(b.key_display or b.key, b.description) for b in screen.BINDINGS if isinstance(b, Binding)
+                and screen.check_action(b.action, ()) is not False]
+        rows += [(b.key_display or b.key, b.description) for b in self.BINDINGS]
+        self.push_screen(HelpScreen(f"Keys: {type(screen).__name__.replace('Screen', '').lower()} view", rows))
+
+    def action_jump(self) -> None:
+        def jump(value: str | None) -> None:
+            if value:
+                self.open_run(value.strip().split("/")[0])
+
+        self.push_screen(InputScreen("Jump to a run (RUN or RUN/ACTION):", "r…"), jump)
+
+    # ------------------------------------------------------------------ engine actions
+    def confirm_abort(self, run_name: str, action_name: str) -> None:
+        target = run_name if action_name == "a0" else f"{run_name}/{action_name}"
+        what = "the whole run" if action_name == "a0" else "this action and its subtree"
+
+        async def decide(confirmed: bool | None) -> None:
+            if not confirmed:
+                return
+            try:
+                await self.engine.runs.abort_action(run_name, action_name, reason="aborted from the console")
+                self.notify(f"abort requested for {target}")
+            except Exception as exc:  # noqa: BLE001 - say why, keep the console alive
+                self.notify(f"cannot abort {target}: {exc}", severity="error")
+
+        self.push_screen(ConfirmScreen(f"Abort [b]{escape(target)}[/] ({what})?"), decide)
+
+    def retry(self, run_name: str, action_name: str) -> None:
+        async def go() -> None:
+            try:
+                names = await self.engine.runs.retry_action(run_name, action_name, who="console")
+                self.notify(f"retrying {run_name}: {', '.join(names)}")
+            except Exception as exc:  # noqa: BLE001
+                self.notify(str(exc), severity="error")
+
+        self.run_worker(go(), exclusive=False)
+
+    def signal(self, run_name: str, action_name: str, label: str) -> None:
+        async def send(value: str | None) -> None:
+            if value is None:
+                return
+            try:
+                await self.engine.runs.signal_text(run_name, action_name, value, signalled_by="console")
+                self.notify(f"signalled {label} = {value}")
+            except Exception as exc:  # noqa: BLE001
+                self.notify(str(exc), severity="error")
+
+        self.push_screen(InputScreen(f"Value for condition [b]{escape(label)}[/] (bool, int, float or str):"), send)

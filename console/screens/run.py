@@ -1,0 +1,302 @@
+"""The run screen: the action tree, and the selected action's details, log and events."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+from rich.markup import escape
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, RichLog, Static, TabbedContent, TabPane, Tree
+from textual.widgets.tree import TreeNode
+
+from console.state import REFRESH_HZ, duration_text, first_error_line, phase_markup
+from engine.events import decode_event
+from engine.model import task_action_name
+from engine.phases import ActionPhase
+from engine.runs import ACTION_TYPE_CONDITION, ACTION_TYPE_TRACE
+from engine.store.base import ActionRecord
+from engine.views import cache_status_name
+
+LOG_POLL_SECONDS = 0.5
+MAX_LOG_BYTES = 2_000_000  # the tail that is loaded when a log is opened
+
+
+def _time(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (int, float)):
+        value = dt.datetime.fromtimestamp(value, dt.timezone.utc)
+    return value.astimezone().strftime("%H:%M:%S.%f")[:-3]
+
+
+class RunScreen(Screen):
+    BINDINGS = [
+        Binding("escape", "back", "Back"),
+        Binding("d", "show_tab('details')", "Details"),
+        Binding("l", "show_tab('logs')", "Logs"),
+        Binding("e", "show_tab('events')", "Events"),
+        Binding("left_square_bracket", "attempt(-1)", "Prev attempt", key_display="["),
+        Binding("right_square_bracket", "attempt(1)", "Next attempt", key_display="]"),
+        Binding("r", "retry", "Retry"),
+        Binding("ctrl+d", "abort", "Abort"),
+        Binding("s", "signal", "Signal"),
+        Binding("c", "copy_id", "Copy id"),
+        Binding("ctrl+r", "abort_run", "Abort run", show=False),
+    ]
+
+    def __init__(self, run_name: str):
+        super().__init__()
+        self.run_name = run_name
+        self.records: dict[str, ActionRecord] = {}
+        self.nodes: dict[str, TreeNode] = {}
+        self.labels: dict[str, str] = {}
+        self.selected: str = "a0"
+        self.viewing_attempt: dict[str, int] = {}
+        self._refreshing = False
+        self._log_source: tuple[str, int] | None = None
+        self._log_offset = 0
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="run-title")
+        with Horizontal():
+            tree: Tree = Tree(self.run_name, id="tree")
+            tree.show_root = False
+            yield tree
+            with TabbedContent(id="tabs", initial="details"):
+                with TabPane("Details", id="details"):
+                    with VerticalScroll():
+                        yield Static(id="detail")
+                with TabPane("Logs", id="logs"):
+                    yield RichLog(id="log", highlight=False, markup=False, wrap=False, max_lines=20_000)
+                with TabPane("Events", id="events"):
+                    with VerticalScroll():
+                        yield Static(id="event-list")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.set_interval(1 / REFRESH_HZ, self.refresh_view)
+        self.set_interval(LOG_POLL_SECONDS, self.follow_log)
+        self.call_later(self.refresh_view)
+        self.query_one(Tree).focus()
+
+    # ------------------------------------------------------------------ tree
+    def _label(self, record: ActionRecord) -> str:
+        name = escape(record.short_name or record.task_name or record.name)
+        parts = [phase_markup(record.phase, self.app.ascii_only, with_name=False), f"[b]{name}[/]"]
+        if record.name != "a0":
+            parts.append(f"[dim]{record.name}[/]")
+        if record.action_type == ACTION_TYPE_TRACE:
+            parts.append("[dim](trace)[/]")
+        elif record.action_type == ACTION_TYPE_CONDITION:
+            parts.append("[dim](condition)[/]")
+        if record.attempts > 1:
+            parts.append(f"\\[x{record.attempts}]")
+        cache = cache_status_name(record.cache_status)
+        if cache == "CACHE_HIT":
+            parts.append("[$success]$[/]")
+        parts.append(f"[dim]{duration_text(record)}[/]")
+        error = first_error_line(record)
+        if error:
+            parts.append(f"[$error]{escape(error[:60])}[/]")
+        return self.app.themed(" ".join(parts))
+
+    async def refresh_view(self) -> None:
+        if self._refreshing or not self.app.engine.started:
+            return
+        self._refreshing = True
+        try:
+            records = await self.app.engine.runs.list_actions(self.run_name)
+            self._render_tree(records)
+            await self._render_detail()
+        except LookupError:
+            self.query_one("#run-title", Static).update(f"run {escape(self.run_name)} not found")
+        finally:
+            self._refreshing = False
+
+    def _render_tree(self, records: list[ActionRecord]) -> None:
+        tree = self.query_one(Tree)
+        self.records = {r.name: r for r in records}
+        pending = [r for r in records if r.name not in self.nodes]
+        progress = True
+        while pending and progress:  # parents before children, whatever the listing order
+            progress = False
+            for record in list(pending):
+                parent = tree.root if record.parent_action_name is None else self.nodes.get(record.parent_action_name)
+                if parent is None:
+                    continue
+                label = self._label(record)
+                node = parent.add(label, data=record.name, expand=True, allow_expand=False)
+                parent.allow_expand = parent is not tree.root
+                self.nodes[record.name] = node
+                self.labels[record.name] = label
+                pending.remove(record)
+                progress = True
+        for record in records:
+            label = self._label(record)
+            if self.labels.get(record.name) != label:
+                self.nodes[record.name].set_label(label)
+                self.labels[record.name] = label
+        for name, node in self.nodes.items():  # finished subtrees fold; live ones stay open
+            if node.children:
+                record = self.records.get(name)
+                done = record is not None and ActionPhase(record.phase) == ActionPhase.SUCCEEDED
+                if done and node.is_expanded and name != "a0" and not getattr(node, "_user_toggled", False):
+                    node.collapse()
+        root = self.records.get("a0")
+        if root is not None:
+            counts: dict[ActionPhase, int] = {}
+            for record in records:
+                counts[ActionPhase(record.phase)] = counts.get(ActionPhase(record.phase), 0) + 1
+            summary = "  ".join(f"{phase_markup(p, self.app.ascii_only, with_name=False)} {n}"
+                                for p, n in sorted(counts.items()))
+            self.query_one("#run-title", Static).update(
+                f"[b]{self.run_name}[/]  {escape(root.task_name or '')}  {phase_markup(root.phase, self.app.ascii_only)}"
+                f"  {duration_text(root)}   actions {len(records)}: {summary}")
+
+    def on_tree_node_highlighted(self, event: Tree.NodeHighlighted) -> None:
+        if event.node.data:
+            self.selected = event.node.data
+            self.call_later(self._render_detail)
+            self._log_source = None
+
+    # ------------------------------------------------------------------ details
+    def _attempt(self, record: ActionRecord) -> int:
+        return self.viewing_attempt.get(record.name, record.attempts or 1)
+
+    async def _render_detail(self) -> None:
+        record = self.records.get(self.selected)
+        if record is None:
+            return
+        engine = self.app.engine
+        attempt = self._attempt(record)
+        obj = engine.store.peek(task_action_name(record.run_name, record.name))
+        events = await engine.runs.list_events(record.key)
+        lines = [
+            f"[b]{escape(record.short_name or record.name)}[/]  {phase_markup(record.phase, self.app.ascii_only)}",
+            f"action     {record.run_name}/{record.name}   parent {record.parent_action_name or '-'}",
+            f"task       {escape(record.task_name or '-')}   type {record.task_type}   "
+            f"project {record.project}/{record.domain}",
+            f"attempts   viewing [b]{attempt}[/] of {record.attempts}   (\\[ and ] step)",
+            f"started    {_time(record.created_at)}   duration {duration_text(record)}   "
+            f"cache {cache_status_name(record.cache_status)}",
+        ]
+        if record.error_message or record.error_code:
+            lines.append(f"[$error]error      [{escape(record.error_kind or '-')}] {escape(record.error_code or '')}: "
+                         f"{escape(record.error_message or '')}[/]")
+        if obj is not None:
+            status = obj.status
+            lines += ["", "[b]TaskAction[/]  " + escape(obj.name) + f"   pluginPhase {status.plugin_phase or '-'}"
+                      f"   systemFailures {status.system_failures}"]
+            for cond in status.conditions:
+                lines.append(f"  condition {cond.type:<11} {cond.status:<5} {escape(cond.reason)}"
+                             f"  [dim]{escape(cond.message[:70])}[/]")
+            lines.append("  phaseHistory " + " → ".join(
+                f"{escape(h.phase)} [dim]{_time(h.occurred_at)}[/]" for h in status.phase_history))
+            if status.error_state is not None:
+                lines.append(f"  errorState {escape(status.error_state.kind or '-')} "
+                             f"{escape(status.error_state.code)}: {escape(status.error_state.message[:200])}")
+        inputs = engine.runs.inputs_of(record) if record.input_uri else None
+        if inputs is not None:
+            lines += ["", "[b]inputs[/]  " + escape(_short(inputs))]
+        if ActionPhase(record.phase) == ActionPhase.SUCCEEDED and record.action_type != ACTION_TYPE_CONDITION:
+            from engine.literals import read_outputs
+
+            outputs = read_outputs(os.path.join(engine.runs.attempt_prefix_of(record, attempt), "outputs.pb"))
+            if outputs is not None:
+                lines.append("[b]outputs[/] " + escape(_short(outputs)))
+        attempt_events = [e for e in events if e.attempt == attempt]
+        if attempt_events:
+            lines += ["", f"[b]attempt {attempt}[/]  " + " → ".join(
+                f"{phase_markup(e.phase, self.app.ascii_only)} [dim]{_time(e.updated_time)}[/]"
+                for e in attempt_events)]
+        self.query_one("#detail", Static).update("\n".join(lines))
+        event_lines = []
+        for e in events:
+            event = decode_event(e)
+            reasons = "; ".join(c.message for c in event.cluster_events)
+            error = f" [$error]{escape(event.error_info.code)}: {escape(event.error_info.message[:80])}[/]" \
+                if event.HasField("error_info") else ""
+            event_lines.append(f"attempt {e.attempt}  {phase_markup(e.phase, self.app.ascii_only)}  "
+                               f"[dim]{_time(e.updated_time)}[/]{error}  [dim]{escape(reasons[:80])}[/]")
+        self.query_one("#event-list", Static).update("\n".join(event_lines) or "[dim]no events[/]")
+
+    # ------------------------------------------------------------------ logs
+    def follow_log(self) -> None:
+        """Append what the selected attempt's log gained since the last poll."""
+        record = self.records.get(self.selected)
+        if record is None:
+            return
+        log = self.query_one(RichLog)
+        source = (record.name, self._attempt(record))
+        path = self.app.engine.reconciler.log_path(record.run_name, record.name, source[1])
+        if source != self._log_source:
+            log.clear()
+            self._log_source = source
+            self._log_offset = max(0, path.stat().st_size - MAX_LOG_BYTES) if path.exists() else 0
+            if not path.exists():
+                log.write(f"(no log yet for {record.name} attempt {source[1]})")
+        if not path.exists():
+            return
+        with open(path, "rb") as f:
+            f.seek(self._log_offset)
+            data = f.read()
+        if not data:
+            return
+        complete = data.rfind(b"\n") + 1
+        if complete == 0:
+            return
+        self._log_offset += complete
+        at_end = log.scroll_offset.y >= log.max_scroll_y  # follow stops when you scroll up
+        log.auto_scroll = at_end
+        for line in data[:complete].decode(errors="replace").splitlines():
+            log.write(line)
+
+    # ------------------------------------------------------------------ actions
+    def action_back(self) -> None:
+        self.app.pop_screen()
+
+    def action_show_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+
+    def action_attempt(self, step: int) -> None:
+        record = self.records.get(self.selected)
+        if record is None:
+            return
+        attempt = min(max(self._attempt(record) + step, 1), record.attempts or 1)
+        self.viewing_attempt[record.name] = attempt
+        self.call_later(self._render_detail)
+
+    def action_copy_id(self) -> None:
+        text = f"{self.run_name}/{self.selected}"
+        self.app.copy_to_clipboard(text)
+        self.notify(f"copied {text}")
+
+    def action_abort(self) -> None:
+        self.app.confirm_abort(self.run_name, self.selected)
+
+    def action_abort_run(self) -> None:
+        self.app.confirm_abort(self.run_name, "a0")
+
+    def action_retry(self) -> None:
+        self.app.retry(self.run_name, self.selected)
+
+    def action_signal(self) -> None:
+        record = self.records.get(self.selected)
+        if record is None or record.action_type != ACTION_TYPE_CONDITION:
+            self.notify("select a condition (a paused action) to signal it", severity="warning")
+            return
+        self.app.signal(self.run_name, record.name, record.short_name or record.name)
+
+    def check_action(self, action: str, parameters) -> bool | None:
+        if action in ("abort", "retry", "signal", "abort_run") and self.app.read_only:
+            return False
+        return True
+
+
+def _short(values: dict) -> str:
+    text = ", ".join(f"{k}={v!r}" for k, v in values.items())
+    return text if len(text) < 300 else text[:297] + "..."
