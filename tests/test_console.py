@@ -1,0 +1,145 @@
+"""The console's behaviour, driven with Textual's Pilot against a real engine."""
+
+from __future__ import annotations
+
+import pytest
+from textual.widgets import DataTable, RichLog, Static
+
+from console.app import TaskDeckApp
+from console.screens.dialogs import ConfirmScreen
+from console.screens.run import RunScreen
+from engine.engine import Engine, EngineConfig
+from engine.phases import ActionPhase
+from engine.plugins.core import PhaseInfo
+from helpers import ScriptedPlugin, task_spec
+
+
+def outcome(tctx, index):
+    run = tctx.metadata.run_name
+    if run.startswith("rfail"):
+        return PhaseInfo.failure("ValueError", "boom") if tctx.metadata.attempt == 1 else PhaseInfo.success()
+    if run.startswith("rslow"):
+        return PhaseInfo.running()
+    return PhaseInfo.success()
+
+
+@pytest.fixture
+async def console(tmp_path):
+    engine = Engine(EngineConfig(data_dir=tmp_path, serve=False, requeue_after=1.0))
+    engine.registry.register(ScriptedPlugin(outcome))
+    app = TaskDeckApp(engine)
+    async with app.run_test(size=(160, 45)) as pilot:
+        yield app, pilot, engine
+    if engine.started:
+        await engine.stop()
+
+
+async def until(pilot, predicate, timeout: float = 10.0):
+    for _ in range(int(timeout / 0.05)):
+        if predicate():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError("condition not met")
+
+
+def table(app) -> DataTable:
+    return app.screen.query_one(DataTable)
+
+
+def visible_runs(app) -> set[str]:
+    t = table(app)
+    return {t.coordinate_to_cell_key((i, 0)).row_key.value for i in range(t.row_count)}
+
+
+async def test_filter_and_failed_only_toggle(console):
+    app, pilot, engine = console
+    for name in ("rfail1", "rokay1", "rokay2"):
+        run = await engine.runs.create_run(task_spec("scripted"), name=name)
+        await engine.runs.wait_for_run(run.run_name, timeout=10)
+    await until(pilot, lambda: visible_runs(app) == {"rfail1", "rokay1", "rokay2"})
+    await pilot.press("f")
+    await until(pilot, lambda: visible_runs(app) == {"rfail1"})
+    assert "failed only" in str(app.screen.query_one("#counters", Static).render())
+    await pilot.press("f", "slash", *"rokay2")
+    await until(pilot, lambda: visible_runs(app) == {"rokay2"})
+    await pilot.press("escape")
+    await until(pilot, lambda: len(visible_runs(app)) == 3)
+
+
+async def test_abort_asks_for_confirmation_naming_the_run(console):
+    app, pilot, engine = console
+    await engine.runs.create_run(task_spec("scripted"), name="rslow1")
+    await until(pilot, lambda: visible_runs(app) == {"rslow1"})
+    await pilot.press("ctrl+d")
+    await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+    assert "rslow1" in str(app.screen.query_one("#question", Static).render())
+    await pilot.press("n")  # cancelled: nothing happens
+    await pilot.pause(0.3)
+    assert (await engine.runs.get_run("rslow1")).phase == ActionPhase.RUNNING
+    await pilot.press("ctrl+d", "y")
+    result = await engine.runs.wait_for_run("rslow1", timeout=10)
+    assert result.phase == ActionPhase.ABORTED and result.run.abort_reason == "aborted from the console"
+
+
+async def test_retry_key_reruns_a_failed_run(console):
+    app, pilot, engine = console
+    run = await engine.runs.create_run(task_spec("scripted"), name="rfail2")
+    assert (await engine.runs.wait_for_run(run.run_name, timeout=10)).phase == ActionPhase.FAILED
+    await until(pilot, lambda: visible_runs(app) == {"rfail2"})
+    await pilot.press("r")
+    for _ in range(100):
+        row = await engine.runs.get_run("rfail2")
+        if row.phase == ActionPhase.SUCCEEDED:
+            break
+        await pilot.pause(0.05)
+    assert row.phase == ActionPhase.SUCCEEDED and row.attempts == 2
+
+
+async def test_read_only_hides_abort_and_retry(tmp_path):
+    engine = Engine(EngineConfig(data_dir=tmp_path, serve=False))
+    engine.registry.register(ScriptedPlugin(outcome))
+    app = TaskDeckApp(engine, read_only=True)
+    async with app.run_test(size=(160, 45)) as pilot:
+        await engine.runs.create_run(task_spec("scripted"), name="rslow2")
+        await until(pilot, lambda: visible_runs(app) == {"rslow2"})
+        await pilot.press("ctrl+d")
+        await pilot.pause(0.3)
+        assert not isinstance(app.screen, ConfirmScreen)
+        assert (await engine.runs.get_run("rslow2")).phase == ActionPhase.RUNNING
+    await engine.runs.abort_action("rslow2")
+    await engine.stop()
+
+
+async def test_run_screen_steps_attempts_and_follows_the_log(console):
+    app, pilot, engine = console
+    run = await engine.runs.create_run(task_spec("scripted"), name="rfail3")
+    await engine.runs.wait_for_run(run.run_name, timeout=10)
+    await engine.runs.retry_action(run.run_name)
+    await engine.runs.wait_for_run(run.run_name, timeout=10)
+    log_path = engine.reconciler.log_path(run.run_name, "a0", 2)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.write_text("".join(f"line {i}\n" for i in range(200)))
+
+    app.open_run(run.run_name)
+    await until(pilot, lambda: isinstance(app.screen, RunScreen) and "a0" in app.screen.records)
+    detail = app.screen.query_one("#detail", Static)
+    await until(pilot, lambda: "viewing 2 of 2" in str(detail.render()))
+    await pilot.press("left_square_bracket")
+    await until(pilot, lambda: "viewing 1 of 2" in str(detail.render()))
+    await pilot.press("right_square_bracket", "l")
+    log = app.screen.query_one(RichLog)
+    await until(pilot, lambda: len(log.lines) >= 200)
+    assert log.auto_scroll  # following: at the end
+    log.scroll_home(animate=False)
+    with open(log_path, "a") as f:
+        f.write("more\n")
+    await until(pilot, lambda: len(log.lines) >= 201)
+    assert not log.auto_scroll  # scrolled up: follow stops
+    log.scroll_end(animate=False)
+    await pilot.pause(0.1)
+    with open(log_path, "a") as f:
+        f.write("again\n")
+    await until(pilot, lambda: len(log.lines) >= 202)
+    assert log.auto_scroll  # back at the end: follow resumes
+    await pilot.press("escape")
+    await until(pilot, lambda: not isinstance(app.screen, RunScreen))

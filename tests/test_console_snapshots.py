@@ -1,0 +1,97 @@
+"""Snapshots of each console screen, with fixed data, a fixed timezone and no engine activity."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from console.app import TaskDeckApp
+from console.screens.run import RunScreen
+from engine.engine import Engine, EngineConfig
+from engine.phases import ActionPhase
+from engine.store.base import ActionRecord
+from engine.store.sqlite import SqliteStore
+
+T0 = 1_795_000_000.0  # a fixed instant
+
+ROWS = [
+    # run, action, parent, task, phase, attempts, offset, duration ms, error
+    ("rpipeline000000000001", "a0", None, "showcase.pipeline", ActionPhase.SUCCEEDED, 1, 0, 4400, None),
+    ("rpipeline000000000001", "n1", "a0", "showcase.square", ActionPhase.SUCCEEDED, 1, 1, 1400, None),
+    ("rpipeline000000000001", "n2", "a0", "showcase.flaky", ActionPhase.SUCCEEDED, 2, 2, 1200, None),
+    ("rpipeline000000000001", "n3", "a0", "showcase.validate", ActionPhase.FAILED, 1, 3, 500,
+     ("USER", "ValueError", "total 14 is even: validation rejects it")),
+    ("rbroken0000000000002", "a0", None, "basics.boom", ActionPhase.FAILED, 3, 10, 1700,
+     ("USER", "RuntimeError", "attempt failed for 1")),
+    ("raborted000000000003", "a0", None, "fanout.slow_children", ActionPhase.ABORTED, 1, 20, 5400, None),
+    ("rtimedout00000000004", "a0", None, "basics.add", ActionPhase.TIMED_OUT, 2, 30, 600,
+     ("USER", "TaskTimeout", "the attempt ran longer than its timeout of 0.3s")),
+]
+
+
+def _fixture_db(path: Path) -> None:
+    async def write():
+        store = SqliteStore(path / "taskdeck.db")
+        await store.start()
+        for run, action, parent, task, phase, attempts, offset, duration, error in ROWS:
+            record = ActionRecord(project="demo", domain="development", run_name=run, name=action,
+                                  parent_action_name=parent, phase=int(phase), task_name=task,
+                                  short_name=task.split(".")[-1], task_type="python", created_at=T0 + offset,
+                                  updated_at=T0 + offset, ended_at=T0 + offset + duration / 1000,
+                                  duration_ms=duration, attempts=attempts)
+            if error:
+                record.error_kind, record.error_code, record.error_message = error
+            await store.create_run_action(record, None, None)
+        await store.close()
+
+    asyncio.run(write())
+
+
+@pytest.fixture
+def fixed_app(tmp_path, monkeypatch):
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    _fixture_db(tmp_path)
+    yield lambda **kw: TaskDeckApp(Engine(EngineConfig(data_dir=tmp_path, serve=False, gc_interval_seconds=0)), **kw)
+    monkeypatch.delenv("TZ")
+    time.tzset()
+
+
+async def _settle(pilot) -> None:
+    await pilot.pause(0.6)  # two refresh ticks
+
+
+def test_runs_screen(snap_compare, fixed_app):
+    assert snap_compare(fixed_app(), terminal_size=(140, 20), run_before=_settle)
+
+
+def test_runs_screen_failed_only_ascii(snap_compare, fixed_app):
+    async def before(pilot):
+        await _settle(pilot)
+        await pilot.press("f")
+        await _settle(pilot)
+
+    assert snap_compare(fixed_app(ascii_only=True), terminal_size=(140, 20), run_before=before)
+
+
+def test_run_screen(snap_compare, fixed_app):
+    async def before(pilot):
+        await _settle(pilot)
+        pilot.app.push_screen(RunScreen("rpipeline000000000001"))
+        await _settle(pilot)
+        await pilot.press("down", "down")
+        await _settle(pilot)
+
+    assert snap_compare(fixed_app(), terminal_size=(150, 24), run_before=before)
+
+
+def test_help_overlay(snap_compare, fixed_app):
+    async def before(pilot):
+        await _settle(pilot)
+        await pilot.press("question_mark")
+        await pilot.pause(0.2)
+
+    assert snap_compare(fixed_app(), terminal_size=(120, 24), run_before=before)
