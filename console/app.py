@@ -58,9 +58,15 @@ class TaskDeckApp(App):
             self.open_run(self.open_run_name)
 
     async def action_quit(self) -> None:
+        await self._stop_engine()
+        self.exit()
+
+    async def on_unmount(self) -> None:
+        await self._stop_engine()  # however the app ends (quit, exit, a test harness), the engine stops
+
+    async def _stop_engine(self) -> None:
         if self.start_engine and self.engine.started:
             await self.engine.stop()  # a clean shutdown: in-flight work finishes, writes are committed
-        self.exit()
 
     def themed(self, markup: str) -> str:
         """Resolve $theme-variables in markup for widgets that parse Rich markup (DataTable, Tree)."""

@@ -106,8 +106,8 @@ async def test_read_only_hides_abort_and_retry(tmp_path):
         await pilot.pause(0.3)
         assert not isinstance(app.screen, ConfirmScreen)
         assert (await engine.runs.get_run("rslow2")).phase == ActionPhase.RUNNING
-    await engine.runs.abort_action("rslow2")
-    await engine.stop()
+        await engine.runs.abort_action("rslow2")
+    assert not engine.started  # the app stopped its engine on the way out
 
 
 async def test_run_screen_steps_attempts_and_follows_the_log(console):

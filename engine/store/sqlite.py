@@ -716,7 +716,8 @@ class SqliteStore(EngineStore):
         batch.new_events.extend(events)
 
     async def _fetchall(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
-        assert self._read_conn is not None
+        if self._read_conn is None:
+            raise StorageUnavailableError("the store is closed")
         async with self._read_conn.execute(sql, params) as cur:
             return list(await cur.fetchall())
 
