@@ -209,7 +209,8 @@ def cmd_console(args: argparse.Namespace) -> int:
     return app.run() or EXIT_OK
 
 
-async def _run_embedded(args: argparse.Namespace, spec, inputs, code_dir: str) -> int:
+async def _start_engine(args: argparse.Namespace) -> tuple[Engine, asyncio.Event]:
+    """An engine for this process, and an event set by Ctrl-C / SIGTERM (remove with _release_signals)."""
     engine = Engine(engine_config(args))
     try:
         await engine.start()
@@ -219,6 +220,17 @@ async def _run_embedded(args: argparse.Namespace, spec, inputs, code_dir: str) -
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, interrupted.set)
+    return engine, interrupted
+
+
+def _release_signals() -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(sig)
+
+
+async def _run_embedded(args: argparse.Namespace, spec, inputs, code_dir: str) -> int:
+    engine, interrupted = await _start_engine(args)
     try:
         try:
             record = await engine.runs.create_run(spec, inputs, project=args.project, domain=args.domain,
@@ -239,8 +251,7 @@ async def _run_embedded(args: argparse.Namespace, spec, inputs, code_dir: str) -
         stop.cancel()
         return print_result(wait.result().to_json(), args.json)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+        _release_signals()
         await engine.stop()
 
 
@@ -376,15 +387,7 @@ def cmd_signal(args: argparse.Namespace) -> int:
 async def _headless(args: argparse.Namespace) -> int:
     from engine.store.base import EventsRecorded, StorageChanged
 
-    engine = Engine(engine_config(args))
-    try:
-        await engine.start()
-    except EngineAlreadyRunningError as exc:
-        raise CliError(str(exc)) from None
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    engine, stop = await _start_engine(args)
 
     def on_change(change) -> None:
         if isinstance(change, StorageChanged):
@@ -406,6 +409,7 @@ async def _headless(args: argparse.Namespace) -> int:
         await stop.wait()
     finally:
         unsubscribe()
+        _release_signals()
         await engine.stop()
         print("engine stopped", flush=True)
     return EXIT_OK

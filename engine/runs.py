@@ -126,6 +126,21 @@ def validate_run_name(name: str) -> None:
         raise InvalidRunError(f"run name {name!r} must be a DNS-1035 label of at most 30 characters")
 
 
+def stamped_spec(task_spec: task_definition_pb2.TaskSpec, run_start_iso: str):
+    """A copy of the spec with the run's start time in its container args: (spec, template, bytes).
+
+    The start time becomes part of the spec, so parents that hash it into child names stay stable.
+    """
+    spec = task_definition_pb2.TaskSpec()
+    spec.CopyFrom(task_spec)
+    template = spec.task_template
+    if run_start_iso and template.WhichOneof("target") == "container":
+        args = [substitute_template(a, {"runstarttime": run_start_iso}) for a in template.container.args]
+        del template.container.args[:]
+        template.container.args.extend(args)
+    return spec, template, spec.SerializeToString(deterministic=True)
+
+
 def spec_digest(data: bytes) -> str:
     return base64.b64encode(hashlib.sha256(data).digest()).decode()
 
@@ -190,15 +205,7 @@ class RunsService:
             raise InvalidRunError("the task template has no type")
         started = utcnow()
         start_iso = started.isoformat()
-        if template.WhichOneof("target") == "container":
-            # The run's start time is part of the spec, so parents that hash it into child names are stable.
-            args = [substitute_template(a, {"runstarttime": start_iso}) for a in template.container.args]
-            del template.container.args[:]
-            template.container.args.extend(args)
-        spec = task_definition_pb2.TaskSpec()
-        spec.CopyFrom(task_spec)
-        spec.task_template.CopyFrom(template)
-        spec_bytes = spec.SerializeToString(deterministic=True)
+        spec, template, spec_bytes = stamped_spec(task_spec, start_iso)
         digest = spec_digest(spec_bytes)
 
         run_base = self.run_base(project, domain, run_name)
@@ -275,17 +282,8 @@ class RunsService:
         if parent.metadata.deletion_timestamp is not None:
             raise ParentGoneError(f"parent action {parent_action_name!r} of run {run_name!r} is being aborted")
         project, domain = parent.spec.project, parent.spec.domain
-        template = tasks_pb2.TaskTemplate()
-        template.CopyFrom(task_spec.task_template)
-        start_iso = parent.metadata.annotations.get(ANNOTATION_RUN_START_TIME, "")
-        if start_iso and template.WhichOneof("target") == "container":
-            args = [substitute_template(a, {"runstarttime": start_iso}) for a in template.container.args]
-            del template.container.args[:]
-            template.container.args.extend(args)
-        spec = task_definition_pb2.TaskSpec()
-        spec.CopyFrom(task_spec)
-        spec.task_template.CopyFrom(template)
-        spec_bytes = spec.SerializeToString(deterministic=True)
+        spec, template, spec_bytes = stamped_spec(
+            task_spec, parent.metadata.annotations.get(ANNOTATION_RUN_START_TIME, ""))
         output_base = run_output_base or parent.spec.run_output_base
         labels = {k: v for k, v in parent.metadata.labels.items() if not k.startswith("flyte.org/")}
         labels.update(base_labels(project, domain, run_name, action_name, "task", is_root=False))
