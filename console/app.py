@@ -44,6 +44,7 @@ class TaskDeckApp(App):
         self.ascii_only = ascii_only
         self.start_engine = start_engine
         self.startup_error: str | None = None
+        self._palette_cache: tuple[str, dict[str, str]] | None = None
 
     async def on_mount(self) -> None:
         if self.start_engine and not self.engine.started:
@@ -70,18 +71,20 @@ class TaskDeckApp(App):
 
     def themed(self, markup: str) -> str:
         """Resolve $theme-variables in markup for widgets that parse Rich markup (DataTable, Tree)."""
-        variables = self.get_css_variables()
+        palette = self._palette()
+        return _VARIABLE.sub(lambda m: palette.get(m.group(1), m.group(0)), markup)
 
-        def color(match: re.Match) -> str:
-            value = variables.get(match.group(1))
-            if value is None:
-                return match.group(0)
-            try:
-                return Color.parse(value).hex
-            except Exception:  # noqa: BLE001 - an unparsable variable leaves the text unstyled
-                return "default"
-
-        return _VARIABLE.sub(color, markup)
+    def _palette(self) -> dict[str, str]:
+        """$variable → colour for the current theme, computed once per theme (it is not cheap)."""
+        if self._palette_cache is None or self._palette_cache[0] != self.theme:
+            resolved = {}
+            for name, value in self.get_css_variables().items():
+                try:
+                    resolved[name] = Color.parse(value).hex
+                except Exception:  # noqa: BLE001 - not a colour: leave such text unstyled
+                    resolved[name] = "default"
+            self._palette_cache = (self.theme, resolved)
+        return self._palette_cache[1]
 
     def open_run(self, run_name: str) -> None:
         self.push_screen(RunScreen(run_name))

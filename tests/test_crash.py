@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import random
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
-
-import kill9  # noqa: E402
+# Loaded by path: putting bench/ on sys.path would let bench/console.py shadow the console package.
+_spec = importlib.util.spec_from_file_location("kill9", Path(__file__).parent.parent / "bench" / "kill9.py")
+kill9 = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(kill9)
 
 pytestmark = pytest.mark.sdk
 

@@ -54,6 +54,7 @@ class RunScreen(Screen):
         self.records: dict[str, ActionRecord] = {}
         self.nodes: dict[str, TreeNode] = {}
         self.labels: dict[str, str] = {}
+        self.signatures: dict[str, tuple] = {}
         self.selected: str = "a0"
         self.viewing_attempt: dict[str, int] = {}
         self._refreshing = False
@@ -98,7 +99,8 @@ class RunScreen(Screen):
         cache = cache_status_name(record.cache_status)
         if cache == "CACHE_HIT":
             parts.append("[$success]$[/]")
-        parts.append(f"[dim]{duration_text(record)}[/]")
+        if ActionPhase(record.phase).is_terminal:  # live elapsed time is in the title and the details
+            parts.append(f"[dim]{duration_text(record)}[/]")
         error = first_error_line(record)
         if error:
             parts.append(f"[$error]{escape(error[:60])}[/]")
@@ -135,7 +137,11 @@ class RunScreen(Screen):
                 self.labels[record.name] = label
                 pending.remove(record)
                 progress = True
-        for record in records:
+        for record in records:  # relabel only what a viewer would see change
+            signature = (record.phase, record.attempts, record.duration_ms, record.error_code, record.cache_status)
+            if self.signatures.get(record.name) == signature:
+                continue
+            self.signatures[record.name] = signature
             label = self._label(record)
             if self.labels.get(record.name) != label:
                 self.nodes[record.name].set_label(label)

@@ -1,0 +1,111 @@
+"""The console with a 10,000-action run changing live: refresh cost and keypress-to-repaint latency.
+
+A run of N actions (a root and N-1 children) is written to a fresh store; while the console shows the run
+screen, a writer moves ~2,000 actions per second through their phases. Prints the median and p95 of one
+refresh of the run screen (read the run, patch the tree) and of a keypress (cursor down) until the app is
+idle again with the frame repainted.
+
+    python bench/console.py [--actions 10000] [--presses 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from console.app import TaskDeckApp  # noqa: E402
+from console.screens.run import RunScreen  # noqa: E402
+from engine.engine import Engine, EngineConfig  # noqa: E402
+from engine.phases import ActionPhase  # noqa: E402
+from engine.store.base import ActionRecord, ActionStatusUpdate  # noqa: E402
+
+RUN = "rbenchconsole0000001"
+
+
+async def populate(engine: Engine, n: int) -> None:
+    now = time.time()
+    records = [ActionRecord(project="bench", domain="dev", run_name=RUN, name="a0", task_name="bench.parent",
+                            short_name="parent", phase=int(ActionPhase.RUNNING), created_at=now, updated_at=now,
+                            attempts=1)]
+    records += [ActionRecord(project="bench", domain="dev", run_name=RUN, name=f"n{i}", parent_action_name="a0",
+                             task_name="bench.child", short_name="child", created_at=now + i * 1e-6,
+                             updated_at=now, attempts=1) for i in range(1, n)]
+    for i in range(0, len(records), 500):
+        await asyncio.gather(*(engine.store.create_run_action(r, None, None) for r in records[i:i + 500]))
+
+
+async def churn(engine: Engine, n: int, stop: asyncio.Event) -> int:
+    rng, moved = random.Random(1), 0
+    phases = [ActionPhase.INITIALIZING, ActionPhase.RUNNING, ActionPhase.SUCCEEDED]
+    while not stop.is_set():
+        batch = [ActionStatusUpdate(("bench", "dev", RUN, f"n{rng.randrange(1, n)}"), int(rng.choice(phases)), 1)
+                 for _ in range(100)]
+        await asyncio.gather(*(engine.store.update_action_status(u) for u in batch))
+        moved += len(batch)
+        await asyncio.sleep(0.05)  # ~2,000 updates/s
+    return moved
+
+
+async def measure(n: int, presses: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = Engine(EngineConfig(data_dir=Path(tmp), serve=False, gc_interval_seconds=0))
+        app = TaskDeckApp(engine)
+        async with app.run_test(size=(160, 45)) as pilot:
+            await populate(engine, n)
+            refresh_times: list[float] = []
+            screen = RunScreen(RUN)
+            original = screen.refresh_view
+
+            async def timed_refresh() -> None:
+                started = time.perf_counter()
+                await original()
+                refresh_times.append(time.perf_counter() - started)
+
+            screen.refresh_view = timed_refresh  # type: ignore[method-assign]
+            await app.push_screen(screen)
+            while len(screen.records) < n:
+                await pilot.pause(0.1)
+            stop = asyncio.Event()
+            writer = asyncio.create_task(churn(engine, n, stop))
+            await pilot.pause(1.0)
+            refresh_times.clear()
+            latencies = []
+            for _ in range(presses):
+                started = time.perf_counter()
+                await pilot.press("down")
+                await pilot.pause()  # the key is handled and the app idle again, frame refreshed
+                latencies.append(time.perf_counter() - started)
+                await pilot.pause(0.05)
+            stop.set()
+            moved = await writer
+        await engine.stop() if engine.started else None
+
+    def stats(values: list[float]) -> str:
+        values = sorted(values)
+        return f"median {statistics.median(values) * 1000:.1f} ms, p95 {values[int(len(values) * 0.95)] * 1000:.1f} ms"
+
+    print(f"actions: {n}, live updates during the measurement: {moved}")
+    print(f"refresh_cost: {stats(refresh_times)} ({len(refresh_times)} refreshes)")
+    print(f"keypress_to_repaint: {stats(latencies)} ({presses} presses)")
+    print(f"keypress_to_repaint_median_ms: {statistics.median(latencies) * 1000:.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--actions", type=int, default=10_000)
+    parser.add_argument("--presses", type=int, default=50)
+    args = parser.parse_args()
+    asyncio.run(measure(args.actions, args.presses))
+
+
+if __name__ == "__main__":
+    main()
