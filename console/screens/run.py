@@ -18,10 +18,11 @@ from engine.events import decode_event
 from engine.model import task_action_name
 from engine.phases import ActionPhase
 from engine.runs import ACTION_TYPE_CONDITION, ACTION_TYPE_TRACE
-from engine.store.base import ActionRecord
+from engine.store.base import ActionRecord, ActionsChanged
 from engine.views import cache_status_name
 
 LOG_POLL_SECONDS = 0.5
+FULL_RELOAD_AFTER = 2000  # changed actions in one tick above which the whole run is re-read
 MAX_LOG_BYTES = 2_000_000  # the tail that is loaded when a log is opened
 
 
@@ -59,6 +60,8 @@ class RunScreen(Screen):
         self.viewing_attempt: dict[str, int] = {}
         self._refreshing = False
         self._log_source: tuple[str, int] | None = None
+        self._dirty: set[str] = set()
+        self._loaded = False
         self._log_offset = 0
 
     def compose(self) -> ComposeResult:
@@ -79,10 +82,21 @@ class RunScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
+        self._unsubscribe = self.app.engine.store.subscribe(self._on_change)
         self.set_interval(1 / REFRESH_HZ, self.refresh_view)
         self.set_interval(LOG_POLL_SECONDS, self.follow_log)
         self.call_later(self.refresh_view)
         self.query_one(Tree).focus()
+
+    def on_unmount(self) -> None:
+        self._unsubscribe()
+
+    def _on_change(self, change) -> None:
+        """The engine says what changed; the next tick re-reads only that (or all, after a big burst)."""
+        if isinstance(change, ActionsChanged):
+            for key in change.keys:
+                if key[2] == self.run_name:
+                    self._dirty.add(key[3])
 
     # ------------------------------------------------------------------ tree
     def _label(self, record: ActionRecord) -> str:
@@ -111,7 +125,17 @@ class RunScreen(Screen):
             return
         self._refreshing = True
         try:
-            records = await self.app.engine.runs.list_actions(self.run_name)
+            dirty, self._dirty = self._dirty, set()
+            root = self.records.get("a0")
+            if not self._loaded or root is None or len(dirty) > FULL_RELOAD_AFTER:
+                records = await self.app.engine.runs.list_actions(self.run_name)
+                self._loaded = True
+            elif dirty:
+                changed = await self.app.engine.store.get_actions(root.project, root.domain, self.run_name,
+                                                                   sorted(dirty))
+                records = list({**self.records, **{r.name: r for r in changed}}.values())
+            else:
+                records = list(self.records.values())
             self._render_tree(records)
             await self._render_detail()
         except LookupError:

@@ -259,6 +259,10 @@ class RunsRepository(abc.ABC):
     async def list_actions(self, project: str, domain: str, run_name: str) -> list[ActionRecord]: ...
 
     @abc.abstractmethod
+    async def get_actions(self, project: str, domain: str, run_name: str, names: list[str]) -> list[ActionRecord]:
+        """The named actions of one run (those that exist)."""
+
+    @abc.abstractmethod
     async def list_events(self, key: ActionKey) -> list[EventRecord]: ...
 
     @abc.abstractmethod

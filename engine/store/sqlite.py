@@ -747,6 +747,16 @@ class SqliteStore(EngineStore):
         )
         return [_row_to_action(r) for r in rows]
 
+    async def get_actions(self, project: str, domain: str, run_name: str, names: list[str]) -> list[ActionRecord]:
+        found: list[ActionRecord] = []
+        for i in range(0, len(names), 500):  # under SQLite's bound-parameter limit
+            chunk = names[i:i + 500]
+            rows = await self._fetchall(
+                f"SELECT * FROM actions WHERE project = ? AND domain = ? AND run_name = ? "
+                f"AND name IN ({', '.join('?' * len(chunk))})", (project, domain, run_name, *chunk))
+            found += [_row_to_action(r) for r in rows]
+        return found
+
     async def list_events(self, key: ActionKey) -> list[EventRecord]:
         rows = await self._fetchall(
             "SELECT * FROM action_events WHERE project = ? AND domain = ? AND run_name = ? AND name = ? "
