@@ -287,15 +287,10 @@ def cmd_get(args: argparse.Namespace) -> int:
         raise CliError(f"usage: taskdeck get {args.kind} RUN")
     if args.kind == "events":
         return _print_events(args, client)
-    if client is not None:
-        rows = client.call("GET", f"/runs/{args.run}/actions")
-    else:
-        async def read(runs, store):
-            return [action_json(a, task_action_for(store, a)) for a in await runs.list_actions(args.run)]
-        try:
-            rows = asyncio.run(_local_reads(args.data_dir, read))
-        except LookupError as exc:
-            raise CliError(str(exc)) from None
+    async def read(runs, store):
+        return [action_json(a, task_action_for(store, a)) for a in await runs.list_actions(args.run)]
+
+    rows = _fetch(args, client, f"/runs/{args.run}/actions", read)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -306,20 +301,24 @@ def cmd_get(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _fetch(args: argparse.Namespace, client: EngineClient | None, path: str, read) -> Any:
+    """Through the live engine's API when one serves the directory, else straight from its database."""
+    if client is not None:
+        return client.call("GET", path)
+    try:
+        return asyncio.run(_local_reads(args.data_dir, read))
+    except LookupError as exc:
+        raise CliError(str(exc)) from None
+
+
 def _print_events(args: argparse.Namespace, client: EngineClient | None) -> int:
     from engine.views import event_json
 
-    if client is not None:
-        rows = client.call("GET", f"/runs/{args.run}/actions/{args.action}/events")
-    else:
-        async def read(runs, store):
-            run = await runs.get_run(args.run)
-            return [event_json(e) for e in await runs.list_events((run.project, run.domain, run.run_name,
-                                                                   args.action))]
-        try:
-            rows = asyncio.run(_local_reads(args.data_dir, read))
-        except LookupError as exc:
-            raise CliError(str(exc)) from None
+    async def read(runs, store):
+        run = await runs.get_run(args.run)
+        return [event_json(e) for e in await runs.list_events((run.project, run.domain, run.run_name, args.action))]
+
+    rows = _fetch(args, client, f"/runs/{args.run}/actions/{args.action}/events", read)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
