@@ -143,3 +143,36 @@ async def test_run_screen_steps_attempts_and_follows_the_log(console):
     assert log.auto_scroll  # back at the end: follow resumes
     await pilot.press("escape")
     await until(pilot, lambda: not isinstance(app.screen, RunScreen))
+
+
+async def test_log_search_wrap_timestamps_and_save(console, tmp_path, monkeypatch):
+    app, pilot, engine = console
+    run = await engine.runs.create_run(task_spec("scripted"), name="rokay9")
+    await engine.runs.wait_for_run(run.run_name, timeout=10)
+    log_path = engine.reconciler.log_path(run.run_name, "a0", 1)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.write_text("".join(f"line {i}\n" for i in range(300)) + "needle here\n" + "tail\n")
+    app.open_run(run.run_name)
+    await until(pilot, lambda: isinstance(app.screen, RunScreen) and "a0" in app.screen.records)
+    await pilot.press("l")
+    log = app.screen.query_one(RichLog)
+    await until(pilot, lambda: len(log.lines) >= 302)
+
+    await pilot.press("slash", *"needle", "enter")
+    await until(pilot, lambda: app.screen.query_one(RichLog).scroll_offset.y > 0 or app.screen._match == 300)
+    assert app.screen._match == 300 and not log.auto_scroll  # jumped to the match, follow paused
+    highlighted = [seg.text for seg in log.lines[300] if seg.style is not None and seg.style.reverse]
+    assert highlighted == ["needle"]  # the match itself is highlighted
+    assert not [seg for seg in log.lines[299] if seg.style is not None and seg.style.reverse]
+
+    await pilot.press("w")
+    assert log.wrap
+    await pilot.press("t")
+    await pilot.pause(0.2)
+    assert app.screen._timestamps and log.lines[0].text[2] == ":"  # HH:MM:SS prefix
+
+    monkeypatch.chdir(tmp_path)
+    await pilot.press("ctrl+s")
+    saved = tmp_path / f"{run.run_name}-a0-1.log"
+    await until(pilot, saved.exists)
+    assert saved.read_text().splitlines()[-2:] == ["needle here", "tail"]

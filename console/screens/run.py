@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import time
+from pathlib import Path
 
 from rich.markup import escape
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
@@ -13,6 +16,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, RichLog, Static, TabbedContent, TabPane, Tree
 from textual.widgets.tree import TreeNode
 
+from console.screens.dialogs import InputScreen
 from console.state import REFRESH_HZ, duration_text, first_error_line, phase_markup
 from engine.events import decode_event
 from engine.model import task_action_name
@@ -24,6 +28,7 @@ from engine.views import cache_status_name
 LOG_POLL_SECONDS = 0.5
 FULL_RELOAD_AFTER = 2000  # changed actions in one tick above which the whole run is re-read
 MAX_LOG_BYTES = 2_000_000  # the tail that is loaded when a log is opened
+MAX_LOG_LINES = 20_000
 
 
 def _time(value) -> str:
@@ -47,6 +52,11 @@ class RunScreen(Screen):
         Binding("s", "signal", "Signal"),
         Binding("c", "copy_id", "Copy id"),
         Binding("ctrl+r", "abort_run", "Abort run", show=False),
+        Binding("slash", "search_log", "Search log", key_display="/"),
+        Binding("n", "next_match", "Next match", show=False),
+        Binding("w", "toggle_wrap", "Wrap", show=False),
+        Binding("t", "toggle_timestamps", "Timestamps", show=False),
+        Binding("ctrl+s", "save_log", "Save log", show=False),
     ]
 
     def __init__(self, run_name: str):
@@ -61,6 +71,10 @@ class RunScreen(Screen):
         self._refreshing = False
         self._log_source: tuple[str, int] | None = None
         self._dirty: set[str] = set()
+        self._log_lines: list[tuple[float, str]] = []  # (when read, text) of the shown attempt's log
+        self._search = ""
+        self._match = -1
+        self._timestamps = False
         self._loaded = False
         self._log_offset = 0
 
@@ -265,6 +279,8 @@ class RunScreen(Screen):
         path = self.app.engine.reconciler.log_path(record.run_name, record.name, source[1])
         if source != self._log_source:
             log.clear()
+            self._log_lines = []
+            self._match = -1
             self._log_source = source
             self._log_offset = max(0, path.stat().st_size - MAX_LOG_BYTES) if path.exists() else 0
             if not path.exists():
@@ -282,8 +298,25 @@ class RunScreen(Screen):
         self._log_offset += complete
         at_end = log.scroll_offset.y >= log.max_scroll_y  # follow stops when you scroll up
         log.auto_scroll = at_end
+        now = time.time()
         for line in data[:complete].decode(errors="replace").splitlines():
-            log.write(line)
+            self._log_lines.append((now, line))
+            log.write(self._format_line(now, line))
+        del self._log_lines[:-MAX_LOG_LINES]
+
+    def _format_line(self, when: float, line: str) -> Text:
+        text = Text(line)
+        if self._search:
+            text.highlight_words([self._search], style="reverse", case_sensitive=False)
+        if self._timestamps:
+            text = Text.assemble((dt.datetime.fromtimestamp(when).strftime("%H:%M:%S "), "dim"), text)
+        return text
+
+    def _rewrite_log(self) -> None:
+        log = self.query_one(RichLog)
+        log.clear()
+        for when, line in self._log_lines:
+            log.write(self._format_line(when, line))
 
     # ------------------------------------------------------------------ actions
     def action_back(self) -> None:
@@ -299,6 +332,51 @@ class RunScreen(Screen):
         attempt = min(max(self._attempt(record) + step, 1), record.attempts or 1)
         self.viewing_attempt[record.name] = attempt
         self.call_later(self._render_detail)
+
+    def action_search_log(self) -> None:
+        def search(term: str | None) -> None:
+            if term is None:
+                return
+            self._search = term.strip()
+            self._match = -1
+            self.action_show_tab("logs")
+            self._rewrite_log()
+            if self._search:
+                count = sum(1 for _, line in self._log_lines if self._search.lower() in line.lower())
+                self.notify(f"{count} line(s) match {self._search!r}; n for the next")
+                self.action_next_match()
+
+        self.app.push_screen(InputScreen("Search the log:", self._search), search)
+
+    def action_next_match(self) -> None:
+        if not self._search:
+            return
+        needle = self._search.lower()
+        order = list(range(self._match + 1, len(self._log_lines))) + list(range(0, self._match + 1))
+        for index in order:
+            if needle in self._log_lines[index][1].lower():
+                self._match = index
+                log = self.query_one(RichLog)
+                log.auto_scroll = False
+                log.scroll_to(y=index, animate=False)
+                return
+
+    def action_toggle_wrap(self) -> None:
+        log = self.query_one(RichLog)
+        log.wrap = not log.wrap
+        self._rewrite_log()
+
+    def action_toggle_timestamps(self) -> None:
+        self._timestamps = not self._timestamps
+        self._rewrite_log()
+
+    def action_save_log(self) -> None:
+        if self._log_source is None:
+            return
+        name, attempt = self._log_source
+        path = Path.cwd() / f"{self.run_name}-{name}-{attempt}.log"
+        path.write_text("".join(line + "\n" for _, line in self._log_lines))
+        self.notify(f"saved {len(self._log_lines)} lines to {path}")
 
     def action_copy_id(self) -> None:
         text = f"{self.run_name}/{self.selected}"
