@@ -27,6 +27,7 @@ class TaskDeckApp(App):
     #counters, #run-title { height: 1; padding: 0 1; background: $panel; }
     #filter { height: 3; }
     #tree { width: 45%; border-right: solid $panel-lighten-2; }
+    #tabs { width: 1fr; }
     #detail, #event-list { padding: 0 1; }
     """
     BINDINGS = [

@@ -176,3 +176,17 @@ async def test_log_search_wrap_timestamps_and_save(console, tmp_path, monkeypatc
     saved = tmp_path / f"{run.run_name}-a0-1.log"
     await until(pilot, saved.exists)
     assert saved.read_text().splitlines()[-2:] == ["needle here", "tail"]
+
+
+async def test_timeline_draws_each_action_over_the_run(console):
+    app, pilot, engine = console
+    run = await engine.runs.create_run(task_spec("scripted"), name="rokay8")
+    await engine.runs.wait_for_run(run.run_name, timeout=10)
+    app.open_run(run.run_name)
+    await until(pilot, lambda: isinstance(app.screen, RunScreen) and "a0" in app.screen.records)
+    await pilot.press("g")
+    view = app.screen.query_one("#timeline-view", Static)
+    await until(pilot, lambda: "scripted" in str(view.render()) or "task" in str(view.render()))
+    rows = str(view.render()).splitlines()
+    assert len(rows) == 2 and "a0" in rows[1] and ("█" in rows[1] or "▏" in rows[1])
+    assert len(rows[1]) <= app.screen.query_one("#tabs").size.width  # fits its pane

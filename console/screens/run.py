@@ -17,7 +17,7 @@ from textual.widgets import Footer, RichLog, Static, TabbedContent, TabPane, Tre
 from textual.widgets.tree import TreeNode
 
 from console.screens.dialogs import InputScreen
-from console.state import REFRESH_HZ, duration_text, first_error_line, phase_markup
+from console.state import PHASE_STYLE, REFRESH_HZ, duration_text, first_error_line, phase_markup
 from engine.events import decode_event
 from engine.model import task_action_name
 from engine.phases import ActionPhase
@@ -29,6 +29,8 @@ LOG_POLL_SECONDS = 0.5
 FULL_RELOAD_AFTER = 2000  # changed actions in one tick above which the whole run is re-read
 MAX_LOG_BYTES = 2_000_000  # the tail that is loaded when a log is opened
 MAX_LOG_LINES = 20_000
+TIMELINE_ROWS = 100
+TIMELINE_MIN_WIDTH = 20
 
 
 def _time(value) -> str:
@@ -45,6 +47,7 @@ class RunScreen(Screen):
         Binding("d", "show_tab('details')", "Details"),
         Binding("l", "show_tab('logs')", "Logs"),
         Binding("e", "show_tab('events')", "Events"),
+        Binding("g", "show_tab('timeline')", "Timeline"),
         Binding("left_square_bracket", "attempt(-1)", "Prev attempt", key_display="["),
         Binding("right_square_bracket", "attempt(1)", "Next attempt", key_display="]"),
         Binding("r", "retry", "Retry"),
@@ -93,12 +96,16 @@ class RunScreen(Screen):
                 with TabPane("Events", id="events"):
                     with VerticalScroll():
                         yield Static(id="event-list")
+                with TabPane("Timeline", id="timeline"):
+                    with VerticalScroll():
+                        yield Static(id="timeline-view")
         yield Footer()
 
     def on_mount(self) -> None:
         self._unsubscribe = self.app.engine.store.subscribe(self._on_change)
         self.set_interval(1 / REFRESH_HZ, self.refresh_view)
         self.set_interval(LOG_POLL_SECONDS, self.follow_log)
+        self.set_interval(1.0, self.refresh_timeline)
         self.call_later(self.refresh_view)
         self.query_one(Tree).focus()
 
@@ -324,6 +331,38 @@ class RunScreen(Screen):
 
     def action_show_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
+        if tab == "timeline":
+            self.call_later(self.refresh_timeline)
+
+    async def refresh_timeline(self) -> None:
+        """Each action's phase transitions (from its events) as a bar over the run's time span."""
+        if self.query_one(TabbedContent).active != "timeline" or not self.records:
+            return
+        records = sorted(self.records.values(), key=lambda r: (r.created_at, r.name))[:TIMELINE_ROWS]
+        now = time.time()
+        start = min(r.created_at for r in records)
+        end = max(max((r.ended_at or now) for r in records), start + 0.001)
+        width = max(self.query_one(TabbedContent).size.width - 32, TIMELINE_MIN_WIDTH)  # the pane, not the text
+        scale = width / (end - start)
+        lines = [f"[dim]{'':<26} {_time(start)}{' ' * (width - 24)}{_time(end)}[/]"]
+        for record in records:
+            events = await self.app.engine.runs.list_events(record.key)
+            marks = [(e.updated_time, e.phase) for e in events] or [(record.created_at, record.phase)]
+            marks.sort()
+            stop = record.ended_at or (now if not ActionPhase(record.phase).is_terminal else marks[-1][0])
+            bar = [" "] * width
+            for (at, phase), (following, _) in zip(marks, marks[1:] + [(stop, 0)]):
+                first = min(int((at - start) * scale), width - 1)
+                last = max(min(int((following - start) * scale), width), first + 1)
+                glyph = "▏" if ActionPhase(phase).is_terminal else "█"
+                _, _, style = PHASE_STYLE[ActionPhase(phase)]
+                for i in range(first, last):
+                    bar[i] = f"[{style}]{glyph if i == first or glyph == '█' else ' '}[/]"
+            name = escape((record.short_name or record.name)[:14])
+            lines.append(f"{name:<14} {record.name[:11]:<11} {''.join(bar)}")
+        if len(self.records) > TIMELINE_ROWS:
+            lines.append(f"[dim]… the first {TIMELINE_ROWS} of {len(self.records)} actions, by start time[/]")
+        self.query_one("#timeline-view", Static).update("\n".join(lines))
 
     def action_attempt(self, step: int) -> None:
         record = self.records.get(self.selected)
