@@ -79,7 +79,9 @@ async def test_enqueue_is_idempotent_and_watch_sends_snapshot_sentinel_then_live
     await asyncio.wait_for(watcher, 30)
     live = [m.action_update for m in received[first_sentinel + 1:]]
     c2 = [u for u in live if u.action_id.name == "c2"]
-    assert c2[0].phase == phase_pb2.ACTION_PHASE_QUEUED and c2[-1].phase == phase_pb2.ACTION_PHASE_SUCCEEDED
+    # Updates are coalesced to the latest state per tick (as Flyte's informer does): phases only move forward.
+    assert [u.phase for u in c2] == sorted(u.phase for u in c2)
+    assert c2[-1].phase == phase_pb2.ACTION_PHASE_SUCCEEDED
     assert c2[-1].output_uri.endswith(f"/{run.run_name}/c2/1")  # the attempt prefix holding outputs.pb
     child = engine.store.peek(task_action_name(run.run_name, "c2"))
     assert child.metadata.owner_references[0].name == task_action_name(run.run_name, "a0")
