@@ -7,12 +7,11 @@ thousands of actions changing live costs a bounded amount of work per frame, nev
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import time
 
 from engine.phases import ActionPhase
-from engine.store.base import ActionRecord, ActionsChanged
+from engine.store.base import ActionRecord
 
 REFRESH_HZ = 4
 
@@ -63,21 +62,3 @@ def first_error_line(record: ActionRecord) -> str:
         return ""
     text = f"{record.error_code or 'error'}: {record.error_message or ''}"
     return text.splitlines()[0][:90]
-
-
-@dataclasses.dataclass
-class DirtySet:
-    """What changed since the last refresh: run names (for the runs list) and action keys."""
-
-    runs: set[str] = dataclasses.field(default_factory=set)
-    all_runs: bool = True
-
-    def on_change(self, change) -> None:
-        if isinstance(change, ActionsChanged):
-            for key in change.keys:
-                self.runs.add(key[2])
-
-    def take(self) -> tuple[set[str], bool]:
-        runs, everything = self.runs, self.all_runs
-        self.runs, self.all_runs = set(), False
-        return runs, everything

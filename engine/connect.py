@@ -196,6 +196,15 @@ class ControllerServices:
         finally:
             unsubscribe()
 
+    async def watch_responses(self, parent_id: identifier_pb2.ActionIdentifier, response_type) -> AsyncIterator:
+        """``watch`` as a stream of ``response_type`` (StateService's WatchResponse or ActionsService's
+        WatchForUpdatesResponse: both carry an action_update or a control_message)."""
+        async for update in self.watch(parent_id):
+            if update is None:
+                yield response_type(control_message=state_service_pb2.ControlMessage(sentinel=True))
+            else:
+                yield response_type(action_update=update)
+
     @staticmethod
     async def _first(*events: asyncio.Event) -> None:
         waits = [asyncio.ensure_future(e.wait()) for e in events]
@@ -254,13 +263,8 @@ class _StateService(StateService):
     def __init__(self, services: ControllerServices):
         self.services = services
 
-    async def watch(self, request, ctx):
-        async for update in self.services.watch(request.parent_action_id):
-            if update is None:
-                yield state_service_pb2.WatchResponse(
-                    control_message=state_service_pb2.ControlMessage(sentinel=True))
-            else:
-                yield state_service_pb2.WatchResponse(action_update=update)
+    def watch(self, request, ctx):
+        return self.services.watch_responses(request.parent_action_id, state_service_pb2.WatchResponse)
 
     async def put(self, request, ctx):  # the SDK has no call sites; accepted and ignored
         return state_service_pb2.PutResponse(action_id=request.action_id)
@@ -281,13 +285,8 @@ class _ActionsService(ActionsService):
             **{kind: getattr(action, kind)} if kind else {})
         return actions_service_pb2.EnqueueResponse()
 
-    async def watch_for_updates(self, request, ctx):
-        async for update in self.services.watch(request.parent_action_id):
-            if update is None:
-                yield actions_service_pb2.WatchForUpdatesResponse(
-                    control_message=state_service_pb2.ControlMessage(sentinel=True))
-            else:
-                yield actions_service_pb2.WatchForUpdatesResponse(action_update=update)
+    def watch_for_updates(self, request, ctx):
+        return self.services.watch_responses(request.parent_action_id, actions_service_pb2.WatchForUpdatesResponse)
 
     async def update(self, request, ctx):  # the SDK has no call sites; attempts/cache status come from the engine
         return actions_service_pb2.UpdateResponse()

@@ -4,7 +4,6 @@ all as asyncio work on one event loop. The console embeds it; ``taskdeck --headl
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import fcntl
@@ -206,10 +205,3 @@ class Engine:
     async def __aexit__(self, *exc) -> None:
         await self.stop()
 
-
-async def run_forever(engine: Engine, stop: asyncio.Event) -> None:
-    await engine.start()
-    try:
-        await stop.wait()
-    finally:
-        await engine.stop()

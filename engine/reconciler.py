@@ -50,7 +50,7 @@ from engine.plugins.core import (
     TaskExecutionMetadata,
 )
 from engine.plugins.registry import PluginNotFoundError, PluginRegistry
-from engine.store.base import ConflictError, EngineStore, EventRecord, NotFoundError
+from engine.store.base import ConflictError, EngineStore, EventRecord
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from flyteidl2.core import literals_pb2, tasks_pb2, types_pb2
 from flyteidl2.task import common_pb2, run_pb2, task_definition_pb2
 from flyteidl2.workflow import run_definition_pb2
 
-from engine.events import attempt_prefix, build_action_event, decode_event
+from engine.events import build_action_event
 from engine.literals import read_inputs, read_outputs
 from engine.model import (
     ROOT_ACTION_NAME,
@@ -216,7 +216,7 @@ class RunsService:
             run=identifier_pb2.RunIdentifier(project=project, domain=domain, name=run_name), name=ROOT_ACTION_NAME)
         action_spec = run_definition_pb2.ActionSpec(
             action_id=action_id, input_uri=input_uri, run_output_base=run_base,
-            task=run_definition_pb2.TaskAction(id=None, spec=spec),
+            task=run_definition_pb2.TaskAction(spec=spec),
         )
         run_spec = run_pb2.RunSpec(
             labels=run_pb2.Labels(values=labels or {}),
@@ -599,9 +599,3 @@ class RunsService:
         except NotFoundError:
             pass  # already gone: abort is idempotent
 
-    def decode_events(self, events: list[EventRecord]) -> list[run_definition_pb2.ActionEvent]:
-        return [decode_event(e) for e in events]
-
-
-def outputs_path(task_action: TaskAction, attempt: int) -> str:
-    return local_path(attempt_prefix(task_action, attempt)) + "/outputs.pb"

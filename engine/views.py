@@ -74,5 +74,4 @@ def event_json(record: EventRecord) -> dict[str, Any]:
 
 
 def task_action_for(store, record: ActionRecord) -> TaskAction | None:
-    peek = getattr(store, "peek", None)
-    return peek(task_action_name(record.run_name, record.name)) if peek else None
+    return store.peek(task_action_name(record.run_name, record.name))

@@ -42,7 +42,7 @@ def _ids(run, name):
     return run_id, identifier_pb2.ActionIdentifier(run=run_id, name=name)
 
 
-def _child_request(run, name, seconds: float, input_uri: str):
+def _child_request(run, name, input_uri: str):
     _, action_id = _ids(run, name)
     return queue_service_pb2.EnqueueActionRequest(
         action_id=action_id, parent_action_name="a0", input_uri=input_uri, run_output_base=run.run_output_base,
@@ -56,9 +56,9 @@ async def test_enqueue_is_idempotent_and_watch_sends_snapshot_sentinel_then_live
     inputs.write_bytes(sleep_inputs(0.2).SerializeToString())
     queue = QueueServiceClient(engine.url)
     state = StateServiceClient(engine.url)
-    await queue.enqueue_action(_child_request(run, "c1", 0.2, str(inputs)))
+    await queue.enqueue_action(_child_request(run, "c1", str(inputs)))
     with pytest.raises(ConnectError) as duplicate:
-        await queue.enqueue_action(_child_request(run, "c1", 0.2, str(inputs)))
+        await queue.enqueue_action(_child_request(run, "c1", str(inputs)))
     assert duplicate.value.code == Code.ALREADY_EXISTS
 
     _, parent_id = _ids(run, "a0")
@@ -75,7 +75,7 @@ async def test_enqueue_is_idempotent_and_watch_sends_snapshot_sentinel_then_live
     await eventually(lambda: any(m.HasField("control_message") for m in received))
     first_sentinel = next(i for i, m in enumerate(received) if m.HasField("control_message"))
     assert [m.action_update.action_id.name for m in received[:first_sentinel]] == ["c1"]  # known children first
-    await queue.enqueue_action(_child_request(run, "c2", 0.2, str(inputs)))
+    await queue.enqueue_action(_child_request(run, "c2", str(inputs)))
     await asyncio.wait_for(watcher, 30)
     live = [m.action_update for m in received[first_sentinel + 1:]]
     c2 = [u for u in live if u.action_id.name == "c2"]
@@ -88,9 +88,9 @@ async def test_enqueue_is_idempotent_and_watch_sends_snapshot_sentinel_then_live
     assert child.spec.run_output_base == run.run_output_base
 
 
-async def test_enqueue_under_a_missing_parent_is_not_found(engine, tmp_path):
+async def test_enqueue_under_a_missing_parent_is_not_found(engine):
     run = await _root(engine)
-    request = _child_request(run, "c1", 0, str(tmp_path / "x.pb"))
+    request = _child_request(run, "c1", "/unused/inputs.pb")
     request.parent_action_name = "nope"
     with pytest.raises(ConnectError) as error:
         await QueueServiceClient(engine.url).enqueue_action(request)

@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from engine.controller import ControllerManager, WorkQueue
 from engine.engine import Engine, EngineConfig

@@ -132,7 +132,6 @@ def test_headless_engine_serves_run_and_get_and_refuses_a_second_engine(tmp_path
 
 
 async def test_missing_inputs_fail_only_that_run_with_a_clear_error(engine):
-    from flyteidl2.task import common_pb2
 
     task = load_task(EXAMPLES / "basics.py", "add")
     spec = serialize_task(task, project="proj", domain="dev", root_dir=EXAMPLES)

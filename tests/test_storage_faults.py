@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import sys
 
 import pytest
 from flyteidl2.core import tasks_pb2
@@ -97,10 +96,7 @@ async def test_a_truncated_outputs_file_is_not_a_success(tmp_path):
     engine = Engine(EngineConfig(data_dir=tmp_path, serve=False, requeue_after=0.2, max_system_failures=1))
     await engine.start()
     try:
-        script = 'printf "\\377\\377\\377" > "$OUT/outputs.pb"'
-        spec = _shell_spec(script)
-        spec.task_template.container.env.add(key="OUT", value="{{.outputPrefix}}")
-        spec.task_template.container.args[2] = 'mkdir -p "{{.outputPrefix}}"; printf "\\377\\377\\377" > "{{.outputPrefix}}/outputs.pb"'
+        spec = _shell_spec('mkdir -p "{{.outputPrefix}}"; printf "\\377\\377\\377" > "{{.outputPrefix}}/outputs.pb"')
         run = await engine.runs.create_run(spec)
         result = await engine.runs.wait_for_run(run.run_name, timeout=20)
         assert result.phase == ActionPhase.FAILED

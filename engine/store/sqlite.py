@@ -493,9 +493,6 @@ class SqliteStore(EngineStore):
     async def list(self, selector: dict[str, str | None] | None = None) -> list[TaskAction]:
         return [obj.copy_deep() for obj in self._objects.values() if _matches(obj.metadata.labels, selector)]
 
-    def names(self) -> list[str]:
-        return list(self._objects)
-
     async def create(self, obj: TaskAction) -> TaskAction:
         new = obj.copy_deep()
         return _refresh(obj, await self._submit(lambda batch: self._op_create(batch, new)))
