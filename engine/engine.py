@@ -12,6 +12,7 @@ import logging
 import os
 from pathlib import Path
 
+from engine import pygc
 from engine.connect import ControllerServices
 from engine.controller import ControllerManager
 from engine.gc import DEFAULT_INTERVAL_SECONDS, DEFAULT_TTL_SECONDS, GarbageCollector
@@ -53,6 +54,7 @@ class EngineConfig:
     gc_interval_seconds: float = DEFAULT_INTERVAL_SECONDS  # 0 disables the collector
     use_actions_service: bool = True  # task processes use ActionsService (_U_USE_ACTIONS=1), as Flyte's do
     serve: bool = True  # the local HTTP API (and, later, the SDK's controller services)
+    tune_python_gc: bool = True  # see engine/pygc.py
     host: str = "127.0.0.1"
     port: int = 0
 
@@ -132,6 +134,7 @@ class Engine:
         self._server = None
         self.url: str | None = None
         self.started = False
+        self._gc_tuned = False
 
     def _enqueue(self, name: str) -> None:
         self.manager.queue.add(name)
@@ -153,6 +156,9 @@ class Engine:
             await self._shutdown()
             raise
         self.started = True
+        if self.config.tune_python_gc:
+            pygc.engine_started()
+            self._gc_tuned = True
         log.info("engine started on %s (data dir %s)", self.url or "no API", self.data_dir)
 
     async def _start_server(self) -> str:
@@ -197,6 +203,9 @@ class Engine:
             await plugin.close()
         await self.store.close()
         self._lock.release()
+        if self._gc_tuned:
+            self._gc_tuned = False
+            pygc.engine_stopped()
 
     async def __aenter__(self) -> Engine:
         await self.start()

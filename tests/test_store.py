@@ -135,6 +135,24 @@ async def test_watch_delivers_changes_in_order_and_resumes_from_a_version(store)
     await resumed.aclose()
 
 
+async def test_watch_resume_replays_every_version_even_within_one_batch(store):
+    obj = await store.create(make_task_action())
+    since = store.resource_version
+    # Submitted together, both patches commit in one batch: the first version is never the row's body.
+    await asyncio.gather(store.patch_labels(obj.name, {"x": "1"}), store.patch_labels(obj.name, {"y": "2"}))
+    await store.delete(obj.name)
+
+    resumed = store.watch(since)
+    replayed = [await asyncio.wait_for(resumed.__anext__(), 1) for _ in range(3)]
+    assert [e.type for e in replayed] == ["MODIFIED", "MODIFIED", "DELETED"]
+    assert [e.resource_version for e in replayed] == [since + 1, since + 2, since + 3]
+    first, second, deleted = (e.object.metadata.labels for e in replayed)
+    assert first.get("x") == "1" and "y" not in first
+    assert second.get("x") == "1" and second.get("y") == "2"
+    assert deleted == second and replayed[2].object.metadata.uid == obj.metadata.uid
+    await resumed.aclose()
+
+
 async def test_watch_from_a_version_older_than_history_is_gone(tmp_path):
     s = SqliteStore(tmp_path / "db.sqlite", history_size=3)
     await s.start()
