@@ -2,8 +2,10 @@
 
 A run of N actions (a root and N-1 children) is written to a fresh store; while the console shows the run
 screen, a writer moves ~2,000 actions per second through their phases. Prints the median and p95 of one
-refresh of the run screen (read the run, patch the tree) and of a keypress (cursor down) until the app is
-idle again with the frame repainted.
+refresh of the run screen (read the changed actions, patch the tree) and of a keypress: from the key
+event entering the app (as a terminal would send it) to the first frame the compositor emits with the
+tree's cursor moved. (Pilot's ``press`` waits for the whole process to go idle, which never happens while
+the engine churns, so it cannot measure this.)
 
     python bench/console.py [--actions 10000] [--presses 50]
 """
@@ -24,7 +26,9 @@ sys.path.insert(0, str(ROOT))
 
 from console.app import TaskDeckApp  # noqa: E402
 from console.screens.run import RunScreen  # noqa: E402
+from console.widgets.action_tree import ActionTree  # noqa: E402
 from engine.engine import Engine, EngineConfig  # noqa: E402
+from textual import events  # noqa: E402
 from engine.phases import ActionPhase  # noqa: E402
 from engine.store.base import ActionRecord, ActionStatusUpdate  # noqa: E402
 
@@ -72,19 +76,33 @@ async def measure(n: int, presses: int) -> None:
 
             screen.refresh_view = timed_refresh  # type: ignore[method-assign]
             await app.push_screen(screen)
-            while len(screen.records) < n:
+            while screen.model.action_count < n:
                 await pilot.pause(0.1)
             stop = asyncio.Event()
             writer = asyncio.create_task(churn(engine, n, stop))
             await pilot.pause(1.0)
             refresh_times.clear()
+            tree = screen.query_one(ActionTree)
+            frame = asyncio.Event()
+            target = {"line": -1}
+            display = app._display
+
+            def timed_display(shown_screen, renderable) -> None:
+                display(shown_screen, renderable)
+                if renderable is not None and tree.cursor_line == target["line"]:
+                    frame.set()
+
+            app._display = timed_display  # type: ignore[method-assign]
             latencies = []
+            rng = random.Random(2)
             for _ in range(presses):
+                target["line"] = tree.cursor_line + 1
+                frame.clear()
                 started = time.perf_counter()
-                await pilot.press("down")
-                await pilot.pause()  # the key is handled and the app idle again, frame refreshed
+                app._driver.send_message(events.Key("down", None))  # what a terminal's key press becomes
+                await asyncio.wait_for(frame.wait(), 10)
                 latencies.append(time.perf_counter() - started)
-                await pilot.pause(0.05)
+                await asyncio.sleep(rng.uniform(0.05, 0.3))  # land at random points of the refresh cycle
             stop.set()
             moved = await writer
         await engine.stop() if engine.started else None

@@ -1,4 +1,4 @@
-"""A run that shows off the console: a fan-out, a flaky child that retries, and a child that fails.
+"""A run that shows off the console: a grouped fan-out, a flaky child that retries, and a child that fails.
 
     taskdeck run --tui examples/showcase.py pipeline --n 4
 """
@@ -37,7 +37,8 @@ def validate(total: int) -> int:
 
 @env.task
 async def pipeline(n: int) -> str:
-    squares = await asyncio.gather(*[square.aio(i) for i in range(n)])
+    with flyte.group("squares"):  # one folder in the tree, its status rolled up from its members
+        squares = await asyncio.gather(*[square.aio(i) for i in range(n)])
     status = await flaky.aio(flyte.ctx().action.run_name)
     try:
         await validate.aio(sum(squares))

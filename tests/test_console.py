@@ -8,6 +8,8 @@ from textual.widgets import DataTable, RichLog, Static
 from console.app import TaskDeckApp
 from console.screens.dialogs import ConfirmScreen
 from console.screens.run import RunScreen
+from console.tree_model import group_key
+from console.widgets.action_tree import ActionTree
 from engine.engine import Engine, EngineConfig
 from engine.phases import ActionPhase
 from engine.plugins.core import PhaseInfo
@@ -15,7 +17,11 @@ from helpers import ScriptedPlugin, task_spec
 
 
 def outcome(tctx, index):
-    run = tctx.metadata.run_name
+    run, action = tctx.metadata.run_name, tctx.metadata.action_name
+    if action.startswith("hold"):
+        return PhaseInfo.running()
+    if action.startswith("ok"):
+        return PhaseInfo.success()
     if run.startswith("rfail"):
         return PhaseInfo.failure("ValueError", "boom") if tctx.metadata.attempt == 1 else PhaseInfo.success()
     if run.startswith("rslow"):
@@ -190,3 +196,37 @@ async def test_timeline_draws_each_action_over_the_run(console):
     rows = str(view.render()).splitlines()
     assert len(rows) == 2 and "a0" in rows[1] and ("█" in rows[1] or "▏" in rows[1])
     assert len(rows[1]) <= app.screen.query_one("#tabs").size.width  # fits its pane
+
+
+async def test_run_tree_groups_members_rolls_up_their_status_and_folds_by_keyboard(console):
+    app, pilot, engine = console
+    root = await engine.runs.create_run(task_spec("scripted"), name="rslowgroup")  # the root keeps running
+    for name in ("ok1", "ok2", "hold1"):
+        await engine.runs.create_action(root.run_name, name, "a0", task_spec("scripted"), root.input_uri,
+                                        group="batch")
+    app.open_run(root.run_name)
+    await until(pilot, lambda: isinstance(app.screen, RunScreen))
+    screen = app.screen
+    key = group_key("a0", "batch")
+    await until(pilot, lambda: key in screen.model.nodes and screen.model.nodes[key].counts == {
+        int(ActionPhase.SUCCEEDED): 2, int(ActionPhase.RUNNING): 1})
+    group = screen.model.nodes[key]
+    assert group.phase == ActionPhase.RUNNING and group.expanded
+    assert [k for k, _ in screen.model.lines] == ["a0", key, "ok1", "ok2", "hold1"]
+
+    tree = screen.query_one(ActionTree)
+    await pilot.press("down")
+    assert tree.cursor_key == key
+    detail = screen.query_one("#detail", Static)
+    await until(pilot, lambda: "members 3" in str(detail.render()))
+    await pilot.press("space")  # fold the group by hand
+    assert [k for k, _ in screen.model.lines] == ["a0", key]
+    await pilot.press("space", "down", "down", "down")  # open it again and walk to hold1
+    assert tree.cursor_key == "hold1"
+    await pilot.press("left")  # a leaf: left goes to its parent, the group
+    assert tree.cursor_key == key
+
+    await engine.runs.abort_action(root.run_name, "hold1")
+    await until(pilot, lambda: group.phase == ActionPhase.ABORTED)  # all done: the worst outcome shows
+    assert group.expanded  # not all succeeded: it stays open
+    await until(pilot, lambda: "ABORTED" in str(detail.render()))

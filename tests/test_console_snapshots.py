@@ -21,6 +21,7 @@ ROWS = [
     # run, action, parent, task, phase, attempts, offset, duration ms, error
     ("rpipeline000000000001", "a0", None, "showcase.pipeline", ActionPhase.SUCCEEDED, 1, 0, 4400, None),
     ("rpipeline000000000001", "n1", "a0", "showcase.square", ActionPhase.SUCCEEDED, 1, 1, 1400, None),
+    ("rpipeline000000000001", "n4", "a0", "showcase.square", ActionPhase.SUCCEEDED, 1, 1.5, 1300, None),
     ("rpipeline000000000001", "n2", "a0", "showcase.flaky", ActionPhase.SUCCEEDED, 2, 2, 1200, None),
     ("rpipeline000000000001", "n3", "a0", "showcase.validate", ActionPhase.FAILED, 1, 3, 500,
      ("USER", "ValueError", "total 14 is even: validation rejects it")),
@@ -30,6 +31,7 @@ ROWS = [
     ("rtimedout00000000004", "a0", None, "basics.add", ActionPhase.TIMED_OUT, 2, 30, 600,
      ("USER", "TaskTimeout", "the attempt ran longer than its timeout of 0.3s")),
 ]
+GROUPS = {"n1": "squares", "n4": "squares"}  # the pipeline's fan-out, in one group
 
 
 def _fixture_db(path: Path) -> None:
@@ -41,7 +43,8 @@ def _fixture_db(path: Path) -> None:
                                   parent_action_name=parent, phase=int(phase), task_name=task,
                                   short_name=task.split(".")[-1], task_type="python", created_at=T0 + offset,
                                   updated_at=T0 + offset, ended_at=T0 + offset + duration / 1000,
-                                  duration_ms=duration, attempts=attempts)
+                                  duration_ms=duration, attempts=attempts,
+                                  action_group=GROUPS.get(action, "") if parent else "")
             if error:
                 record.error_kind, record.error_code, record.error_message = error
             await store.create_run_action(record, None, None)

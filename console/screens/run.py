@@ -13,10 +13,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, RichLog, Static, TabbedContent, TabPane, Tree
-from textual.widgets.tree import TreeNode
+from textual.widgets import Footer, RichLog, Static, TabbedContent, TabPane
 
 from console.screens.dialogs import InputScreen
+from console.tree_model import ActionTreeModel
+from console.widgets.action_tree import ActionTree
 from console.state import PHASE_STYLE, REFRESH_HZ, duration_text, first_error_line, phase_markup
 from engine.events import decode_event
 from engine.model import task_action_name
@@ -65,10 +66,7 @@ class RunScreen(Screen):
     def __init__(self, run_name: str):
         super().__init__()
         self.run_name = run_name
-        self.records: dict[str, ActionRecord] = {}
-        self.nodes: dict[str, TreeNode] = {}
-        self.labels: dict[str, str] = {}
-        self.signatures: dict[str, tuple] = {}
+        self.model = ActionTreeModel()
         self.selected: str = "a0"
         self.viewing_attempt: dict[str, int] = {}
         self._refreshing = False
@@ -84,9 +82,7 @@ class RunScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Static(id="run-title")
         with Horizontal():
-            tree: Tree = Tree(self.run_name, id="tree")
-            tree.show_root = False
-            yield tree
+            yield ActionTree(self.model, self._label, id="tree")
             with TabbedContent(id="tabs", initial="details"):
                 with TabPane("Details", id="details"):
                     with VerticalScroll():
@@ -107,7 +103,7 @@ class RunScreen(Screen):
         self.set_interval(LOG_POLL_SECONDS, self.follow_log)
         self.set_interval(1.0, self.refresh_timeline)
         self.call_later(self.refresh_view)
-        self.query_one(Tree).focus()
+        self.query_one(ActionTree).focus()
 
     def on_unmount(self) -> None:
         self._unsubscribe()
@@ -120,7 +116,16 @@ class RunScreen(Screen):
                     self._dirty.add(key[3])
 
     # ------------------------------------------------------------------ tree
-    def _label(self, record: ActionRecord) -> str:
+    @property
+    def records(self) -> dict[str, ActionRecord]:
+        return self.model.records
+
+    def _label(self, key: str) -> Text:
+        """One tree line's label, made only when the line is on screen and has changed."""
+        node = self.model.nodes[key]
+        if node.record is None:
+            return Text.from_markup(self.app.themed(self._group_markup(node)))
+        record = node.record
         name = escape(record.short_name or record.task_name or record.name)
         parts = [phase_markup(record.phase, self.app.ascii_only, with_name=False), f"[b]{name}[/]"]
         if record.name != "a0":
@@ -134,12 +139,23 @@ class RunScreen(Screen):
         cache = cache_status_name(record.cache_status)
         if cache == "CACHE_HIT":
             parts.append("[$success]$[/]")
+        elif cache in ("CACHE_MISS", "CACHE_POPULATED"):
+            parts.append("[dim]~[/]")
         if ActionPhase(record.phase).is_terminal:  # live elapsed time is in the title and the details
             parts.append(f"[dim]{duration_text(record)}[/]")
         error = first_error_line(record)
         if error:
             parts.append(f"[$error]{escape(error[:60])}[/]")
-        return self.app.themed(" ".join(parts))
+        return Text.from_markup(self.app.themed(" ".join(parts)))
+
+    def _group_markup(self, node) -> str:
+        """A group: its rolled-up phase, name, member count and members per phase."""
+        ascii_only = self.app.ascii_only
+        total = sum(node.counts.values())
+        per_phase = "  ".join(f"{phase_markup(p, ascii_only, with_name=False)} {n}"
+                              for p, n in sorted(node.counts.items()))
+        return (f"{phase_markup(node.phase, ascii_only, with_name=False)} [b]{escape(node.group)}[/] "
+                f"[dim](group)[/] \\[{total}]  {per_phase}")
 
     async def refresh_view(self) -> None:
         if self._refreshing or not self.app.engine.started:
@@ -147,81 +163,54 @@ class RunScreen(Screen):
         self._refreshing = True
         try:
             dirty, self._dirty = self._dirty, set()
-            root = self.records.get("a0")
+            root = self.model.record("a0")
             if not self._loaded or root is None or len(dirty) > FULL_RELOAD_AFTER:
                 records = await self.app.engine.runs.list_actions(self.run_name)
                 self._loaded = True
             elif dirty:
-                changed = await self.app.engine.store.get_actions(root.project, root.domain, self.run_name,
+                records = await self.app.engine.store.get_actions(root.project, root.domain, self.run_name,
                                                                    sorted(dirty))
-                records = list({**self.records, **{r.name: r for r in changed}}.values())
             else:
-                records = list(self.records.values())
-            self._render_tree(records)
-            await self._render_detail()
+                records = []
+            changes = self.model.apply(records)
+            self.query_one(ActionTree).apply(changes)
+            if records:
+                self._render_title()
+            if self.selected in changes.keys or any(r.name == self.selected for r in records):
+                await self._render_detail()
         except LookupError:
             self.query_one("#run-title", Static).update(f"run {escape(self.run_name)} not found")
         finally:
             self._refreshing = False
 
-    def _render_tree(self, records: list[ActionRecord]) -> None:
-        tree = self.query_one(Tree)
-        self.records = {r.name: r for r in records}
-        pending = [r for r in records if r.name not in self.nodes]
-        progress = True
-        while pending and progress:  # parents before children, whatever the listing order
-            progress = False
-            for record in list(pending):
-                parent = tree.root if record.parent_action_name is None else self.nodes.get(record.parent_action_name)
-                if parent is None:
-                    continue
-                label = self._label(record)
-                node = parent.add(label, data=record.name, expand=True, allow_expand=False)
-                parent.allow_expand = parent is not tree.root
-                self.nodes[record.name] = node
-                self.labels[record.name] = label
-                pending.remove(record)
-                progress = True
-        for record in records:  # relabel only what a viewer would see change
-            signature = (record.phase, record.attempts, record.duration_ms, record.error_code, record.cache_status)
-            if self.signatures.get(record.name) == signature:
-                continue
-            self.signatures[record.name] = signature
-            label = self._label(record)
-            if self.labels.get(record.name) != label:
-                self.nodes[record.name].set_label(label)
-                self.labels[record.name] = label
-        for name, node in self.nodes.items():  # finished subtrees fold; live ones stay open
-            if node.children:
-                record = self.records.get(name)
-                done = record is not None and ActionPhase(record.phase) == ActionPhase.SUCCEEDED
-                if done and node.is_expanded and name != "a0" and not getattr(node, "_user_toggled", False):
-                    node.collapse()
-        root = self.records.get("a0")
-        if root is not None:
-            counts: dict[ActionPhase, int] = {}
-            for record in records:
-                counts[ActionPhase(record.phase)] = counts.get(ActionPhase(record.phase), 0) + 1
-            summary = "  ".join(f"{phase_markup(p, self.app.ascii_only, with_name=False)} {n}"
-                                for p, n in sorted(counts.items()))
-            self.query_one("#run-title", Static).update(
-                f"[b]{self.run_name}[/]  {escape(root.task_name or '')}  {phase_markup(root.phase, self.app.ascii_only)}"
-                f"  {duration_text(root)}   actions {len(records)}: {summary}")
+    def _render_title(self) -> None:
+        root = self.model.record("a0")
+        if root is None:
+            return
+        ascii_only = self.app.ascii_only
+        summary = "  ".join(f"{phase_markup(p, ascii_only, with_name=False)} {n}"
+                            for p, n in sorted(self.model.phase_counts.items()))
+        self.query_one("#run-title", Static).update(
+            f"[b]{self.run_name}[/]  {escape(root.task_name or '')}  {phase_markup(root.phase, ascii_only)}"
+            f"  {duration_text(root)}   actions {self.model.action_count}: {summary}")
 
-    def on_tree_node_highlighted(self, event: Tree.NodeHighlighted) -> None:
-        if event.node.data:
-            self.selected = event.node.data
-            self.call_later(self._render_detail)
-            self._log_source = None
+    def on_action_tree_highlighted(self, event: ActionTree.Highlighted) -> None:
+        self.selected = event.key
+        self._log_source = None
+        self.call_later(self._render_detail)
 
     # ------------------------------------------------------------------ details
     def _attempt(self, record: ActionRecord) -> int:
         return self.viewing_attempt.get(record.name, record.attempts or 1)
 
     async def _render_detail(self) -> None:
-        record = self.records.get(self.selected)
-        if record is None:
+        node = self.model.nodes.get(self.selected)
+        if node is None:
             return
+        if node.record is None:
+            self._render_group_detail(node)
+            return
+        record = node.record
         engine = self.app.engine
         attempt = self._attempt(record)
         obj = engine.store.peek(task_action_name(record.run_name, record.name))
@@ -236,7 +225,7 @@ class RunScreen(Screen):
             f"cache {cache_status_name(record.cache_status)}",
         ]
         if record.error_message or record.error_code:
-            lines.append(f"[$error]error      [{escape(record.error_kind or '-')}] {escape(record.error_code or '')}: "
+            lines.append(f"[$error]error      \\[{escape(record.error_kind or '-')}] {escape(record.error_code or '')}: "
                          f"{escape(record.error_message or '')}[/]")
         if obj is not None:
             status = obj.status
@@ -275,10 +264,24 @@ class RunScreen(Screen):
                                f"[dim]{_time(e.updated_time)}[/]{error}  [dim]{escape(reasons[:80])}[/]")
         self.query_one("#event-list", Static).update("\n".join(event_lines) or "[dim]no events[/]")
 
+    def _render_group_detail(self, node) -> None:
+        ascii_only = self.app.ascii_only
+        members = [self.model.record(key) for key in node.children]
+        lines = [f"[b]{escape(node.group)}[/] (group)  {phase_markup(node.phase, ascii_only)}",
+                 f"parent     {self.run_name}/{node.parent}   members {len(members)}", ""]
+        for phase, count in sorted(node.counts.items()):
+            lines.append(f"  {phase_markup(phase, ascii_only)}  {count}")
+        failed = [r for r in members if r is not None and first_error_line(r)]
+        if failed:
+            lines += ["", "[b]failures[/]"]
+            lines += [f"  {r.name}  [$error]{escape(first_error_line(r))}[/]" for r in failed[:20]]
+        self.query_one("#detail", Static).update("\n".join(lines))
+        self.query_one("#event-list", Static).update("[dim]a group has no events of its own[/]")
+
     # ------------------------------------------------------------------ logs
     def follow_log(self) -> None:
         """Append what the selected attempt's log gained since the last poll."""
-        record = self.records.get(self.selected)
+        record = self.model.record(self.selected)
         if record is None:
             return
         log = self.query_one(RichLog)
@@ -336,9 +339,10 @@ class RunScreen(Screen):
 
     async def refresh_timeline(self) -> None:
         """Each action's phase transitions (from its events) as a bar over the run's time span."""
-        if self.query_one(TabbedContent).active != "timeline" or not self.records:
+        all_records = self.model.records
+        if self.query_one(TabbedContent).active != "timeline" or not all_records:
             return
-        records = sorted(self.records.values(), key=lambda r: (r.created_at, r.name))[:TIMELINE_ROWS]
+        records = sorted(all_records.values(), key=lambda r: (r.created_at, r.name))[:TIMELINE_ROWS]
         now = time.time()
         start = min(r.created_at for r in records)
         end = max(max((r.ended_at or now) for r in records), start + 0.001)
@@ -360,12 +364,12 @@ class RunScreen(Screen):
                     bar[i] = f"[{style}]{glyph if i == first or glyph == '█' else ' '}[/]"
             name = escape((record.short_name or record.name)[:14])
             lines.append(f"{name:<14} {record.name[:11]:<11} {''.join(bar)}")
-        if len(self.records) > TIMELINE_ROWS:
-            lines.append(f"[dim]… the first {TIMELINE_ROWS} of {len(self.records)} actions, by start time[/]")
+        if len(all_records) > TIMELINE_ROWS:
+            lines.append(f"[dim]… the first {TIMELINE_ROWS} of {len(all_records)} actions, by start time[/]")
         self.query_one("#timeline-view", Static).update("\n".join(lines))
 
     def action_attempt(self, step: int) -> None:
-        record = self.records.get(self.selected)
+        record = self.model.record(self.selected)
         if record is None:
             return
         attempt = min(max(self._attempt(record) + step, 1), record.attempts or 1)
@@ -432,7 +436,7 @@ class RunScreen(Screen):
         self.app.retry(self.run_name, self.selected)
 
     def action_signal(self) -> None:
-        record = self.records.get(self.selected)
+        record = self.model.record(self.selected)
         if record is None or record.action_type != ACTION_TYPE_CONDITION:
             self.notify("select a condition (a paused action) to signal it", severity="warning")
             return
