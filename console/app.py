@@ -12,6 +12,7 @@ from textual.app import App
 from textual.binding import Binding
 from textual.color import Color
 
+from console.commands import JumpCommands
 from console.screens.dialogs import ConfirmScreen, HelpScreen, InputScreen
 from console.screens.run import RunScreen
 from console.screens.runs import RunsScreen
@@ -30,6 +31,7 @@ class TaskDeckApp(App):
     #tabs { width: 1fr; }
     #detail, #event-list { padding: 0 1; }
     """
+    COMMANDS = App.COMMANDS | {JumpCommands}
     BINDINGS = [
         Binding("q", "quit", "Quit"),
         Binding("question_mark", "help", "Keys", key_display="?"),
@@ -87,22 +89,47 @@ class TaskDeckApp(App):
             self._palette_cache = (self.theme, resolved)
         return self._palette_cache[1]
 
-    def open_run(self, run_name: str) -> None:
-        self.push_screen(RunScreen(run_name))
+    def open_run(self, run_name: str, action: str | None = None) -> None:
+        """Show a run (the one already open stays, no second copy), optionally with an action selected."""
+        screen = self.screen
+        if isinstance(screen, RunScreen) and screen.run_name == run_name:
+            if action:
+                screen.select_action(action)
+            return
+        self.push_screen(RunScreen(run_name, select=action))
 
     def action_help(self) -> None:
+        """The keys of the focused widget, then its screen's, then the app's: what works right here."""
         screen = self.screen
-        rows = [(b.key_display or b.key, b.description) for b in screen.BINDINGS if isinstance(b, Binding)
-                and screen.check_action(b.action, ()) is not False]
-        rows += [(b.key_display or b.key, b.description) for b in self.BINDINGS]
+        rows: list[tuple[str, str, str]] = []
+        seen: set[str] = set()
+        focused = screen.focused
+        # Our own widgets' keys (the tree's folding); Textual's built-in cursor keys would only crowd the list.
+        sources = [focused] if focused is not None and type(focused).__module__.startswith("console.") else []
+        sources += [screen, self]
+        for node in sources:
+            for binding in getattr(node, "BINDINGS", []):
+                if not isinstance(binding, Binding) or binding.key in seen:
+                    continue
+                if node.check_action(binding.action, ()) is False:  # e.g. hidden by --read-only
+                    continue
+                seen.add(binding.key)
+                rows.append((binding.key_display or binding.key, binding.description, binding.tooltip or ""))
         self.push_screen(HelpScreen(f"Keys: {type(screen).__name__.replace('Screen', '').lower()} view", rows))
 
     def action_jump(self) -> None:
-        def jump(value: str | None) -> None:
-            if value:
-                self.open_run(value.strip().split("/")[0])
+        async def jump(value: str | None) -> None:
+            run, _, action = (value or "").strip().partition("/")
+            if not run:
+                return
+            try:
+                await self.engine.runs.get_run(run)
+            except LookupError as exc:
+                self.notify(str(exc), severity="error")
+                return
+            self.open_run(run, action or None)
 
-        self.push_screen(InputScreen("Jump to a run (RUN or RUN/ACTION):", "r…"), jump)
+        self.push_screen(InputScreen("Jump to a run or an action (RUN or RUN/ACTION):", "r…/a0"), jump)
 
     # ------------------------------------------------------------------ engine actions
     def confirm_abort(self, run_name: str, action_name: str) -> None:

@@ -72,6 +72,34 @@ async def test_filter_and_failed_only_toggle(console):
     await until(pilot, lambda: len(visible_runs(app)) == 3)
 
 
+async def test_filter_fields_and_sort_keep_the_cursor_on_its_run(console):
+    app, pilot, engine = console
+    for name in ("rfail5", "rokay5", "rokay6"):
+        await engine.runs.wait_for_run((await engine.runs.create_run(task_spec("scripted"), name=name)).run_name,
+                                       timeout=10)
+    await until(pilot, lambda: visible_runs(app) == {"rfail5", "rokay5", "rokay6"})
+    await pilot.press("slash", *"phase:succ", "enter")
+    await until(pilot, lambda: visible_runs(app) == {"rokay5", "rokay6"})
+    await pilot.press("escape")
+    await pilot.press("slash", *"phase:bogus", "enter")
+    counters = app.screen.query_one("#counters", Static)
+    await until(pilot, lambda: "no phase 'bogus'" in str(counters.render()))
+    assert len(visible_runs(app)) == 3  # the bad term is ignored, nothing is lost
+    await pilot.press("escape")
+
+    screen = app.screen
+    t = table(app)
+    t.move_cursor(row=t.get_row_index("rokay5"), animate=False)
+    order = lambda: [t.coordinate_to_cell_key((i, 0)).row_key.value for i in range(t.row_count)]  # noqa: E731
+    while screen.sort_key != "run":
+        await pilot.press("s")
+    assert order() == ["rfail5", "rokay5", "rokay6"] and "RUN ▲" in str(t.columns["run"].label)
+    assert screen.selected_run == "rokay5"
+    await pilot.press("S")
+    assert order() == ["rokay6", "rokay5", "rfail5"] and "RUN ▼" in str(t.columns["run"].label)
+    assert screen.selected_run == "rokay5"  # the cursor followed its run
+
+
 async def test_abort_asks_for_confirmation_naming_the_run(console):
     app, pilot, engine = console
     await engine.runs.create_run(task_spec("scripted"), name="rslow1")
@@ -230,3 +258,67 @@ async def test_run_tree_groups_members_rolls_up_their_status_and_folds_by_keyboa
     await until(pilot, lambda: group.phase == ActionPhase.ABORTED)  # all done: the worst outcome shows
     assert group.expanded  # not all succeeded: it stays open
     await until(pilot, lambda: "ABORTED" in str(detail.render()))
+
+
+async def test_jump_opens_a_run_with_the_action_selected_and_refuses_unknown_runs(console):
+    app, pilot, engine = console
+    root = await engine.runs.create_run(task_spec("scripted"), name="rslowjump")
+    for name in ("ok7", "ok8"):
+        await engine.runs.create_action(root.run_name, name, "a0", task_spec("scripted"), root.input_uri)
+    await pilot.press("colon", *"rnosuchrun", "enter")
+    await until(pilot, lambda: any("not found" in n.message for n in app._notifications))
+    assert not isinstance(app.screen, RunScreen)  # nothing opened, the console goes on
+
+    await pilot.press("colon", *"rslowjump/ok8", "enter")
+    await until(pilot, lambda: isinstance(app.screen, RunScreen))
+    tree = app.screen.query_one(ActionTree)
+    await until(pilot, lambda: tree.cursor_key == "ok8")
+    detail = app.screen.query_one("#detail", Static)
+    await until(pilot, lambda: "rslowjump/ok8" in str(detail.render()))
+
+
+async def test_command_palette_jumps_to_a_run(console):
+    app, pilot, engine = console
+    await engine.runs.create_run(task_spec("scripted"), name="rslowpalette")
+    await engine.runs.create_run(task_spec("scripted"), name="rokaypalette")
+    await until(pilot, lambda: {"rslowpalette", "rokaypalette"} <= visible_runs(app))
+    await pilot.press("ctrl+p")
+    await pilot.press(*"slowpal")
+    await pilot.pause(0.5)  # the palette searches in the background
+    await pilot.press("enter")
+    await until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.run_name == "rslowpalette")
+
+
+async def test_help_lists_the_focused_widgets_keys_with_their_hints(console):
+    app, pilot, engine = console
+    await pilot.press("question_mark")
+    text = str(app.screen.query_one(Static).render())
+    assert "Filter" in text and "phase:failed" in text  # the filter's hint is its syntax
+    assert "Sort" in text and "Retry" in text
+    await pilot.press("escape")
+    root = await engine.runs.create_run(task_spec("scripted"), name="rslowhelp")
+    app.open_run(root.run_name)
+    await until(pilot, lambda: isinstance(app.screen, RunScreen))
+    await pilot.press("question_mark")
+    text = str(app.screen.query_one(Static).render())
+    assert "Fold/unfold" in text and "Fold / parent" in text  # the focused tree's own keys
+    assert "Timeline" in text and "Prev attempt" in text
+
+
+async def test_switching_theme_recolours_phases_from_the_theme(console):
+    app, pilot, engine = console
+    root = await engine.runs.create_run(task_spec("scripted"), name="rslowtheme")
+    await engine.runs.create_action(root.run_name, "ok9", "a0", task_spec("scripted"), root.input_uri)
+    app.open_run(root.run_name)
+    await until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.query(ActionTree))
+    tree = app.screen.query_one(ActionTree)
+
+    def glyph_colour() -> str:  # line 1: the succeeded child, not under the cursor
+        segment = next(seg for seg in tree.render_line(1) if "✓" in seg.text)
+        return segment.style.color.triplet.hex
+
+    await until(pilot, lambda: any("✓" in seg.text for seg in tree.render_line(1)))
+    for theme in ("textual-dark", "textual-light", "nord"):
+        app.theme = theme
+        await pilot.pause(0.1)
+        assert glyph_colour() == app.get_css_variables()["success"].lower()[:7]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.markup import escape
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Input, Static
 
@@ -65,20 +65,21 @@ class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,question_mark,q", "close", "Close")]
     DEFAULT_CSS = """
     HelpScreen { align: center middle; }
-    HelpScreen > Vertical { width: 64; height: auto; max-height: 90%; border: thick $accent;
-                            background: $surface; padding: 1 2; }
+    HelpScreen > VerticalScroll { width: 96; height: auto; max-height: 90%; border: thick $accent;
+                                  background: $surface; padding: 1 2; }
     """
 
-    def __init__(self, title: str, bindings: list[tuple[str, str]]):
+    def __init__(self, title: str, bindings: list[tuple[str, str, str]]):
         super().__init__()
         self.title_text = title
         self.rows = bindings
 
     def compose(self) -> ComposeResult:
         lines = [f"[b]{escape(self.title_text)}[/]", ""]
-        lines += [f"  [b]{escape(key):<12}[/] {escape(description)}" for key, description in self.rows]
+        lines += [f"  [b]{escape(key):<12}[/] {escape(description):<16} [dim]{escape(tooltip)}[/]".rstrip()
+                  for key, description, tooltip in self.rows]
         lines += ["", "[dim]esc closes[/]"]
-        with Vertical():
+        with VerticalScroll():
             yield Static("\n".join(lines))
 
     def action_close(self) -> None:

@@ -51,21 +51,25 @@ class RunScreen(Screen):
         Binding("g", "show_tab('timeline')", "Timeline"),
         Binding("left_square_bracket", "attempt(-1)", "Prev attempt", key_display="["),
         Binding("right_square_bracket", "attempt(1)", "Next attempt", key_display="]"),
-        Binding("r", "retry", "Retry"),
-        Binding("ctrl+d", "abort", "Abort"),
-        Binding("s", "signal", "Signal"),
+        Binding("r", "retry", "Retry",
+                tooltip="Re-run the selected failed action (a parent re-runs its failed children)"),
+        Binding("ctrl+d", "abort", "Abort", tooltip="Abort the selected action and its subtree (asks first)"),
+        Binding("s", "signal", "Signal", tooltip="Answer the selected condition (bool, int, float or str)"),
         Binding("c", "copy_id", "Copy id"),
-        Binding("ctrl+r", "abort_run", "Abort run", show=False),
-        Binding("slash", "search_log", "Search log", key_display="/"),
+        Binding("ctrl+r", "abort_run", "Abort run", show=False, tooltip="Abort the whole run (asks first)"),
+        Binding("slash", "search_log", "Search log", key_display="/",
+                tooltip="Highlight matches in the log; n for the next"),
         Binding("n", "next_match", "Next match", show=False),
         Binding("w", "toggle_wrap", "Wrap", show=False),
-        Binding("t", "toggle_timestamps", "Timestamps", show=False),
-        Binding("ctrl+s", "save_log", "Save log", show=False),
+        Binding("t", "toggle_timestamps", "Timestamps", show=False, tooltip="Show when each log line arrived"),
+        Binding("ctrl+s", "save_log", "Save log", show=False,
+                tooltip="Write the shown log to RUN-ACTION-ATTEMPT.log here"),
     ]
 
-    def __init__(self, run_name: str):
+    def __init__(self, run_name: str, select: str | None = None):
         super().__init__()
         self.run_name = run_name
+        self._select = select  # an action to select once the run is loaded
         self.model = ActionTreeModel()
         self.selected: str = "a0"
         self.viewing_attempt: dict[str, int] = {}
@@ -174,6 +178,9 @@ class RunScreen(Screen):
                 records = []
             changes = self.model.apply(records)
             self.query_one(ActionTree).apply(changes)
+            if self._select is not None and self._loaded:
+                self.select_action(self._select)
+                self._select = None
             if records:
                 self._render_title()
             if self.selected in changes.keys or any(r.name == self.selected for r in records):
@@ -193,6 +200,10 @@ class RunScreen(Screen):
         self.query_one("#run-title", Static).update(
             f"[b]{self.run_name}[/]  {escape(root.task_name or '')}  {phase_markup(root.phase, ascii_only)}"
             f"  {duration_text(root)}   actions {self.model.action_count}: {summary}")
+
+    def select_action(self, name: str) -> None:
+        if not self.query_one(ActionTree).select(name):
+            self.notify(f"run {self.run_name} has no action {name!r}", severity="warning")
 
     def on_action_tree_highlighted(self, event: ActionTree.Highlighted) -> None:
         self.selected = event.key

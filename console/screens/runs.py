@@ -3,26 +3,33 @@
 from __future__ import annotations
 
 from rich.markup import escape
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
+from console.runs_query import SORT_KEYS, RunQuery, next_sort_key
 from console.state import REFRESH_HZ, duration_text, first_error_line, phase_markup, started_text
 from engine.phases import ActionPhase
 from engine.store.base import ActionRecord
 
-COLUMNS = ("run", "task", "phase", "started", "duration", "attempts", "error")
-FAILED_PHASES = {ActionPhase.FAILED, ActionPhase.TIMED_OUT, ActionPhase.ABORTED}
+# Fixed widths for the live columns: a narrowing update_width=True cell re-measures the whole column.
+COLUMNS = (("run", 22), ("task", 28), ("phase", 14), ("started", 15), ("duration", 9), ("attempts", 8),
+           ("error", 60))
+COLUMN_KEYS = tuple(key for key, _ in COLUMNS)
 
 
 class RunsScreen(Screen):
     BINDINGS = [
         Binding("enter", "open_run", "Open", tooltip="Show the run's action tree, details and logs"),
-        Binding("slash", "filter", "Filter", key_display="/"),
+        Binding("slash", "filter", "Filter", key_display="/",
+                tooltip="phase:failed task:name project:p/d domain:d, or any text"),
         Binding("f", "toggle_failed", "Failed only"),
-        Binding("r", "retry", "Retry"),
-        Binding("ctrl+d", "abort", "Abort"),
+        Binding("s", "cycle_sort", "Sort", tooltip="Sort by started, duration, phase, task, attempts, run"),
+        Binding("S", "reverse_sort", "Reverse sort", key_display="S", show=False),
+        Binding("r", "retry", "Retry", tooltip="Re-run a failed, aborted or timed-out run as a new attempt"),
+        Binding("ctrl+d", "abort", "Abort", tooltip="Abort the selected run and all its actions (asks first)"),
         Binding("c", "copy_id", "Copy id"),
         Binding("escape", "clear_filter", "Clear filter", show=False),
     ]
@@ -33,33 +40,31 @@ class RunsScreen(Screen):
         self.records: dict[str, ActionRecord] = {}
         self.filter_text = ""
         self.failed_only = False
+        self.run_query = RunQuery()
+        self.sort_key = "started"
+        self.sort_reverse = SORT_KEYS["started"][2]
         self._refreshing = False
 
     def compose(self) -> ComposeResult:
         yield Static(id="counters")
-        yield Input(placeholder="filter: run, task, phase, project/domain, error text", id="filter")
+        yield Input(placeholder="filter: phase:failed,running  task:square  project:demo/development  any text",
+                    id="filter")
         table = DataTable(id="runs", cursor_type="row", zebra_stripes=True)
         yield table
         yield Footer()
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        for column in COLUMNS:
-            table.add_column(column.upper(), key=column)
+        for column, width in COLUMNS:
+            table.add_column(column.upper(), key=column, width=width)
+        self._show_sort()
         self.query_one("#filter").display = False
         self.set_interval(1 / REFRESH_HZ, self.refresh_rows)
         self.call_later(self.refresh_rows)
         table.focus()
 
     def _matches(self, record: ActionRecord) -> bool:
-        if self.failed_only and ActionPhase(record.phase) not in FAILED_PHASES:
-            return False
-        if not self.filter_text:
-            return True
-        haystack = " ".join(str(x) for x in (
-            record.run_name, record.task_name, record.short_name, ActionPhase(record.phase).name,
-            f"{record.project}/{record.domain}", record.error_message, record.error_code)).lower()
-        return all(term in haystack for term in self.filter_text.lower().split())
+        return self.run_query.matches(record)
 
     def _row(self, record: ActionRecord) -> tuple:
         return (record.run_name, escape(record.task_name or record.short_name or "-"),
@@ -86,20 +91,22 @@ class RunsScreen(Screen):
         for name in [n for n in self.rows if n not in wanted]:
             table.remove_row(name)
             del self.rows[name]
-        added = False
+        resort = False
+        sort_column = SORT_KEYS[self.sort_key][0]
         for name, record in wanted.items():
             row = self._row(record)
             old = self.rows.get(name)
             if old is None:
                 table.add_row(*row, key=name)
-                added = True
+                resort = True
             elif old != row:
-                for column, before, after in zip(COLUMNS, old, row):
+                for column, before, after in zip(COLUMN_KEYS, old, row):
                     if before != after:
-                        table.update_cell(name, column, after, update_width=True)
+                        table.update_cell(name, column, after)
+                        resort = resort or column == sort_column
             self.rows[name] = row
-        if added:
-            table.sort("started", reverse=True)
+        if resort:
+            self._sort()
         if selected in self.rows:  # the cursor stays on the same run when rows change or re-sort
             index = table.get_row_index(selected)
             if index != table.cursor_row:
@@ -113,7 +120,9 @@ class RunsScreen(Screen):
         if self.failed_only:
             parts.append("[b $warning]failed only[/]")
         if self.filter_text:
-            parts.append(f"filter: [b]{escape(self.filter_text)}[/]")
+            parts.append(f"filter: [b]{escape(self.filter_text)}[/] ({len(wanted)} shown)")
+        if self.run_query.errors:
+            parts.append(f"[b $error]{escape('; '.join(self.run_query.errors))}[/] (ignored)")
         if self.app.engine.store.storage_error:
             parts.append(f"[b $error]storage unavailable: {escape(self.app.engine.store.storage_error)}[/]")
         self.query_one("#counters", Static).update("   ".join(parts))
@@ -142,7 +151,7 @@ class RunsScreen(Screen):
 
     def on_input_changed(self, event: Input.Changed) -> None:
         self.filter_text = event.value.strip()
-        self.call_later(self.refresh_rows)
+        self._requery()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.query_one(DataTable).focus()
@@ -153,11 +162,53 @@ class RunsScreen(Screen):
         box.display = False
         self.filter_text = ""
         self.query_one(DataTable).focus()
-        self.call_later(self.refresh_rows)
+        self._requery()
 
     def action_toggle_failed(self) -> None:
         self.failed_only = not self.failed_only
+        self._requery()
+
+    def _requery(self) -> None:
+        self.run_query = RunQuery.parse(self.filter_text, self.failed_only)
         self.call_later(self.refresh_rows)
+
+    # ------------------------------------------------------------------ sorting
+    def action_cycle_sort(self) -> None:
+        self.sort_key = next_sort_key(self.sort_key)
+        self.sort_reverse = SORT_KEYS[self.sort_key][2]
+        self._sort()
+
+    def action_reverse_sort(self) -> None:
+        self.sort_reverse = not self.sort_reverse
+        self._sort()
+
+    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
+        key = event.column_key.value
+        if key in SORT_KEYS:
+            if key == self.sort_key:
+                self.sort_reverse = not self.sort_reverse
+            else:
+                self.sort_key, self.sort_reverse = key, SORT_KEYS[key][2]
+            self._sort()
+
+    def _sort(self) -> None:
+        """Re-sort by the current key; the cursor stays on its run (sort alone would not keep it)."""
+        table = self.query_one(DataTable)
+        selected = self.selected_run
+        value = SORT_KEYS[self.sort_key][1]
+        records = self.records
+        table.sort("run", key=lambda run: (value(records[run]), run) if run in records else (0, run),
+                   reverse=self.sort_reverse)
+        self._show_sort()
+        if selected in self.rows:
+            table.move_cursor(row=table.get_row_index(selected), animate=False)
+
+    def _show_sort(self) -> None:
+        table = self.query_one(DataTable)
+        for key, _ in COLUMNS:
+            arrow = (" ▼" if self.sort_reverse else " ▲") if key == self.sort_key else ""
+            table.columns[key].label = Text(key.upper() + arrow)
+        table.refresh()
 
     def action_copy_id(self) -> None:
         run = self.selected_run

@@ -34,16 +34,16 @@ class ActionTree(ScrollView, can_focus=True):
     """
     COMPONENT_CLASSES = {"action-tree--guides", "action-tree--cursor"}
     BINDINGS = [
-        Binding("up,k", "cursor(-1)", "Up", show=False),
-        Binding("down,j", "cursor(1)", "Down", show=False),
+        Binding("up,k", "cursor(-1)", "Up", key_display="↑ k", show=False),
+        Binding("down,j", "cursor(1)", "Down", key_display="↓ j", show=False),
         Binding("pageup", "page(-1)", "Page up", show=False),
         Binding("pagedown", "page(1)", "Page down", show=False),
         Binding("home", "cursor_to(0)", "First", show=False),
         Binding("end", "cursor_to(-1)", "Last", show=False),
         Binding("space", "toggle", "Fold/unfold", key_display="space",
                 tooltip="Open or fold the selected node's children"),
-        Binding("right", "set_expanded(True)", "Open", show=False),
-        Binding("left", "fold_or_parent", "Fold / parent", show=False),
+        Binding("right", "set_expanded(True)", "Open", key_display="→", show=False),
+        Binding("left", "fold_or_parent", "Fold / parent", key_display="←", show=False),
     ]
 
     class Highlighted(Message):
