@@ -12,7 +12,7 @@ from console.app import TaskDeckApp
 from console.screens.run import RunScreen
 from engine.engine import Engine, EngineConfig
 from engine.phases import ActionPhase
-from engine.store.base import ActionRecord
+from engine.store.base import ActionRecord, EventRecord
 from engine.store.sqlite import SqliteStore
 
 T0 = 1_795_000_000.0  # a fixed instant
@@ -34,6 +34,20 @@ ROWS = [
 GROUPS = {"n1": "squares", "n4": "squares"}  # the pipeline's fan-out, in one group
 
 
+def _events(record: ActionRecord, final: ActionPhase, attempts: int) -> list[EventRecord]:
+    """Queued, running and the outcome of each attempt; earlier attempts failed, spread over the duration."""
+    span = (record.ended_at - record.created_at) / attempts
+    events = []
+    for attempt in range(1, attempts + 1):
+        start = record.created_at + (attempt - 1) * span
+        outcome = final if attempt == attempts else ActionPhase.FAILED
+        for phase, at in ((ActionPhase.QUEUED, start), (ActionPhase.RUNNING, start + span * 0.2),
+                          (outcome, start + span)):
+            events.append(EventRecord(record.project, record.domain, record.run_name, record.name, attempt,
+                                      int(phase), 0, b"", "", at, at))
+    return events
+
+
 def _fixture_db(path: Path) -> None:
     async def write():
         store = SqliteStore(path / "taskdeck.db")
@@ -48,6 +62,7 @@ def _fixture_db(path: Path) -> None:
             if error:
                 record.error_kind, record.error_code, record.error_message = error
             await store.create_run_action(record, None, None)
+            await store.record_events(_events(record, phase, attempts))
         await store.close()
 
     asyncio.run(write())
@@ -98,3 +113,25 @@ def test_help_overlay(snap_compare, fixed_app):
         await pilot.pause(0.2)
 
     assert snap_compare(fixed_app(), terminal_size=(120, 24), run_before=before)
+
+
+def test_run_screen_open_group_and_timeline(snap_compare, fixed_app):
+    async def before(pilot):
+        await _settle(pilot)
+        pilot.app.push_screen(RunScreen("rpipeline000000000001"))
+        await _settle(pilot)
+        await pilot.press("down", "space")  # open the folded group: its members and its rolled-up details
+        await _settle(pilot)
+        await pilot.press("g")
+        await pilot.pause(1.2)  # the timeline redraws once a second
+
+    assert snap_compare(fixed_app(), terminal_size=(150, 24), run_before=before)
+
+
+def test_abort_confirmation_names_its_target(snap_compare, fixed_app):
+    async def before(pilot):
+        await _settle(pilot)
+        await pilot.press("down", "ctrl+d")
+        await pilot.pause(0.2)
+
+    assert snap_compare(fixed_app(), terminal_size=(120, 20), run_before=before)
