@@ -147,6 +147,20 @@ class TaskDeckApp(App):
 
         self.push_screen(ConfirmScreen(f"Abort [b]{escape(target)}[/] ({what})?"), decide)
 
+    def confirm_evict(self, task_label: str, key: str) -> None:
+        async def decide(confirmed: bool | None) -> None:
+            if not confirmed:
+                return
+            try:
+                evicted = await self.engine.runs.evict_cache([key])
+                self.notify(f"evicted the cache entry of {task_label}" if evicted
+                            else f"{task_label} has no cache entry (already evicted?)")
+            except Exception as exc:  # noqa: BLE001
+                self.notify(f"cannot evict: {exc}", severity="error")
+
+        self.push_screen(ConfirmScreen(f"Evict the cache entry of [b]{escape(task_label)}[/]? The next run with "
+                                       "these inputs computes it again."), decide)
+
     def retry(self, run_name: str, action_name: str) -> None:
         async def go() -> None:
             try:

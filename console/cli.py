@@ -21,6 +21,7 @@ import logging
 import pathlib
 import signal
 import sys
+import urllib.parse
 import urllib.error
 import urllib.request
 from typing import Any
@@ -383,6 +384,58 @@ def cmd_signal(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    """List or evict task-cache entries: through the live engine, else on the database (under its lock)."""
+    from engine.views import cache_entry_json
+
+    client = live_client(args.data_dir)
+    if args.action == "list":
+        if client is not None:
+            query = f"?limit={args.limit}" + (f"&task={urllib.parse.quote(args.task)}" if args.task else "")
+            rows = client.call("GET", f"/cache{query}")
+        else:
+            async def read(runs, store):
+                return [cache_entry_json(e) for e in await runs.list_cache(args.task, args.limit)]
+
+            rows = asyncio.run(_local_reads(args.data_dir, read))
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            print_table([[r["taskName"], r["cacheVersion"] or "-", (r.get("createdAt") or "-")[:19],
+                          f"{r['source']['run']}/{r['source']['action']}", r["key"]] for r in rows],
+                        ["TASK", "VERSION", "CREATED", "FROM", "KEY"])
+        return EXIT_OK
+    if not args.keys and not args.task and not args.all:
+        raise CliError("name what to clear: KEY..., --task NAME or --all")
+    payload = {"keys": args.keys or None, "task": args.task, "all": args.all}
+    if client is not None:
+        evicted = client.call("POST", "/cache/evict", payload)["evicted"]
+    else:
+        evicted = asyncio.run(_local_evict(args.data_dir, payload))
+    print(f"evicted {evicted} cache entr{'y' if evicted == 1 else 'ies'}")
+    return EXIT_OK
+
+
+async def _local_evict(data_dir: pathlib.Path, payload: dict) -> int:
+    """No engine serves the directory: hold its lock (so none starts meanwhile) and write the database."""
+    from engine.engine import DB_FILE, DataDirLock
+    from engine.runs import RunsService
+    from engine.store.sqlite import SqliteStore
+
+    lock = DataDirLock(data_dir)
+    try:
+        lock.acquire()
+    except EngineAlreadyRunningError as exc:  # one started meanwhile
+        raise CliError(str(exc)) from None
+    store = SqliteStore(data_dir / DB_FILE)
+    try:
+        await store.start()
+        return await RunsService(store, data_dir).evict_cache(payload["keys"], payload["task"], payload["all"])
+    finally:
+        await store.close()
+        lock.release()
+
+
 async def _headless(args: argparse.Namespace) -> int:
     from engine.store.base import EventsRecorded, StorageChanged
 
@@ -462,6 +515,15 @@ def build_parser() -> argparse.ArgumentParser:
     signal_cmd.add_argument("run")
     signal_cmd.add_argument("action", help="the condition's action name, or the condition's own name")
     signal_cmd.add_argument("value")
+
+    cache = sub.add_parser("cache", help="list or clear task-cache entries",
+                           description="`cache list` shows entries; `cache clear KEY... | --task NAME | --all` evicts.")
+    cache.add_argument("action", choices=["list", "clear"])
+    cache.add_argument("keys", nargs="*", help="with `clear`: the keys to evict")
+    cache.add_argument("--task", default=None, help="only this task's entries (its full name, e.g. env.task)")
+    cache.add_argument("--all", action="store_true", help="with `clear`: every entry")
+    cache.add_argument("--json", action="store_true")
+    cache.add_argument("--limit", type=int, default=1000)
     return parser
 
 
@@ -482,6 +544,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_retry(args)
         if args.command == "signal":
             return cmd_signal(args)
+        if args.command == "cache":
+            return cmd_cache(args)
         if args.headless:
             return asyncio.run(_headless(args))
         return cmd_console(args)

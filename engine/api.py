@@ -21,7 +21,7 @@ from flyteidl2.task import common_pb2, task_definition_pb2
 
 from engine.runs import InvalidRunError, RunNotFoundError
 from engine.store.base import StorageUnavailableError
-from engine.views import action_json, event_json, task_action_for
+from engine.views import action_json, cache_entry_json, event_json, task_action_for
 
 if TYPE_CHECKING:
     from engine.engine import Engine
@@ -77,6 +77,8 @@ class TaskDeckApi:
             ("POST", re.compile(r"^/runs/(?P<run>[^/]+)/abort$"), self.abort),
             ("POST", re.compile(r"^/runs/(?P<run>[^/]+)/signal$"), self.signal),
             ("POST", re.compile(r"^/runs/(?P<run>[^/]+)/retry$"), self.retry),
+            ("GET", re.compile(r"^/cache$"), self.list_cache),
+            ("POST", re.compile(r"^/cache/evict$"), self.evict_cache),
         ]
 
     async def __call__(self, scope, receive, send) -> None:
@@ -155,6 +157,18 @@ class TaskDeckApi:
         names = await self.engine.runs.retry_action(run, payload.get("action") or "a0",
                                                     who=payload.get("by") or "taskdeck-cli", why=payload.get("reason") or "")
         return {"retried": names}
+
+    async def list_cache(self, payload, query) -> Any:
+        entries = await self.engine.runs.list_cache(query.get("task") or None, int(query.get("limit", 1000)))
+        return [cache_entry_json(e) for e in entries]
+
+    async def evict_cache(self, payload, query) -> Any:
+        keys = payload.get("keys")
+        if keys is not None and not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
+            raise HttpError(400, "keys must be a list of strings")
+        evicted = await self.engine.runs.evict_cache(keys or None, payload.get("task") or None,
+                                                     bool(payload.get("all")))
+        return {"evicted": evicted}
 
     async def abort(self, payload, query, run) -> Any:
         await self.engine.runs.abort_action(run, payload.get("action") or "a0", payload.get("reason") or "aborted")

@@ -23,6 +23,7 @@ from flyteidl2.core import tasks_pb2
 from flyteidl2.workflow import run_definition_pb2
 from google.protobuf.message import DecodeError
 
+from engine.cache import CACHE_MISS, CacheConfig, CacheError, TaskCache
 from engine.events import attempt_prefix, build_action_event
 from engine.model import (
     COMPLETED_TIME_FORMAT,
@@ -155,6 +156,7 @@ class TaskActionReconciler:
         self.requeue_after = requeue_after
         self.cluster = cluster
         self.clock: Callable[[], dt.datetime] = utcnow
+        self.cache = TaskCache(store, on_released=enqueue)
 
     # ------------------------------------------------------------------ entry point
     async def reconcile(self, name: str) -> Result:
@@ -246,13 +248,32 @@ class TaskActionReconciler:
             info = PhaseInfo.retryable_failure(code, message)  # a runtime timeout is retryable
         else:
             try:
-                transition = await plugin.handle(tctx)
-            except CorruptedPluginStateError as exc:
+                cache = self.cache_config(task_action, template, tctx)
+            except CacheError as exc:  # Flyte requeues such an action forever (§2.13): fail it instead
                 return await self.finalize_permanent_failure(
-                    task_action, original, ExecutionError("CorruptedPluginState", str(exc), SYSTEM))
-            except Exception as exc:  # noqa: BLE001 - any plugin exception is a system failure
-                return await self.record_system_error(task_action, original, plugin.id, exc)
-            info = transition.info
+                    task_action, original, ExecutionError("BadTaskSpecification", str(exc), USER))
+            cached: PhaseInfo | None = None
+            if cache is not None:
+                already_running = task_action.status.plugin_phase == PluginPhase.RUNNING.wire_name
+                try:
+                    cached = await self.cache.before_execution(cache, already_running, tctx.output_prefix,
+                                                               self.requeue_after, task_action.name)
+                except CacheError as exc:  # fail closed: run nothing until the reservation can be taken
+                    log.warning("%s: %s", task_action.name, exc)
+                    return Result(STORAGE_RETRY_SECONDS)
+            if cached is not None:
+                info = cached  # a hit, or another owner computes it: the plugin is not called
+            else:
+                try:
+                    transition = await plugin.handle(tctx)
+                except CorruptedPluginStateError as exc:
+                    return await self.finalize_permanent_failure(
+                        task_action, original, ExecutionError("CorruptedPluginState", str(exc), SYSTEM))
+                except Exception as exc:  # noqa: BLE001 - any plugin exception is a system failure
+                    return await self.record_system_error(task_action, original, plugin.id, exc)
+                info = transition.info
+                if cache is not None:
+                    await self.finish_cache(cache, info, tctx)
 
         if info.phase == PluginPhase.RETRYABLE_FAILURE and info.err is not None and info.err.kind == SYSTEM:
             await self.reset_plugin_resource(task_action, plugin, tctx)
@@ -307,6 +328,32 @@ class TaskActionReconciler:
         if next_bound is not None:
             return Result(min(self.requeue_after, next_bound + 0.01))
         return Result(self.requeue_after)
+
+    def cache_config(self, task_action: TaskAction, template: tasks_pb2.TaskTemplate,
+                     tctx: TaskExecutionContext) -> CacheConfig | None:
+        """The action's cache config (None: not discoverable, or its key cannot be computed: run uncached).
+
+        Raises CacheError for a discoverable task that can never be keyed (no task id).
+        """
+        try:
+            return self.cache.config(template, task_action.spec.cache_key, tctx.input_path,
+                                     task_action.metadata.namespace, task_action.name)
+        except CacheError:
+            if not template.HasField("id") or not template.id.name:
+                raise
+            log.warning("%s: no cache key (inputs unreadable): running without the cache", task_action.name)
+            return None
+
+    async def finish_cache(self, cache: CacheConfig, info: PhaseInfo, tctx: TaskExecutionContext) -> None:
+        """finalizeCacheAfterExecution: a success populates the cache; any outcome releases the reservation."""
+        if info.phase == PluginPhase.SUCCESS:
+            meta = tctx.metadata
+            info.info.cache_status = await self.cache.after_execution(
+                cache, True, tctx.output_prefix, (meta.run_name, meta.action_name, meta.attempt))
+        elif info.phase.is_failure:
+            await self.cache.after_execution(cache, False, tctx.output_prefix, ())
+        elif not info.info.cache_status:
+            info.info.cache_status = CACHE_MISS  # looked up, not found: it runs
 
     async def _fail_validation(self, task_action: TaskAction, reason: str, message: str) -> Result:
         status, now = task_action.status, self.clock()
@@ -431,6 +478,7 @@ class TaskActionReconciler:
         status.plugin_phase = PluginPhase.PERMANENT_FAILURE.wire_name
         status.plugin_phase_version = 0
         status.attempts = status.observed_attempts
+        await self.release_cache(task_action)
         await self.update_task_action_status(original, task_action, info, [], event_phase)
         await self.ensure_terminal_labels(task_action)
         return Result()
@@ -508,12 +556,27 @@ class TaskActionReconciler:
         except Exception as exc:  # noqa: BLE001
             log.warning("%s: abort/finalize failed, retrying: %s", task_action.name, exc)
             return Result(self.requeue_after)
+        await self.release_cache(task_action)
         if not task_action.status.is_terminal:
             aborted_at = task_action.metadata.deletion_timestamp or self.clock()
             event = build_action_event(
                 task_action, PhaseInfo.aborted(), ActionPhase.ABORTED, updated_time=aborted_at, cluster=self.cluster)
             await self.store.record_events([event])
         return await self._remove_finalizer(task_action)
+
+    async def release_cache(self, task_action: TaskAction) -> None:
+        """Give up the action's cache reservation, if it holds one, and wake those waiting for the key."""
+        verdict = self._validated(task_action)
+        if isinstance(verdict[0], str):
+            return
+        _, template = verdict
+        try:
+            cache = self.cache.config(template, task_action.spec.cache_key, input_file(task_action.spec.input_uri),
+                                      task_action.metadata.namespace, task_action.name)
+        except CacheError:
+            return
+        if cache is not None:
+            await self.cache.release(cache)
 
     async def _remove_finalizer(self, task_action: TaskAction) -> Result:
         task_action.metadata.finalizers = [f for f in task_action.metadata.finalizers if f != FINALIZER]

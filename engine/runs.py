@@ -25,6 +25,7 @@ from flyteidl2.core import literals_pb2, tasks_pb2, types_pb2
 from flyteidl2.task import common_pb2, run_pb2, task_definition_pb2
 from flyteidl2.workflow import run_definition_pb2
 
+from engine import cache
 from engine.events import build_action_event
 from engine.literals import read_inputs, read_outputs
 from engine.model import (
@@ -41,11 +42,12 @@ from engine.model import (
 from engine.phases import ActionPhase
 from engine.plugins.container import ANNOTATION_CODE_DIR, substitute_template
 from engine.plugins.core import PhaseInfo
-from engine.reconciler import ANNOTATION_RUN_START_TIME, local_path
+from engine.reconciler import ANNOTATION_RUN_START_TIME, input_file, local_path
 from engine.store.base import (
     ActionKey,
     ActionRecord,
     ActionsChanged,
+    CacheEntry,
     ConflictError,
     EngineStore,
     EventRecord,
@@ -211,6 +213,9 @@ class RunsService:
         run_base = self.run_base(project, domain, run_name)
         input_uri = f"{run_base}/inputs/inputs.pb"
         write_new_file(input_uri, (inputs or common_pb2.Inputs()).SerializeToString())
+        # Flyte's runs service gives a discoverable root its cache key; ours is the SDK's formula (engine/cache.py).
+        root_cache_key = cache.cache_key(template, inputs or common_pb2.Inputs()) \
+            if cache.is_discoverable(template) else ""
 
         action_id = identifier_pb2.ActionIdentifier(
             run=identifier_pb2.RunIdentifier(project=project, domain=domain, name=run_name), name=ROOT_ACTION_NAME)
@@ -234,6 +239,7 @@ class RunsService:
             environment_name=spec.environment.name or None, function_name=template.id.name.rsplit(".", 1)[-1],
             action_spec=action_spec.SerializeToString(), task_spec_digest=digest,
             input_uri=input_uri, run_output_base=run_base, created_at=now, updated_at=now, attempts=1,
+            cache_key=cache.catalog_key(template, root_cache_key) if root_cache_key else None,
         )
         all_labels = dict(labels or {})
         all_labels.update(base_labels(project, domain, run_name, ROOT_ACTION_NAME, "task", is_root=True))
@@ -250,7 +256,7 @@ class RunsService:
                 run_name=run_name, project=project, domain=domain, action_name=ROOT_ACTION_NAME,
                 input_uri=input_uri, run_output_base=run_base, task_type=template.type,
                 short_name=(spec.short_name or template.id.name)[:63],
-                task_template=template.SerializeToString(), env_vars=env_vars or None,
+                task_template=template.SerializeToString(), env_vars=env_vars or None, cache_key=root_cache_key,
                 interruptible=template.metadata.interruptible if template.metadata.HasField("interruptible") else None,
             ),
         )
@@ -287,6 +293,13 @@ class RunsService:
         output_base = run_output_base or parent.spec.run_output_base
         labels = {k: v for k, v in parent.metadata.labels.items() if not k.startswith("flyte.org/")}
         labels.update(base_labels(project, domain, run_name, action_name, "task", is_root=False))
+        catalog_key = None
+        if cache.is_discoverable(template):
+            key = cache_key
+            if not key:  # the SDK sends one; anything else gets the same formula's
+                with contextlib.suppress(OSError, ValueError):
+                    key = cache.cache_key(template, cache.read_inputs(input_file(input_uri)))
+            catalog_key = cache.catalog_key(template, key) if key else None
         now = time.time()
         record = ActionRecord(
             project=project, domain=domain, run_name=run_name, name=action_name,
@@ -296,7 +309,7 @@ class RunsService:
             task_type=template.type, short_name=spec.short_name or None,
             environment_name=spec.environment.name or None, function_name=template.id.name.rsplit(".", 1)[-1],
             action_group=group, task_spec_digest=spec_digest(spec_bytes), input_uri=input_uri,
-            run_output_base=output_base, created_at=now, updated_at=now, attempts=1,
+            run_output_base=output_base, created_at=now, updated_at=now, attempts=1, cache_key=catalog_key,
         )
         task_action = TaskAction(
             metadata=ObjectMeta(
@@ -586,6 +599,17 @@ class RunsService:
             unsubscribe()
 
     # ------------------------------------------------------------------ abort
+    # ------------------------------------------------------------------ task cache
+    async def list_cache(self, task_name: str | None = None, limit: int = 1000) -> list[CacheEntry]:
+        return await self.store.cache_list(task_name, limit)
+
+    async def evict_cache(self, keys: list[str] | None = None, task_name: str | None = None,
+                          everything: bool = False) -> int:
+        """Evict entries by key or by task; everything only when asked for in so many words."""
+        if keys is None and task_name is None and not everything:
+            raise InvalidRunError("name the entries to evict: keys, a task, or everything")
+        return await self.store.cache_delete(keys, task_name)
+
     async def abort_action(self, run_name: str, action_name: str = ROOT_ACTION_NAME,
                            reason: str = "aborted by user") -> None:
         """Abort an action and its subtree: its TaskAction is deleted, the deletion cascades."""

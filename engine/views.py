@@ -9,7 +9,7 @@ from flyteidl2.core import catalog_pb2
 
 from engine.model import TaskAction, task_action_name
 from engine.phases import ActionPhase
-from engine.store.base import ActionRecord, EventRecord
+from engine.store.base import ActionRecord, CacheEntry, EventRecord
 from engine.events import decode_event
 
 
@@ -75,3 +75,17 @@ def event_json(record: EventRecord) -> dict[str, Any]:
 
 def task_action_for(store, record: ActionRecord) -> TaskAction | None:
     return store.peek(task_action_name(record.run_name, record.name))
+
+
+def cache_entry_json(entry: CacheEntry) -> dict[str, Any]:
+    return {
+        "key": entry.key,
+        "project": entry.project,
+        "domain": entry.domain,
+        "taskName": entry.task_name,
+        "cacheVersion": entry.cache_version,
+        "taskVersion": entry.task_version,
+        "outputsUri": entry.outputs_uri,
+        "source": {"run": entry.run_name, "action": entry.action_name, "attempt": entry.attempt},
+        "createdAt": _iso(entry.created_at),
+    }

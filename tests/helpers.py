@@ -80,6 +80,21 @@ def task_spec(task_type: str, inputs: dict[str, types_pb2.LiteralType] | None = 
     return task_definition_pb2.TaskSpec(task_template=template, short_name=name.rsplit(".", 1)[-1])
 
 
+def cached_spec(*, serializable: bool = False, version: str = "v1", name: str = "test.cached",
+                task_type: str = "scripted") -> task_definition_pb2.TaskSpec:
+    """A discoverable task with one int input ``x``."""
+    spec = task_spec(task_type, {"x": types_pb2.LiteralType(simple=types_pb2.SimpleType.INTEGER)}, name=name)
+    metadata = spec.task_template.metadata
+    metadata.discoverable = True
+    metadata.discovery_version = version
+    metadata.cache_serializable = serializable
+    return spec
+
+
+def int_inputs(x: int) -> common_pb2.Inputs:
+    return common_pb2.Inputs(literals=[common_pb2.NamedLiteral(name="x", value=primitive_literal(x))])
+
+
 def sleep_spec() -> task_definition_pb2.TaskSpec:
     return task_spec("core-sleep", {"duration": types_pb2.LiteralType(simple=types_pb2.SimpleType.DURATION)},
                      name="bench.sleep")

@@ -13,7 +13,7 @@ from console.widgets.action_tree import ActionTree
 from engine.engine import Engine, EngineConfig
 from engine.phases import ActionPhase
 from engine.plugins.core import PhaseInfo
-from helpers import ScriptedPlugin, task_spec
+from helpers import ScriptedPlugin, cached_spec, int_inputs, task_spec
 
 
 def outcome(tctx, index):
@@ -322,3 +322,25 @@ async def test_switching_theme_recolours_phases_from_the_theme(console):
         app.theme = theme
         await pilot.pause(0.1)
         assert glyph_colour() == app.get_css_variables()["success"].lower()[:7]
+
+
+async def test_cache_markers_in_the_tree_and_evicting_an_entry_with_confirmation(console):
+    app, pilot, engine = console
+    first = await engine.runs.create_run(cached_spec(), int_inputs(3), name="rokaycache1")
+    await engine.runs.wait_for_run(first.run_name, timeout=10)
+    second = await engine.runs.create_run(cached_spec(), int_inputs(3), name="rokaycache2")
+    assert (await engine.runs.wait_for_run(second.run_name, timeout=10)).run.cache_status == 2  # CACHE_HIT
+
+    app.open_run("rokaycache2")
+    await until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.query(ActionTree)
+                and app.screen.model.record("a0") is not None)
+    tree = app.screen.query_one(ActionTree)
+    await until(pilot, lambda: "$" in "".join(seg.text for seg in tree.render_line(0)))  # the hit marker
+    detail = app.screen.query_one("#detail", Static)
+    await until(pilot, lambda: "cache key" in str(detail.render()))
+    await pilot.press("x")
+    await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+    assert "Evict the cache entry of" in str(app.screen.query_one("#question", Static).render())
+    await pilot.press("y")
+    await until(pilot, lambda: any("evicted" in n.message for n in app._notifications))
+    assert await engine.runs.list_cache() == []

@@ -56,6 +56,8 @@ class RunScreen(Screen):
         Binding("ctrl+d", "abort", "Abort", tooltip="Abort the selected action and its subtree (asks first)"),
         Binding("s", "signal", "Signal", tooltip="Answer the selected condition (bool, int, float or str)"),
         Binding("c", "copy_id", "Copy id"),
+        Binding("x", "evict_cache", "Evict cache", show=False,
+                tooltip="Drop the selected action's cache entry (asks first)"),
         Binding("ctrl+r", "abort_run", "Abort run", show=False, tooltip="Abort the whole run (asks first)"),
         Binding("slash", "search_log", "Search log", key_display="/",
                 tooltip="Highlight matches in the log; n for the next"),
@@ -235,6 +237,8 @@ class RunScreen(Screen):
             f"started    {_time(record.created_at)}   duration {duration_text(record)}   "
             f"cache {cache_status_name(record.cache_status)}",
         ]
+        if record.cache_key:
+            lines.append(f"cache key  [dim]{escape(record.cache_key)}[/]   (x evicts)")
         if record.error_message or record.error_code:
             lines.append(f"[$error]error      \\[{escape(record.error_kind or '-')}] {escape(record.error_code or '')}: "
                          f"{escape(record.error_message or '')}[/]")
@@ -446,6 +450,13 @@ class RunScreen(Screen):
     def action_retry(self) -> None:
         self.app.retry(self.run_name, self.selected)
 
+    def action_evict_cache(self) -> None:
+        record = self.model.record(self.selected)
+        if record is None or not record.cache_key:
+            self.notify("the selected action's task is not cached", severity="warning")
+            return
+        self.app.confirm_evict(record.short_name or record.task_name or record.name, record.cache_key)
+
     def action_signal(self) -> None:
         record = self.model.record(self.selected)
         if record is None or record.action_type != ACTION_TYPE_CONDITION:
@@ -454,7 +465,7 @@ class RunScreen(Screen):
         self.app.signal(self.run_name, record.name, record.short_name or record.name)
 
     def check_action(self, action: str, parameters) -> bool | None:
-        if action in ("abort", "retry", "signal", "abort_run") and self.app.read_only:
+        if action in ("abort", "retry", "signal", "abort_run", "evict_cache") and self.app.read_only:
             return False
         return True
 

@@ -93,6 +93,7 @@ class ActionRecord:
     error_kind: str | None = None
     error_code: str | None = None
     error_message: str | None = None
+    cache_key: str | None = None  # the catalog key of a discoverable task (see engine/cache.py)
 
     @property
     def key(self) -> ActionKey:
@@ -133,6 +134,36 @@ class EventRecord:
     @property
     def key(self) -> ActionKey:
         return (self.project, self.domain, self.run_name, self.name)
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheEntry:
+    """A catalog entry: the outputs of a succeeded discoverable action, by cache key.
+
+    As in Flyte the entry points at the outputs (their URI); it does not copy them.
+    """
+
+    key: str
+    project: str  # the task's identity without its version: a new version alone does not bust the cache
+    domain: str
+    task_name: str
+    cache_version: str
+    task_version: str
+    outputs_uri: str
+    run_name: str  # where the outputs came from
+    action_name: str
+    attempt: int
+    created_at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Reservation:
+    """Who may compute a serializable cache key; the owner extends it with every reconcile."""
+
+    key: str
+    owner_id: str
+    expires_at: float
+    heartbeat_seconds: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,7 +308,35 @@ class RunsRepository(abc.ABC):
         """Call ``callback`` after each commit that changed runs data; returns an unsubscribe function."""
 
 
-class EngineStore(ResourceStore, RunsRepository, abc.ABC):
+class CacheStore(abc.ABC):
+    """The task cache (Flyte's cache service): entries and serialization reservations."""
+
+    @abc.abstractmethod
+    async def cache_get(self, key: str) -> CacheEntry | None: ...
+
+    @abc.abstractmethod
+    async def cache_put(self, entry: CacheEntry) -> bool:
+        """Store an entry; False when one with that key exists already (it is kept, as in Flyte)."""
+
+    @abc.abstractmethod
+    async def cache_list(self, task_name: str | None = None, limit: int = 1000) -> list[CacheEntry]: ...
+
+    @abc.abstractmethod
+    async def cache_delete(self, keys: list[str] | None = None, task_name: str | None = None) -> int:
+        """Evict the given keys, or every entry of a task, or (neither given) every entry. Returns the count."""
+
+    @abc.abstractmethod
+    async def get_or_extend_reservation(self, key: str, owner_id: str, heartbeat_seconds: float,
+                                        now: float) -> Reservation:
+        """Take or extend the reservation: granted to ``owner_id`` when it is free, expired or already
+        its own; otherwise the current holder's reservation is returned unchanged."""
+
+    @abc.abstractmethod
+    async def release_reservation(self, key: str, owner_id: str) -> None:
+        """Drop the reservation if ``owner_id`` holds it; a missing one is fine."""
+
+
+class EngineStore(ResourceStore, RunsRepository, CacheStore, abc.ABC):
     storage_error: str | None = None  # why the last write failed, until one succeeds
 
     @abc.abstractmethod

@@ -32,6 +32,7 @@ from engine.store.base import (
     ActionsChanged,
     ActionStatusUpdate,
     AlreadyExistsError,
+    CacheEntry,
     Change,
     ConflictError,
     EngineStore,
@@ -40,12 +41,15 @@ from engine.store.base import (
     GoneError,
     NotFoundError,
     OwnerGoneError,
+    Reservation,
     StorageChanged,
     StorageUnavailableError,
     WatchEvent,
 )
 
 log = logging.getLogger(__name__)
+
+RESERVATION_GRACE_MULTIPLIER = 3  # a reservation lives three heartbeats (Flyte's heartbeatGracePeriodMultiplier)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -72,6 +76,7 @@ CREATE TABLE IF NOT EXISTS actions (
     cache_status INTEGER NOT NULL DEFAULT 0,
     abort_requested_at REAL, abort_reason TEXT,
     error_kind TEXT, error_code TEXT, error_message TEXT,
+    cache_key TEXT,
     PRIMARY KEY (project, domain, run_name, name)
 );
 CREATE INDEX IF NOT EXISTS actions_parent ON actions (parent_action_name);
@@ -89,13 +94,36 @@ CREATE TABLE IF NOT EXISTS action_events (
     PRIMARY KEY (project, domain, run_name, name, attempt, phase, version)
 );
 CREATE TABLE IF NOT EXISTS task_specs (digest TEXT PRIMARY KEY, spec BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS cache_entries (
+    key TEXT PRIMARY KEY,
+    project TEXT NOT NULL, domain TEXT NOT NULL, task_name TEXT NOT NULL,
+    cache_version TEXT NOT NULL, task_version TEXT NOT NULL,
+    outputs_uri TEXT NOT NULL,
+    run_name TEXT NOT NULL, action_name TEXT NOT NULL, attempt INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cache_entries_task ON cache_entries (task_name);
+CREATE TABLE IF NOT EXISTS cache_reservations (
+    key TEXT PRIMARY KEY, owner_id TEXT NOT NULL, expires_at REAL NOT NULL, heartbeat_seconds REAL NOT NULL
+);
 """
+# Columns added after a database may have been created: (table, column, declaration).
+MIGRATIONS = [("actions", "cache_key", "TEXT")]
 
 _ACTION_COLUMNS = [f.name for f in dataclasses.fields(ActionRecord)]
 _INSERT_ACTION = (
     f"INSERT OR IGNORE INTO actions ({', '.join(_ACTION_COLUMNS)}) VALUES ({', '.join('?' * len(_ACTION_COLUMNS))})"
 )
 _EVENT_COLUMNS = [f.name for f in dataclasses.fields(EventRecord)]
+_CACHE_COLUMNS = [f.name for f in dataclasses.fields(CacheEntry)]
+_INSERT_CACHE_ENTRY = (
+    f"INSERT OR IGNORE INTO cache_entries ({', '.join(_CACHE_COLUMNS)}) VALUES ({', '.join('?' * len(_CACHE_COLUMNS))})"
+)
+_UPSERT_RESERVATION = (
+    "INSERT INTO cache_reservations (key, owner_id, expires_at, heartbeat_seconds) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT(key) DO UPDATE SET owner_id = excluded.owner_id, expires_at = excluded.expires_at, "
+    "heartbeat_seconds = excluded.heartbeat_seconds"
+)
 _INSERT_EVENT = (
     f"INSERT OR IGNORE INTO action_events ({', '.join(_EVENT_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(_EVENT_COLUMNS))})"
@@ -130,7 +158,8 @@ _SAVE_RV = "INSERT INTO meta (key, value) VALUES ('resource_version', ?) ON CONF
 
 
 def _row_to_action(row: sqlite3.Row) -> ActionRecord:
-    return ActionRecord(**{k: row[k] for k in _ACTION_COLUMNS})
+    present = row.keys()  # a read-only view of an older database may lack newer columns
+    return ActionRecord(**{k: row[k] for k in _ACTION_COLUMNS if k in present})
 
 
 def _row_to_event(row: sqlite3.Row) -> EventRecord:
@@ -177,6 +206,7 @@ class _Batch:
         self.new_action_keys: set[ActionKey] = set()
         self.new_dependents: dict[str, set[str]] = {}
         self.bodies: dict[int, str] = {}  # id(staged object) -> its JSON, serialized once for SQL and history
+        self.reservations: dict[str, Reservation | None] = {}  # staged; None = released
         self.now = utcnow()
 
     def action_exists(self, key: ActionKey) -> bool:
@@ -186,6 +216,11 @@ class _Batch:
         if name in self.staged:
             return self.staged[name]
         return self._store._objects.get(name)
+
+    def reservation(self, key: str) -> Reservation | None:
+        if key in self.reservations:
+            return self.reservations[key]
+        return self._store._reservations.get(key)
 
     def dependents_of(self, uid: str) -> list[str]:
         """Committed dependents plus those created earlier in this batch (owner references never change)."""
@@ -264,6 +299,7 @@ class SqliteStore(EngineStore):
         self._watches: set[_Watch] = set()
         self._subscribers: list[Callable[[Change], None]] = []
         self._action_keys: set[ActionKey] = set()
+        self._reservations: dict[str, Reservation] = {}  # authoritative: only this engine writes the database
         self._ops: asyncio.Queue[_Op | None] = asyncio.Queue()
         self._writer_task: asyncio.Task | None = None
         self._write_db: sqlite3.Connection | None = None  # used only in the writer thread
@@ -280,8 +316,9 @@ class SqliteStore(EngineStore):
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._write_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store-writer")
         loop = asyncio.get_running_loop()
-        rv, bodies, keys = await loop.run_in_executor(self._write_thread, self._open_writer)
+        rv, bodies, keys, reservations = await loop.run_in_executor(self._write_thread, self._open_writer)
         self._rv = rv
+        self._reservations = {r.key: r for r in reservations}
         for body in bodies:
             obj = TaskAction.from_json(body)
             self._objects[obj.name] = obj
@@ -294,16 +331,21 @@ class SqliteStore(EngineStore):
         await self._read_conn.execute("PRAGMA busy_timeout=5000")
         self._writer_task = asyncio.create_task(self._writer_loop(), name="store-writer")
 
-    def _open_writer(self) -> tuple[int, list[str], set[ActionKey]]:
+    def _open_writer(self) -> tuple[int, list[str], set[ActionKey], list[Reservation]]:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=5000", "foreign_keys=OFF"):
             conn.execute(f"PRAGMA {pragma}")
         conn.executescript(SCHEMA)
+        for table, column, declaration in MIGRATIONS:
+            if column not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
         self._write_db = conn
         row = conn.execute("SELECT value FROM meta WHERE key = 'resource_version'").fetchone()
         bodies = [body for (body,) in conn.execute("SELECT body FROM taskactions")]
         keys = {tuple(r) for r in conn.execute("SELECT project, domain, run_name, name FROM actions")}
-        return (int(row[0]) if row else 0), bodies, keys  # type: ignore[return-value]
+        reservations = [Reservation(*r) for r in conn.execute(
+            "SELECT key, owner_id, expires_at, heartbeat_seconds FROM cache_reservations")]
+        return (int(row[0]) if row else 0), bodies, keys, reservations  # type: ignore[return-value]
 
     async def _start_read_only(self) -> None:
         """A reader beside (or without) a live engine: no writer, no schema changes."""
@@ -449,6 +491,11 @@ class SqliteStore(EngineStore):
                 self._index(obj)
         self._rv = batch.rv
         self._action_keys.update(batch.new_action_keys)
+        for key, reservation in batch.reservations.items():
+            if reservation is None:
+                self._reservations.pop(key, None)
+            else:
+                self._reservations[key] = reservation
         for event in batch.watch_events:
             body = batch.bodies.get(id(event.object))
             self._history.append((event.type, event.resource_version,
@@ -784,6 +831,69 @@ class SqliteStore(EngineStore):
     async def get_task_spec(self, digest: str) -> bytes | None:
         rows = await self._fetchall("SELECT spec FROM task_specs WHERE digest = ?", (digest,))
         return bytes(rows[0][0]) if rows else None
+
+    # ----------------------------------------------------------------- task cache
+    async def cache_get(self, key: str) -> CacheEntry | None:
+        rows = await self._fetchall("SELECT * FROM cache_entries WHERE key = ?", (key,))
+        return CacheEntry(**{k: rows[0][k] for k in _CACHE_COLUMNS}) if rows else None
+
+    async def cache_put(self, entry: CacheEntry) -> bool:
+        if await self.cache_get(entry.key) is not None:
+            return False
+        await self._submit(lambda batch: batch.sql(_INSERT_CACHE_ENTRY, tuple(getattr(entry, c) for c in _CACHE_COLUMNS)))
+        return True
+
+    async def cache_list(self, task_name: str | None = None, limit: int = 1000) -> list[CacheEntry]:
+        if task_name is None:
+            rows = await self._fetchall("SELECT * FROM cache_entries ORDER BY created_at DESC LIMIT ?", (limit,))
+        else:
+            rows = await self._fetchall("SELECT * FROM cache_entries WHERE task_name = ? ORDER BY created_at DESC "
+                                        "LIMIT ?", (task_name, limit))
+        return [CacheEntry(**{k: r[k] for k in _CACHE_COLUMNS}) for r in rows]
+
+    async def cache_delete(self, keys: list[str] | None = None, task_name: str | None = None) -> int:
+        if keys is not None:
+            found = []
+            for i in range(0, len(keys), 500):
+                chunk = keys[i:i + 500]
+                found += [r[0] for r in await self._fetchall(
+                    f"SELECT key FROM cache_entries WHERE key IN ({', '.join('?' * len(chunk))})", chunk)]
+        elif task_name is not None:
+            found = [r[0] for r in await self._fetchall("SELECT key FROM cache_entries WHERE task_name = ?",
+                                                        (task_name,))]
+        else:
+            found = [r[0] for r in await self._fetchall("SELECT key FROM cache_entries")]
+
+        def apply(batch: _Batch) -> None:
+            for key in found:
+                batch.sql("DELETE FROM cache_entries WHERE key = ?", (key,))
+
+        if found:
+            await self._submit(apply)
+        return len(found)
+
+    async def get_or_extend_reservation(self, key: str, owner_id: str, heartbeat_seconds: float,
+                                        now: float) -> Reservation:
+        def apply(batch: _Batch) -> Reservation:
+            current = batch.reservation(key)
+            if current is not None and current.owner_id != owner_id and current.expires_at > now:
+                return current  # held by another owner that is alive
+            granted = Reservation(key, owner_id, now + heartbeat_seconds * RESERVATION_GRACE_MULTIPLIER,
+                                  heartbeat_seconds)
+            batch.reservations[key] = granted
+            batch.sql(_UPSERT_RESERVATION, (key, owner_id, granted.expires_at, heartbeat_seconds))
+            return granted
+
+        return await self._submit(apply)
+
+    async def release_reservation(self, key: str, owner_id: str) -> None:
+        def apply(batch: _Batch) -> None:
+            current = batch.reservation(key)
+            if current is not None and current.owner_id == owner_id:
+                batch.reservations[key] = None
+                batch.sql("DELETE FROM cache_reservations WHERE key = ? AND owner_id = ?", (key, owner_id))
+
+        await self._submit(apply)
 
     def subscribe(self, callback: Callable[[Change], None]) -> Callable[[], None]:
         self._subscribers.append(callback)
