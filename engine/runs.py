@@ -300,6 +300,7 @@ class RunsService:
                 with contextlib.suppress(OSError, ValueError):
                     key = cache.cache_key(template, cache.read_inputs(input_file(input_uri)))
             catalog_key = cache.catalog_key(template, key) if key else None
+            cache_key = key  # the TaskAction carries it, as Flyte's does: reconciles need not recompute it
         now = time.time()
         record = ActionRecord(
             project=project, domain=domain, run_name=run_name, name=action_name,
@@ -598,7 +599,6 @@ class RunsService:
         finally:
             unsubscribe()
 
-    # ------------------------------------------------------------------ abort
     # ------------------------------------------------------------------ task cache
     async def list_cache(self, task_name: str | None = None, limit: int = 1000) -> list[CacheEntry]:
         return await self.store.cache_list(task_name, limit)
@@ -610,6 +610,7 @@ class RunsService:
             raise InvalidRunError("name the entries to evict: keys, a task, or everything")
         return await self.store.cache_delete(keys, task_name)
 
+    # ------------------------------------------------------------------ abort
     async def abort_action(self, run_name: str, action_name: str = ROOT_ACTION_NAME,
                            reason: str = "aborted by user") -> None:
         """Abort an action and its subtree: its TaskAction is deleted, the deletion cascades."""

@@ -164,13 +164,14 @@ async def test_run_screen_steps_attempts_and_follows_the_log(console):
     log = app.screen.query_one(RichLog)
     await until(pilot, lambda: len(log.lines) >= 200)
     assert log.auto_scroll  # following: at the end
-    log.scroll_home(animate=False)
+    log.scroll_home(animate=False, immediate=True)  # not deferred to the next refresh: no tick sees the old offset
+    await until(pilot, lambda: log.scroll_offset.y == 0)
     with open(log_path, "a") as f:
         f.write("more\n")
     await until(pilot, lambda: len(log.lines) >= 201)
     assert not log.auto_scroll  # scrolled up: follow stops
-    log.scroll_end(animate=False)
-    await pilot.pause(0.1)
+    log.scroll_end(animate=False, immediate=True)
+    await until(pilot, lambda: log.scroll_offset.y >= log.max_scroll_y)
     with open(log_path, "a") as f:
         f.write("again\n")
     await until(pilot, lambda: len(log.lines) >= 202)
