@@ -345,3 +345,18 @@ async def test_cache_markers_in_the_tree_and_evicting_an_entry_with_confirmation
     await pilot.press("y")
     await until(pilot, lambda: any("evicted" in n.message for n in app._notifications))
     assert await engine.runs.list_cache() == []
+
+
+async def test_keys_typed_right_after_slash_never_fire_the_tables_commands(console):
+    from textual import events
+
+    app, pilot, engine = console
+    run = await engine.runs.create_run(task_spec("scripted"), name="rfail8")
+    assert (await engine.runs.wait_for_run(run.run_name, timeout=10)).phase == ActionPhase.FAILED
+    await until(pilot, lambda: visible_runs(app) == {"rfail8"})
+    screen = app.screen
+    for key in ("slash", "r", "f", "s"):  # one burst, as a fast typist or a paste delivers it
+        app.post_message(events.Key(key, key if len(key) == 1 else "/"))
+    await pilot.pause(0.5)
+    assert (await engine.runs.get_run("rfail8")).attempts == 1  # r did not retry the selected run
+    assert not screen.failed_only and screen.sort_key == "started"
