@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from functools import partial
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
@@ -9,7 +10,7 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 from engine.phases import ActionPhase
 
 MAX_RUNS = 500
-MAX_ACTION_HITS = 200
+MAX_ACTIONS = 2000  # of the open run, in tree order: the palette stays quick on a 10,000-action run
 
 
 class JumpCommands(Provider):
@@ -23,8 +24,9 @@ class JumpCommands(Provider):
             return targets
         screen = self.screen
         if isinstance(screen, RunScreen):
-            for name, record in list(screen.model.records.items())[:MAX_ACTION_HITS * 10]:
-                label = record.short_name or record.task_name or name
+            records = (node.record for node in screen.model.nodes.values() if node.record is not None)
+            for record in itertools.islice(records, MAX_ACTIONS):
+                name, label = record.name, record.short_name or record.task_name or record.name
                 targets.append((f"action {name} {label}", f"{ActionPhase(record.phase).name} in {screen.run_name}",
                                 partial(screen.select_action, name)))
         for run in await app.engine.runs.list_runs(limit=MAX_RUNS):

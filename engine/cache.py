@@ -27,23 +27,20 @@ import shutil
 import time
 from collections.abc import Callable
 
-from flyteidl2.core import interface_pb2, literals_pb2, tasks_pb2
+from flyteidl2.core import catalog_pb2, interface_pb2, literals_pb2, tasks_pb2
 from flyteidl2.task import common_pb2
 
+from engine.literals import inputs_message
 from engine.plugins.core import PhaseInfo, TaskInfo
 from engine.store.base import CacheEntry, CacheStore
 
 log = logging.getLogger(__name__)
 
-# core.CatalogCacheStatus
-CACHE_DISABLED = 0
-CACHE_MISS = 1
-CACHE_HIT = 2
-CACHE_POPULATED = 3
-CACHE_LOOKUP_FAILURE = 4
-CACHE_PUT_FAILURE = 5
-CACHE_SKIPPED = 6
-CACHE_EVICTED = 7
+# core.CatalogCacheStatus, the values the engine sets
+CACHE_MISS = catalog_pb2.CACHE_MISS
+CACHE_HIT = catalog_pb2.CACHE_HIT
+CACHE_POPULATED = catalog_pb2.CACHE_POPULATED
+CACHE_PUT_FAILURE = catalog_pb2.CACHE_PUT_FAILURE
 
 MAX_RESERVATION_HEARTBEAT = 10.0  # seconds (Flyte's maxReservationHeartbeat)
 OUTPUTS_FILE = "outputs.pb"
@@ -125,13 +122,6 @@ def catalog_key(template: tasks_pb2.TaskTemplate, key: str) -> str:
     return f"{task.project}/{task.domain}/{task.name}/{key}"
 
 
-def read_inputs(path: str) -> common_pb2.Inputs:
-    inputs = common_pb2.Inputs()
-    with open(path, "rb") as f:
-        inputs.ParseFromString(f.read())
-    return inputs
-
-
 # ---------------------------------------------------------------------------- the reconciler's cache steps
 @dataclasses.dataclass(frozen=True)
 class CacheConfig:
@@ -157,9 +147,10 @@ class TaskCache:
 
     def config(self, template: tasks_pb2.TaskTemplate, spec_cache_key: str, input_path: str, namespace: str,
                name: str) -> CacheConfig | None:
-        """The action's cache config, or None when its task is not discoverable.
+        """The action's cache config, or None when its task is not discoverable or, its key needing inputs
+        that cannot be read, it runs uncached (fail open).
 
-        Raises CacheError when a discoverable task cannot be keyed (no task id, unreadable inputs).
+        Raises CacheError for a discoverable task that can never be keyed (no task id).
         """
         if not is_discoverable(template):
             return None
@@ -168,9 +159,10 @@ class TaskCache:
         key = spec_cache_key
         if not key:
             try:
-                key = cache_key(template, read_inputs(input_path))
+                key = cache_key(template, inputs_message(input_path))
             except (OSError, ValueError) as exc:
-                raise CacheError(f"cannot read the inputs to compute the cache key: {exc}") from exc
+                log.warning("%s/%s: no cache key (%s): running without the cache", namespace, name, exc)
+                return None
         return CacheConfig(catalog_key(template, key), f"{namespace}/{name}",
                            template.metadata.cache_serializable, template)
 

@@ -76,14 +76,19 @@ def read_outputs(path: str) -> dict[str, Any] | None:
     return named_literals_to_dict(list(outputs.literals))
 
 
+def inputs_message(path: str) -> common_pb2.Inputs:
+    """``inputs.pb`` as the flyteidl2 message (OSError when it cannot be read)."""
+    inputs = common_pb2.Inputs()
+    with open(path, "rb") as f:
+        inputs.ParseFromString(f.read())
+    return inputs
+
+
 def read_inputs(path: str) -> dict[str, Any] | None:
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        inputs = inputs_message(path)
     except FileNotFoundError:
         return None
-    inputs = common_pb2.Inputs()
-    inputs.ParseFromString(data)
     return named_literals_to_dict(list(inputs.literals))
 
 

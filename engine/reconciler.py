@@ -248,7 +248,7 @@ class TaskActionReconciler:
             info = PhaseInfo.retryable_failure(code, message)  # a runtime timeout is retryable
         else:
             try:
-                cache = self.cache_config(task_action, template, tctx)
+                cache = self.cache_config(task_action, template)
             except CacheError as exc:  # Flyte requeues such an action forever (§2.13): fail it instead
                 return await self.finalize_permanent_failure(
                     task_action, original, ExecutionError("BadTaskSpecification", str(exc), USER))
@@ -329,20 +329,11 @@ class TaskActionReconciler:
             return Result(min(self.requeue_after, next_bound + 0.01))
         return Result(self.requeue_after)
 
-    def cache_config(self, task_action: TaskAction, template: tasks_pb2.TaskTemplate,
-                     tctx: TaskExecutionContext) -> CacheConfig | None:
-        """The action's cache config (None: not discoverable, or its key cannot be computed: run uncached).
-
-        Raises CacheError for a discoverable task that can never be keyed (no task id).
-        """
-        try:
-            return self.cache.config(template, task_action.spec.cache_key, tctx.input_path,
-                                     task_action.metadata.namespace, task_action.name)
-        except CacheError:
-            if not template.HasField("id") or not template.id.name:
-                raise
-            log.warning("%s: no cache key (inputs unreadable): running without the cache", task_action.name)
-            return None
+    def cache_config(self, task_action: TaskAction, template: tasks_pb2.TaskTemplate) -> CacheConfig | None:
+        """The action's cache config (None: not discoverable, or run uncached); CacheError: no task id."""
+        spec = task_action.spec
+        return self.cache.config(template, spec.cache_key, input_file(spec.input_uri),
+                                 task_action.metadata.namespace, task_action.name)
 
     async def finish_cache(self, cache: CacheConfig, info: PhaseInfo, tctx: TaskExecutionContext) -> None:
         """finalizeCacheAfterExecution: a success populates the cache; any outcome releases the reservation."""
@@ -569,10 +560,8 @@ class TaskActionReconciler:
         verdict = self._validated(task_action)
         if isinstance(verdict[0], str):
             return
-        _, template = verdict
         try:
-            cache = self.cache.config(template, task_action.spec.cache_key, input_file(task_action.spec.input_uri),
-                                      task_action.metadata.namespace, task_action.name)
+            cache = self.cache_config(task_action, verdict[1])
         except CacheError:
             return
         if cache is not None:

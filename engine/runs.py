@@ -27,7 +27,7 @@ from flyteidl2.workflow import run_definition_pb2
 
 from engine import cache
 from engine.events import build_action_event
-from engine.literals import read_inputs, read_outputs
+from engine.literals import inputs_message, read_inputs, read_outputs
 from engine.model import (
     ROOT_ACTION_NAME,
     ObjectMeta,
@@ -298,7 +298,7 @@ class RunsService:
             key = cache_key
             if not key:  # the SDK sends one; anything else gets the same formula's
                 with contextlib.suppress(OSError, ValueError):
-                    key = cache.cache_key(template, cache.read_inputs(input_file(input_uri)))
+                    key = cache.cache_key(template, inputs_message(input_file(input_uri)))
             catalog_key = cache.catalog_key(template, key) if key else None
             cache_key = key  # the TaskAction carries it, as Flyte's does: reconciles need not recompute it
         now = time.time()

@@ -312,6 +312,7 @@ async def sdk_engine(tmp_path):
 
 @pytest.mark.sdk
 async def test_sdk_cached_child_runs_once_across_two_runs_and_its_key_is_the_engines(sdk_engine, tmp_path):
+    from engine.literals import inputs_message
     from engine.reconciler import input_file
     from flyteidl2.core import tasks_pb2
 
@@ -333,7 +334,7 @@ async def test_sdk_cached_child_runs_once_across_two_runs_and_its_key_is_the_eng
     template = tasks_pb2.TaskTemplate()
     template.ParseFromString(task_action.spec.task_template)
     sdk_key = task_action.spec.cache_key  # what the SDK sent with EnqueueAction
-    assert sdk_key and sdk_key == cache.cache_key(template, cache.read_inputs(input_file(task_action.spec.input_uri)))
+    assert sdk_key and sdk_key == cache.cache_key(template, inputs_message(input_file(task_action.spec.input_uri)))
     assert child.cache_key == cache.catalog_key(template, sdk_key)
     assert [e.key for e in await engine.runs.list_cache()] == [child.cache_key]
 

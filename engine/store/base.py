@@ -315,8 +315,8 @@ class CacheStore(abc.ABC):
     async def cache_get(self, key: str) -> CacheEntry | None: ...
 
     @abc.abstractmethod
-    async def cache_put(self, entry: CacheEntry) -> bool:
-        """Store an entry; False when one with that key exists already (it is kept, as in Flyte)."""
+    async def cache_put(self, entry: CacheEntry) -> None:
+        """Store an entry; one that exists with that key is kept (Flyte's AlreadyExists, still POPULATED)."""
 
     @abc.abstractmethod
     async def cache_list(self, task_name: str | None = None, limit: int = 1000) -> list[CacheEntry]: ...

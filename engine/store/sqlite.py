@@ -158,8 +158,11 @@ _SAVE_RV = "INSERT INTO meta (key, value) VALUES ('resource_version', ?) ON CONF
 
 
 def _row_to_action(row: sqlite3.Row) -> ActionRecord:
-    present = row.keys()  # a read-only view of an older database may lack newer columns
-    return ActionRecord(**{k: row[k] for k in _ACTION_COLUMNS if k in present})
+    try:
+        return ActionRecord(**{k: row[k] for k in _ACTION_COLUMNS})
+    except IndexError:  # a read-only view of an older database lacks newer columns
+        present = set(row.keys())
+        return ActionRecord(**{k: row[k] for k in _ACTION_COLUMNS if k in present})
 
 
 def _row_to_event(row: sqlite3.Row) -> EventRecord:
@@ -837,11 +840,8 @@ class SqliteStore(EngineStore):
         rows = await self._fetchall("SELECT * FROM cache_entries WHERE key = ?", (key,))
         return CacheEntry(**{k: rows[0][k] for k in _CACHE_COLUMNS}) if rows else None
 
-    async def cache_put(self, entry: CacheEntry) -> bool:
-        if await self.cache_get(entry.key) is not None:
-            return False
+    async def cache_put(self, entry: CacheEntry) -> None:
         await self._submit(lambda batch: batch.sql(_INSERT_CACHE_ENTRY, tuple(getattr(entry, c) for c in _CACHE_COLUMNS)))
-        return True
 
     async def cache_list(self, task_name: str | None = None, limit: int = 1000) -> list[CacheEntry]:
         if task_name is None:
