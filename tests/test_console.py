@@ -360,3 +360,21 @@ async def test_keys_typed_right_after_slash_never_fire_the_tables_commands(conso
     await pilot.pause(0.5)
     assert (await engine.runs.get_run("rfail8")).attempts == 1  # r did not retry the selected run
     assert not screen.failed_only and screen.sort_key == "started"
+
+
+async def test_details_of_a_running_action_show_its_elapsed_time_moving(console):
+    import re
+
+    app, pilot, engine = console
+    await engine.runs.create_run(task_spec("scripted"), name="rslowclock")
+    app.open_run("rslowclock")
+    await until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.query(ActionTree))
+    detail = app.screen.query_one("#detail", Static)
+
+    def elapsed() -> float | None:
+        found = re.search(r"duration ([\d.]+)s", str(detail.render()))
+        return float(found.group(1)) if found else None
+
+    await until(pilot, lambda: elapsed() is not None)
+    first = elapsed()
+    await until(pilot, lambda: elapsed() >= first + 1.0, timeout=5)  # nothing about the action changed meanwhile

@@ -185,7 +185,9 @@ class RunScreen(Screen):
                 self._select = None
             if records:
                 self._render_title()
-            if self.selected in changes.keys or any(r.name == self.selected for r in records):
+            selected = self.model.record(self.selected)
+            live = selected is not None and not ActionPhase(selected.phase).is_terminal  # its elapsed time moves
+            if live or self.selected in changes.keys or any(r.name == self.selected for r in records):
                 await self._render_detail()
         except LookupError:
             self.query_one("#run-title", Static).update(f"run {escape(self.run_name)} not found")
