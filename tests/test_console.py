@@ -378,3 +378,17 @@ async def test_details_of_a_running_action_show_its_elapsed_time_moving(console)
     await until(pilot, lambda: elapsed() is not None)
     first = elapsed()
     await until(pilot, lambda: elapsed() >= first + 1.0, timeout=5)  # nothing about the action changed meanwhile
+
+
+async def test_c_copies_the_focused_run_or_action_id(console):
+    app, pilot, engine = console
+    root = await engine.runs.create_run(task_spec("scripted"), name="rslowcopy")
+    await engine.runs.create_action(root.run_name, "ok5", "a0", task_spec("scripted"), root.input_uri)
+    await until(pilot, lambda: visible_runs(app) == {"rslowcopy"})
+    await pilot.press("c")
+    assert app.clipboard == "rslowcopy"
+    app.open_run("rslowcopy")
+    await until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.query(ActionTree)
+                and app.screen.model.record("ok5") is not None)
+    await pilot.press("down", "c")
+    assert app.clipboard == "rslowcopy/ok5"
