@@ -1,14 +1,20 @@
-"""kill -9 the engine at random moments, restart it, and check the run and event invariants.
+"""kill -9 the engine at random moments (repeatedly), restart it, and check the invariants.
 
-Each trial: a headless engine (a subprocess) takes 15 core-sleep runs and one real `flyte` task, is
-SIGKILLed after a random delay, and is restarted on the same data directory. Then:
+Each trial: a headless engine (a subprocess) takes 10 core-sleep runs and a real `flyte` parent whose
+children fan out, one of them failing its first attempt (retries=1). The engine is SIGKILLed after a
+random delay, restarted on the same data directory, killed again, and so on (``--kills``); the last
+engine runs everything to the end. Then:
   * the database passes PRAGMA integrity_check;
-  * every run reaches a terminal phase, and every one SUCCEEDED (nothing here should fail);
-  * every event the first engine acknowledged (printed after its commit) is in the database;
+  * every run SUCCEEDED and the parent's output is right (sum of squares + 3);
+  * every event an engine acknowledged (printed after its commit) is in the database (``lost_events``);
   * no (action, attempt, phase, version) is recorded twice, no attempt has two terminal events;
-  * the flyte task's output is right whether its process was adopted or re-run.
+  * no task body started twice for one attempt (``double_starts``): each body appends its attempt's
+    output path to a ledger, so a repeated line is a double start.
 
-    python bench/kill9.py [--trials 20] [--seed 1]
+``--die-after-spawn`` kills the engine inside its first launch, after the task process exists and
+before its launch is recorded (the window in which a naive engine loses track of a running task).
+
+    python bench/kill9.py [--trials 20] [--kills 2] [--seed 1]
 """
 
 from __future__ import annotations
@@ -16,9 +22,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import collections
 import json
+import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,15 +47,19 @@ from helpers import sleep_inputs, sleep_spec  # noqa: E402
 
 EVENT_LINE = re.compile(r"^\S+ (?P<run>\w+)/(?P<action>\w+) attempt (?P<attempt>\d+) (?P<phase>[A-Z_]+)")
 TERMINAL = {"SUCCEEDED", "FAILED", "ABORTED", "TIMED_OUT", "RECOVERED"}
+PARENT_N = 3
+PARENT_OUTPUT = sum(i * i for i in range(PARENT_N)) + 3
 
 
 class HeadlessEngine:
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, die_after_spawn: bool = False):
         self.data_dir = data_dir
         self.lines: list[str] = []
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "console.cli", "--data-dir", str(data_dir), "--headless"], cwd=ROOT,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        command = [sys.executable, str(Path(__file__).resolve()), "--serve", str(data_dir)]
+        if die_after_spawn:
+            command.append("--die-after-spawn")
+        self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         deadline = time.time() + 60
@@ -67,8 +80,11 @@ class HeadlessEngine:
         return None
 
     def call(self, method: str, path: str, payload=None):
-        data = json.dumps(payload).encode() if payload is not None else None
-        request = urllib.request.Request(f"{self.url}/taskdeck/v1{path}", data=data, method=method)
+        data = json.dumps(payload if payload is not None else {}).encode() if method == "POST" else None
+        token = (self.data_dir / "token").read_text().strip()
+        request = urllib.request.Request(f"{self.url}/taskdeck/v1{path}", data=data, method=method,
+                                         headers={"authorization": f"Bearer {token}",
+                                                  "content-type": "application/json"})
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
 
@@ -80,54 +96,66 @@ class HeadlessEngine:
                 events.add((match["run"], match["action"], int(match["attempt"]), match["phase"]))
         return events
 
-    def stop(self, sig: int) -> None:
-        self.process.send_signal(sig)
-        self.process.wait(timeout=60)
+    def wait_dead(self, timeout: float = 60) -> None:
+        self.process.wait(timeout=timeout)
         self._reader.join(timeout=5)
 
+    def stop(self, sig: int) -> None:
+        self.process.send_signal(sig)
+        self.wait_dead()
 
-def _flyte_task() -> tuple[str, str]:
+
+def flyte_parent(ledger: Path) -> tuple[str, str]:
     from engine.sdk import inputs_from_strings, load_task, serialize_task
 
-    task = load_task(ROOT / "examples" / "basics.py", "add")
-    spec = serialize_task(task, project="crash", domain="dev", root_dir=ROOT / "examples")
-    inputs = inputs_from_strings(task, {"x": "40", "y": "2"})
+    task = load_task(ROOT / "bench" / "kill9_tasks.py", "parent")
+    spec = serialize_task(task, project="crash", domain="dev", root_dir=ROOT / "bench")
+    inputs = inputs_from_strings(task, {"n": str(PARENT_N), "ledger": str(ledger)})
     return (base64.b64encode(spec.SerializeToString()).decode(), base64.b64encode(inputs.SerializeToString()).decode())
 
 
-def trial(data_dir: Path, rng: random.Random, flyte_task: tuple[str, str]) -> dict:
-    import signal
-
-    first = HeadlessEngine(data_dir)
-    runs = []
+def trial(data_dir: Path, rng: random.Random, kills: int = 2, sleeps: int = 10, die_after_spawn: bool = False) -> dict:
+    """One trial; returns its counts (raises AssertionError when an invariant fails)."""
+    ledger = data_dir.parent / f"{data_dir.name}.ledger"
+    engine = HeadlessEngine(data_dir, die_after_spawn=die_after_spawn)
+    task_spec, task_inputs = flyte_parent(ledger)
+    runs = [engine.call("POST", "/runs", {"taskSpec": task_spec, "inputs": task_inputs, "project": "crash",
+                                          "domain": "dev", "codeDir": str(ROOT / "bench")})["run"]]
     spec = base64.b64encode(sleep_spec().SerializeToString()).decode()
-    task_spec, task_inputs = flyte_task
-    runs.append(first.call("POST", "/runs", {"taskSpec": task_spec, "inputs": task_inputs, "project": "crash",
-                                             "domain": "dev", "codeDir": str(ROOT / "examples")})["run"])
-    kill_after = rng.uniform(0.05, 1.2)
-    started = time.time()
-    for _ in range(15):
+    acknowledged: set[tuple] = set()
+    kill_times = []
+    if die_after_spawn:
+        engine.wait_dead()  # it kills itself inside the parent's launch
+        acknowledged |= engine.acknowledged_events()
+        engine = HeadlessEngine(data_dir)
+    for _ in range(sleeps):
         inputs = base64.b64encode(sleep_inputs(round(rng.uniform(0, 0.6), 3)).SerializeToString()).decode()
-        runs.append(first.call("POST", "/runs", {"taskSpec": spec, "inputs": inputs})["run"])
-    time.sleep(max(0.0, kill_after - (time.time() - started)))
-    acknowledged = first.acknowledged_events()
-    first.stop(signal.SIGKILL)
-
-    second = HeadlessEngine(data_dir)
-    deadline = time.time() + 120
+        runs.append(engine.call("POST", "/runs", {"taskSpec": spec, "inputs": inputs})["run"])
+    for _ in range(kills):
+        kill_times.append(rng.uniform(0.05, 3.0))
+        time.sleep(kill_times[-1])
+        acknowledged |= engine.acknowledged_events()
+        engine.stop(signal.SIGKILL)
+        engine = HeadlessEngine(data_dir)
+    deadline = time.time() + 180
     while True:
-        listed = {r["run"]: r["phase"] for r in second.call("GET", "/runs?limit=1000")}
+        listed = {r["run"]: r["phase"] for r in engine.call("GET", "/runs?limit=1000")}
         if all(ActionPhase[listed[r]].is_terminal for r in runs):
             break
         if time.time() > deadline:
-            raise AssertionError(f"runs did not finish after the restart: {listed}")
+            raise AssertionError(f"runs did not finish after the restarts: {listed}\n" + "\n".join(engine.lines))
         time.sleep(0.1)
-    flyte_result = second.call("GET", f"/runs/{runs[0]}")
-    second.stop(signal.SIGTERM)
-    return asyncio.run(_check(data_dir, runs, acknowledged, flyte_result, kill_after))
+    parent_result = engine.call("GET", f"/runs/{runs[0]}")
+    acknowledged |= engine.acknowledged_events()
+    engine.stop(signal.SIGTERM)
+    starts = collections.Counter(ledger.read_text().splitlines()) if ledger.exists() else collections.Counter()
+    result = asyncio.run(_check(data_dir, runs, acknowledged, parent_result))
+    result.update(kill_times=kill_times, double_starts=sum(1 for n in starts.values() if n > 1),
+                  body_starts=sum(starts.values()))
+    return result
 
 
-async def _check(data_dir: Path, runs: list[str], acknowledged: set, flyte_result: dict, kill_after: float) -> dict:
+async def _check(data_dir: Path, runs: list[str], acknowledged: set, parent_result: dict) -> dict:
     store = SqliteStore(data_dir / "taskdeck.db", read_only=True)
     await store.start()
     try:
@@ -148,29 +176,52 @@ async def _check(data_dir: Path, runs: list[str], acknowledged: set, flyte_resul
                         per_attempt[e.attempt] = per_attempt.get(e.attempt, 0) + 1
                 assert all(n == 1 for n in per_attempt.values()), (run_name, action.name, per_attempt)
                 recorded |= {(run_name, action.name, e.attempt, ActionPhase(e.phase).name) for e in events}
-        lost = acknowledged - recorded
-        assert not lost, f"acknowledged events lost: {sorted(lost)}"
-        assert flyte_result["phase"] == "SUCCEEDED" and flyte_result["outputs"] == {"o0": 42}, flyte_result
-        return {"kill_after": kill_after, "acknowledged": len(acknowledged), "recorded": len(recorded)}
+        assert parent_result["phase"] == "SUCCEEDED" and parent_result["outputs"] == {"o0": PARENT_OUTPUT}, \
+            parent_result
+        return {"acknowledged": len(acknowledged), "recorded": len(recorded),
+                "lost_events": len(acknowledged - recorded)}
     finally:
         await store.close()
+
+
+def serve(data_dir: str, die_after_spawn: bool) -> int:
+    """The headless engine, optionally made to die right after its first task process is spawned."""
+    from console.cli import main as taskdeck
+    from engine.plugins import container
+
+    if die_after_spawn:
+        spawn = container.asyncio.create_subprocess_exec
+
+        async def spawn_then_die(*args, **kwargs):
+            await spawn(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGKILL)  # before the launch marker and before the gate opens
+
+        container.asyncio = type("asyncio", (), {**vars(asyncio), "create_subprocess_exec": spawn_then_die})
+    return taskdeck(["--data-dir", data_dir, "--allow-dir", str(ROOT), "--headless"])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--kills", type=int, default=2, help="kills per trial")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--die-after-spawn", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve:
+        sys.exit(serve(args.serve, args.die_after_spawn))
     rng = random.Random(args.seed)
-    task = _flyte_task()
-    passed = 0
+    totals = collections.Counter()
     for i in range(args.trials):
         with tempfile.TemporaryDirectory() as tmp:
-            result = trial(Path(tmp), rng, task)
-        passed += 1
-        print(f"trial {i + 1}: killed after {result['kill_after']:.2f}s, {result['acknowledged']} acknowledged "
-              f"events kept, {result['recorded']} recorded", flush=True)
-    print(f"kill9_trials_passed: {passed}/{args.trials}")
+            result = trial(Path(tmp) / "data", rng, kills=args.kills, die_after_spawn=i % 5 == 0)
+        totals.update({k: result[k] for k in ("double_starts", "lost_events", "body_starts")})
+        print(f"trial {i + 1}: killed after {', '.join(f'{t:.2f}s' for t in result['kill_times'])}; "
+              f"{result['acknowledged']} acknowledged events, {result['recorded']} recorded, "
+              f"{result['body_starts']} task-body starts, {result['double_starts']} double", flush=True)
+    print(f"trials: {args.trials}")
+    print(f"double_starts: {totals['double_starts']}")
+    print(f"lost_events: {totals['lost_events']}")
 
 
 if __name__ == "__main__":

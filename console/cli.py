@@ -4,9 +4,10 @@
 ``taskdeck get runs`` / ``taskdeck get actions RUN``  list runs and a run's actions
 ``taskdeck abort RUN [--action NAME]``  abort a run or one action and its subtree
 ``taskdeck --headless``  run the engine alone, one line per phase transition
+``taskdeck token``  print the credential that drives the engine (for curl and the flyte CLI)
 
-While an engine serves the data directory, ``run``/``get``/``abort`` go through it (its local HTTP API);
-otherwise ``run`` starts an engine in this process for the duration of the run.
+While an engine serves the data directory, ``run``/``get``/``abort`` go through it (its local HTTP API,
+with the token from ``<data>/token``); otherwise ``run`` starts an engine in this process for the run.
 """
 
 from __future__ import annotations
@@ -26,9 +27,21 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from engine.engine import Engine, EngineAlreadyRunningError, EngineConfig, default_data_dir, read_endpoint
+from engine.auth import TOKEN_FILE, Authority, read_token
+from engine.engine import (
+    DataDirError,
+    Engine,
+    EngineAlreadyRunningError,
+    EngineConfig,
+    default_data_dir,
+    prepare_data_dir,
+    read_endpoint,
+)
+from engine.errors import InvalidRunError
+from engine.names import check_action_name, check_run_id, check_run_name
 from engine.phases import ActionPhase
-from engine.runs import InvalidRunError
+from engine.store.base import AlreadyExistsError, StorageUnavailableError
+from engine.views import strict_dumps
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -39,29 +52,51 @@ class CliError(Exception):
 
 # --------------------------------------------------------------------------- client for a live engine
 class EngineClient:
-    def __init__(self, url: str):
+    def __init__(self, url: str, token: str):
         self.url = url.rstrip("/") + "/taskdeck/v1"
+        self._token = token
 
     def call(self, method: str, path: str, payload: Any = None, timeout: float = 30) -> Any:
-        data = json.dumps(payload).encode() if payload is not None else None
+        data = json.dumps(payload if payload is not None else {}).encode() if method == "POST" else None
         request = urllib.request.Request(self.url + path, data=data, method=method,
-                                         headers={"content-type": "application/json"})
+                                         headers={"content-type": "application/json",
+                                                  "authorization": f"Bearer {self._token}"})
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as exc:
             try:
-                message = json.loads(exc.read()).get("error", str(exc))
+                message = json.loads(exc.read()).get("error") or str(exc)
             except ValueError:
                 message = str(exc)
             raise CliError(message) from None
-        except urllib.error.URLError as exc:
-            raise CliError(f"cannot reach the engine at {self.url}: {exc.reason}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise CliError(f"cannot reach the engine at {self.url}: {reason}") from None
+        except ValueError as exc:
+            raise CliError(f"the engine at {self.url} sent an unreadable answer: {exc}") from None
 
 
-def live_client(data_dir: pathlib.Path) -> EngineClient | None:
-    endpoint = read_endpoint(data_dir)
-    return EngineClient(endpoint["url"]) if endpoint and endpoint.get("url") else None
+def token_of(args: argparse.Namespace) -> str:
+    path = args.token_file or args.data_dir / TOKEN_FILE
+    try:
+        return read_token(path)
+    except PermissionError:
+        raise CliError(f"cannot read the engine's credential {path} (permission denied): its owner can share it "
+                       "with a Unix group (`taskdeck --headless --share-group GROUP`)") from None
+    except OSError as exc:
+        raise CliError(f"cannot read the engine's credential {path}: {exc.strerror or exc}") from None
+
+
+def live_client(args: argparse.Namespace) -> EngineClient | None:
+    try:
+        endpoint = read_endpoint(args.data_dir)
+    except PermissionError:
+        raise CliError(f"cannot read {args.data_dir} (permission denied): it belongs to another user; its owner "
+                       "can share the engine with a Unix group (`--share-group`)") from None
+    if not endpoint or not endpoint.get("url"):
+        return None
+    return EngineClient(endpoint["url"], token_of(args))
 
 
 # --------------------------------------------------------------------------- output
@@ -90,7 +125,7 @@ def print_table(rows: list[list[str]], headers: list[str]) -> None:
 
 def print_result(result: dict, as_json: bool) -> int:
     if as_json:
-        print(json.dumps({k: result.get(k) for k in ("run", "phase", "outputs", "error")}))
+        print(strict_dumps({k: result.get(k) for k in ("run", "phase", "outputs", "error")}))
     else:
         print(f"run {result['run']}: {result['phase']}")
         for name, value in (result.get("outputs") or {}).items():
@@ -103,7 +138,10 @@ def print_result(result: dict, as_json: bool) -> int:
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:
     return EngineConfig(data_dir=args.data_dir, max_system_failures=args.max_system_failures,
-                        max_processes=args.max_processes, gc_ttl_seconds=args.gc_ttl)
+                        max_processes=args.max_processes, gc_ttl_seconds=args.gc_ttl,
+                        max_body_bytes=args.max_body_bytes, share_group=args.share_group,
+                        pass_env=tuple(args.pass_env), advertise_host=args.advertise_host,
+                        allowed_code_dirs=tuple(args.allow_dir) if args.allow_dir else None)
 
 
 # --------------------------------------------------------------------------- commands
@@ -131,6 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from engine.sdk import TaskLoadError, inputs_from_strings, load_task, serialize_task
 
     file = pathlib.Path(args.file)
+    check_run_id(args.project, args.domain, args.name or "r", new_run=bool(args.name))
     try:
         task = load_task(file, args.task)
         task_args = list(args.task_args)
@@ -143,7 +182,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (TaskLoadError, ValueError) as exc:
         raise CliError(str(exc)) from None
     code_dir = str(file.resolve().parent)
-    client = live_client(args.data_dir)
+    client = live_client(args)
     if args.tui:
         if client is not None:
             raise CliError(f"an engine already serves {args.data_dir}; the console embeds its own engine")
@@ -202,7 +241,7 @@ def _run_in_console(args: argparse.Namespace, spec, inputs, code_dir: str) -> in
 def cmd_console(args: argparse.Namespace) -> int:
     from console.app import TaskDeckApp
 
-    if live_client(args.data_dir) is not None:
+    if live_client(args) is not None:
         raise CliError(f"an engine already serves {args.data_dir}: the console embeds its own engine; stop the "
                        "other one, or use `taskdeck get` against it")
     _log_to_file(args.data_dir)
@@ -215,7 +254,7 @@ async def _start_engine(args: argparse.Namespace) -> tuple[Engine, asyncio.Event
     engine = Engine(engine_config(args))
     try:
         await engine.start()
-    except EngineAlreadyRunningError as exc:
+    except (EngineAlreadyRunningError, DataDirError) as exc:
         raise CliError(str(exc)) from None
     interrupted = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -236,8 +275,8 @@ async def _run_embedded(args: argparse.Namespace, spec, inputs, code_dir: str) -
         try:
             record = await engine.runs.create_run(spec, inputs, project=args.project, domain=args.domain,
                                                   name=args.name, code_dir=code_dir)
-        except InvalidRunError as exc:
-            raise CliError(str(exc)) from None
+        except AlreadyExistsError:
+            raise CliError(f"a run named {args.name!r} already exists; choose another --run-name") from None
         if not args.json:
             print(f"run {record.run_name} started (data dir {engine.data_dir})", file=sys.stderr)
         wait = asyncio.create_task(engine.runs.wait_for_run(record.run_name))
@@ -257,8 +296,8 @@ async def _run_embedded(args: argparse.Namespace, spec, inputs, code_dir: str) -
 
 
 async def _local_reads(data_dir: pathlib.Path, fn):
-    from engine.store.sqlite import SqliteStore
     from engine.runs import RunsService
+    from engine.store.sqlite import SqliteStore
 
     store = SqliteStore(data_dir / "taskdeck.db", read_only=True)
     await store.start()
@@ -269,16 +308,19 @@ async def _local_reads(data_dir: pathlib.Path, fn):
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    from engine.views import action_json, task_action_for
+    from engine.views import action_json
 
-    client = live_client(args.data_dir)
+    if args.run:
+        check_run_name(args.run)
+    check_action_name(args.action)
+    client = live_client(args)
     if args.kind == "runs":
         if client is not None:
             rows = client.call("GET", f"/runs?limit={args.limit}")
         else:
             rows = asyncio.run(_local_reads(args.data_dir, lambda runs, store: _runs_json(runs, args.limit)))
         if args.json:
-            print(json.dumps(rows, indent=2))
+            print(strict_dumps(rows, indent=2))
         else:
             print_table([[r["run"], r.get("taskName") or "-", r["phase"], (r.get("startedAt") or "-")[:19],
                           _duration(r.get("durationMs")), str(r["attempts"]), _first_line(r.get("error"))]
@@ -289,11 +331,11 @@ def cmd_get(args: argparse.Namespace) -> int:
     if args.kind == "events":
         return _print_events(args, client)
     async def read(runs, store):
-        return [action_json(a, task_action_for(store, a)) for a in await runs.list_actions(args.run)]
+        return [action_json(a, runs.task_action_of(a)) for a in await runs.list_actions(args.run)]
 
     rows = _fetch(args, client, f"/runs/{args.run}/actions", read)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(strict_dumps(rows, indent=2))
     else:
         print_table([[r["name"], r.get("parent") or "-", r.get("shortName") or r.get("taskName") or "-", r["phase"],
                       str(r["attempts"]), r["cacheStatus"].replace("CACHE_", ""), _duration(r.get("durationMs")),
@@ -321,7 +363,7 @@ def _print_events(args: argparse.Namespace, client: EngineClient | None) -> int:
 
     rows = _fetch(args, client, f"/runs/{args.run}/actions/{args.action}/events", read)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(strict_dumps(rows, indent=2))
     else:
         print_table([[str(r["attempt"]), r["phase"], (r.get("updatedTime") or "-")[11:23],
                       _first_line(r.get("error")), "; ".join(r.get("reasons") or [])[:60],
@@ -337,7 +379,10 @@ async def _runs_json(runs, limit: int) -> list[dict]:
 
 
 def cmd_abort(args: argparse.Namespace) -> int:
-    client = live_client(args.data_dir)
+    check_run_name(args.run)
+    if args.action:
+        check_action_name(args.action)
+    client = live_client(args)
     if client is None:
         raise CliError(f"no engine is serving {args.data_dir}; start one with `taskdeck --headless` to abort runs")
     client.call("POST", f"/runs/{args.run}/abort", {"action": args.action, "reason": args.reason})
@@ -346,7 +391,10 @@ def cmd_abort(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    client = live_client(args.data_dir)
+    check_run_name(args.run)
+    if args.action:
+        check_action_name(args.action)
+    client = live_client(args)
     payload = {"action": args.action, "reason": args.reason, "by": getpass.getuser()}
     if client is not None:
         result = client.call("POST", f"/runs/{args.run}/retry", payload)
@@ -360,7 +408,7 @@ async def _retry_embedded(args: argparse.Namespace, payload: dict) -> int:
     engine = Engine(engine_config(args))
     try:
         await engine.start()
-    except EngineAlreadyRunningError as exc:
+    except (EngineAlreadyRunningError, DataDirError) as exc:
         raise CliError(str(exc)) from None
     try:
         try:
@@ -376,7 +424,8 @@ async def _retry_embedded(args: argparse.Namespace, payload: dict) -> int:
 
 
 def cmd_signal(args: argparse.Namespace) -> int:
-    client = live_client(args.data_dir)
+    check_run_name(args.run)
+    client = live_client(args)
     if client is None:
         raise CliError(f"no engine is serving {args.data_dir}; conditions are signalled through a running engine")
     result = client.call("POST", f"/runs/{args.run}/signal", {"action": args.action, "value": args.value})
@@ -388,7 +437,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     """List or evict task-cache entries: through the live engine, else on the database (under its lock)."""
     from engine.views import cache_entry_json
 
-    client = live_client(args.data_dir)
+    client = live_client(args)
     if args.action == "list":
         if client is not None:
             query = f"?limit={args.limit}" + (f"&task={urllib.parse.quote(args.task)}" if args.task else "")
@@ -399,7 +448,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
             rows = asyncio.run(_local_reads(args.data_dir, read))
         if args.json:
-            print(json.dumps(rows, indent=2))
+            print(strict_dumps(rows, indent=2))
         else:
             print_table([[r["taskName"], r["cacheVersion"] or "-", (r.get("createdAt") or "-")[:19],
                           f"{r['source']['run']}/{r['source']['action']}", r["key"]] for r in rows],
@@ -436,18 +485,27 @@ async def _local_evict(data_dir: pathlib.Path, payload: dict) -> int:
         lock.release()
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    """Print the owner's token, creating the data directory's credentials on first use."""
+    if not (args.data_dir / TOKEN_FILE).exists() and args.token_file is None:
+        prepare_data_dir(args.data_dir)
+        Authority(args.data_dir).load()
+    print(token_of(args))
+    return EXIT_OK
+
+
 async def _headless(args: argparse.Namespace) -> int:
     from engine.store.base import EventsRecorded, StorageChanged
 
     engine, stop = await _start_engine(args)
 
+    def on_storage(change: StorageChanged) -> None:
+        if change.error:
+            print(f"storage unavailable: {change.error}; launching nothing until writes succeed again", flush=True)
+        else:
+            print("storage available again; resuming", flush=True)
+
     def on_change(change) -> None:
-        if isinstance(change, StorageChanged):
-            if change.error:
-                print(f"storage unavailable: {change.error}; launching nothing until writes succeed again",
-                      flush=True)
-            else:
-                print("storage available again; resuming", flush=True)
         if isinstance(change, EventsRecorded):
             for event in change.events:
                 when = dt.datetime.fromtimestamp(event.updated_time, dt.timezone.utc).strftime("%H:%M:%S.%f")[:-3]
@@ -456,11 +514,14 @@ async def _headless(args: argparse.Namespace) -> int:
                       f"{ActionPhase(event.phase).name}{error}", flush=True)
 
     unsubscribe = engine.store.subscribe(on_change)
-    print(f"TaskDeck engine serving {engine.data_dir} at {engine.url} (Ctrl-C to stop)", flush=True)
+    unsubscribe_storage = engine.health.subscribe(on_storage)
+    print(f"TaskDeck engine serving {engine.data_dir} at {engine.url} (Ctrl-C to stop; clients authenticate "
+          f"with the token in {engine.token_path})", flush=True)
     try:
         await stop.wait()
     finally:
         unsubscribe()
+        unsubscribe_storage()
         _release_signals()
         await engine.stop()
         print("engine stopped", flush=True)
@@ -468,20 +529,58 @@ async def _headless(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- entry point
+def bounded(kind: type, low: float, high: float):
+    """An argparse type: a finite ``kind`` from ``low`` to ``high``, or a one-line usage error."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+        if not low <= value <= high:  # NaN fails both comparisons
+            raise argparse.ArgumentTypeError(f"{text!r} must be from {low:g} to {high:g}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, naming the problem (argparse would print the whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="taskdeck", description="Local Flyte v2 executor and operations console.")
+    parser = _Parser(prog="taskdeck", description="Local Flyte v2 executor and operations console.")
     parser.add_argument("--data-dir", type=pathlib.Path, default=None,
                         help=f"where runs, logs and the database live (default {default_data_dir()})")
     parser.add_argument("--headless", action="store_true", help="run the engine without the console")
     parser.add_argument("--read-only", action="store_true", help="console: hide abort, retry and signal")
     parser.add_argument("--ascii", action="store_true", help="console: ASCII phase glyphs")
     parser.add_argument("-v", "--verbose", action="store_true", help="log engine activity to stderr")
-    parser.add_argument("--max-system-failures", type=int, default=3,
+    parser.add_argument("--max-system-failures", type=bounded(int, 0, 1000), default=3,
                         help="consecutive system failures an action survives (default 3; the 4th fails it)")
-    parser.add_argument("--max-processes", type=int, default=16, help="task processes running at once")
-    parser.add_argument("--gc-ttl", type=float, default=3600,
+    parser.add_argument("--max-processes", type=bounded(int, 1, 10_000), default=16,
+                        help="task processes running at once")
+    parser.add_argument("--gc-ttl", type=bounded(float, 0, 10 ** 8), default=3600,
                         help="seconds after which terminated TaskActions are removed (rows and events stay)")
-    sub = parser.add_subparsers(dest="command")
+    parser.add_argument("--token-file", type=pathlib.Path, default=None,
+                        help="the engine's credential (default <data-dir>/token)")
+    security = parser.add_argument_group("security (engine)")
+    security.add_argument("--share-group", default=None, metavar="GROUP",
+                          help="let this Unix group read the token, and so drive the engine")
+    security.add_argument("--pass-env", action="append", default=[], metavar="NAME",
+                          help="also give task processes this variable of the engine's environment (repeatable)")
+    security.add_argument("--allow-dir", action="append", default=[], type=pathlib.Path, metavar="DIR",
+                          help="a directory submitted code may run from (repeatable; default: your home)")
+    security.add_argument("--advertise-host", default=None, metavar="HOST",
+                          help="a host name clients may address the engine by, besides the loopback names")
+    security.add_argument("--max-body-bytes", type=bounded(int, 1024, 2 ** 31), default=8 * 1024 * 1024,
+                          help="larger request bodies are refused (default 8 MiB)")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    sub.add_parser("token", help="print the credential that drives the engine (Authorization: Bearer TOKEN)")
 
     run = sub.add_parser("run", help="run a flyte task through the engine",
                          description="Run FILE's TASK; task inputs follow as --name value.")
@@ -499,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("--action", default="a0", help="with `events`: the action (default the root)")
     get.add_argument("run", nargs="?")
     get.add_argument("--json", action="store_true")
-    get.add_argument("--limit", type=int, default=200)
+    get.add_argument("--limit", type=bounded(int, 1, 100_000), default=200)
 
     abort = sub.add_parser("abort", help="abort a run, or one action and its subtree")
     abort.add_argument("run")
@@ -523,7 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--task", default=None, help="only this task's entries (its full name, e.g. env.task)")
     cache.add_argument("--all", action="store_true", help="with `clear`: every entry")
     cache.add_argument("--json", action="store_true")
-    cache.add_argument("--limit", type=int, default=1000)
+    cache.add_argument("--limit", type=bounded(int, 1, 100_000), default=1000)
     return parser
 
 
@@ -531,9 +630,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.data_dir = (args.data_dir or default_data_dir()).expanduser().resolve()
+    if args.data_dir.exists() and not args.data_dir.is_dir():
+        print(f"taskdeck: --data-dir {args.data_dir} exists and is not a directory", file=sys.stderr)
+        return EXIT_USAGE
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if args.command == "token":
+            return cmd_token(args)
         if args.command == "run":
             return cmd_run(args)
         if args.command == "get":
@@ -549,9 +653,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.headless:
             return asyncio.run(_headless(args))
         return cmd_console(args)
-    except CliError as exc:
+    except (CliError, InvalidRunError, DataDirError, EngineAlreadyRunningError, LookupError) as exc:
         print(f"taskdeck: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except StorageUnavailableError as exc:
+        print(f"taskdeck: storage unavailable: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
 

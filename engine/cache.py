@@ -31,7 +31,7 @@ from flyteidl2.core import catalog_pb2, interface_pb2, literals_pb2, tasks_pb2
 from flyteidl2.task import common_pb2
 
 from engine.literals import inputs_message
-from engine.plugins.core import PhaseInfo, TaskInfo
+from engine.plugins.core import PhaseInfo, StorageFaultError, TaskInfo
 from engine.store.base import CacheEntry, CacheStore
 
 log = logging.getLogger(__name__)
@@ -254,7 +254,11 @@ class TaskCache:
         try:
             os.makedirs(output_prefix, exist_ok=True)
             shutil.copyfile(source, target)
-        except FileNotFoundError:
+        except FileNotFoundError as exc:
+            if exc.filename != source:
+                raise StorageFaultError(target, exc) from exc
             log.warning("cache entry %s points at missing outputs %s: running the task", entry.key, source)
             return False
+        except OSError as exc:  # the attempt's directory refuses the copy: storage, not a miss
+            raise StorageFaultError(target, exc) from exc
         return True

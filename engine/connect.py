@@ -8,6 +8,9 @@ engine's runs service, so a parent's children are ordinary TaskActions reconcile
 Watch semantics (what the SDK's informer needs): the parent's known children first, then a sentinel,
 then live updates; a terminal update carries ``output_uri`` (the attempt prefix holding outputs.pb, or the
 trace's output file) or the ``ExecutionError``; a signalled condition carries its value.
+
+Every request's identifiers are checked against flyteidl2's rules (``engine/names.py``) and against the
+caller's credential: a task process holds its run's token and reaches nothing outside that run.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import asyncio
 import contextvars
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
 
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
@@ -28,19 +30,12 @@ from flyteidl2.workflow import queue_service_pb2, run_definition_pb2, state_serv
 from flyteidl2.workflow.queue_service_connect import QueueService, QueueServiceASGIApplication
 from flyteidl2.workflow.state_service_connect import StateService, StateServiceASGIApplication
 
-from engine.model import task_action_name
+from engine.errors import InvalidRunError, RunNotFoundError
+from engine.http_gate import DEFAULT_MAX_BODY_BYTES, BoundedGzip, current_principal, harden_connect_app
+from engine.names import InvalidNameError, check_action_id, check_action_name
 from engine.phases import ActionPhase
-from engine.runs import (
-    ACTION_TYPE_CONDITION,
-    ACTION_TYPE_TRACE,
-    InvalidRunError,
-    ParentGoneError,
-    RunNotFoundError,
-)
-from engine.store.base import ActionRecord, ActionsChanged, AlreadyExistsError
-
-if TYPE_CHECKING:
-    from engine.engine import Engine
+from engine.runs import ACTION_TYPE_CONDITION, ACTION_TYPE_TRACE, ParentGoneError, RunsService
+from engine.store.base import ActionRecord, ActionsChanged, AlreadyExistsError, StorageUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -77,23 +72,43 @@ def disconnect_aware(app):
 class ControllerServices:
     """The engine side of the SDK's controller: enqueue, watch, abort, signal."""
 
-    def __init__(self, engine: Engine):
-        self.engine = engine
+    def __init__(self, runs: RunsService, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
+        self.runs = runs
+        self.max_body_bytes = max_body_bytes
         self.closing = asyncio.Event()
 
     def apps(self) -> list:
+        options = {"read_max_bytes": self.max_body_bytes, "compressions": [BoundedGzip(self.max_body_bytes)]}
         return [
-            disconnect_aware(QueueServiceASGIApplication(_QueueService(self))),
-            disconnect_aware(StateServiceASGIApplication(_StateService(self))),
-            disconnect_aware(ActionsServiceASGIApplication(_ActionsService(self))),
+            disconnect_aware(harden_connect_app(QueueServiceASGIApplication(_QueueService(self), **options))),
+            disconnect_aware(harden_connect_app(StateServiceASGIApplication(_StateService(self), **options))),
+            disconnect_aware(harden_connect_app(ActionsServiceASGIApplication(_ActionsService(self), **options))),
         ]
+
+    async def authorize(self, action_id: identifier_pb2.ActionIdentifier, *, field: str = "action_id") -> None:
+        """The identifier is well formed, names an existing run, and the caller's credential covers it."""
+        try:
+            check_action_id(action_id, field=field)
+        except InvalidNameError as exc:
+            raise ConnectError(Code.INVALID_ARGUMENT, str(exc)) from None
+        run_id = action_id.run
+        principal = current_principal()
+        if principal is None or not principal.covers(run_id.project, run_id.domain, run_id.name):
+            raise ConnectError(Code.PERMISSION_DENIED,
+                               f"the credential of {principal or 'nobody'} does not cover run {run_id.name!r}")
+        run = await self.runs.find_run(run_id.name)
+        if run is None or (run.project, run.domain) != (run_id.project, run_id.domain):
+            raise ConnectError(Code.NOT_FOUND, f"run {run_id.project}/{run_id.domain}/{run_id.name} not found")
 
     # ------------------------------------------------------------------ enqueue
     async def enqueue(self, action_id: identifier_pb2.ActionIdentifier, parent: str, input_uri: str,
                       run_output_base: str, group: str, task=None, trace=None, condition=None) -> None:
-        runs, run_name, name = self.engine.runs, action_id.run.name, action_id.name
-        if not run_name or not name or not parent:
-            raise ConnectError(Code.INVALID_ARGUMENT, "action_id.run.name, action_id.name and the parent are required")
+        runs, run_name, name = self.runs, action_id.run.name, action_id.name
+        await self.authorize(action_id)
+        try:
+            check_action_name(parent, field="parent_action_name")
+        except InvalidNameError as exc:
+            raise ConnectError(Code.INVALID_ARGUMENT, str(exc)) from None
         try:
             if trace is not None:
                 await runs.record_trace(run_name, name, parent, trace, input_uri, group)
@@ -114,24 +129,24 @@ class ControllerServices:
             raise ConnectError(code, str(exc)) from None
         except (InvalidRunError, ValueError) as exc:
             raise ConnectError(Code.INVALID_ARGUMENT, str(exc)) from None
+        except StorageUnavailableError as exc:
+            raise ConnectError(Code.UNAVAILABLE, f"storage unavailable: {exc}") from None
 
     async def _exists(self, action_id) -> bool:
-        record = await self.engine.store.find_run(action_id.run.name)
-        if record is None:
-            return False
-        key = (record.project, record.domain, action_id.run.name, action_id.name)
-        return await self.engine.store.get_action(key) is not None
+        return await self.runs.find_action(action_id.run.name, action_id.name) is not None
 
     # ------------------------------------------------------------------ abort / signal
-    async def abort(self, run_name: str, action_name: str, reason: str) -> None:
+    async def abort(self, action_id: identifier_pb2.ActionIdentifier, reason: str) -> None:
+        await self.authorize(action_id)
         try:
-            await self.engine.runs.abort_action(run_name, action_name or "a0", reason or "aborted by the SDK")
+            await self.runs.abort_action(action_id.run.name, action_id.name, reason or "aborted by the SDK")
         except RunNotFoundError:
             pass  # already gone: abort is idempotent
 
     async def signal(self, action_id, value: literals_pb2.Literal, by: str) -> None:
+        await self.authorize(action_id)
         try:
-            await self.engine.runs.signal(action_id.run.name, action_id.name, value, by or "sdk")
+            await self.runs.signal(action_id.run.name, action_id.name, value, by or "sdk")
         except RunNotFoundError as exc:
             raise ConnectError(Code.NOT_FOUND, str(exc)) from None
         except InvalidRunError as exc:
@@ -141,8 +156,8 @@ class ControllerServices:
     async def watch(self, parent_id: identifier_pb2.ActionIdentifier) -> AsyncIterator[
             state_service_pb2.ActionUpdate | None]:
         """Children of ``parent_id``: snapshot, then None (the sentinel), then live updates."""
+        await self.authorize(parent_id, field="parent_action_id")
         run_id, parent = parent_id.run, parent_id.name
-        store = self.engine.store
         pending: dict[str, None] = {}
         wake = asyncio.Event()
 
@@ -153,19 +168,16 @@ class ControllerServices:
                         pending[key[3]] = None
                         wake.set()
 
-        unsubscribe = store.subscribe(on_change)  # subscribe before listing: nothing falls in between
+        unsubscribe = self.runs.subscribe(on_change)  # subscribe before listing: nothing falls in between
         disconnected = _disconnected.get() or asyncio.Event()
         sent: dict[str, tuple] = {}
         try:
-            root = await store.find_run(run_id.name)
-            children: set[str] = set()
-            if root is not None:
-                for record in await store.list_actions(root.project, root.domain, run_id.name):
-                    if record.parent_action_name == parent:
-                        children.add(record.name)
-                        update = self.action_update(run_id, record)
-                        sent[record.name] = _signature(update)
-                        yield update
+            root = await self.runs.get_run(run_id.name)
+            for record in await self.runs.list_actions(run_id.name):
+                if record.parent_action_name == parent:
+                    update = self.action_update(run_id, record)
+                    sent[record.name] = _signature(update)
+                    yield update
             yield None
             stop = asyncio.ensure_future(self._first(disconnected, self.closing))
             try:
@@ -179,11 +191,7 @@ class ControllerServices:
                     names = list(pending)
                     pending.clear()
                     for name in names:
-                        if root is None:
-                            root = await store.find_run(run_id.name)
-                            if root is None:
-                                continue
-                        record = await store.get_action((root.project, root.domain, run_id.name, name))
+                        record = await self.runs.get_action((root.project, root.domain, run_id.name, name))
                         if record is None or record.parent_action_name != parent:
                             continue
                         update = self.action_update(run_id, record)
@@ -229,7 +237,7 @@ class ControllerServices:
                 code=record.error_code or "Unknown", message=record.error_message or "",
                 kind=_ERROR_KIND.get(record.error_kind or "", execution_pb2.ExecutionError.UNKNOWN)))
         if record.action_type == ACTION_TYPE_CONDITION and phase == ActionPhase.SUCCEEDED:
-            obj = self.engine.store.peek(task_action_name(record.run_name, record.name))
+            obj = self.runs.task_action_of(record)
             if obj is not None and obj.status.signal_value:
                 update.value.ParseFromString(obj.status.signal_value)
         return update
@@ -251,11 +259,11 @@ class _QueueService(QueueService):
         return queue_service_pb2.EnqueueActionResponse()
 
     async def abort_queued_action(self, request, ctx):
-        await self.services.abort(request.action_id.run.name, request.action_id.name, request.reason)
+        await self.services.abort(request.action_id, request.reason)
         return queue_service_pb2.AbortQueuedActionResponse()
 
     async def abort_queued_run(self, request, ctx):
-        await self.services.abort(request.run_id.name, "a0", request.reason)
+        await self.services.abort(identifier_pb2.ActionIdentifier(run=request.run_id, name="a0"), request.reason)
         return queue_service_pb2.AbortQueuedRunResponse()
 
 
@@ -267,9 +275,11 @@ class _StateService(StateService):
         return self.services.watch_responses(request.parent_action_id, state_service_pb2.WatchResponse)
 
     async def put(self, request, ctx):  # the SDK has no call sites; accepted and ignored
+        await self.services.authorize(request.action_id)
         return state_service_pb2.PutResponse(action_id=request.action_id)
 
     async def get(self, request, ctx):
+        await self.services.authorize(request.action_id)
         return state_service_pb2.GetResponse(action_id=request.action_id)
 
 
@@ -289,10 +299,11 @@ class _ActionsService(ActionsService):
         return self.services.watch_responses(request.parent_action_id, actions_service_pb2.WatchForUpdatesResponse)
 
     async def update(self, request, ctx):  # the SDK has no call sites; attempts/cache status come from the engine
+        await self.services.authorize(request.action_id)
         return actions_service_pb2.UpdateResponse()
 
     async def abort(self, request, ctx):
-        await self.services.abort(request.action_id.run.name, request.action_id.name, request.reason)
+        await self.services.abort(request.action_id, request.reason)
         return actions_service_pb2.AbortResponse()
 
     async def signal(self, request, ctx):

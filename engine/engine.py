@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from engine import pygc
+from engine.auth import Authority, endpoint_with_credential, write_private
 from engine.connect import ControllerServices
 from engine.controller import ControllerManager
 from engine.gc import DEFAULT_INTERVAL_SECONDS, DEFAULT_TTL_SECONDS, GarbageCollector
@@ -20,7 +21,9 @@ from engine.plugins.container import LocalContainerPlugin
 from engine.plugins.registry import PluginRegistry
 from engine.plugins.sleep import SleepPlugin
 from engine.reconciler import DEFAULT_MAX_SYSTEM_FAILURES, DEFAULT_REQUEUE_SECONDS, TaskActionReconciler
+from engine.http_gate import DEFAULT_MAX_BODY_BYTES
 from engine.runs import RunsService
+from engine.storage_health import StorageHealth
 from engine.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
@@ -29,6 +32,7 @@ LOCK_FILE = "engine.lock"
 PORT_FILE = "engine.port"  # kept across restarts: running tasks hold this port in _U_EP_OVERRIDE
 ENDPOINT_FILE = "engine.json"
 DB_FILE = "taskdeck.db"
+SHARED_FILES = frozenset({"token", ENDPOINT_FILE, LOCK_FILE})  # readable by a --share-group group
 
 
 def default_data_dir() -> Path:
@@ -42,6 +46,53 @@ class EngineAlreadyRunningError(RuntimeError):
     pass
 
 
+class DataDirError(RuntimeError):
+    """The data directory cannot be used (not a directory, not creatable, not writable)."""
+
+
+def prepare_data_dir(path: Path, shared: bool = False) -> None:
+    """Create the data directory private to its owner, or tighten an existing one, saying so."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError:
+        raise DataDirError(f"{path} exists and is not a directory") from None
+    except OSError as exc:
+        raise DataDirError(f"cannot create the data directory {path}: {exc.strerror or exc}") from None
+    if not path.is_dir():
+        raise DataDirError(f"{path} exists and is not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise DataDirError(f"the data directory {path} is not writable")
+    wanted = 0o710 if shared else 0o700
+    mode = path.stat().st_mode & 0o777
+    if mode & ~wanted:
+        os.chmod(path, wanted)
+        log.warning("tightened the data directory %s from %o to %o: its runs, logs and credentials are private",
+                    path, mode, wanted)
+    for entry in path.iterdir():  # what sits at the top: the database, its WAL, the engine's files
+        with contextlib.suppress(OSError):
+            if entry.is_file() and entry.stat().st_mode & 0o077 and entry.name not in SHARED_FILES:
+                os.chmod(entry, 0o600)
+
+
+class _PrivateFiles:
+    """While an engine runs, what it (and every task process it starts) creates is private: umask 077."""
+
+    holders = 0
+    saved: int | None = None
+
+    @classmethod
+    def acquire(cls) -> None:
+        if cls.holders == 0:
+            cls.saved = os.umask(0o077)
+        cls.holders += 1
+
+    @classmethod
+    def release(cls) -> None:
+        cls.holders -= 1
+        if cls.holders == 0 and cls.saved is not None:
+            os.umask(cls.saved)
+
+
 @dataclasses.dataclass
 class EngineConfig:
     data_dir: Path = dataclasses.field(default_factory=default_data_dir)
@@ -53,10 +104,27 @@ class EngineConfig:
     gc_ttl_seconds: float = DEFAULT_TTL_SECONDS  # terminated TaskActions are removed after this
     gc_interval_seconds: float = DEFAULT_INTERVAL_SECONDS  # 0 disables the collector
     use_actions_service: bool = True  # task processes use ActionsService (_U_USE_ACTIONS=1), as Flyte's do
-    serve: bool = True  # the local HTTP API (and, later, the SDK's controller services)
+    serve: bool = True  # the local HTTP API and the SDK's controller services
     tune_python_gc: bool = True  # see engine/pygc.py
     host: str = "127.0.0.1"
     port: int = 0
+    advertise_host: str | None = None  # a host name clients may use besides the loopback names
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # larger request bodies are refused with 413
+    share_group: str | None = None  # a Unix group that may read the token (and so drive the engine)
+    pass_env: tuple[str, ...] = ()  # engine environment variables task processes also get
+    allowed_code_dirs: tuple[Path, ...] | None = None  # where a submitted codeDir may be (None: home)
+
+    def __post_init__(self) -> None:
+        for name in ("workers", "max_processes", "max_body_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")
+        for name in ("requeue_after", "gc_ttl_seconds", "gc_interval_seconds"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0 <= value < 10 ** 9:
+                raise ValueError(f"{name} must be a finite number of seconds, not {value!r}")
+        if not isinstance(self.max_system_failures, int) or not 0 <= self.max_system_failures <= 1000:
+            raise ValueError(f"max_system_failures must be from 0 to 1000, not {self.max_system_failures!r}")
 
 
 class DataDirLock:
@@ -67,8 +135,7 @@ class DataDirLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -91,9 +158,10 @@ class DataDirLock:
 def read_endpoint(data_dir: Path) -> dict | None:
     """The live engine serving ``data_dir`` ({pid, url}), or None when none holds the lock."""
     lock_path = data_dir / LOCK_FILE
-    if not lock_path.exists():
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except FileNotFoundError:
         return None
-    fd = os.open(lock_path, os.O_RDWR)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -115,23 +183,27 @@ class Engine:
         self.config = config or EngineConfig()
         self.data_dir = Path(self.config.data_dir).expanduser().resolve()
         self.store = SqliteStore(self.data_dir / DB_FILE, inline_commits=not self.config.commit_in_thread)
+        self.health = StorageHealth(self.store, self.data_dir)
+        self.authority = Authority(self.data_dir, share_group=self.config.share_group)
         self.registry = PluginRegistry()
-        self.container_plugin = LocalContainerPlugin(max_processes=self.config.max_processes)
+        self.container_plugin = LocalContainerPlugin(max_processes=self.config.max_processes,
+                                                     pass_env=tuple(self.config.pass_env))
         self.registry.register(self.container_plugin)
         self.registry.register(SleepPlugin())
         self.runtime_env: dict[str, str] = {}
         self.reconciler = TaskActionReconciler(
             self.store, self.registry, self.data_dir, self._enqueue,
-            runtime_env=self.runtime_env,
+            runtime_env=self.runtime_env, task_env=self._task_env, health=self.health,
             max_system_failures=self.config.max_system_failures,
             requeue_after=self.config.requeue_after,
         )
         self.manager = ControllerManager(self.store, self.reconciler.reconcile, workers=self.config.workers)
-        self.runs = RunsService(self.store, self.data_dir)
-        self.controller_services = ControllerServices(self)
+        self.runs = RunsService(self.store, self.data_dir, report_file_fault=self.health.report_file_fault)
+        self.controller_services = ControllerServices(self.runs, max_body_bytes=self.config.max_body_bytes)
         self.gc = GarbageCollector(self.store, self.config.gc_ttl_seconds, self.config.gc_interval_seconds)
         self._lock = DataDirLock(self.data_dir)
         self._server = None
+        self._private = False
         self.url: str | None = None
         self.started = False
         self._gc_tuned = False
@@ -139,19 +211,34 @@ class Engine:
     def _enqueue(self, name: str) -> None:
         self.manager.queue.add(name)
 
+    def _task_env(self, project: str, domain: str, run: str) -> dict[str, str]:
+        """A task process reaches the controller services with its run's credential in the endpoint."""
+        if self.url is None:
+            return {}
+        return {"_U_EP_OVERRIDE": endpoint_with_credential(self.url, self.authority.run_token(project, domain, run))}
+
+    @property
+    def token_path(self) -> Path:
+        return self.authority.token_path
+
     async def start(self) -> None:
+        prepare_data_dir(self.data_dir, shared=self.config.share_group is not None)
         self._lock.acquire()
+        _PrivateFiles.acquire()
+        self._private = True
         try:
+            self.authority.load()
+            self.authority.share_file(self._lock.path)  # the group tells a live engine by its lock
             await self.store.start()
-            await self.manager.start()
-            await self.gc.start()
-            if self.config.serve:
+            if self.config.serve:  # before any launch: task processes get this address (with their credential)
                 self.url = await self._start_server()
-                # Task processes reach the SDK's controller services here (flyte-sdk-client §4.4).
-                self.runtime_env.update({"_U_EP_OVERRIDE": self.url, "_U_INSECURE": "true"})
+                self.runtime_env["_U_INSECURE"] = "true"
                 if self.config.use_actions_service:
                     self.runtime_env["_U_USE_ACTIONS"] = "1"
-                (self.data_dir / ENDPOINT_FILE).write_text(json.dumps({"pid": os.getpid(), "url": self.url}))
+                write_private(self.data_dir / ENDPOINT_FILE, json.dumps({"pid": os.getpid(), "url": self.url}))
+                self.authority.share_file(self.data_dir / ENDPOINT_FILE)
+            await self.manager.start()
+            await self.gc.start()
         except BaseException:
             await self._shutdown()
             raise
@@ -164,7 +251,7 @@ class Engine:
     async def _start_server(self) -> str:
         """Serve on the port this data directory used before when possible, so task processes that
         outlived the previous engine (and hold its address) reach this one."""
-        from engine.api import ApiServer
+        from engine.api import ApiServer, TaskDeckApi
 
         port_file = self.data_dir / PORT_FILE
         candidates = [self.config.port]
@@ -174,17 +261,25 @@ class Engine:
             except ValueError:
                 pass
         last_error: Exception | None = None
+        api = TaskDeckApi(self.runs, self.health, self.data_dir, self._allowed_code_dirs())
         for port in candidates:
-            self._server = ApiServer(self, self.config.host, port)
+            self._server = ApiServer(api, self.controller_services.apps(), self.authority, self.config.host, port,
+                                     max_body_bytes=self.config.max_body_bytes,
+                                     advertise_host=self.config.advertise_host)
             try:
                 url = await self._server.start()
             except (OSError, SystemExit, RuntimeError) as exc:  # uvicorn exits when the port is taken
                 last_error = exc
                 self._server = None
                 continue
-            port_file.write_text(url.rsplit(":", 1)[1])
+            write_private(port_file, url.rsplit(":", 1)[1])
             return url
         raise RuntimeError(f"could not start the engine's server: {last_error}")
+
+    def _allowed_code_dirs(self) -> list[Path]:
+        if self.config.allowed_code_dirs is not None:
+            return [Path(p).expanduser().resolve() for p in self.config.allowed_code_dirs]
+        return [Path.home()]
 
     async def stop(self) -> None:
         await self._shutdown()
@@ -203,6 +298,9 @@ class Engine:
             await plugin.close()
         await self.store.close()
         self._lock.release()
+        if self._private:
+            self._private = False
+            _PrivateFiles.release()
         if self._gc_tuned:
             self._gc_tuned = False
             pygc.engine_stopped()

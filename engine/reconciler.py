@@ -37,6 +37,7 @@ from engine.model import (
     TaskActionStatus,
     utcnow,
 )
+from engine.paths import input_file, is_within, local_path
 from engine.phases import PHASE_TABLE, ActionPhase, ConditionType, PluginPhase, Reason
 from engine.plugins.core import (
     NON_RETRYABLE_CODES,
@@ -47,10 +48,12 @@ from engine.plugins.core import (
     PhaseInfo,
     Plugin,
     PluginStateManager,
+    StorageFaultError,
     TaskExecutionContext,
     TaskExecutionMetadata,
 )
 from engine.plugins.registry import PluginNotFoundError, PluginRegistry
+from engine.storage_health import StorageHealth
 from engine.store.base import ConflictError, EngineStore, EventRecord
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,7 @@ DEFAULT_REQUEUE_SECONDS = 10.0
 CONFLICT_RETRIES = 5
 RESTART_MESSAGE = "restarting task"
 STORAGE_RETRY_SECONDS = 2.0
+STORAGE_BACKOFF_SECONDS = (1.0, 60.0)  # an action waiting on storage is retried from 1 s, doubling to 60 s
 VERDICT_CACHE_SIZE = 4096
 MAX_TEMPLATE_BYTES = 10 * 1024 * 1024
 
@@ -68,15 +72,6 @@ MAX_TEMPLATE_BYTES = 10 * 1024 * 1024
 @dataclasses.dataclass(frozen=True)
 class Result:
     requeue_after: float | None = None
-
-
-def local_path(uri: str) -> str:
-    return uri[len("file://"):] if uri.startswith("file://") else uri
-
-
-def input_file(input_uri: str) -> str:
-    path = local_path(input_uri).rstrip("/")
-    return path if path.endswith("/inputs.pb") or path == "inputs.pb" else f"{path}/inputs.pb"
 
 
 def max_attempts(template: tasks_pb2.TaskTemplate | None) -> int:
@@ -137,6 +132,8 @@ class TaskActionReconciler:
         enqueue: Callable[[str], None],
         *,
         runtime_env: dict[str, str] | None = None,
+        task_env: Callable[[str, str, str], dict[str, str]] | None = None,
+        health: StorageHealth | None = None,
         max_system_failures: int = DEFAULT_MAX_SYSTEM_FAILURES,
         requeue_after: float = DEFAULT_REQUEUE_SECONDS,
         cluster: str = "",
@@ -152,6 +149,9 @@ class TaskActionReconciler:
         self._verdicts: collections.OrderedDict[tuple[str, int], tuple] = collections.OrderedDict()
         self.enqueue = enqueue
         self.runtime_env = runtime_env if runtime_env is not None else {}
+        self.task_env = task_env or (lambda project, domain, run: {})  # per run: its task credential
+        self.health = health or StorageHealth(store, self.data_dir)
+        self._storage_waits: dict[str, float] = {}  # action → its current storage backoff
         self.max_system_failures = max_system_failures or DEFAULT_MAX_SYSTEM_FAILURES
         self.requeue_after = requeue_after
         self.cluster = cluster
@@ -231,9 +231,9 @@ class TaskActionReconciler:
             log.warning("%s: cannot build the task execution context: %s", task_action.name, exc)
             return Result(self.requeue_after)
 
-        if self.store.storage_error is not None and not await self.store.probe():
+        if not await self.health.writable():
             # Storage refuses writes: launch nothing whose outcome could not be recorded.
-            return Result(STORAGE_RETRY_SECONDS)
+            return Result(self._storage_backoff(task_action.name))
 
         expired, next_bound = expired_timeout(task_action, template, self.clock())
         if expired is not None:
@@ -258,6 +258,8 @@ class TaskActionReconciler:
                 try:
                     cached = await self.cache.before_execution(cache, already_running, tctx.output_prefix,
                                                                self.requeue_after, task_action.name)
+                except StorageFaultError as exc:  # the cached outputs could not be copied in
+                    return await self.wait_for_storage(task_action, original, exc)
                 except CacheError as exc:  # fail closed: run nothing until the reservation can be taken
                     log.warning("%s: %s", task_action.name, exc)
                     return Result(STORAGE_RETRY_SECONDS)
@@ -269,9 +271,12 @@ class TaskActionReconciler:
                 except CorruptedPluginStateError as exc:
                     return await self.finalize_permanent_failure(
                         task_action, original, ExecutionError("CorruptedPluginState", str(exc), SYSTEM))
+                except StorageFaultError as exc:  # not the task's fault, nor the plugin's: wait for storage
+                    return await self.wait_for_storage(task_action, original, exc)
                 except Exception as exc:  # noqa: BLE001 - any plugin exception is a system failure
                     return await self.record_system_error(task_action, original, plugin.id, exc)
                 info = transition.info
+                self._storage_waits.pop(task_action.name, None)
                 if cache is not None:
                     await self.finish_cache(cache, info, tctx)
 
@@ -374,6 +379,7 @@ class TaskActionReconciler:
             "RUN_NAME": spec.run_name,
             "_U_RUN_BASE": spec.run_output_base,
             "_U_ORG_NAME": "local",
+            **self.task_env(spec.project, spec.domain, spec.run_name),
         })
         name = task_action.name
         metadata = TaskExecutionMetadata(
@@ -409,11 +415,35 @@ class TaskActionReconciler:
         """Local paths must stay inside the data roots; a task may not read or write elsewhere."""
         if "://" in uri and not uri.startswith("file://"):
             return False  # no remote object stores in the local engine
-        path = os.path.normpath(local_path(uri))
-        return os.path.isabs(path) and any(path == root or path.startswith(root + os.sep) for root in self.data_roots)
+        return is_within(local_path(uri), self.data_roots)
 
     def log_path(self, run_name: str, action_name: str, attempt: int) -> Path:
         return Path(f"{self._logs_root}/{run_name}/{action_name}/{attempt}.log")
+
+    # ------------------------------------------------------------------ storage faults
+    def _storage_backoff(self, name: str) -> float:
+        low, high = STORAGE_BACKOFF_SECONDS
+        delay = min(self._storage_waits.get(name, low / 2) * 2, high)
+        self._storage_waits[name] = delay
+        return delay
+
+    async def wait_for_storage(self, task_action: TaskAction, original: TaskAction,
+                               fault: StorageFaultError) -> Result:
+        """Keep the action waiting, with the reason in its status, and retry with backoff."""
+        self.health.report_file_fault(fault.path, fault.error)
+        delay = self._storage_backoff(task_action.name)
+        log.warning("%s: %s; retrying in %.0f s", task_action.name, fault, delay)
+        info = PhaseInfo.waiting_for_resources(reason=f"storage unavailable: {fault}")
+        status, now = task_action.status, self.clock()
+        map_phase_to_conditions(status, info, now)
+        status.plugin_phase = info.phase.wire_name
+        status.plugin_phase_version = info.version
+        status.attempts = status.observed_attempts
+        try:
+            await self.update_task_action_status(original, task_action, info, [])
+        except Exception as exc:  # noqa: BLE001 - the database may be failing too; the retry comes anyway
+            log.warning("%s: could not record the storage wait: %s", task_action.name, exc)
+        return Result(delay)
 
     # ------------------------------------------------------------------ failures
     async def reset_plugin_resource(self, task_action: TaskAction, plugin: Plugin, tctx: TaskExecutionContext) -> None:
@@ -533,6 +563,7 @@ class TaskActionReconciler:
 
     # ------------------------------------------------------------------ abort / finalize
     async def handle_abort_and_finalize(self, task_action: TaskAction) -> Result:
+        self._storage_waits.pop(task_action.name, None)
         if FINALIZER not in task_action.metadata.finalizers:
             return Result()
         try:

@@ -14,9 +14,9 @@ import dataclasses
 import datetime as dt
 import hashlib
 import os
-import re
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,10 @@ from flyteidl2.task import common_pb2, run_pb2, task_definition_pb2
 from flyteidl2.workflow import run_definition_pb2
 
 from engine import cache
+from engine.errors import InvalidRunError, RunNotFoundError
 from engine.events import build_action_event
 from engine.literals import inputs_message, read_inputs, read_outputs
+from engine.names import check_action_name, check_env_vars, check_run_id, check_run_name
 from engine.model import (
     ROOT_ACTION_NAME,
     ObjectMeta,
@@ -42,35 +44,31 @@ from engine.model import (
 from engine.phases import ActionPhase
 from engine.plugins.container import ANNOTATION_CODE_DIR, substitute_template
 from engine.plugins.core import PhaseInfo
-from engine.reconciler import ANNOTATION_RUN_START_TIME, input_file, local_path
+from engine.paths import input_file, local_path, resolves_within
+from engine.reconciler import ANNOTATION_RUN_START_TIME
 from engine.store.base import (
     ActionKey,
     ActionRecord,
     ActionsChanged,
     CacheEntry,
+    Change,
     ConflictError,
     EngineStore,
     EventRecord,
     NotFoundError,
     OwnerGoneError,
+    StorageUnavailableError,
 )
 
 RUN_NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # k8s.io/apimachinery util/rand
 RUN_NAME_LENGTH = 20
-_DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+MAX_LIST_LIMIT = 100_000
+MAX_WAIT_SECONDS = 24 * 3600
 
 ACTION_TYPE_TASK = 1
 ACTION_TYPE_TRACE = 2
 ACTION_TYPE_CONDITION = 3
 RETRYABLE_PHASES = frozenset({ActionPhase.FAILED, ActionPhase.ABORTED, ActionPhase.TIMED_OUT})
-
-
-class InvalidRunError(ValueError):
-    pass
-
-
-class RunNotFoundError(LookupError):
-    pass
 
 
 _SIGNAL_TYPES = {
@@ -123,9 +121,10 @@ def generate_run_name() -> str:
     return "r" + "".join(_name_random.choices(RUN_NAME_ALPHABET, k=RUN_NAME_LENGTH - 1))
 
 
-def validate_run_name(name: str) -> None:
-    if len(name) > 30 or not _DNS1035.match(name):
-        raise InvalidRunError(f"run name {name!r} must be a DNS-1035 label of at most 30 characters")
+def check_limit(limit: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST_LIMIT:
+        raise InvalidRunError(f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}", field="limit")
+    return limit
 
 
 def stamped_spec(task_spec: task_definition_pb2.TaskSpec, run_start_iso: str):
@@ -177,10 +176,12 @@ class RunResult:
 
 
 class RunsService:
-    def __init__(self, store: EngineStore, data_dir: Path):
+    def __init__(self, store: EngineStore, data_dir: Path,
+                 report_file_fault: Callable[[str, OSError], None] | None = None):
         self.store = store
         self.data_dir = Path(data_dir)
         self._data_root = str(self.data_dir / "data")
+        self._report_file_fault = report_file_fault or (lambda path, exc: None)
 
     def run_base(self, project: str, domain: str, run_name: str) -> str:
         return f"{self._data_root}/{project}/{domain}/{run_name}"
@@ -198,9 +199,9 @@ class RunsService:
         labels: dict[str, str] | None = None,
         annotations: dict[str, str] | None = None,
     ) -> ActionRecord:
-        if name:
-            validate_run_name(name)
-        run_name = name or generate_run_name()
+        run_name = generate_run_name() if name is None else name
+        check_run_id(project, domain, run_name, new_run=name is not None)
+        env_vars = check_env_vars(env_vars)
         template = tasks_pb2.TaskTemplate()
         template.CopyFrom(task_spec.task_template)
         if not template.type:
@@ -212,7 +213,11 @@ class RunsService:
 
         run_base = self.run_base(project, domain, run_name)
         input_uri = f"{run_base}/inputs/inputs.pb"
-        write_new_file(input_uri, (inputs or common_pb2.Inputs()).SerializeToString())
+        try:
+            write_new_file(input_uri, (inputs or common_pb2.Inputs()).SerializeToString())
+        except OSError as exc:
+            self._report_file_fault(input_uri, exc)
+            raise StorageUnavailableError(f"cannot write the run's inputs: {exc.strerror or exc}") from None
         # Flyte's runs service gives a discoverable root its cache key; ours is the SDK's formula (engine/cache.py).
         root_cache_key = cache.cache_key(template, inputs or common_pb2.Inputs()) \
             if cache.is_discoverable(template) else ""
@@ -281,6 +286,7 @@ class RunsService:
         reference to the parent, so aborting the parent cascades. Raises AlreadyExistsError for a
         duplicate (run, action) and ParentGoneError when the parent is missing or being aborted.
         """
+        self._check_child(run_name, action_name, parent_action_name)
         try:
             parent = await self.store.get(task_action_name(run_name, parent_action_name))
         except NotFoundError:
@@ -291,6 +297,7 @@ class RunsService:
         spec, template, spec_bytes = stamped_spec(
             task_spec, parent.metadata.annotations.get(ANNOTATION_RUN_START_TIME, ""))
         output_base = run_output_base or parent.spec.run_output_base
+        self.check_inside_run(project, domain, run_name, inputUri=input_uri, runOutputBase=output_base)
         labels = {k: v for k, v in parent.metadata.labels.items() if not k.startswith("flyte.org/")}
         labels.update(base_labels(project, domain, run_name, action_name, "task", is_root=False))
         catalog_key = None
@@ -332,6 +339,19 @@ class RunsService:
             raise ParentGoneError(f"parent action {parent_action_name!r} of run {run_name!r} is being aborted") from None
         return record
 
+    @staticmethod
+    def _check_child(run_name: str, action_name: str, parent_action_name: str) -> None:
+        check_run_name(run_name)
+        check_action_name(action_name)
+        check_action_name(parent_action_name, field="parent")
+
+    def check_inside_run(self, project: str, domain: str, run_name: str, **uris: str) -> None:
+        """Every named URI must lie inside the run's own directory: a task reaches nothing else."""
+        base = self.run_base(project, domain, run_name)
+        for field, uri in uris.items():
+            if uri and not resolves_within(local_path(uri), [base]):
+                raise InvalidRunError(f"{field} {uri!r} is outside the run's directory {base}", field=field)
+
     async def _live_parent(self, run_name: str, parent_action_name: str) -> TaskAction:
         parent = self.store.peek(task_action_name(run_name, parent_action_name))
         if parent is None:
@@ -343,8 +363,11 @@ class RunsService:
     async def record_trace(self, run_name: str, action_name: str, parent_action_name: str,
                            trace: run_definition_pb2.TraceAction, input_uri: str = "", group: str = "") -> ActionRecord:
         """A ``@flyte.trace`` step the parent already ran: an action row, no TaskAction (as in Flyte)."""
+        self._check_child(run_name, action_name, parent_action_name)
         parent = await self._live_parent(run_name, parent_action_name)
         spec = parent.spec
+        self.check_inside_run(spec.project, spec.domain, run_name, inputUri=input_uri,
+                              outputUri=trace.outputs.output_uri)
         start = trace.start_time.ToDatetime(tzinfo=dt.timezone.utc).timestamp() if trace.HasField(
             "start_time") else time.time()
         end = trace.end_time.ToDatetime(tzinfo=dt.timezone.utc).timestamp() if trace.HasField(
@@ -377,6 +400,7 @@ class RunsService:
         simple = condition.type.simple if condition.type.HasField("simple") else None
         if simple not in _SIGNAL_TYPES:
             raise InvalidRunError("a condition's type must be a simple BOOLEAN, INTEGER, FLOAT or STRING")
+        self._check_child(run_name, action_name, parent_action_name)
         parent = await self._live_parent(run_name, parent_action_name)
         spec = parent.spec
         labels = {k: v for k, v in parent.metadata.labels.items() if not k.startswith("flyte.org/")}
@@ -409,6 +433,8 @@ class RunsService:
     async def signal(self, run_name: str, action_name: str, value: literals_pb2.Literal,
                      signalled_by: str = "taskdeck") -> None:
         """Give a paused condition its value. The same value again is a no-op; another value is refused."""
+        check_run_name(run_name)
+        check_action_name(action_name)
         name = task_action_name(run_name, action_name)
         for attempt in range(5):
             try:
@@ -463,6 +489,7 @@ class RunsService:
         The new attempt's QUEUED event says who retried and why. Returns the re-run action names.
         """
         run = await self.get_run(run_name)
+        check_action_name(action_name)
         rows = await self.store.list_actions(run.project, run.domain, run.run_name)
         by_name = {r.name: r for r in rows}
         target = by_name.get(action_name)
@@ -532,13 +559,32 @@ class RunsService:
 
     # ------------------------------------------------------------------ reads
     async def get_run(self, run_name: str) -> ActionRecord:
+        check_run_name(run_name)
         run = await self.store.find_run(run_name)
         if run is None:
             raise RunNotFoundError(f"run {run_name!r} not found")
         return run
 
+    async def find_run(self, run_name: str) -> ActionRecord | None:
+        check_run_name(run_name)
+        return await self.store.find_run(run_name)
+
+    async def find_action(self, run_name: str, action_name: str) -> ActionRecord | None:
+        """The action's row, or None when the run or the action does not exist."""
+        run = await self.find_run(run_name)
+        if run is None:
+            return None
+        return await self.store.get_action((run.project, run.domain, run.run_name, action_name))
+
+    async def get_action(self, key: ActionKey) -> ActionRecord | None:
+        return await self.store.get_action(key)
+
+    def subscribe(self, callback: Callable[[Change], None]) -> Callable[[], None]:
+        """``callback`` after each commit that changed runs data (see ``RunsRepository.subscribe``)."""
+        return self.store.subscribe(callback)
+
     async def list_runs(self, limit: int = 200) -> list[ActionRecord]:
-        return await self.store.list_runs(limit)
+        return await self.store.list_runs(check_limit(limit))
 
     async def list_actions(self, run_name: str) -> list[ActionRecord]:
         run = await self.get_run(run_name)
@@ -549,6 +595,7 @@ class RunsService:
 
     async def result(self, run_name: str, action_name: str = ROOT_ACTION_NAME) -> RunResult:
         run = await self.get_run(run_name)
+        check_action_name(action_name)
         if action_name != ROOT_ACTION_NAME:
             found = await self.store.get_action((run.project, run.domain, run.run_name, action_name))
             if found is None:
@@ -567,6 +614,10 @@ class RunsService:
                 error = {"kind": "", "code": "Aborted", "message": run.abort_reason or "aborted"}
         return RunResult(run, outputs, error)
 
+    def task_action_of(self, action: ActionRecord) -> TaskAction | None:
+        """The action's TaskAction while it exists (read-only: the committed object)."""
+        return self.store.peek(task_action_name(action.run_name, action.name))
+
     def attempt_prefix_of(self, action: ActionRecord, attempt: int) -> str:
         return local_path(f"{action.run_output_base.rstrip('/')}/{action.name}/{attempt}")
 
@@ -577,7 +628,11 @@ class RunsService:
     async def wait_for_run(self, run_name: str, timeout: float | None = None,
                            action_name: str = ROOT_ACTION_NAME) -> RunResult:
         """Wait until the run's root action (or ``action_name``) is terminal in the actions table."""
+        if timeout is not None and not (isinstance(timeout, (int, float)) and 0 <= timeout <= MAX_WAIT_SECONDS):
+            raise InvalidRunError(f"timeout must be a number of seconds from 0 to {MAX_WAIT_SECONDS}",
+                                  field="timeout")
         run = await self.get_run(run_name)
+        check_action_name(action_name)
         key = (run.project, run.domain, run.run_name, action_name)
         changed = asyncio.Event()
 
@@ -601,7 +656,7 @@ class RunsService:
 
     # ------------------------------------------------------------------ task cache
     async def list_cache(self, task_name: str | None = None, limit: int = 1000) -> list[CacheEntry]:
-        return await self.store.cache_list(task_name, limit)
+        return await self.store.cache_list(task_name, check_limit(limit))
 
     async def evict_cache(self, keys: list[str] | None = None, task_name: str | None = None,
                           everything: bool = False) -> int:
@@ -615,6 +670,7 @@ class RunsService:
                            reason: str = "aborted by user") -> None:
         """Abort an action and its subtree: its TaskAction is deleted, the deletion cascades."""
         run = await self.get_run(run_name)
+        check_action_name(action_name)
         key = (run.project, run.domain, run.run_name, action_name)
         if await self.store.get_action(key) is None:
             raise RunNotFoundError(f"action {action_name!r} not found in run {run_name!r}")

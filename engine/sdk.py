@@ -87,7 +87,10 @@ def _parse_value(raw: str, annotation: Any) -> Any:
         return float(raw)
     if annotation is str:
         return raw
-    return json.loads(raw)
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("the JSON value is nested too deeply") from None
 
 
 def inputs_from_strings(task, raw: dict[str, str]) -> common_pb2.Inputs:
@@ -111,7 +114,10 @@ def inputs_from_strings(task, raw: dict[str, str]) -> common_pb2.Inputs:
         raise ValueError(f"missing required input(s): {', '.join('--' + m for m in missing)}")
 
     async def convert() -> common_pb2.Inputs:
-        return (await convert_from_native_to_inputs(interface, **values)).proto_inputs
+        try:
+            return (await convert_from_native_to_inputs(interface, **values)).proto_inputs
+        except (TypeError, ValueError, AssertionError, RecursionError) as exc:  # the SDK's type checks
+            raise ValueError("; ".join(line.strip() for line in str(exc).splitlines() if line.strip())) from None
 
     try:
         asyncio.get_running_loop()

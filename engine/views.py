@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import math
 from typing import Any
 
 from flyteidl2.core import catalog_pb2
 
-from engine.model import TaskAction, task_action_name
+from engine.model import TaskAction
 from engine.phases import ActionPhase
 from engine.store.base import ActionRecord, CacheEntry, EventRecord
 from engine.events import decode_event
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with non-finite floats as None: JSON that strict parsers accept (no NaN, no Infinity)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def strict_dumps(value: Any, indent: int | None = None) -> str:
+    return json.dumps(strict_json(value), allow_nan=False, indent=indent)
 
 
 def _iso(ts: float | None) -> str | None:
@@ -71,10 +88,6 @@ def event_json(record: EventRecord) -> dict[str, Any]:
         "cacheStatus": cache_status_name(event.cache_status),
         "reasons": [c.message for c in event.cluster_events],
     }
-
-
-def task_action_for(store, record: ActionRecord) -> TaskAction | None:
-    return store.peek(task_action_name(record.run_name, record.name))
 
 
 def cache_entry_json(entry: CacheEntry) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from flyteidl2.core import identifier_pb2, interface_pb2, literals_pb2, tasks_pb2, types_pb2
 from flyteidl2.task import common_pb2, task_definition_pb2
 
+from engine.auth import endpoint_with_credential
 from engine.literals import primitive_literal
 from engine.model import ObjectMeta, TaskAction, TaskActionSpec, base_labels, owner_reference_to, task_action_name
 from engine.plugins.core import PhaseInfo, Plugin, TaskExecutionContext, Transition
@@ -80,6 +81,16 @@ def task_spec(task_type: str, inputs: dict[str, types_pb2.LiteralType] | None = 
     return task_definition_pb2.TaskSpec(task_template=template, short_name=name.rsplit(".", 1)[-1])
 
 
+def shell_spec(script: str, *, outputs: dict[str, types_pb2.LiteralType] | None = None,
+               retries: int = 0) -> task_definition_pb2.TaskSpec:
+    """A container task running ``sh -c script`` (Flyte's template variables are substituted)."""
+    spec = task_spec("container", retries=retries)
+    spec.task_template.container.CopyFrom(tasks_pb2.Container(image="local", args=["sh", "-c", script]))
+    for key, literal_type in (outputs or {}).items():
+        spec.task_template.interface.outputs.variables.add(key=key, value=interface_pb2.Variable(type=literal_type))
+    return spec
+
+
 def cached_spec(*, serializable: bool = False, version: str = "v1", name: str = "test.cached",
                 task_type: str = "scripted") -> task_definition_pb2.TaskSpec:
     """A discoverable task with one int input ``x``."""
@@ -116,3 +127,12 @@ async def eventually(predicate: Callable[[], object], timeout: float = 10.0, int
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
+
+
+def run_endpoint(engine, run) -> str:
+    """The engine's address with ``run``'s task credential, as a task process of that run gets it."""
+    return endpoint_with_credential(engine.url, engine.authority.run_token(run.project, run.domain, run.run_name))
+
+
+def owner_headers(engine) -> dict[str, str]:
+    return {"authorization": f"Bearer {engine.authority.owner_token}", "content-type": "application/json"}

@@ -313,7 +313,7 @@ async def sdk_engine(tmp_path):
 @pytest.mark.sdk
 async def test_sdk_cached_child_runs_once_across_two_runs_and_its_key_is_the_engines(sdk_engine, tmp_path):
     from engine.literals import inputs_message
-    from engine.reconciler import input_file
+    from engine.paths import input_file
     from flyteidl2.core import tasks_pb2
 
     engine, ledger = sdk_engine, tmp_path / "ledger"

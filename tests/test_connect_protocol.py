@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from pathlib import Path
 
 import pytest
 from connectrpc.code import Code
@@ -19,7 +20,7 @@ from flyteidl2.workflow.state_service_connect import StateServiceClient
 from engine.engine import Engine, EngineConfig
 from engine.model import task_action_name
 from engine.phases import ActionPhase
-from helpers import eventually, sleep_inputs, sleep_spec
+from helpers import eventually, run_endpoint, sleep_inputs, sleep_spec
 
 
 @pytest.fixture
@@ -51,11 +52,11 @@ def _child_request(run, name, input_uri: str):
 
 async def test_enqueue_is_idempotent_and_watch_sends_snapshot_sentinel_then_live(engine, tmp_path):
     run = await _root(engine)
-    inputs = tmp_path / "child" / "inputs.pb"
-    inputs.parent.mkdir()
+    inputs = Path(run.run_output_base) / "child" / "inputs.pb"
+    inputs.parent.mkdir(parents=True)
     inputs.write_bytes(sleep_inputs(0.2).SerializeToString())
-    queue = QueueServiceClient(engine.url)
-    state = StateServiceClient(engine.url)
+    queue = QueueServiceClient(run_endpoint(engine, run))
+    state = StateServiceClient(run_endpoint(engine, run))
     await queue.enqueue_action(_child_request(run, "c1", str(inputs)))
     with pytest.raises(ConnectError) as duplicate:
         await queue.enqueue_action(_child_request(run, "c1", str(inputs)))
@@ -93,13 +94,13 @@ async def test_enqueue_under_a_missing_parent_is_not_found(engine):
     request = _child_request(run, "c1", "/unused/inputs.pb")
     request.parent_action_name = "nope"
     with pytest.raises(ConnectError) as error:
-        await QueueServiceClient(engine.url).enqueue_action(request)
+        await QueueServiceClient(run_endpoint(engine, run)).enqueue_action(request)
     assert error.value.code == Code.NOT_FOUND
 
 
 async def test_actions_service_abort_and_signal(engine, tmp_path):
     run = await _root(engine)
-    client = ActionsServiceClient(engine.url)
+    client = ActionsServiceClient(run_endpoint(engine, run))
     _, cond_id = _ids(run, "cond")
     condition = run_definition_pb2.ConditionAction(name="ok", type=types_pb2.LiteralType(
         simple=types_pb2.SimpleType.INTEGER))

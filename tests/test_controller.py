@@ -145,8 +145,10 @@ def test_sigterm_stops_the_headless_engine_cleanly_with_no_lost_writes(tmp_path)
         body = json.dumps({"taskSpec": base64.b64encode(sleep_spec().SerializeToString()).decode(),
                            "inputs": base64.b64encode(sleep_inputs(0.05).SerializeToString()).decode()}).encode()
         acknowledged = []
+        headers = {"authorization": f"Bearer {(tmp_path / 'token').read_text().strip()}",
+                   "content-type": "application/json"}
         for _ in range(30):
-            request = urllib.request.Request(url, data=body, method="POST")
+            request = urllib.request.Request(url, data=body, method="POST", headers=headers)
             with urllib.request.urlopen(request, timeout=10) as response:
                 acknowledged.append(json.loads(response.read())["run"])
         server.send_signal(signal.SIGTERM)

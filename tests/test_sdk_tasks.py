@@ -105,7 +105,8 @@ def test_cli_rejects_bad_input_clearly(tmp_path):
 
 def test_headless_engine_serves_run_and_get_and_refuses_a_second_engine(tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    server = subprocess.Popen([*TASKDECK, "--data-dir", str(tmp_path), "--headless"], cwd=ROOT, env=env,
+    server = subprocess.Popen([*TASKDECK, "--data-dir", str(tmp_path), "--allow-dir", str(ROOT), "--headless"],
+                              cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 30

@@ -123,8 +123,8 @@ class RunsScreen(Screen):
             parts.append(f"filter: [b]{escape(self.filter_text)}[/] ({len(wanted)} shown)")
         if self.run_query.errors:
             parts.append(f"[b $error]{escape('; '.join(self.run_query.errors))}[/] (ignored)")
-        if self.app.engine.store.storage_error:
-            parts.append(f"[b $error]storage unavailable: {escape(self.app.engine.store.storage_error)}[/]")
+        if self.app.engine.health.error:
+            parts.append(f"[b $error]storage unavailable: {escape(self.app.engine.health.error)}[/]")
         self.query_one("#counters", Static).update("   ".join(parts))
 
     @property

@@ -6,7 +6,12 @@ the outcome is read from ``outputs.pb`` / ``error.pb`` (the exit code alone is n
 after catching a user error). Each process leads its own process group so abort kills all of it.
 
 A process that outlives the engine (kill -9) is adopted on restart: its pid and start time are in the
-plugin state, and it is polled until it exits.
+plugin state, and it is polled until it exits. No task runs unrecorded: each starts as a small shell
+gate that waits on its stdin, the launch marker is written, and only then is the gate told to exec the
+task. An engine killed in between closes the pipe, the gate exits without running anything, and the
+next engine sees a recorded launch that ended without outputs (a system failure, relaunched).
+
+Task processes get a clean environment (see ``INHERITED_ENV``), not the engine's.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from engine.plugins.core import (
     PhaseInfo,
     Plugin,
     PluginError,
+    StorageFaultError,
     TaskExecutionContext,
     TaskInfo,
     Transition,
@@ -48,6 +54,10 @@ MARKER = ".taskdeck-process.json"  # beside the attempt's outputs: the launch su
 ANNOTATION_CODE_DIR = "taskdeck.flyte.org/code-dir"
 TERMINATE_GRACE_SECONDS = 3.0
 ADOPTED_POLL_SECONDS = 0.5
+GATE_SCRIPT = 'IFS= read -r go || exit 111; [ "$go" = go ] || exit 111; exec "$@" </dev/null'
+# What a task process keeps of the engine's environment: a Flyte pod sees its image's basics, not the
+# node's variables. Anything else reaches tasks only through the engine's --pass-env allow-list.
+INHERITED_ENV = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR"})
 
 _TEMPLATE_VAR = re.compile(r"\{\{\s*[.$]([A-Za-z0-9_]+)\s*\}\}")
 
@@ -129,9 +139,10 @@ class LocalContainerPlugin(Plugin):
     task_types = ("container", "python", "raw-container", "sidecar", "pod", "python-task")
     is_default = True
 
-    def __init__(self, max_processes: int = 16, bin_dir: str | None = None):
+    def __init__(self, max_processes: int = 16, bin_dir: str | None = None, pass_env: tuple[str, ...] = ()):
         self.max_processes = max_processes
         self.bin_dir = bin_dir or str(Path(sys.executable).parent)
+        self.pass_env = frozenset(pass_env)
         self._running: dict[str, _Running] = {}
         self._adopted: dict[str, tuple[int, int | None]] = {}
         self._exit_codes: dict[str, int] = {}  # finished processes, until finalize
@@ -175,8 +186,9 @@ class LocalContainerPlugin(Plugin):
 
     def _environment(self, tctx: TaskExecutionContext) -> dict[str, str]:
         md = tctx.metadata
-        env = dict(os.environ)
-        env["PATH"] = os.pathsep.join([self.bin_dir, env.get("PATH", "")])
+        env = {k: v for k, v in os.environ.items()
+               if k in INHERITED_ENV or k.startswith("LC_") or k in self.pass_env}
+        env["PATH"] = os.pathsep.join([self.bin_dir, env.get("PATH", os.defpath)])
         env.update({kv.key: kv.value for kv in tctx.task_template.container.env})
         env.update(tctx.runtime_env)
         env.update({
@@ -193,40 +205,58 @@ class LocalContainerPlugin(Plugin):
         env = self._environment(tctx)
         cwd = tctx.metadata.annotations.get(ANNOTATION_CODE_DIR) or tctx.output_prefix
         for path in (tctx.output_prefix, tctx.checkpoint_prefix, tctx.log_path.parent):
-            Path(path).mkdir(parents=True, exist_ok=True)
+            try:
+                Path(path).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageFaultError(str(path), exc) from exc
         if not os.path.isdir(cwd):
             return PhaseInfo.failure("BadTaskSpecification", f"code directory {cwd} does not exist")
         # A relaunch under the same attempt (after a system failure) must not read the last try's files.
         for stale in ("outputs.pb", "error.pb"):
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.unlink(os.path.join(tctx.output_prefix, stale))
-        log_file = open(tctx.log_path, "ab", buffering=0)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise StorageFaultError(os.path.join(tctx.output_prefix, stale), exc) from exc
         image = tctx.task_template.container.image
-        log_file.write(
-            f"[taskdeck] attempt {tctx.metadata.attempt} of {tctx.metadata.owner_name}; image {image or '-'} "
-            f"recorded, not pulled; running locally in {cwd}\n[taskdeck] $ {shlex.join(argv)}\n".encode()
-        )
+        log_file = None
+        try:
+            log_file = open(tctx.log_path, "ab", buffering=0)
+            log_file.write(
+                f"[taskdeck] attempt {tctx.metadata.attempt} of {tctx.metadata.owner_name}; image {image or '-'} "
+                f"recorded, not pulled; running locally in {cwd}\n[taskdeck] $ {shlex.join(argv)}\n".encode())
+        except OSError as exc:
+            if log_file is not None:
+                log_file.close()
+            raise StorageFaultError(str(tctx.log_path), exc) from exc
         try:
             process = await asyncio.create_subprocess_exec(
-                *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                start_new_session=True,
-            )
+                "/bin/sh", "-c", GATE_SCRIPT, "taskdeck-gate", *argv, cwd=cwd, env=env,
+                stdin=asyncio.subprocess.PIPE, stdout=log_file, stderr=log_file, start_new_session=True)
         except OSError as exc:
             log_file.close()
             raise PluginError(f"could not start {argv[0]}: {exc}") from exc
+        state = {"phase": "Started", "pid": process.pid, "startTicks": _process_start_ticks(process.pid),
+                 "startedAt": time.time(), "image": image}
+        marker = Path(tctx.output_prefix) / MARKER
+        try:
+            marker.with_suffix(".tmp").write_text(json.dumps(state))
+            marker.with_suffix(".tmp").replace(marker)
+        except OSError as exc:  # a launch we cannot record must not run: the gate has not opened yet
+            _kill_group(process.pid, signal.SIGKILL)
+            await process.wait()
+            log_file.close()
+            raise StorageFaultError(str(marker), exc) from exc
+        # Recorded: now the task may run.
+        with contextlib.suppress(OSError):  # the gate is gone already: the reaper sees how it ended
+            process.stdin.write(b"go\n")
+            await process.stdin.drain()
+        process.stdin.close()
         running = _Running(process, log_file)
         name = tctx.metadata.generated_name
         self._running[name] = running
         asyncio.get_running_loop().create_task(self._reap(name, running, tctx.enqueue_owner))
-        state = {"phase": "Started", "pid": process.pid, "startTicks": _process_start_ticks(process.pid),
-                 "startedAt": time.time(), "image": image}
-        try:
-            marker = Path(tctx.output_prefix) / MARKER
-            marker.with_suffix(".tmp").write_text(json.dumps(state))
-            marker.with_suffix(".tmp").replace(marker)
-        except OSError as exc:  # a launch we cannot record must not run
-            _kill_group(process.pid, signal.SIGKILL)
-            raise PluginError(f"cannot record the launched process ({exc}); it was stopped") from exc
         tctx.plugin_state.put(STATE_VERSION, state)
         return PhaseInfo.running(info=TaskInfo(log_path=str(tctx.log_path), custom={"pid": process.pid}))
 
@@ -306,11 +336,18 @@ class LocalContainerPlugin(Plugin):
             return PhaseInfo.failed(PluginPhase.PERMANENT_FAILURE, error, info)
         outputs_file = out / "outputs.pb"
         if outputs_file.exists():
+            outputs = common_pb2.Outputs()
             try:  # a half-written file (full disk) must not become a success
-                common_pb2.Outputs().ParseFromString(outputs_file.read_bytes())
+                outputs.ParseFromString(outputs_file.read_bytes())
             except Exception as exc:  # noqa: BLE001
                 return PhaseInfo.system_retryable_failure("CorruptedOutputs", f"outputs.pb is unreadable: {exc}",
                                                           info)
+            declared = [v.key for v in tctx.task_template.interface.outputs.variables]
+            missing = sorted(set(declared) - {literal.name for literal in outputs.literals})
+            if missing:  # a 0-byte or truncated file parses, but lacks what the task declared
+                return PhaseInfo.system_retryable_failure(
+                    "IncompleteOutputs", f"outputs.pb ({outputs_file.stat().st_size} bytes) lacks the declared "
+                    f"output(s) {', '.join(missing)}: a truncated or empty file (full disk?)", info)
             return PhaseInfo.success(info)
         if exit_code == 0 and not tctx.task_template.interface.outputs.variables:
             return PhaseInfo.success(info)

@@ -144,6 +144,19 @@ class PluginError(Exception):
         self.code = code
 
 
+class StorageFaultError(PluginError):
+    """A file the engine writes for the action could not be written (disk full, permissions).
+
+    Neither the task's fault nor a plugin failure: the action waits, retried with backoff, until the
+    data directory accepts writes again. It never uses up an attempt or a system failure.
+    """
+
+    def __init__(self, path: str, error: OSError):
+        super().__init__(f"cannot write {path}: {error.strerror or error}", code="StorageFault")
+        self.path = path
+        self.error = error
+
+
 @dataclasses.dataclass(frozen=True)
 class PluginProperties:
     disable_node_level_caching: bool = False

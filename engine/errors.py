@@ -1,0 +1,23 @@
+"""Errors a request can end in, shared by every door (HTTP API, Connect services, command line).
+
+Each door maps them the same way: invalid input → 400 / ``invalid_argument`` / exit 2, a missing run or
+action → 404 / ``not_found``, a caller outside its scope → 403 / ``permission_denied``.
+"""
+
+from __future__ import annotations
+
+
+class InvalidRunError(ValueError):
+    """The request is not acceptable as given; ``field`` names the part at fault when one is."""
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+class RunNotFoundError(LookupError):
+    pass
+
+
+class PermissionDeniedError(Exception):
+    """The caller's credential does not cover what it asked for."""
