@@ -29,7 +29,6 @@ from typing import Any
 
 from engine.auth import TOKEN_FILE, Authority, read_token
 from engine.engine import (
-    DataDirError,
     Engine,
     EngineAlreadyRunningError,
     EngineConfig,
@@ -37,7 +36,7 @@ from engine.engine import (
     prepare_data_dir,
     read_endpoint,
 )
-from engine.errors import InvalidRunError
+from engine.errors import DataDirError, InvalidRunError
 from engine.names import check_action_name, check_run_id, check_run_name
 from engine.phases import ActionPhase
 from engine.store.base import AlreadyExistsError, StorageUnavailableError

@@ -32,6 +32,7 @@ import secrets
 import time
 from pathlib import Path
 
+from engine.errors import DataDirError
 from engine.names import InvalidNameError, check_run_id
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ class Authority:
         self._key = read_token(key_path).encode()
         self._owner_token = read_token(self.token_path)
         if not self._owner_token.startswith(OWNER_PREFIX) or len(self._owner_token) < 40:
-            raise RuntimeError(f"{self.token_path} does not hold a TaskDeck token; delete it to make a new one")
+            raise DataDirError(f"{self.token_path} does not hold a TaskDeck token; delete it to make a new one")
         self._apply_sharing()
 
     def _apply_sharing(self) -> None:
@@ -129,7 +130,7 @@ class Authority:
         try:
             self._gid = grp.getgrnam(self.share_group).gr_gid
         except KeyError:
-            raise RuntimeError(f"no Unix group named {self.share_group!r}") from None
+            raise DataDirError(f"--share-group: no Unix group named {self.share_group!r}") from None
         os.chown(self.data_dir, -1, self._gid)
         os.chmod(self.data_dir, 0o710)  # the group may open the files it is given, not list the directory
         self.share_file(self.token_path)

@@ -110,6 +110,11 @@ class ControllerServices:
         except InvalidNameError as exc:
             raise ConnectError(Code.INVALID_ARGUMENT, str(exc)) from None
         try:
+            if condition is None:  # a condition reads and writes no files
+                run = action_id.run
+                runs.check_inside_run(run.project, run.domain, run_name, follow_links=True, inputUri=input_uri,
+                                      runOutputBase=run_output_base,
+                                      outputUri=trace.outputs.output_uri if trace is not None else "")
             if trace is not None:
                 await runs.record_trace(run_name, name, parent, trace, input_uri, group)
             elif condition is not None:

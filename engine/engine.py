@@ -15,6 +15,7 @@ from pathlib import Path
 from engine import pygc
 from engine.auth import Authority, endpoint_with_credential, write_private
 from engine.connect import ControllerServices
+from engine.errors import DataDirError
 from engine.controller import ControllerManager
 from engine.gc import DEFAULT_INTERVAL_SECONDS, DEFAULT_TTL_SECONDS, GarbageCollector
 from engine.plugins.container import LocalContainerPlugin
@@ -46,10 +47,6 @@ class EngineAlreadyRunningError(RuntimeError):
     pass
 
 
-class DataDirError(RuntimeError):
-    """The data directory cannot be used (not a directory, not creatable, not writable)."""
-
-
 def prepare_data_dir(path: Path, shared: bool = False) -> None:
     """Create the data directory private to its owner, or tighten an existing one, saying so."""
     try:
@@ -70,7 +67,7 @@ def prepare_data_dir(path: Path, shared: bool = False) -> None:
                     path, mode, wanted)
     for entry in path.iterdir():  # what sits at the top: the database, its WAL, the engine's files
         with contextlib.suppress(OSError):
-            if entry.is_file() and entry.stat().st_mode & 0o077 and entry.name not in SHARED_FILES:
+            if entry.is_file() and entry.stat().st_mode & 0o077 and not (shared and entry.name in SHARED_FILES):
                 os.chmod(entry, 0o600)
 
 
@@ -294,6 +291,7 @@ class Engine:
                 (self.data_dir / ENDPOINT_FILE).unlink()
         await self.gc.stop()
         await self.manager.stop()
+        await self.health.close()
         for plugin in self.registry.plugins:
             await plugin.close()
         await self.store.close()

@@ -21,3 +21,7 @@ class RunNotFoundError(LookupError):
 
 class PermissionDeniedError(Exception):
     """The caller's credential does not cover what it asked for."""
+
+
+class DataDirError(RuntimeError):
+    """The data directory cannot be used (not a directory, not creatable, not writable, bad credentials)."""

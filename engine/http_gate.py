@@ -9,7 +9,8 @@ Every request passes here before a route or a Connect service sees it, in this o
    SDK's controller services, whose handlers then check the run.
 3. Methods and content types are the ones a route speaks (JSON for the API, Connect's for the services).
 4. The body is capped (``Content-Length`` first, then while reading), so refusing a huge body costs
-   nothing, and a Connect body's decompression is capped the same way (no gzip bombs).
+   nothing, and a Connect body's decompression is capped the same way (no gzip bombs). A refused
+   request with a big unread body closes its connection rather than have the server read it all.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from engine.auth import CREDENTIAL_PATH, Authority, Principal
 from engine.views import strict_dumps
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+# A refused request whose unread body is at most this big is drained, so its client reads the answer;
+# a bigger one closes the connection (refusing costs the same whatever the size).
+DRAIN_BYTES = 1024 * 1024
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 OPEN_PATHS = frozenset({"/health", "/taskdeck/v1/health"})
 CONNECT_CONTENT_TYPES = ("application/proto", "application/json", "application/connect+proto",
@@ -45,7 +49,9 @@ def current_principal() -> Principal | None:
 
 
 class BodyTooLargeError(Exception):
-    pass
+    def __init__(self, message: str, drained: bool):
+        super().__init__(message)
+        self.drained = drained  # the whole body was read: the connection may stay open
 
 
 async def send_json(send, status: int, payload: Any, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
@@ -57,7 +63,11 @@ async def send_json(send, status: int, payload: Any, headers: Iterable[tuple[byt
 
 
 async def read_body(receive, limit: int) -> bytes:
-    """The whole request body, refusing it as soon as it passes ``limit`` (linear in its size)."""
+    """The whole request body, refusing it once it passes ``limit`` (linear in its size).
+
+    A body a little over the limit is read to its end and dropped, so the client reads the refusal on a
+    connection that stays usable; past ``DRAIN_BYTES`` more, the connection is given up instead.
+    """
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -66,10 +76,15 @@ async def read_body(receive, limit: int) -> bytes:
             raise ConnectionResetError("the client went away")
         chunk = message.get("body", b"")
         size += len(chunk)
+        more = message.get("more_body", False)
         if size > limit:
-            raise BodyTooLargeError(f"the request body is larger than the limit of {limit} bytes")
+            chunks.clear()
+            if not more or size > limit + DRAIN_BYTES:
+                raise BodyTooLargeError(f"the request body is larger than the limit of {limit} bytes",
+                                        drained=not more)
+            continue
         chunks.append(chunk)
-        if not message.get("more_body"):
+        if not more:
             return b"".join(chunks)
 
 
@@ -176,7 +191,13 @@ class Gate:
         connect = self._is_connect(path)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
 
-        async def refuse(status: int, code: str, message: str, extra: Iterable[tuple[bytes, bytes]] = ()) -> None:
+        length = headers.get("content-length", "0") or "0"
+        small_body = length.isdigit() and int(length) <= DRAIN_BYTES and "transfer-encoding" not in headers
+
+        async def refuse(status: int, code: str, message: str, extra: Iterable[tuple[bytes, bytes]] = (),
+                         close: bool | None = None) -> None:
+            if not small_body if close is None else close:  # do not read (let alone buffer) a big unread body
+                extra = [*extra, (b"connection", b"close")]
             if connect:
                 await send_json(send, status, {"code": code, "message": message}, extra)
             else:
@@ -213,14 +234,13 @@ class Gate:
         elif method not in ("GET", "HEAD") and content_type != "application/json":
             return await refuse(415, "invalid_argument", "send the request body as application/json")
 
-        length = headers.get("content-length", "0") or "0"
         if not length.isdigit() or int(length) > self.max_body_bytes:
             return await refuse(413, "resource_exhausted", f"the request body is larger than the limit of "
                                 f"{self.max_body_bytes} bytes" if length.isdigit() else "bad Content-Length")
         try:
             body = await read_body(receive, self.max_body_bytes)
         except BodyTooLargeError as exc:
-            return await refuse(413, "resource_exhausted", str(exc))
+            return await refuse(413, "resource_exhausted", str(exc), close=not exc.drained)
         except ConnectionResetError:
             return None
         token = _principal.set(principal)

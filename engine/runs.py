@@ -44,7 +44,7 @@ from engine.model import (
 from engine.phases import ActionPhase
 from engine.plugins.container import ANNOTATION_CODE_DIR, substitute_template
 from engine.plugins.core import PhaseInfo
-from engine.paths import input_file, local_path, resolves_within
+from engine.paths import input_file, is_within, local_path, resolves_within
 from engine.reconciler import ANNOTATION_RUN_START_TIME
 from engine.store.base import (
     ActionKey,
@@ -345,11 +345,17 @@ class RunsService:
         check_action_name(action_name)
         check_action_name(parent_action_name, field="parent")
 
-    def check_inside_run(self, project: str, domain: str, run_name: str, **uris: str) -> None:
-        """Every named URI must lie inside the run's own directory: a task reaches nothing else."""
+    def check_inside_run(self, project: str, domain: str, run_name: str, *, follow_links: bool = False,
+                         **uris: str) -> None:
+        """Every named URI must lie inside the run's own directory: a task reaches nothing else.
+
+        ``follow_links`` resolves symlinks first, for paths a client sent (a syscall per path part, so the
+        Connect door does it once; the service's own check is the syscall-free one).
+        """
         base = self.run_base(project, domain, run_name)
+        inside = resolves_within if follow_links else is_within
         for field, uri in uris.items():
-            if uri and not resolves_within(local_path(uri), [base]):
+            if uri and not inside(local_path(uri), [base]):
                 raise InvalidRunError(f"{field} {uri!r} is outside the run's directory {base}", field=field)
 
     async def _live_parent(self, run_name: str, parent_action_name: str) -> TaskAction:

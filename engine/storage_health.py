@@ -7,6 +7,7 @@ until a probe write succeeds; both show in ``/health``, in the headless output a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -18,6 +19,8 @@ from engine.store.base import EngineStore, StorageChanged
 
 log = logging.getLogger(__name__)
 
+RECHECK_SECONDS = (1.0, 30.0)  # after a file fault, probe from every second, backing off to every 30 s
+
 
 class StorageHealth:
     def __init__(self, store: EngineStore, data_dir: Path):
@@ -27,6 +30,7 @@ class StorageHealth:
         self._fault_path: str | None = None
         self._subscribers: list[Callable[[StorageChanged], None]] = []
         self._published: str | None = None
+        self._recheck: asyncio.Task | None = None
         store.subscribe(self._on_store_change)
 
     @property
@@ -45,18 +49,36 @@ class StorageHealth:
             log.error("storage fault: %s", reason)
         self.file_error, self._fault_path = reason, path
         self._publish()
+        if self._recheck is None or self._recheck.done():  # notice recovery even when nothing else probes
+            with contextlib.suppress(RuntimeError):  # no running loop: the next writable() call probes
+                self._recheck = asyncio.get_running_loop().create_task(self._recheck_files(), name="storage-recheck")
 
     async def writable(self) -> bool:
         """True when both the database and the data directory accept writes (probing after a fault)."""
         if self.store.storage_error is not None and not await self.store.probe():
             return False
+        return self.file_error is None or self._files_recovered()
+
+    def _files_recovered(self) -> bool:
+        if not self._probe_files():
+            return False
         if self.file_error is not None:
-            if not self._probe_files():
-                return False
             log.warning("the data directory accepts writes again")
             self.file_error = self._fault_path = None
             self._publish()
         return True
+
+    async def _recheck_files(self) -> None:
+        delay = RECHECK_SECONDS[0]
+        while self.file_error is not None and not self._files_recovered():
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECHECK_SECONDS[1])
+
+    async def close(self) -> None:
+        if self._recheck is not None:
+            self._recheck.cancel()
+            await asyncio.gather(self._recheck, return_exceptions=True)
+            self._recheck = None
 
     def _probe_files(self) -> bool:
         """Create and remove a file where the fault happened (its nearest existing directory) and in the

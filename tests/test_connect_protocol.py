@@ -91,7 +91,7 @@ async def test_enqueue_is_idempotent_and_watch_sends_snapshot_sentinel_then_live
 
 async def test_enqueue_under_a_missing_parent_is_not_found(engine):
     run = await _root(engine)
-    request = _child_request(run, "c1", "/unused/inputs.pb")
+    request = _child_request(run, "c1", f"{run.run_output_base}/c1/inputs.pb")
     request.parent_action_name = "nope"
     with pytest.raises(ConnectError) as error:
         await QueueServiceClient(run_endpoint(engine, run)).enqueue_action(request)

@@ -9,7 +9,7 @@ import stat
 import pytest
 
 from engine.engine import Engine, EngineConfig
-from engine.errors import InvalidRunError
+from engine.errors import DataDirError, InvalidRunError
 from engine.phases import ActionPhase
 from helpers import shell_spec
 
@@ -90,3 +90,26 @@ async def test_env_vars_that_look_like_secrets_are_refused_with_a_pointer(tmp_pa
         assert ok.run_name
     finally:
         await engine.stop()
+
+
+async def test_sharing_with_a_unix_group_opens_the_token_and_the_address_to_that_group_only(tmp_path):
+    import grp
+
+    group = grp.getgrgid(os.getgid()).gr_name  # a group this user may give files to
+    engine = Engine(EngineConfig(data_dir=tmp_path / "data", share_group=group))
+    await engine.start()
+    try:
+        data = tmp_path / "data"
+        assert _mode(data) == 0o710  # the group may open the files it is given, not list the rest
+        for shared in ("token", "engine.json", "engine.lock"):
+            assert _mode(data / shared) == 0o640 and os.stat(data / shared).st_gid == os.getgid(), shared
+        for private in ("signing.key", "taskdeck.db"):
+            assert _mode(data / private) == 0o600, private
+    finally:
+        await engine.stop()
+    unshared = Engine(EngineConfig(data_dir=tmp_path / "data", serve=False))
+    await unshared.start()  # without the option the same directory is private again
+    await unshared.stop()
+    assert _mode(tmp_path / "data") == 0o700 and _mode(tmp_path / "data" / "token") == 0o600
+    with pytest.raises(DataDirError, match="no Unix group"):
+        await Engine(EngineConfig(data_dir=tmp_path / "other", share_group="no-such-group-x")).start()

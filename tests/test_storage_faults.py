@@ -187,3 +187,28 @@ def test_headless_reports_a_file_storage_fault_in_its_output_and_health(tmp_path
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+async def test_a_run_whose_inputs_cannot_be_written_is_refused_and_the_fault_clears_by_itself(tmp_path):
+    import httpx
+
+    from helpers import owner_headers, sleep_inputs, sleep_spec
+
+    engine = Engine(EngineConfig(data_dir=tmp_path, requeue_after=0.2))
+    await engine.start()
+    (tmp_path / "data").write_text("not a directory")  # where every run's inputs go
+    try:
+        import base64
+        body = {"taskSpec": base64.b64encode(sleep_spec().SerializeToString()).decode(),
+                "inputs": base64.b64encode(sleep_inputs(0).SerializeToString()).decode()}
+        async with httpx.AsyncClient(base_url=engine.url, headers=owner_headers(engine)) as client:
+            refused = await client.post("/taskdeck/v1/runs", json=body)
+            assert refused.status_code == 503 and "cannot write the run's inputs" in refused.json()["error"]
+            assert await engine.runs.list_runs() == []  # nothing half-made
+            assert (await client.get("/health")).json()["status"] == "degraded"
+            (tmp_path / "data").unlink()
+            await eventually(lambda: engine.health.error is None, timeout=10)  # noticed without a new request
+            assert (await client.get("/health")).json()["status"] == "ok"
+            assert (await client.post("/taskdeck/v1/runs", json=body)).status_code == 200
+    finally:
+        await engine.stop()
