@@ -100,6 +100,7 @@ class Authority:
         self._owner_token = ""
         self._key = b""
         self._gid: int | None = None
+        self._run_tokens: dict[tuple[str, str, str], str] = {}
 
     @property
     def token_path(self) -> Path:
@@ -177,7 +178,13 @@ class Authority:
 
     def run_token(self, project: str, domain: str, run: str) -> str:
         """The credential of one run's task processes (names are validated labels: no '.' inside)."""
-        return f"{RUN_PREFIX}{project}.{domain}.{run}.{self._sign('run', project, domain, run)}"
+        key = (project, domain, run)
+        token = self._run_tokens.get(key)
+        if token is None:  # asked for at every launch of the run's actions
+            if len(self._run_tokens) > 4096:
+                self._run_tokens.clear()
+            token = self._run_tokens[key] = f"{RUN_PREFIX}{project}.{domain}.{run}.{self._sign('run', *key)}"
+        return token
 
     def sign_path(self, path: str, expires_in: float, now: float | None = None) -> str:
         """``path`` with an expiry and an HMAC over both, as a query string: an upload URL's credential."""

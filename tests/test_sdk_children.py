@@ -13,7 +13,7 @@ from engine.engine import Engine, EngineConfig
 from engine.phases import ActionPhase
 from engine.runs import ACTION_TYPE_CONDITION, ACTION_TYPE_TRACE
 from engine.sdk import inputs_from_strings, load_task, serialize_task
-from helpers import eventually
+from helpers import dump_engine_state, eventually
 
 pytestmark = pytest.mark.sdk
 
@@ -111,7 +111,11 @@ async def test_aborting_a_running_parent_aborts_the_whole_subtree(engine):
     pids = [engine.store.peek(f"{record.run_name}-{name}").status.plugin_state
             for name in [a.name for a in await engine.runs.list_actions(record.run_name)]]
     await engine.runs.abort_action(record.run_name, reason="stop")
-    result = await engine.runs.wait_for_run(record.run_name, timeout=90)  # once seen over 30 s under load
+    try:
+        result = await engine.runs.wait_for_run(record.run_name, timeout=90)  # once seen over 30 s under load
+    except TimeoutError:
+        await dump_engine_state(engine, record.run_name)  # a rare hang in full CI runs: leave its trace
+        raise
     assert result.phase == ActionPhase.ABORTED
     actions = await eventually(lambda: _all_ended(engine, record.run_name), timeout=60)
     assert {ActionPhase(a.phase) for a in actions} == {ActionPhase.ABORTED}
