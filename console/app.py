@@ -1,11 +1,17 @@
-"""The TaskDeck console: a Textual app with the engine running inside it, on the app's own event loop.
+"""The TaskDeck console: a Textual app over the client interface (``engine/client``).
 
-Abort, retry and signal go through the engine's runs service, exactly as the headless engine's API does.
+It either attaches to the engine serving the data directory (``RemoteClient``) or runs an engine of its
+own on the app's event loop (``LocalClient``); the screens cannot tell which. One change feed per app
+says what changed; screens re-read only that, at a bounded rate. Quitting with runs still going on the
+console's own engine asks what to do with them: hand them to an engine in the background (their task
+processes keep running) or abort them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import Awaitable, Callable
 
 from rich.markup import escape
 from textual.app import App
@@ -13,11 +19,10 @@ from textual.binding import Binding
 from textual.color import Color
 
 from console.commands import JumpCommands
-from console.screens.dialogs import ConfirmScreen, HelpScreen, InputScreen
+from console.screens.dialogs import ChoiceScreen, ConfirmScreen, HelpScreen, InputScreen
 from console.screens.run import RunScreen
 from console.screens.runs import RunsScreen
-from engine.engine import Engine
-
+from engine.client import Change, EngineClient, EngineUnavailableError, RunNotFoundError
 
 _VARIABLE = re.compile(r"\$([a-z][a-z0-9-]*)")
 
@@ -30,6 +35,7 @@ class TaskDeckApp(App):
     #tree { width: 45%; border-right: solid $panel-lighten-2; }
     #tabs { width: 1fr; }
     #detail, #event-list { padding: 0 1; }
+    #log-status { height: 1; padding: 0 1; color: $text-muted; }
     """
     COMMANDS = App.COMMANDS | {JumpCommands}
     BINDINGS = [
@@ -38,40 +44,133 @@ class TaskDeckApp(App):
         Binding("colon", "jump", "Jump", key_display=":"),
     ]
 
-    def __init__(self, engine: Engine, *, open_run: str | None = None, read_only: bool = False,
-                 ascii_only: bool = False, start_engine: bool = True):
+    def __init__(self, engine=None, *, client: EngineClient | None = None, open_run: str | None = None,
+                 read_only: bool = False, ascii_only: bool = False, start_engine: bool = True,
+                 submit: Callable[[EngineClient], Awaitable[str]] | None = None, engine_args: list[str] = ()):
         super().__init__()
-        self.engine = engine
+        self.engine = engine  # the console's own engine, or None when attached to another
+        self.client = client
         self.open_run_name = open_run
         self.read_only = read_only
         self.ascii_only = ascii_only
         self.start_engine = start_engine
+        self.submit = submit  # a run to create once connected; its name becomes submitted_run
+        self.submitted_run: str | None = None
+        self.engine_args = list(engine_args)
+        self.connected = True
+        self.storage_error: str | None = None
         self.startup_error: str | None = None
+        self._listeners: list[Callable[[Change], None]] = []
         self._palette_cache: tuple[str, dict[str, str]] | None = None
 
+    @property
+    def ready(self) -> bool:
+        return self.client is not None
+
     async def on_mount(self) -> None:
-        if self.start_engine and not self.engine.started:
-            try:
-                await self.engine.start()
-            except Exception as exc:  # noqa: BLE001 - e.g. another engine serves the directory
-                self.startup_error = str(exc)
-                self.exit(return_code=2, message=f"taskdeck: {exc}")
-                return
+        try:
+            if self.client is None:
+                from engine.client.local import LocalClient
+
+                if self.start_engine and not self.engine.started:
+                    await self.engine.start()
+                self.client = LocalClient(self.engine.services)
+            if self.submit is not None:
+                self.submitted_run = await self.submit(self.client)
+                self.open_run_name = self.submitted_run
+            self.storage_error = (await self.client.health()).get("storageError")
+        except Exception as exc:  # noqa: BLE001 - e.g. another engine serves the directory, or bad input
+            self.startup_error = str(exc)
+            self.exit(return_code=2, message=f"taskdeck: {exc}")
+            return
+        self.sub_title = self.client.description
+        self.run_worker(self._follow_changes(), group="changes", exit_on_error=False)
         await self.push_screen(RunsScreen())
         if self.open_run_name:
             self.open_run(self.open_run_name)
 
+    # ------------------------------------------------------------------ the change feed
+    def listen(self, callback: Callable[[Change], None]) -> Callable[[], None]:
+        """``callback(change)`` for every change-feed item; returns the function that stops it."""
+        self._listeners.append(callback)
+        return lambda: self._listeners.remove(callback) if callback in self._listeners else None
+
+    async def _follow_changes(self) -> None:
+        async for change in self.client.changes():
+            if change.kind == "disconnected":
+                self.connected = False
+                self.notify(f"disconnected from the {self.client.description}; reconnecting…", severity="warning")
+            elif change.kind == "reconnected":
+                self.connected = True
+                self.notify(f"reconnected to the {self.client.description}")
+            elif change.kind == "storage":
+                self.storage_error = change.storage_error
+            for listener in list(self._listeners):
+                listener(change)
+
+    # ------------------------------------------------------------------ leaving
     async def action_quit(self) -> None:
+        if self.engine is None or not self.engine.started or self.client is None:
+            self.exit()
+            return
+        active = await self._active_runs()
+        if not active:
+            await self._stop_engine()
+            self.exit()
+            return
+
+        async def decide(choice: str | None) -> None:
+            if choice == "hand":
+                await self._hand_over(len(active))
+            elif choice == "abort":
+                await self._abort_and_quit(active)
+
+        self.push_screen(ChoiceScreen(
+            f"{len(active)} run(s) of this console's engine are still going: "
+            f"{', '.join(escape(r) for r in active[:5])}{' …' if len(active) > 5 else ''}",
+            [("h", "hand", "hand them to an engine in the background: they keep running (it stops once idle)"),
+             ("a", "abort", "abort them, then quit"), ("escape", None, "stay")]), decide)
+
+    async def _active_runs(self) -> list[str]:
+        return [r.run_name for r in await self.client.list_runs(limit=100_000) if not r.is_terminal]
+
+    async def _hand_over(self, count: int) -> None:
+        from console.background import BackgroundEngineError, start_background_engine
+
+        self.notify("handing the runs over to a background engine…")
+        data_dir = self.engine.data_dir
+        await self._stop_engine()  # task processes keep running; the next engine adopts them
+        try:
+            url = await asyncio.to_thread(start_background_engine, data_dir, self.engine_args)
+        except BackgroundEngineError as exc:
+            self.exit(return_code=1, message=f"taskdeck: {exc}; the runs' processes keep running, and the next "
+                                             f"engine on {data_dir} adopts them")
+            return
+        self.exit(message=f"taskdeck: {count} run(s) handed to the engine at {url}; `taskdeck` attaches to it")
+
+    async def _abort_and_quit(self, runs: list[str]) -> None:
+        for run in runs:
+            try:
+                await self.client.abort(run, "a0", "aborted when the console quit")
+            except RunNotFoundError:
+                pass
+        for _ in range(200):  # until their processes are stopped (at most ~10 s)
+            if not await self._active_runs():
+                break
+            await asyncio.sleep(0.05)
         await self._stop_engine()
-        self.exit()
+        self.exit(message=f"taskdeck: aborted {len(runs)} run(s)")
 
     async def on_unmount(self) -> None:
-        await self._stop_engine()  # however the app ends (quit, exit, a test harness), the engine stops
+        await self._stop_engine()  # however the app ends (quit, exit, a test harness), its own engine stops
+        if self.client is not None and self.engine is None:
+            await self.client.close()
 
     async def _stop_engine(self) -> None:
-        if self.start_engine and self.engine.started:
+        if self.engine is not None and self.start_engine and self.engine.started:
             await self.engine.stop()  # a clean shutdown: in-flight work finishes, writes are committed
 
+    # ------------------------------------------------------------------ looks
     def themed(self, markup: str) -> str:
         """Resolve $theme-variables in markup for widgets that parse Rich markup (DataTable, Tree)."""
         palette = self._palette()
@@ -89,12 +188,25 @@ class TaskDeckApp(App):
             self._palette_cache = (self.theme, resolved)
         return self._palette_cache[1]
 
+    def status_markup(self) -> str:
+        """What is wrong with the connection or storage, for a screen's header (empty when all is well)."""
+        if not self.connected:
+            return f"[b $error]disconnected from the {escape(self.client.description)}; reconnecting…[/]"
+        if self.storage_error:
+            return f"[b $error]storage unavailable: {escape(self.storage_error)}[/]"
+        return ""
+
+    # ------------------------------------------------------------------ navigation
     def open_run(self, run_name: str, action: str | None = None) -> None:
-        """Show a run (the one already open stays, no second copy), optionally with an action selected."""
+        """Show a run: the one already open stays; another run's screen is replaced, so esc goes back to
+        the runs, not through every jump."""
         screen = self.screen
-        if isinstance(screen, RunScreen) and screen.run_name == run_name:
-            if action:
-                screen.select_action(action)
+        if isinstance(screen, RunScreen):
+            if screen.run_name == run_name:
+                if action:
+                    screen.select_action(action)
+                return
+            self.switch_screen(RunScreen(run_name, select=action))
             return
         self.push_screen(RunScreen(run_name, select=action))
 
@@ -123,13 +235,27 @@ class TaskDeckApp(App):
             if not run:
                 return
             try:
-                await self.engine.runs.get_run(run)
-            except LookupError as exc:
+                run = await self.resolve_run(run)
+            except (LookupError, ValueError, EngineUnavailableError) as exc:
                 self.notify(str(exc), severity="error")
                 return
             self.open_run(run, action or None)
 
-        self.push_screen(InputScreen("Jump to a run or an action (RUN or RUN/ACTION):", "r…/a0"), jump)
+        self.push_screen(InputScreen("Jump to a run or an action (RUN or RUN/ACTION; a unique prefix will do):",
+                                     "r…/a0"), jump)
+
+    async def resolve_run(self, text: str) -> str:
+        """The run named ``text``, or the only run whose name starts with it."""
+        try:
+            return (await self.client.get_run(text)).run_name
+        except (RunNotFoundError, ValueError):
+            pass
+        matches = [r.run_name for r in await self.client.list_runs(limit=100_000) if r.run_name.startswith(text)]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise RunNotFoundError(f"no run is named {text!r} or starts with it")
+        raise RunNotFoundError(f"{len(matches)} runs start with {text!r}: {', '.join(matches[:4])}…; type more")
 
     # ------------------------------------------------------------------ engine actions
     def confirm_abort(self, run_name: str, action_name: str) -> None:
@@ -140,7 +266,7 @@ class TaskDeckApp(App):
             if not confirmed:
                 return
             try:
-                await self.engine.runs.abort_action(run_name, action_name, reason="aborted from the console")
+                await self.client.abort(run_name, action_name, reason="aborted from the console")
                 self.notify(f"abort requested for {target}")
             except Exception as exc:  # noqa: BLE001 - say why, keep the console alive
                 self.notify(f"cannot abort {target}: {exc}", severity="error")
@@ -152,7 +278,7 @@ class TaskDeckApp(App):
             if not confirmed:
                 return
             try:
-                evicted = await self.engine.runs.evict_cache([key])
+                evicted = await self.client.evict_cache([key])
                 self.notify(f"evicted the cache entry of {task_label}" if evicted
                             else f"{task_label} has no cache entry (already evicted?)")
             except Exception as exc:  # noqa: BLE001
@@ -164,7 +290,7 @@ class TaskDeckApp(App):
     def retry(self, run_name: str, action_name: str) -> None:
         async def go() -> None:
             try:
-                names = await self.engine.runs.retry_action(run_name, action_name, who="console")
+                names = await self.client.retry(run_name, action_name, who="console")
                 self.notify(f"retrying {run_name}: {', '.join(names)}")
             except Exception as exc:  # noqa: BLE001
                 self.notify(str(exc), severity="error")
@@ -172,13 +298,29 @@ class TaskDeckApp(App):
         self.run_worker(go(), exclusive=False)
 
     def signal(self, run_name: str, action_name: str, label: str) -> None:
+        async def ask() -> None:
+            try:
+                condition = await self.client.condition(run_name, action_name)
+            except Exception as exc:  # noqa: BLE001 - e.g. already cleaned up
+                self.notify(str(exc), severity="error")
+                return
+            lines = [f"Condition [b]{escape(condition.name or label)}[/] expects "
+                     f"[b]{escape(condition.type_name.lower() or 'a value')}[/]"]
+            for text in (condition.prompt, condition.description):
+                if text:
+                    lines.append(escape(text))
+            self.push_screen(InputScreen("\n".join(lines), _PLACEHOLDERS.get(condition.type_name, "")), send)
+
         async def send(value: str | None) -> None:
             if value is None:
                 return
             try:
-                await self.engine.runs.signal_text(run_name, action_name, value, signalled_by="console")
+                await self.client.signal(run_name, action_name, value, by="console")
                 self.notify(f"signalled {label} = {value}")
             except Exception as exc:  # noqa: BLE001
                 self.notify(str(exc), severity="error")
 
-        self.push_screen(InputScreen(f"Value for condition [b]{escape(label)}[/] (bool, int, float or str):"), send)
+        self.run_worker(ask(), exclusive=False)
+
+
+_PLACEHOLDERS = {"BOOLEAN": "true or false", "INTEGER": "a whole number", "FLOAT": "a number", "STRING": "text"}

@@ -1,101 +1,59 @@
 """The ``taskdeck`` command.
 
-``taskdeck run FILE.py TASK --x 1``  run a task through the engine and print its outputs
-``taskdeck get runs`` / ``taskdeck get actions RUN``  list runs and a run's actions
-``taskdeck abort RUN [--action NAME]``  abort a run or one action and its subtree
-``taskdeck --headless``  run the engine alone, one line per phase transition
-``taskdeck token``  print the credential that drives the engine (for curl and the flyte CLI)
+``taskdeck``                         the console (on the engine serving the data directory, or its own)
+``taskdeck --headless``              the engine alone, one line per action event
+``taskdeck run FILE.py TASK --x 1``  run a task and print its outputs (``--tui``: in the console)
+``taskdeck get runs|actions RUN|events RUN``, ``abort``, ``retry``, ``signal``, ``cache``, ``token``
 
-While an engine serves the data directory, ``run``/``get``/``abort`` go through it (its local HTTP API,
-with the token from ``<data>/token``); otherwise ``run`` starts an engine in this process for the run.
+Every command goes through the client interface (``engine/client``): to the engine serving the data
+directory (or ``--engine URL``), with its token. Reads of a directory no engine serves are made from its
+database, read-only; a command that changes something starts an engine in the background when none
+serves (it stops by itself once idle). Global options (``--data-dir``, ``--engine``, ``--json``, ...) go
+before or after the command; for ``run``, before ``TASK``: after it everything is a task input.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import datetime as dt
+import contextlib
 import getpass
 import json
 import logging
 import pathlib
 import signal
 import sys
-import urllib.parse
-import urllib.error
-import urllib.request
 from typing import Any
 
-from engine.auth import TOKEN_FILE, Authority, read_token
-from engine.engine import (
-    Engine,
+from engine.client import (
+    ActionPhase,
+    AlreadyExistsError,
+    CredentialError,
+    DataDirError,
     EngineAlreadyRunningError,
-    EngineConfig,
+    EngineClient,
+    EngineUnavailableError,
+    InvalidRunError,
+    PermissionDeniedError,
+    RunNotFoundError,
+    StorageUnavailableError,
+    check_action_name,
+    check_run_id,
+    check_run_name,
+    connect,
     default_data_dir,
-    prepare_data_dir,
-    read_endpoint,
+    ensure_credential,
+    read_credential,
+    strict_dumps,
 )
-from engine.errors import DataDirError, InvalidRunError
-from engine.names import check_action_name, check_run_id, check_run_name
-from engine.phases import ActionPhase
-from engine.store.base import AlreadyExistsError, StorageUnavailableError
-from engine.views import strict_dumps
+from engine.client.local import read_only_client
+from engine.client.remote import RemoteClient
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 class CliError(Exception):
     pass
-
-
-# --------------------------------------------------------------------------- client for a live engine
-class EngineClient:
-    def __init__(self, url: str, token: str):
-        self.url = url.rstrip("/") + "/taskdeck/v1"
-        self._token = token
-
-    def call(self, method: str, path: str, payload: Any = None, timeout: float = 30) -> Any:
-        data = json.dumps(payload if payload is not None else {}).encode() if method == "POST" else None
-        request = urllib.request.Request(self.url + path, data=data, method=method,
-                                         headers={"content-type": "application/json",
-                                                  "authorization": f"Bearer {self._token}"})
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            try:
-                message = json.loads(exc.read()).get("error") or str(exc)
-            except ValueError:
-                message = str(exc)
-            raise CliError(message) from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise CliError(f"cannot reach the engine at {self.url}: {reason}") from None
-        except ValueError as exc:
-            raise CliError(f"the engine at {self.url} sent an unreadable answer: {exc}") from None
-
-
-def token_of(args: argparse.Namespace) -> str:
-    path = args.token_file or args.data_dir / TOKEN_FILE
-    try:
-        return read_token(path)
-    except PermissionError:
-        raise CliError(f"cannot read the engine's credential {path} (permission denied): its owner can share it "
-                       "with a Unix group (`taskdeck --headless --share-group GROUP`)") from None
-    except OSError as exc:
-        raise CliError(f"cannot read the engine's credential {path}: {exc.strerror or exc}") from None
-
-
-def live_client(args: argparse.Namespace) -> EngineClient | None:
-    try:
-        endpoint = read_endpoint(args.data_dir)
-    except PermissionError:
-        raise CliError(f"cannot read {args.data_dir} (permission denied): it belongs to another user; its owner "
-                       "can share the engine with a Unix group (`--share-group`)") from None
-    if not endpoint or not endpoint.get("url"):
-        return None
-    return EngineClient(endpoint["url"], token_of(args))
 
 
 # --------------------------------------------------------------------------- output
@@ -135,12 +93,82 @@ def print_result(result: dict, as_json: bool) -> int:
     return EXIT_OK if result.get("phase") == ActionPhase.SUCCEEDED.name else EXIT_FAILED
 
 
-def engine_config(args: argparse.Namespace) -> EngineConfig:
+# --------------------------------------------------------------------------- reaching an engine
+ENGINE_OPTIONS = (  # (dest, flag): options a command passes on to an engine it starts
+    ("max_system_failures", "--max-system-failures"), ("max_processes", "--max-processes"),
+    ("gc_ttl", "--gc-ttl"), ("share_group", "--share-group"), ("advertise_host", "--advertise-host"),
+    ("max_body_bytes", "--max-body-bytes"),
+)
+
+
+def engine_args(args: argparse.Namespace, allow: list[pathlib.Path] = ()) -> list[str]:
+    out: list[str] = []
+    for dest, flag in ENGINE_OPTIONS:
+        value = getattr(args, dest, None)
+        if value is not None and value != DEFAULTS.get(dest):
+            out += [flag, str(value)]
+    for name in args.pass_env or ():
+        out += ["--pass-env", name]
+    for directory in [*(args.allow_dir or ()), *allow]:
+        out += ["--allow-dir", str(directory)]
+    return out
+
+
+def engine_config(args: argparse.Namespace):
+    from engine.engine import EngineConfig
+
     return EngineConfig(data_dir=args.data_dir, max_system_failures=args.max_system_failures,
                         max_processes=args.max_processes, gc_ttl_seconds=args.gc_ttl,
                         max_body_bytes=args.max_body_bytes, share_group=args.share_group,
-                        pass_env=tuple(args.pass_env), advertise_host=args.advertise_host,
+                        pass_env=tuple(args.pass_env or ()), advertise_host=args.advertise_host,
                         allowed_code_dirs=tuple(args.allow_dir) if args.allow_dir else None)
+
+
+def remote(args: argparse.Namespace) -> RemoteClient | None:
+    """The engine serving the data directory (or at --engine), or None."""
+    return connect(args.data_dir, url=args.engine, token_file=args.token_file)
+
+
+@contextlib.asynccontextmanager
+async def reader(args: argparse.Namespace):
+    """A client to read with: the live engine, else the data directory's database (read-only)."""
+    client = remote(args)
+    if client is not None:
+        try:
+            yield client
+        finally:
+            await client.close()
+        return
+    if not (args.data_dir / "taskdeck.db").exists():
+        raise CliError(f"no TaskDeck data in {args.data_dir} (no engine serves it and it holds no database); "
+                       "pass the right --data-dir")
+    async with read_only_client(args.data_dir) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def writer(args: argparse.Namespace, allow: list[pathlib.Path] = ()):
+    """A client that can change runs: the live engine, else one started in the background for this."""
+    client = remote(args)
+    if client is None:
+        from console.background import BackgroundEngineError, idle_seconds, start_background_engine
+
+        try:
+            url = await asyncio.to_thread(start_background_engine, args.data_dir, engine_args(args, allow))
+        except BackgroundEngineError as exc:
+            raise CliError(str(exc)) from None
+        if not args.json:
+            say(f"started an engine in the background at {url} (it stops after {idle_seconds():g} s idle; "
+                f"log: {args.data_dir / 'engine.log'})")
+        client = connect(args.data_dir, url=url, token_file=args.token_file)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- commands
@@ -164,14 +192,17 @@ def parse_task_args(extra: list[str]) -> dict[str, str]:
     return values
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _prepare_run(args: argparse.Namespace):
+    """Load and serialize the task, and its inputs: (spec bytes, inputs bytes, code dir)."""
     from engine.sdk import TaskLoadError, inputs_from_strings, load_task, serialize_task
 
     file = pathlib.Path(args.file)
-    check_run_id(args.project, args.domain, args.name or "r", new_run=bool(args.name))
+    check_run_id(args.project, args.domain, "r" if args.name is None else args.name, new_run=args.name is not None)
     try:
         task = load_task(file, args.task)
         task_args = list(args.task_args)
+        if task_args[:1] == ["--"]:
+            task_args = task_args[1:]
         for flag in ("json", "tui"):  # run flags may trail the inputs unless the task has such an input
             if f"--{flag}" in task_args and flag not in task.native_interface.inputs:
                 task_args.remove(f"--{flag}")
@@ -180,31 +211,57 @@ def cmd_run(args: argparse.Namespace) -> int:
         inputs = inputs_from_strings(task, parse_task_args(task_args))
     except (TaskLoadError, ValueError) as exc:
         raise CliError(str(exc)) from None
-    code_dir = str(file.resolve().parent)
-    client = live_client(args)
+    return spec.SerializeToString(), inputs.SerializeToString(), str(file.resolve().parent)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    spec, inputs, code_dir = _prepare_run(args)
     if args.tui:
-        if client is not None:
-            raise CliError(f"an engine already serves {args.data_dir}; the console embeds its own engine")
         return _run_in_console(args, spec, inputs, code_dir)
-    if client is not None:
-        created = client.call("POST", "/runs", {
-            "taskSpec": base64.b64encode(spec.SerializeToString()).decode(),
-            "inputs": base64.b64encode(inputs.SerializeToString()).decode(),
-            "project": args.project, "domain": args.domain, "name": args.name, "codeDir": code_dir,
-        })
-        run_name = created["run"]
+    return asyncio.run(_run_and_wait(args, spec, inputs, code_dir))
+
+
+async def _run_and_wait(args: argparse.Namespace, spec: bytes, inputs: bytes, code_dir: str) -> int:
+    async with writer(args, allow=[pathlib.Path(code_dir)]) as client:
+        try:
+            run = await client.create_run(spec, inputs, project=args.project, domain=args.domain, name=args.name,
+                                          code_dir=code_dir)
+        except AlreadyExistsError:
+            raise CliError(f"a run named {args.name!r} already exists; choose another --run-name") from None
         if not args.json:
-            print(f"submitted run {run_name} to the engine at {client.url}", file=sys.stderr)
-        while True:
-            result = client.call("POST", f"/runs/{run_name}/wait?timeout=30", timeout=60)
-            if not result.get("timedOut"):
-                return print_result(result, args.json)
-    return asyncio.run(_run_embedded(args, spec, inputs, code_dir))
+            say(f"run {run.run_name} started on the {client.description}")
+        interrupted = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, interrupted.set)
+        try:
+            while True:
+                wait = asyncio.ensure_future(client.wait(run.run_name, 30))
+                stop = asyncio.ensure_future(interrupted.wait())
+                await asyncio.wait({wait, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if interrupted.is_set():
+                    wait.cancel()
+                    say(f"interrupted: aborting run {run.run_name}")
+                    await client.abort(run.run_name, reason="interrupted from the command line")
+                    print_result(await client.wait(run.run_name, 30), args.json)
+                    return EXIT_INTERRUPTED
+                stop.cancel()
+                result = wait.result()
+                if not result.get("timedOut"):
+                    return print_result(result, args.json)
+        except EngineUnavailableError as exc:
+            raise EngineGone(f"{exc}; run {run.run_name} was not finished. Its task processes keep running, and "
+                             "the next engine on this data directory adopts them (`taskdeck get runs`)") from None
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+
+
+class EngineGone(Exception):
+    """The engine went away under a waiting command."""
 
 
 def _log_to_file(data_dir: pathlib.Path) -> None:
     """The console draws on the terminal: engine log lines go to <data>/console.log instead."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
@@ -213,321 +270,190 @@ def _log_to_file(data_dir: pathlib.Path) -> None:
     root.addHandler(handler)
 
 
-def _run_in_console(args: argparse.Namespace, spec, inputs, code_dir: str) -> int:
-    """Start the engine inside the console, submit the run, and open the console on it."""
+def _console(args: argparse.Namespace, submit=None) -> tuple[int, Any]:
+    """The console on the engine serving the data directory (attached), else on one of its own."""
     from console.app import TaskDeckApp
 
-    _log_to_file(args.data_dir)
-    engine = Engine(engine_config(args))
+    client = remote(args)
+    engine = None
+    if client is None:
+        from engine.engine import Engine
 
-    class _RunApp(TaskDeckApp):
-        async def on_mount(self) -> None:
-            try:
-                await self.engine.start()
-                record = await self.engine.runs.create_run(spec, inputs, project=args.project, domain=args.domain,
-                                                           name=args.name, code_dir=code_dir)
-            except Exception as exc:  # noqa: BLE001
-                self.exit(return_code=2, message=f"taskdeck: {exc}")
-                return
-            self.open_run_name = record.run_name
-            self.start_engine = True
-            await super().on_mount()
-
-    app = _RunApp(engine, read_only=args.read_only, ascii_only=args.ascii)
-    return app.run() or EXIT_OK
+        _log_to_file(args.data_dir)
+        engine = Engine(engine_config(args))
+    app = TaskDeckApp(client=client, engine=engine, read_only=args.read_only, ascii_only=args.ascii,
+                      submit=submit, engine_args=engine_args(args))
+    return_code = app.run()
+    return (return_code if isinstance(return_code, int) else EXIT_OK), app
 
 
 def cmd_console(args: argparse.Namespace) -> int:
-    from console.app import TaskDeckApp
-
-    if live_client(args) is not None:
-        raise CliError(f"an engine already serves {args.data_dir}: the console embeds its own engine; stop the "
-                       "other one, or use `taskdeck get` against it")
-    _log_to_file(args.data_dir)
-    app = TaskDeckApp(Engine(engine_config(args)), read_only=args.read_only, ascii_only=args.ascii)
-    return app.run() or EXIT_OK
+    code, _ = _console(args)
+    return code
 
 
-async def _start_engine(args: argparse.Namespace) -> tuple[Engine, asyncio.Event]:
-    """An engine for this process, and an event set by Ctrl-C / SIGTERM (remove with _release_signals)."""
+def _run_in_console(args: argparse.Namespace, spec: bytes, inputs: bytes, code_dir: str) -> int:
+    """Open the console on a new run; after it closes, say how the run stands (exit code as `run`)."""
+
+    async def submit(client: EngineClient) -> str:
+        run = await client.create_run(spec, inputs, project=args.project, domain=args.domain, name=args.name,
+                                      code_dir=code_dir)
+        return run.run_name
+
+    code, app = _console(args, submit)
+    run_name = getattr(app, "submitted_run", None)
+    if code != EXIT_OK or run_name is None:
+        return code
+
+    async def report() -> int:
+        async with reader(args) as client:
+            result = await client.result(run_name)
+        if not ActionPhase[result["phase"]].is_terminal:
+            print(f"run {run_name}: {result['phase']} (still going; `taskdeck get actions {run_name}`)")
+            return EXIT_OK
+        return print_result(result, args.json)
+
+    return asyncio.run(report())
+
+
+async def _headless(args: argparse.Namespace) -> int:
+    from engine.engine import Engine
+    from engine.headless import serve
+
     engine = Engine(engine_config(args))
     try:
         await engine.start()
     except (EngineAlreadyRunningError, DataDirError) as exc:
         raise CliError(str(exc)) from None
-    interrupted = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, interrupted.set)
-    return engine, interrupted
-
-
-def _release_signals() -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.remove_signal_handler(sig)
-
-
-async def _run_embedded(args: argparse.Namespace, spec, inputs, code_dir: str) -> int:
-    engine, interrupted = await _start_engine(args)
-    try:
-        try:
-            record = await engine.runs.create_run(spec, inputs, project=args.project, domain=args.domain,
-                                                  name=args.name, code_dir=code_dir)
-        except AlreadyExistsError:
-            raise CliError(f"a run named {args.name!r} already exists; choose another --run-name") from None
-        if not args.json:
-            print(f"run {record.run_name} started (data dir {engine.data_dir})", file=sys.stderr)
-        wait = asyncio.create_task(engine.runs.wait_for_run(record.run_name))
-        stop = asyncio.create_task(interrupted.wait())
-        await asyncio.wait({wait, stop}, return_when=asyncio.FIRST_COMPLETED)
-        if not wait.done():
-            print(f"interrupted: aborting run {record.run_name}", file=sys.stderr)
-            await engine.runs.abort_action(record.run_name, reason="interrupted from the command line")
-            result = await engine.runs.wait_for_run(record.run_name, timeout=30)
-            print_result(result.to_json(), args.json)
-            return EXIT_INTERRUPTED
-        stop.cancel()
-        return print_result(wait.result().to_json(), args.json)
-    finally:
-        _release_signals()
-        await engine.stop()
-
-
-async def _local_reads(data_dir: pathlib.Path, fn):
-    from engine.runs import RunsService
-    from engine.store.sqlite import SqliteStore
-
-    store = SqliteStore(data_dir / "taskdeck.db", read_only=True)
-    await store.start()
-    try:
-        return await fn(RunsService(store, data_dir), store)
-    finally:
-        await store.close()
+    return await serve(engine, idle_exit=args.idle_exit)
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    from engine.views import action_json
-
     if args.run:
         check_run_name(args.run)
     check_action_name(args.action)
-    client = live_client(args)
-    if args.kind == "runs":
-        if client is not None:
-            rows = client.call("GET", f"/runs?limit={args.limit}")
+    if args.kind != "runs" and not args.run:
+        raise CliError(f"usage: taskdeck get {args.kind} RUN")
+    return asyncio.run(_get(args))
+
+
+async def _get(args: argparse.Namespace) -> int:
+    async with reader(args) as client:
+        if args.kind == "runs":
+            rows = [r.to_json() for r in await client.list_runs(args.limit)]
+            if not args.json:
+                print_table([[r["run"], r.get("taskName") or "-", r["phase"], (r.get("startedAt") or "-")[:19],
+                              _duration(r.get("durationMs")), str(r["attempts"]), _first_line(r.get("error"))]
+                             for r in rows], ["RUN", "TASK", "PHASE", "STARTED", "DURATION", "ATTEMPTS", "ERROR"])
+        elif args.kind == "events":
+            rows = [e.to_json() for e in await client.list_events(args.run, args.action)]
+            if not args.json:
+                print_table([[str(r["attempt"]), r["phase"], (r.get("updatedTime") or "-")[11:23],
+                              _first_line(r.get("error")), "; ".join(r.get("reasons") or [])[:60],
+                              (r.get("logs") or ["-"])[0]] for r in rows],
+                            ["ATTEMPT", "PHASE", "TIME", "ERROR", "REASONS", "LOG"])
         else:
-            rows = asyncio.run(_local_reads(args.data_dir, lambda runs, store: _runs_json(runs, args.limit)))
+            rows = [a.to_json() for a in await client.list_actions(args.run)]
+            if args.json:
+                for row in rows:
+                    row["taskAction"] = await client.task_action(args.run, row["name"])
+            else:
+                print_table([[r["name"], r.get("parent") or "-", r.get("shortName") or r.get("taskName") or "-",
+                              r["phase"], str(r["attempts"]), r["cacheStatus"].replace("CACHE_", ""),
+                              _duration(r.get("durationMs")), _first_line(r.get("error"))
+                              or (f"aborted: {r['abortReason']}" if r.get("abortReason") else "")] for r in rows],
+                            ["ACTION", "PARENT", "TASK", "PHASE", "ATTEMPTS", "CACHE", "DURATION", "ERROR"])
         if args.json:
             print(strict_dumps(rows, indent=2))
-        else:
-            print_table([[r["run"], r.get("taskName") or "-", r["phase"], (r.get("startedAt") or "-")[:19],
-                          _duration(r.get("durationMs")), str(r["attempts"]), _first_line(r.get("error"))]
-                         for r in rows], ["RUN", "TASK", "PHASE", "STARTED", "DURATION", "ATTEMPTS", "ERROR"])
-        return EXIT_OK
-    if not args.run:
-        raise CliError(f"usage: taskdeck get {args.kind} RUN")
-    if args.kind == "events":
-        return _print_events(args, client)
-    async def read(runs, store):
-        return [action_json(a, runs.task_action_of(a)) for a in await runs.list_actions(args.run)]
-
-    rows = _fetch(args, client, f"/runs/{args.run}/actions", read)
-    if args.json:
-        print(strict_dumps(rows, indent=2))
-    else:
-        print_table([[r["name"], r.get("parent") or "-", r.get("shortName") or r.get("taskName") or "-", r["phase"],
-                      str(r["attempts"]), r["cacheStatus"].replace("CACHE_", ""), _duration(r.get("durationMs")),
-                      _first_line(r.get("error"))] for r in rows],
-                    ["ACTION", "PARENT", "TASK", "PHASE", "ATTEMPTS", "CACHE", "DURATION", "ERROR"])
     return EXIT_OK
-
-
-def _fetch(args: argparse.Namespace, client: EngineClient | None, path: str, read) -> Any:
-    """Through the live engine's API when one serves the directory, else straight from its database."""
-    if client is not None:
-        return client.call("GET", path)
-    try:
-        return asyncio.run(_local_reads(args.data_dir, read))
-    except LookupError as exc:
-        raise CliError(str(exc)) from None
-
-
-def _print_events(args: argparse.Namespace, client: EngineClient | None) -> int:
-    from engine.views import event_json
-
-    async def read(runs, store):
-        run = await runs.get_run(args.run)
-        return [event_json(e) for e in await runs.list_events((run.project, run.domain, run.run_name, args.action))]
-
-    rows = _fetch(args, client, f"/runs/{args.run}/actions/{args.action}/events", read)
-    if args.json:
-        print(strict_dumps(rows, indent=2))
-    else:
-        print_table([[str(r["attempt"]), r["phase"], (r.get("updatedTime") or "-")[11:23],
-                      _first_line(r.get("error")), "; ".join(r.get("reasons") or [])[:60],
-                      (r.get("logs") or ["-"])[0]] for r in rows],
-                    ["ATTEMPT", "PHASE", "TIME", "ERROR", "REASONS", "LOG"])
-    return EXIT_OK
-
-
-async def _runs_json(runs, limit: int) -> list[dict]:
-    from engine.views import action_json
-
-    return [action_json(r) for r in await runs.list_runs(limit)]
 
 
 def cmd_abort(args: argparse.Namespace) -> int:
     check_run_name(args.run)
-    if args.action:
-        check_action_name(args.action)
-    client = live_client(args)
-    if client is None:
-        raise CliError(f"no engine is serving {args.data_dir}; start one with `taskdeck --headless` to abort runs")
-    client.call("POST", f"/runs/{args.run}/abort", {"action": args.action, "reason": args.reason})
-    print(f"abort requested for {args.run}/{args.action or 'a0'}")
-    return EXIT_OK
+    action = args.action or "a0"
+    check_action_name(action)
+
+    async def go() -> int:
+        async with writer(args) as client:
+            await client.abort(args.run, action, args.reason)
+        print(f"abort requested for {args.run}/{action}")
+        return EXIT_OK
+
+    return asyncio.run(go())
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
     check_run_name(args.run)
-    if args.action:
-        check_action_name(args.action)
-    client = live_client(args)
-    payload = {"action": args.action, "reason": args.reason, "by": getpass.getuser()}
-    if client is not None:
-        result = client.call("POST", f"/runs/{args.run}/retry", payload)
-        print(f"retrying {args.run}: {', '.join(result['retried'])} (through the engine at {client.url})")
-        return EXIT_OK
-    return asyncio.run(_retry_embedded(args, payload))
+    action = args.action or "a0"
+    check_action_name(action)
 
+    async def go() -> int:
+        async with writer(args) as client:
+            names = await client.retry(args.run, action, who=getpass.getuser(), why=args.reason or "")
+            say(f"retrying {args.run}: {', '.join(names)} (on the {client.description})")
+            while True:
+                result = await client.wait(args.run, 30, action)
+                if not result.get("timedOut"):
+                    return print_result(result, args.json)
 
-async def _retry_embedded(args: argparse.Namespace, payload: dict) -> int:
-    """No engine is serving the directory: start one, retry, and wait for the run as `taskdeck run` does."""
-    engine = Engine(engine_config(args))
-    try:
-        await engine.start()
-    except (EngineAlreadyRunningError, DataDirError) as exc:
-        raise CliError(str(exc)) from None
-    try:
-        try:
-            names = await engine.runs.retry_action(args.run, payload["action"] or "a0", who=payload["by"],
-                                                   why=payload["reason"] or "")
-        except (InvalidRunError, LookupError) as exc:
-            raise CliError(str(exc)) from None
-        print(f"retrying {args.run}: {', '.join(names)}", file=sys.stderr)
-        result = await engine.runs.wait_for_run(args.run, action_name=payload["action"] or "a0")
-        return print_result(result.to_json(), args.json)
-    finally:
-        await engine.stop()
+    return asyncio.run(go())
 
 
 def cmd_signal(args: argparse.Namespace) -> int:
     check_run_name(args.run)
-    client = live_client(args)
-    if client is None:
-        raise CliError(f"no engine is serving {args.data_dir}; conditions are signalled through a running engine")
-    result = client.call("POST", f"/runs/{args.run}/signal", {"action": args.action, "value": args.value})
-    print(f"signalled {args.run}/{result['signalled']} = {args.value}")
-    return EXIT_OK
+
+    async def go() -> int:
+        async with writer(args) as client:
+            signalled = await client.signal(args.run, args.action, args.value, by=getpass.getuser())
+        print(f"signalled {args.run}/{signalled} = {args.value}")
+        return EXIT_OK
+
+    return asyncio.run(go())
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    """List or evict task-cache entries: through the live engine, else on the database (under its lock)."""
-    from engine.views import cache_entry_json
-
-    client = live_client(args)
-    if args.action == "list":
-        if client is not None:
-            query = f"?limit={args.limit}" + (f"&task={urllib.parse.quote(args.task)}" if args.task else "")
-            rows = client.call("GET", f"/cache{query}")
-        else:
-            async def read(runs, store):
-                return [cache_entry_json(e) for e in await runs.list_cache(args.task, args.limit)]
-
-            rows = asyncio.run(_local_reads(args.data_dir, read))
-        if args.json:
-            print(strict_dumps(rows, indent=2))
-        else:
-            print_table([[r["taskName"], r["cacheVersion"] or "-", (r.get("createdAt") or "-")[:19],
-                          f"{r['source']['run']}/{r['source']['action']}", r["key"]] for r in rows],
-                        ["TASK", "VERSION", "CREATED", "FROM", "KEY"])
-        return EXIT_OK
-    if not args.keys and not args.task and not args.all:
+    """List or evict task-cache entries."""
+    if args.action == "clear" and not (args.keys or args.task or args.all):
         raise CliError("name what to clear: KEY..., --task NAME or --all")
-    payload = {"keys": args.keys or None, "task": args.task, "all": args.all}
-    if client is not None:
-        evicted = client.call("POST", "/cache/evict", payload)["evicted"]
-    else:
-        evicted = asyncio.run(_local_evict(args.data_dir, payload))
-    print(f"evicted {evicted} cache entr{'y' if evicted == 1 else 'ies'}")
-    return EXIT_OK
 
+    async def go() -> int:
+        if args.action == "list":
+            async with reader(args) as client:
+                rows = await client.list_cache(args.task, args.limit)
+            if args.json:
+                print(strict_dumps(rows, indent=2))
+            else:
+                print_table([[r["taskName"], r["cacheVersion"] or "-", (r.get("createdAt") or "-")[:19],
+                              f"{r['source']['run']}/{r['source']['action']}", r["key"]] for r in rows],
+                            ["TASK", "VERSION", "CREATED", "FROM", "KEY"])
+            return EXIT_OK
+        async with writer(args) as client:
+            evicted = await client.evict_cache(args.keys or None, args.task, args.all)
+        print(f"evicted {evicted} cache entr{'y' if evicted == 1 else 'ies'}")
+        return EXIT_OK
 
-async def _local_evict(data_dir: pathlib.Path, payload: dict) -> int:
-    """No engine serves the directory: hold its lock (so none starts meanwhile) and write the database."""
-    from engine.engine import DB_FILE, DataDirLock
-    from engine.runs import RunsService
-    from engine.store.sqlite import SqliteStore
-
-    lock = DataDirLock(data_dir)
-    try:
-        lock.acquire()
-    except EngineAlreadyRunningError as exc:  # one started meanwhile
-        raise CliError(str(exc)) from None
-    store = SqliteStore(data_dir / DB_FILE)
-    try:
-        await store.start()
-        return await RunsService(store, data_dir).evict_cache(payload["keys"], payload["task"], payload["all"])
-    finally:
-        await store.close()
-        lock.release()
+    return asyncio.run(go())
 
 
 def cmd_token(args: argparse.Namespace) -> int:
     """Print the owner's token, creating the data directory's credentials on first use."""
-    if not (args.data_dir / TOKEN_FILE).exists() and args.token_file is None:
-        prepare_data_dir(args.data_dir)
-        Authority(args.data_dir).load()
-    print(token_of(args))
+    print(read_credential(args.data_dir, args.token_file) if args.token_file else ensure_credential(args.data_dir))
     return EXIT_OK
 
 
-async def _headless(args: argparse.Namespace) -> int:
-    from engine.store.base import EventsRecorded, StorageChanged
+# --------------------------------------------------------------------------- the command line
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, naming the problem (argparse would print the whole usage first). No
+    abbreviated options: after ``run FILE TASK`` a task input ``--d`` is the task's, not ``--domain``."""
 
-    engine, stop = await _start_engine(args)
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
-    def on_storage(change: StorageChanged) -> None:
-        if change.error:
-            print(f"storage unavailable: {change.error}; launching nothing until writes succeed again", flush=True)
-        else:
-            print("storage available again; resuming", flush=True)
-
-    def on_change(change) -> None:
-        if isinstance(change, EventsRecorded):
-            for event in change.events:
-                when = dt.datetime.fromtimestamp(event.updated_time, dt.timezone.utc).strftime("%H:%M:%S.%f")[:-3]
-                error = f" [{event.error_kind}]" if event.error_kind else ""
-                print(f"{when} {event.run_name}/{event.name} attempt {event.attempt} "
-                      f"{ActionPhase(event.phase).name}{error}", flush=True)
-
-    unsubscribe = engine.store.subscribe(on_change)
-    unsubscribe_storage = engine.health.subscribe(on_storage)
-    print(f"TaskDeck engine serving {engine.data_dir} at {engine.url} (Ctrl-C to stop; clients authenticate "
-          f"with the token in {engine.token_path})", flush=True)
-    try:
-        await stop.wait()
-    finally:
-        unsubscribe()
-        unsubscribe_storage()
-        _release_signals()
-        await engine.stop()
-        print("engine stopped", flush=True)
-    return EXIT_OK
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
-# --------------------------------------------------------------------------- entry point
 def bounded(kind: type, low: float, high: float):
     """An argparse type: a finite ``kind`` from ``low`` to ``high``, or a one-line usage error."""
 
@@ -544,46 +470,73 @@ def bounded(kind: type, low: float, high: float):
     return parse
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage errors in one line, naming the problem (argparse would print the whole usage first)."""
+DEFAULTS: dict[str, Any] = {
+    "data_dir": None, "engine": None, "token_file": None, "json": False, "verbose": False, "headless": False,
+    "read_only": False, "ascii": False, "max_system_failures": 3, "max_processes": 16, "gc_ttl": 3600.0,
+    "share_group": None, "pass_env": [], "allow_dir": [], "advertise_host": None, "max_body_bytes": 8 * 1024 * 1024,
+    "idle_exit": None,
+}
 
-    def error(self, message: str):
-        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """The options every command takes, before or after its name (``suppress``: on a subcommand, where an
+    option given before the command must not be reset to its default)."""
+
+    def add(*flags, **kwargs):
+        dest = kwargs.get("dest") or flags[-1].lstrip("-").replace("-", "_")
+        kwargs["default"] = argparse.SUPPRESS if suppress else DEFAULTS[dest]
+        if kwargs.get("action") == "append":
+            kwargs["default"] = argparse.SUPPRESS if suppress else []
+        return parser.add_argument(*flags, **kwargs)
+
+    add("--data-dir", type=pathlib.Path, help=f"where runs, logs and the database live (default {default_data_dir()})")
+    add("--engine", metavar="URL", help="the engine to talk to (default: the one serving the data directory)")
+    add("--token-file", type=pathlib.Path, help="the engine's credential (default <data-dir>/token)")
+    add("--json", action="store_true", help="print JSON (strict: NaN and infinities as null)")
+    add("-v", "--verbose", action="store_true", help="log engine activity to stderr")
+    add("--headless", action="store_true", help="run the engine without the console")
+    add("--read-only", action="store_true", help="console: hide abort, retry and signal")
+    add("--ascii", action="store_true", help="console: ASCII phase glyphs")
+    engine = parser.add_argument_group("engine (when this command runs or starts one)")
+
+    def add_engine(*flags, **kwargs):
+        dest = flags[-1].lstrip("-").replace("-", "_")
+        kwargs["default"] = argparse.SUPPRESS if suppress else DEFAULTS[dest]
+        if kwargs.get("action") == "append":
+            kwargs["default"] = argparse.SUPPRESS if suppress else []
+        return engine.add_argument(*flags, **kwargs)
+
+    add_engine("--max-system-failures", type=bounded(int, 0, 1000),
+               help="consecutive system failures an action survives (default 3; the 4th fails it)")
+    add_engine("--max-processes", type=bounded(int, 1, 10_000), help="task processes running at once (default 16)")
+    add_engine("--gc-ttl", type=bounded(float, 0, 10 ** 8),
+               help="seconds after which terminated TaskActions are removed (rows and events stay)")
+    add_engine("--share-group", metavar="GROUP", help="let this Unix group read the token, and so drive the engine")
+    add_engine("--pass-env", action="append", metavar="NAME",
+               help="also give task processes this variable of the engine's environment (repeatable)")
+    add_engine("--allow-dir", action="append", type=pathlib.Path, metavar="DIR",
+               help="a directory submitted code may run from (repeatable; default: your home)")
+    add_engine("--advertise-host", metavar="HOST",
+               help="a host name clients may address the engine by, besides the loopback names")
+    add_engine("--max-body-bytes", type=bounded(int, 1024, 2 ** 31),
+               help="larger request bodies are refused (default 8 MiB)")
+    add_engine("--idle-exit", type=bounded(float, 0.1, 10 ** 6), metavar="SECONDS",
+               help="with --headless: stop after this long with nothing to do")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="taskdeck", description="Local Flyte v2 executor and operations console.")
-    parser.add_argument("--data-dir", type=pathlib.Path, default=None,
-                        help=f"where runs, logs and the database live (default {default_data_dir()})")
-    parser.add_argument("--headless", action="store_true", help="run the engine without the console")
-    parser.add_argument("--read-only", action="store_true", help="console: hide abort, retry and signal")
-    parser.add_argument("--ascii", action="store_true", help="console: ASCII phase glyphs")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log engine activity to stderr")
-    parser.add_argument("--max-system-failures", type=bounded(int, 0, 1000), default=3,
-                        help="consecutive system failures an action survives (default 3; the 4th fails it)")
-    parser.add_argument("--max-processes", type=bounded(int, 1, 10_000), default=16,
-                        help="task processes running at once")
-    parser.add_argument("--gc-ttl", type=bounded(float, 0, 10 ** 8), default=3600,
-                        help="seconds after which terminated TaskActions are removed (rows and events stay)")
-    parser.add_argument("--token-file", type=pathlib.Path, default=None,
-                        help="the engine's credential (default <data-dir>/token)")
-    security = parser.add_argument_group("security (engine)")
-    security.add_argument("--share-group", default=None, metavar="GROUP",
-                          help="let this Unix group read the token, and so drive the engine")
-    security.add_argument("--pass-env", action="append", default=[], metavar="NAME",
-                          help="also give task processes this variable of the engine's environment (repeatable)")
-    security.add_argument("--allow-dir", action="append", default=[], type=pathlib.Path, metavar="DIR",
-                          help="a directory submitted code may run from (repeatable; default: your home)")
-    security.add_argument("--advertise-host", default=None, metavar="HOST",
-                          help="a host name clients may address the engine by, besides the loopback names")
-    security.add_argument("--max-body-bytes", type=bounded(int, 1024, 2 ** 31), default=8 * 1024 * 1024,
-                          help="larger request bodies are refused (default 8 MiB)")
+    _global_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
-    sub.add_parser("token", help="print the credential that drives the engine (Authorization: Bearer TOKEN)")
 
-    run = sub.add_parser("run", help="run a flyte task through the engine",
-                         description="Run FILE's TASK; task inputs follow as --name value.")
-    run.add_argument("--json", action="store_true", help="print one JSON object: run, phase, outputs, error")
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        child = sub.add_parser(name, **kwargs)
+        _global_options(child, suppress=True)
+        return child
+
+    command("token", help="print the credential that drives the engine (Authorization: Bearer TOKEN)")
+    run = command("run", help="run a flyte task through the engine",
+                  description="Run FILE's TASK; task inputs follow as --name value (after TASK, or after --).")
     run.add_argument("--project", default="flytesnacks")
     run.add_argument("--domain", default="development")
     run.add_argument("--run-name", dest="name", default=None, help="run name (default: generated)")
@@ -592,42 +545,45 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("task")
     run.add_argument("task_args", nargs=argparse.REMAINDER, help="task inputs as --name value")
 
-    get = sub.add_parser("get", help="list runs, a run's actions, or an action's events (every attempt)")
+    get = command("get", help="list runs, a run's actions, or an action's events (every attempt)")
     get.add_argument("kind", choices=["runs", "actions", "events"])
     get.add_argument("--action", default="a0", help="with `events`: the action (default the root)")
     get.add_argument("run", nargs="?")
-    get.add_argument("--json", action="store_true")
     get.add_argument("--limit", type=bounded(int, 1, 100_000), default=200)
 
-    abort = sub.add_parser("abort", help="abort a run, or one action and its subtree")
+    abort = command("abort", help="abort a run, or one action and its subtree")
     abort.add_argument("run")
     abort.add_argument("--action", default=None)
     abort.add_argument("--reason", default="aborted from the command line")
-    retry = sub.add_parser("retry", help="re-run a failed, aborted or timed-out run or action as a new attempt")
+    retry = command("retry", help="re-run a failed, aborted or timed-out run or action as a new attempt")
     retry.add_argument("run")
     retry.add_argument("--action", default=None, help="one action of the run (default: the run's root)")
     retry.add_argument("--reason", default="", help="why, recorded in the new attempt's event")
-    retry.add_argument("--json", action="store_true")
 
-    signal_cmd = sub.add_parser("signal", help="give a paused condition its value (bool, int, float or str)")
+    signal_cmd = command("signal", help="give a paused condition its value (bool, int, float or str)")
     signal_cmd.add_argument("run")
     signal_cmd.add_argument("action", help="the condition's action name, or the condition's own name")
     signal_cmd.add_argument("value")
 
-    cache = sub.add_parser("cache", help="list or clear task-cache entries",
-                           description="`cache list` shows entries; `cache clear KEY... | --task NAME | --all` evicts.")
+    cache = command("cache", help="list or clear task-cache entries",
+                    description="`cache list` shows entries; `cache clear KEY... | --task NAME | --all` evicts.")
     cache.add_argument("action", choices=["list", "clear"])
     cache.add_argument("keys", nargs="*", help="with `clear`: the keys to evict")
     cache.add_argument("--task", default=None, help="only this task's entries (its full name, e.g. env.task)")
     cache.add_argument("--all", action="store_true", help="with `clear`: every entry")
-    cache.add_argument("--json", action="store_true")
     cache.add_argument("--limit", type=bounded(int, 1, 100_000), default=1000)
     return parser
 
 
+COMMANDS = {"token": cmd_token, "run": cmd_run, "get": cmd_get, "abort": cmd_abort, "retry": cmd_retry,
+            "signal": cmd_signal, "cache": cmd_cache}
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    for dest, default in DEFAULTS.items():  # an option no parser level set
+        if not hasattr(args, dest):
+            setattr(args, dest, list(default) if isinstance(default, list) else default)
     args.data_dir = (args.data_dir or default_data_dir()).expanduser().resolve()
     if args.data_dir.exists() and not args.data_dir.is_dir():
         print(f"taskdeck: --data-dir {args.data_dir} exists and is not a directory", file=sys.stderr)
@@ -635,26 +591,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        if args.command == "token":
-            return cmd_token(args)
-        if args.command == "run":
-            return cmd_run(args)
-        if args.command == "get":
-            return cmd_get(args)
-        if args.command == "abort":
-            return cmd_abort(args)
-        if args.command == "retry":
-            return cmd_retry(args)
-        if args.command == "signal":
-            return cmd_signal(args)
-        if args.command == "cache":
-            return cmd_cache(args)
+        if args.command in COMMANDS:
+            return COMMANDS[args.command](args)
         if args.headless:
             return asyncio.run(_headless(args))
         return cmd_console(args)
-    except (CliError, InvalidRunError, DataDirError, EngineAlreadyRunningError, LookupError) as exc:
+    except (CliError, InvalidRunError, DataDirError, EngineAlreadyRunningError, RunNotFoundError, LookupError,
+            CredentialError, PermissionDeniedError) as exc:
         print(f"taskdeck: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except (EngineUnavailableError, EngineGone) as exc:
+        print(f"taskdeck: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     except StorageUnavailableError as exc:
         print(f"taskdeck: storage unavailable: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -7,7 +7,7 @@ from functools import partial
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
-from engine.phases import ActionPhase
+from engine.client import ActionPhase
 
 MAX_RUNS = 500
 MAX_ACTIONS = 2000  # of the open run, in tree order: the palette stays quick on a 10,000-action run
@@ -20,7 +20,7 @@ class JumpCommands(Provider):
 
         app = self.app
         targets: list[tuple[str, str, object]] = []
-        if not app.engine.started:
+        if not app.ready:
             return targets
         screen = self.screen
         if isinstance(screen, RunScreen):
@@ -29,7 +29,7 @@ class JumpCommands(Provider):
                 name, label = record.name, record.short_name or record.task_name or record.name
                 targets.append((f"action {name} {label}", f"{ActionPhase(record.phase).name} in {screen.run_name}",
                                 partial(screen.select_action, name)))
-        for run in await app.engine.runs.list_runs(limit=MAX_RUNS):
+        for run in await app.client.list_runs(limit=MAX_RUNS):
             targets.append((f"run {run.run_name} {run.task_name or ''}".rstrip(),
                             f"{ActionPhase(run.phase).name}  {run.project}/{run.domain}",
                             partial(app.open_run, run.run_name)))

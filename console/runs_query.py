@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from engine.phases import ActionPhase
-from engine.store.base import ActionRecord
+from engine.client import Action, ActionPhase
 
 FAILED_PHASES = frozenset({ActionPhase.FAILED, ActionPhase.TIMED_OUT, ActionPhase.ABORTED})
 FIELDS = ("phase", "task", "project", "domain")
@@ -79,7 +78,7 @@ class RunQuery:
     def active(self) -> bool:
         return bool(self.phases or self.task or self.project or self.domain or self.words or self.failed_only)
 
-    def matches(self, record: ActionRecord) -> bool:
+    def matches(self, record: Action) -> bool:
         if self.failed_only and record.phase not in FAILED_PHASES:
             return False
         if self.phases and record.phase not in self.phases:

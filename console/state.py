@@ -10,8 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 
-from engine.phases import ActionPhase
-from engine.store.base import ActionRecord
+from engine.client import Action, ActionPhase
 
 REFRESH_HZ = 4
 
@@ -38,7 +37,7 @@ def phase_markup(phase: int, ascii_only: bool = False, with_name: bool = True) -
     return f"[{style}]{text}{name}[/]"
 
 
-def duration_text(record: ActionRecord, now: float | None = None) -> str:
+def duration_text(record: Action, now: float | None = None) -> str:
     if record.duration_ms is not None:
         seconds = record.duration_ms / 1000
     elif record.created_at:
@@ -51,13 +50,13 @@ def duration_text(record: ActionRecord, now: float | None = None) -> str:
     return f"{minutes}m{seconds:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
 
 
-def started_text(record: ActionRecord) -> str:
+def started_text(record: Action) -> str:
     if not record.created_at:
         return "-"
     return dt.datetime.fromtimestamp(record.created_at).strftime("%m-%d %H:%M:%S")
 
 
-def first_error_line(record: ActionRecord) -> str:
+def first_error_line(record: Action) -> str:
     if not record.error_message and not record.error_code:
         return ""
     text = f"{record.error_code or 'error'}: {record.error_message or ''}"

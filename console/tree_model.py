@@ -10,8 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
-from engine.phases import ActionPhase
-from engine.store.base import ActionRecord
+from engine.client import Action, ActionPhase
 
 GROUP_PREFIX = "group:"
 ROOT_ACTION = "a0"
@@ -42,7 +41,7 @@ def group_key(parent: str, group: str) -> str:
 class Node:
     key: str
     parent: str | None
-    record: ActionRecord | None = None  # None for a group node
+    record: Action | None = None  # None for a group node
     group: str = ""  # a group node's name; for an action, the group node it sits in ("" if none)
     children: list[str] = dataclasses.field(default_factory=list)
     expanded: bool = True
@@ -80,16 +79,16 @@ class ActionTreeModel:
         self.nodes: dict[str, Node] = {}
         self.roots: list[str] = []
         self.phase_counts: dict[int, int] = {}  # every action of the run, by phase
-        self._pending: dict[str, ActionRecord] = {}  # children that arrived before their parent
+        self._pending: dict[str, Action] = {}  # children that arrived before their parent
         self._lines: list[tuple[str, str]] | None = None  # (key, guide prefix) of every visible line
         self._index: dict[str, int] = {}
 
     # ------------------------------------------------------------------ reading
     @property
-    def records(self) -> dict[str, ActionRecord]:
+    def records(self) -> dict[str, Action]:
         return {k: n.record for k, n in self.nodes.items() if n.record is not None}
 
-    def record(self, key: str) -> ActionRecord | None:
+    def record(self, key: str) -> Action | None:
         node = self.nodes.get(key)
         return node.record if node is not None else None
 
@@ -117,7 +116,7 @@ class ActionTreeModel:
         return current
 
     # ------------------------------------------------------------------ changes
-    def apply(self, records: Iterable[ActionRecord]) -> Changes:
+    def apply(self, records: Iterable[Action]) -> Changes:
         changes = Changes()
         for record in records:
             node = self.nodes.get(record.name)
@@ -155,7 +154,7 @@ class ActionTreeModel:
                 progress = True
                 self._add(record, changes)
 
-    def _add(self, record: ActionRecord, changes: Changes) -> None:
+    def _add(self, record: Action, changes: Changes) -> None:
         parent = record.parent_action_name
         node = Node(key=record.name, parent=parent, record=record)
         if parent is None:
@@ -240,7 +239,7 @@ class ActionTreeModel:
         self._index = {key: i for i, (key, _) in enumerate(lines)}
 
 
-def _shown(record: ActionRecord) -> tuple:
+def _shown(record: Action) -> tuple:
     """What a line shows of a record; a change elsewhere (updated_at) needs no repaint."""
     return (record.phase, record.attempts, record.duration_ms, record.error_code, record.error_message,
             record.cache_status, record.short_name, record.task_name)

@@ -34,7 +34,8 @@ from engine.errors import InvalidRunError, RunNotFoundError
 from engine.http_gate import DEFAULT_MAX_BODY_BYTES, BoundedGzip, current_principal, harden_connect_app
 from engine.names import InvalidNameError, check_action_id, check_action_name
 from engine.phases import ActionPhase
-from engine.runs import ACTION_TYPE_CONDITION, ACTION_TYPE_TRACE, ParentGoneError, RunsService
+from engine.model import ACTION_TYPE_CONDITION, ACTION_TYPE_TRACE
+from engine.runs import ParentGoneError, RunsService
 from engine.store.base import ActionRecord, ActionsChanged, AlreadyExistsError, StorageUnavailableError
 
 log = logging.getLogger(__name__)

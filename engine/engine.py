@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 from engine import pygc
 from engine.auth import Authority, endpoint_with_credential, write_private
 from engine.connect import ControllerServices
-from engine.errors import DataDirError
+from engine.datadir import DB_FILE, ENDPOINT_FILE, PORT_FILE, DataDirLock, default_data_dir, prepare_data_dir
+from engine.feed import ChangeFeed
 from engine.controller import ControllerManager
 from engine.gc import DEFAULT_INTERVAL_SECONDS, DEFAULT_TTL_SECONDS, GarbageCollector
 from engine.plugins.container import LocalContainerPlugin
@@ -23,53 +24,13 @@ from engine.plugins.registry import PluginRegistry
 from engine.plugins.sleep import SleepPlugin
 from engine.reconciler import DEFAULT_MAX_SYSTEM_FAILURES, DEFAULT_REQUEUE_SECONDS, TaskActionReconciler
 from engine.http_gate import DEFAULT_MAX_BODY_BYTES
+from engine.logs import LogService
 from engine.runs import RunsService
+from engine.services import EngineServices
 from engine.storage_health import StorageHealth
 from engine.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
-
-LOCK_FILE = "engine.lock"
-PORT_FILE = "engine.port"  # kept across restarts: running tasks hold this port in _U_EP_OVERRIDE
-ENDPOINT_FILE = "engine.json"
-DB_FILE = "taskdeck.db"
-SHARED_FILES = frozenset({"token", ENDPOINT_FILE, LOCK_FILE})  # readable by a --share-group group
-
-
-def default_data_dir() -> Path:
-    if os.environ.get("TASKDECK_DATA_DIR"):
-        return Path(os.environ["TASKDECK_DATA_DIR"]).expanduser()
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(base) / "taskdeck"
-
-
-class EngineAlreadyRunningError(RuntimeError):
-    pass
-
-
-def prepare_data_dir(path: Path, shared: bool = False) -> None:
-    """Create the data directory private to its owner, or tighten an existing one, saying so."""
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except FileExistsError:
-        raise DataDirError(f"{path} exists and is not a directory") from None
-    except OSError as exc:
-        raise DataDirError(f"cannot create the data directory {path}: {exc.strerror or exc}") from None
-    if not path.is_dir():
-        raise DataDirError(f"{path} exists and is not a directory")
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise DataDirError(f"the data directory {path} is not writable")
-    wanted = 0o710 if shared else 0o700
-    mode = path.stat().st_mode & 0o777
-    if mode & ~wanted:
-        os.chmod(path, wanted)
-        log.warning("tightened the data directory %s from %o to %o: its runs, logs and credentials are private",
-                    path, mode, wanted)
-    for entry in path.iterdir():  # what sits at the top: the database, its WAL, the engine's files
-        with contextlib.suppress(OSError):
-            if entry.is_file() and entry.stat().st_mode & 0o077 and not (shared and entry.name in SHARED_FILES):
-                os.chmod(entry, 0o600)
-
 
 class _PrivateFiles:
     """While an engine runs, what it (and every task process it starts) creates is private: umask 077."""
@@ -124,57 +85,6 @@ class EngineConfig:
             raise ValueError(f"max_system_failures must be from 0 to 1000, not {self.max_system_failures!r}")
 
 
-class DataDirLock:
-    """One engine per data directory: an exclusive flock, released by the kernel if the engine dies."""
-
-    def __init__(self, data_dir: Path):
-        self.path = data_dir / LOCK_FILE
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            owner = read_endpoint(self.path.parent)
-            pid = f" (pid {owner['pid']})" if owner else ""
-            raise EngineAlreadyRunningError(
-                f"another TaskDeck engine{pid} is already serving {self.path.parent}; "
-                "stop it or use another --data-dir"
-            ) from None
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-
-def read_endpoint(data_dir: Path) -> dict | None:
-    """The live engine serving ``data_dir`` ({pid, url}), or None when none holds the lock."""
-    lock_path = data_dir / LOCK_FILE
-    try:
-        fd = os.open(lock_path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pass  # held: an engine is live
-        else:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return None
-    finally:
-        os.close(fd)
-    try:
-        return json.loads((data_dir / ENDPOINT_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 class Engine:
     def __init__(self, config: EngineConfig | None = None):
         self.config = config or EngineConfig()
@@ -196,6 +106,8 @@ class Engine:
         )
         self.manager = ControllerManager(self.store, self.reconciler.reconcile, workers=self.config.workers)
         self.runs = RunsService(self.store, self.data_dir, report_file_fault=self.health.report_file_fault)
+        self.services = EngineServices(self.runs, ChangeFeed(self.store, self.health), self.health,
+                                       LogService(self.data_dir), self.data_dir)
         self.controller_services = ControllerServices(self.runs, max_body_bytes=self.config.max_body_bytes)
         self.gc = GarbageCollector(self.store, self.config.gc_ttl_seconds, self.config.gc_interval_seconds)
         self._lock = DataDirLock(self.data_dir)
@@ -249,6 +161,7 @@ class Engine:
         """Serve on the port this data directory used before when possible, so task processes that
         outlived the previous engine (and hold its address) reach this one."""
         from engine.api import ApiServer, TaskDeckApi
+        from engine.client.local import LocalClient
 
         port_file = self.data_dir / PORT_FILE
         candidates = [self.config.port]
@@ -258,7 +171,7 @@ class Engine:
             except ValueError:
                 pass
         last_error: Exception | None = None
-        api = TaskDeckApi(self.runs, self.health, self.data_dir, self._allowed_code_dirs())
+        api = TaskDeckApi(LocalClient(self.services), self._allowed_code_dirs())
         for port in candidates:
             self._server = ApiServer(api, self.controller_services.apps(), self.authority, self.config.host, port,
                                      max_body_bytes=self.config.max_body_bytes,
@@ -272,6 +185,12 @@ class Engine:
             write_private(port_file, url.rsplit(":", 1)[1])
             return url
         raise RuntimeError(f"could not start the engine's server: {last_error}")
+
+    def last_request_age(self) -> float:
+        """Seconds since the API last received a request (infinite when it does not serve)."""
+        if self._server is None:
+            return float("inf")
+        return time.monotonic() - self._server.gate.last_request
 
     def _allowed_code_dirs(self) -> list[Path]:
         if self.config.allowed_code_dirs is not None:

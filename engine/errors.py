@@ -19,6 +19,15 @@ class RunNotFoundError(LookupError):
     pass
 
 
+class AlreadyExistsError(InvalidRunError):
+    """A run or an action of that name exists already (409, ``already_exists``)."""
+
+
+class StorageUnavailableError(RuntimeError):
+    """The database or the data directory could not be written (disk full, read-only, I/O error).
+    Nothing was applied (503, ``unavailable``)."""
+
+
 class PermissionDeniedError(Exception):
     """The caller's credential does not cover what it asked for."""
 

@@ -16,6 +16,7 @@ Every request passes here before a route or a Connect service sees it, in this o
 from __future__ import annotations
 
 import contextvars
+import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -27,7 +28,7 @@ from connectrpc.errors import ConnectError
 from google.protobuf.message import DecodeError
 
 from engine.auth import CREDENTIAL_PATH, Authority, Principal
-from engine.views import strict_dumps
+from engine.client.models import strict_dumps
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 # A refused request whose unread body is at most this big is drained, so its client reads the answer;
@@ -176,11 +177,13 @@ class Gate:
         self.hosts = set(LOOPBACK_HOSTS) | ({advertise_host.lower()} if advertise_host else set())
         self.connect_prefixes = tuple(connect_prefixes)
         self.port: int | None = None  # set once the server listens; Origin must carry it
+        self.last_request = time.monotonic()  # an engine that serves nobody for a while may stop
 
     def _is_connect(self, path: str) -> bool:
         return any(path.startswith(prefix + "/") for prefix in self.connect_prefixes)
 
     async def __call__(self, scope, receive, send, dispatch: ASGIApp) -> None:
+        self.last_request = time.monotonic()
         path = scope["path"]
         path_principal = None
         if path.startswith(CREDENTIAL_PATH):  # /c/<token>/<path>: a task process's credential

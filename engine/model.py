@@ -34,6 +34,11 @@ COMPLETED_TIME_FORMAT = "%Y-%m-%d.%H-%M"  # Go layout 2006-01-02.15-04: sorts le
 
 ROOT_ACTION_NAME = "a0"
 
+# workflow.ActionType: what an action of the actions table is
+ACTION_TYPE_TASK = 1
+ACTION_TYPE_TRACE = 2
+ACTION_TYPE_CONDITION = 3
+
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)

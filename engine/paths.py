@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 
 def local_path(uri: str) -> str:
@@ -26,3 +27,8 @@ def resolves_within(path: str, roots: list[str]) -> bool:
     if "\x00" in path or not os.path.isabs(path):
         return False
     return is_within(os.path.realpath(path), [os.path.realpath(root) for root in roots])
+
+
+def log_path(logs_root: str | Path, run: str, action: str, attempt: int) -> Path:
+    """Where an attempt's log lives: ``<data>/logs/<run>/<action>/<attempt>.log``."""
+    return Path(f"{logs_root}/{run}/{action}/{attempt}.log")

@@ -37,7 +37,7 @@ from engine.model import (
     TaskActionStatus,
     utcnow,
 )
-from engine.paths import input_file, is_within, local_path
+from engine.paths import input_file, is_within, local_path, log_path
 from engine.phases import PHASE_TABLE, ActionPhase, ConditionType, PluginPhase, Reason
 from engine.plugins.core import (
     NON_RETRYABLE_CODES,
@@ -418,7 +418,7 @@ class TaskActionReconciler:
         return is_within(local_path(uri), self.data_roots)
 
     def log_path(self, run_name: str, action_name: str, attempt: int) -> Path:
-        return Path(f"{self._logs_root}/{run_name}/{action_name}/{attempt}.log")
+        return log_path(self._logs_root, run_name, action_name, attempt)
 
     # ------------------------------------------------------------------ storage faults
     def _storage_backoff(self, name: str) -> float:
@@ -581,10 +581,26 @@ class TaskActionReconciler:
         await self.release_cache(task_action)
         if not task_action.status.is_terminal:
             aborted_at = task_action.metadata.deletion_timestamp or self.clock()
-            event = build_action_event(
-                task_action, PhaseInfo.aborted(), ActionPhase.ABORTED, updated_time=aborted_at, cluster=self.cluster)
+            event = build_action_event(task_action, PhaseInfo.aborted(await self.abort_reason(task_action)),
+                                       ActionPhase.ABORTED, updated_time=aborted_at, cluster=self.cluster)
             await self.store.record_events([event])
         return await self._remove_finalizer(task_action)
+
+    async def abort_reason(self, task_action: TaskAction) -> str:
+        """Why the action was aborted: the reason given for it, or for the ancestor whose abort reached it."""
+        spec = task_action.spec
+        name, hops = spec.action_name, 0
+        while name and hops < 64:
+            try:
+                row = await self.store.get_action((spec.project, spec.domain, spec.run_name, name))
+            except Exception:  # noqa: BLE001 - the reason is for display: never let it block an abort
+                return "aborted"
+            if row is None:
+                break
+            if row.abort_reason:
+                return row.abort_reason if hops == 0 else f"{row.abort_reason} (aborted with {name})"
+            name, hops = row.parent_action_name, hops + 1
+        return "aborted"
 
     async def release_cache(self, task_action: TaskAction) -> None:
         """Give up the action's cache reservation, if it holds one, and wake those waiting for the key."""
@@ -605,13 +621,21 @@ class TaskActionReconciler:
 
     # ------------------------------------------------------------------ conditions
     async def reconcile_condition(self, task_action: TaskAction, original: TaskAction) -> Result:
+        """Conditions have no plugin: PAUSED until signalled, TIMED_OUT after their timeout.
+
+        Each transition is also recorded as an ActionEvent (Flyte records none for conditions), so the
+        events, the headless output and the console show when a condition started waiting, for what,
+        and who answered it.
+        """
         status, now = task_action.status, self.clock()
         requeue: float | None = None
+        outcome: tuple[ActionPhase, str, ExecutionError | None] | None = None
         if status.signal_value:
             message = f'condition signalled by "{status.signalled_by}"'
             status.set_condition(ConditionType.PROGRESSING, False, Reason.SIGNALED, message, now)
             status.set_condition(ConditionType.SUCCEEDED, True, Reason.SIGNALED, message, now)
             append_phase_history(status, Reason.SIGNALED, message, now)
+            outcome = (ActionPhase.SUCCEEDED, message, None)
         else:
             condition = run_definition_pb2.ConditionAction()
             try:
@@ -623,6 +647,7 @@ class TaskActionReconciler:
                 status.set_condition(ConditionType.FAILED, True, Reason.INVALID_SPEC, message, now)
                 status.set_condition(ConditionType.PROGRESSING, False, Reason.INVALID_SPEC, message, now)
                 status.error_state = ErrorState(code=Reason.INVALID_SPEC, kind=USER, message=message)
+                outcome = (ActionPhase.FAILED, message, ExecutionError(Reason.INVALID_SPEC, message, USER))
             else:
                 timeout = condition.timeout.ToTimedelta() if condition.HasField("timeout") else dt.timedelta(0)
                 created = task_action.metadata.creation_timestamp or now
@@ -633,19 +658,29 @@ class TaskActionReconciler:
                     status.set_condition(ConditionType.PROGRESSING, False, Reason.TIMED_OUT, message, now)
                     status.error_state = ErrorState(code="ConditionTimedOut", kind=USER, message=message)
                     append_phase_history(status, Reason.TIMED_OUT, message, now)
+                    outcome = (ActionPhase.TIMED_OUT, message, ExecutionError("ConditionTimedOut", message, USER))
                 else:
                     status.set_condition(ConditionType.PROGRESSING, True, Reason.PAUSED, "waiting for signal", now)
                     append_phase_history(status, Reason.PAUSED, "waiting for signal", now)
+                    asks = condition.prompt or condition.name
+                    outcome = (ActionPhase.PAUSED, f"waiting for a signal: {asks}" if asks else "waiting for a signal",
+                               None)
                     if timeout > dt.timedelta(0):
                         requeue = max((deadline - now).total_seconds(), 0.0)
         if status.conditions != original.status.conditions or len(status.phase_history) != len(
                 original.status.phase_history):
-            await self._update_condition_status(task_action)
+            events = []
+            if outcome is not None:
+                phase, reason, error = outcome
+                info = PhaseInfo(PluginPhase.UNDEFINED, reason=reason, err=error)
+                events.append(build_action_event(task_action, info, phase, attempt=1, updated_time=now,
+                                                 cluster=self.cluster))
+            await self._update_condition_status(task_action, events)
         if status.is_terminal:
             await self.ensure_terminal_labels(task_action)
         return Result(requeue)
 
-    async def _update_condition_status(self, task_action: TaskAction) -> None:
+    async def _update_condition_status(self, task_action: TaskAction, events: list[EventRecord]) -> None:
         """Copy only conditions, phaseHistory and errorState, so a concurrent Signal write is kept."""
         for attempt in range(CONFLICT_RETRIES):
             latest = await self.store.get(task_action.name)
@@ -653,7 +688,7 @@ class TaskActionReconciler:
             latest.status.phase_history = task_action.status.phase_history
             latest.status.error_state = task_action.status.error_state
             try:
-                await self.store.update_status(latest)
+                await self.store.update_status(latest, events)
                 task_action.metadata = latest.metadata
                 return
             except ConflictError:

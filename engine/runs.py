@@ -24,6 +24,7 @@ from flyteidl2.common import identifier_pb2
 from flyteidl2.core import literals_pb2, tasks_pb2, types_pb2
 from flyteidl2.task import common_pb2, run_pb2, task_definition_pb2
 from flyteidl2.workflow import run_definition_pb2
+from google.protobuf.message import DecodeError
 
 from engine import cache
 from engine.errors import InvalidRunError, RunNotFoundError
@@ -31,6 +32,9 @@ from engine.events import build_action_event
 from engine.literals import inputs_message, read_inputs, read_outputs
 from engine.names import check_action_name, check_env_vars, check_run_id, check_run_name
 from engine.model import (
+    ACTION_TYPE_CONDITION,
+    ACTION_TYPE_TASK,
+    ACTION_TYPE_TRACE,
     ROOT_ACTION_NAME,
     ObjectMeta,
     TaskAction,
@@ -65,9 +69,6 @@ RUN_NAME_LENGTH = 20
 MAX_LIST_LIMIT = 100_000
 MAX_WAIT_SECONDS = 24 * 3600
 
-ACTION_TYPE_TASK = 1
-ACTION_TYPE_TRACE = 2
-ACTION_TYPE_CONDITION = 3
 RETRYABLE_PHASES = frozenset({ActionPhase.FAILED, ActionPhase.ABORTED, ActionPhase.TIMED_OUT})
 
 
@@ -588,6 +589,68 @@ class RunsService:
     def subscribe(self, callback: Callable[[Change], None]) -> Callable[[], None]:
         """``callback`` after each commit that changed runs data (see ``RunsRepository.subscribe``)."""
         return self.store.subscribe(callback)
+
+    async def get_actions(self, run_name: str, names: list[str]) -> list[ActionRecord]:
+        """The named actions of the run that exist."""
+        run = await self.get_run(run_name)
+        for name in names:
+            check_action_name(name)
+        return await self.store.get_actions(run.project, run.domain, run.run_name, names)
+
+    async def waiting_conditions(self, run_names: list[str] | None = None) -> dict[str, tuple[str, ...]]:
+        """run → the (short) names of its conditions waiting for a signal, for the runs that have any."""
+        waiting: dict[str, list[str]] = {}
+        for run, _, short_name in await self.store.paused_conditions(run_names):
+            waiting.setdefault(run, []).append(short_name)
+        return {run: tuple(names) for run, names in waiting.items()}
+
+    async def run_counts(self) -> dict[int, int]:
+        """Runs per phase, a running run that waits on a condition counted as PAUSED."""
+        counts = await self.store.phase_counts()
+        running, paused = int(ActionPhase.RUNNING), int(ActionPhase.PAUSED)
+        for run_name in await self.waiting_conditions():
+            root = await self.store.find_run(run_name)
+            if root is not None and root.phase == running:
+                counts[running] -= 1
+                counts[paused] = counts.get(paused, 0) + 1
+        return {phase: n for phase, n in counts.items() if n}
+
+    def task_action_named(self, run_name: str, action_name: str) -> TaskAction | None:
+        check_run_name(run_name)
+        check_action_name(action_name)
+        return self.store.peek(task_action_name(run_name, action_name))
+
+    async def action_io(self, run_name: str, action_name: str, attempt: int) -> tuple[dict | None, dict | None]:
+        """An attempt's decoded inputs and, once it succeeded, its outputs (read off the event loop)."""
+        record = await self.find_action(run_name, action_name)
+        if record is None:
+            raise RunNotFoundError(f"action {action_name!r} not found in run {run_name!r}")
+        if isinstance(attempt, bool) or not isinstance(attempt, int) or not 1 <= attempt <= max(record.attempts, 1):
+            raise InvalidRunError(f"attempt must be from 1 to {max(record.attempts, 1)}", field="attempt")
+
+        def read() -> tuple[dict | None, dict | None]:
+            try:
+                inputs = self.inputs_of(record) if record.input_uri else None
+            except (OSError, ValueError, DecodeError):
+                inputs = None  # unreadable: nothing to show, not an error of the reader's
+            outputs = None
+            if ActionPhase(record.phase) == ActionPhase.SUCCEEDED and record.action_type != ACTION_TYPE_CONDITION:
+                try:
+                    outputs = read_outputs(f"{self.attempt_prefix_of(record, attempt)}/outputs.pb")
+                except (OSError, ValueError, DecodeError):
+                    outputs = None
+            return inputs, outputs
+
+        return await asyncio.to_thread(read)
+
+    def condition_of(self, run_name: str, action_name: str) -> run_definition_pb2.ConditionAction:
+        """What a condition asks (its name, prompt, description and type); NotFound once it is cleaned up."""
+        obj = self.task_action_named(run_name, action_name)
+        if obj is None or not obj.is_condition:
+            raise RunNotFoundError(f"no condition {action_name!r} in run {run_name!r} (or it has been cleaned up)")
+        condition = run_definition_pb2.ConditionAction()
+        condition.ParseFromString(obj.spec.condition_spec or b"")
+        return condition
 
     async def list_runs(self, limit: int = 200) -> list[ActionRecord]:
         return await self.store.list_runs(check_limit(limit))

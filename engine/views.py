@@ -1,93 +1,48 @@
-"""JSON views of runs and actions, shared by the API server and the command line."""
+"""The engine's records as client views (``engine/client/models.py``)."""
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-import math
 from typing import Any
 
-from flyteidl2.core import catalog_pb2
-
-from engine.model import TaskAction
+from engine.client.models import Action, Event
+from engine.events import decode_event
 from engine.phases import ActionPhase
 from engine.store.base import ActionRecord, CacheEntry, EventRecord
-from engine.events import decode_event
-
-
-def strict_json(value: Any) -> Any:
-    """``value`` with non-finite floats as None: JSON that strict parsers accept (no NaN, no Infinity)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(v) for v in value]
-    return value
-
-
-def strict_dumps(value: Any, indent: int | None = None) -> str:
-    return json.dumps(strict_json(value), allow_nan=False, indent=indent)
 
 
 def _iso(ts: float | None) -> str | None:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat() if ts else None
 
 
-def cache_status_name(value: int) -> str:
-    try:
-        return catalog_pb2.CatalogCacheStatus.Name(value)
-    except ValueError:
-        return str(value)
+def action_view(record: ActionRecord, waiting: tuple[str, ...] = ()) -> Action:
+    """A row of the actions table as clients see it (a run waiting on a condition shows PAUSED)."""
+    phase = record.phase
+    if waiting and phase == int(ActionPhase.RUNNING):
+        phase = int(ActionPhase.PAUSED)
+    return Action(
+        project=record.project, domain=record.domain, run_name=record.run_name, name=record.name,
+        parent_action_name=record.parent_action_name, phase=phase, action_type=record.action_type,
+        task_name=record.task_name, task_type=record.task_type, short_name=record.short_name,
+        function_name=record.function_name, action_group=record.action_group, has_inputs=bool(record.input_uri),
+        created_at=record.created_at, updated_at=record.updated_at, ended_at=record.ended_at,
+        duration_ms=record.duration_ms, attempts=record.attempts, cache_status=record.cache_status,
+        cache_key=record.cache_key, abort_requested_at=record.abort_requested_at, abort_reason=record.abort_reason,
+        error_kind=record.error_kind, error_code=record.error_code, error_message=record.error_message,
+        waiting=waiting,
+    )
 
 
-def action_error(record: ActionRecord) -> dict[str, str] | None:
-    if record.error_message is None and record.error_code is None:
-        return None
-    return {"kind": record.error_kind or "", "code": record.error_code or "", "message": record.error_message or ""}
-
-
-def action_json(record: ActionRecord, task_action: TaskAction | None = None) -> dict[str, Any]:
-    view: dict[str, Any] = {
-        "run": record.run_name,
-        "project": record.project,
-        "domain": record.domain,
-        "name": record.name,
-        "parent": record.parent_action_name,
-        "phase": ActionPhase(record.phase).name,
-        "attempts": record.attempts,
-        "taskType": record.task_type,
-        "taskName": record.task_name,
-        "shortName": record.short_name,
-        "cacheStatus": cache_status_name(record.cache_status),
-        "error": action_error(record),
-        "startedAt": _iso(record.created_at),
-        "endedAt": _iso(record.ended_at),
-        "durationMs": record.duration_ms,
-        "abortRequestedAt": _iso(record.abort_requested_at),
-    }
-    if task_action is not None:
-        view["taskAction"] = task_action.to_dict()
-    return view
-
-
-def event_json(record: EventRecord) -> dict[str, Any]:
+def event_view(record: EventRecord) -> Event:
     event = decode_event(record)
-    return {
-        "attempt": record.attempt,
-        "phase": ActionPhase(record.phase).name,
-        "version": record.version,
-        "updatedTime": _iso(record.updated_time),
-        "reportedTime": _iso(record.reported_time),
-        "error": (
-            {"kind": record.error_kind, "code": event.error_info.code, "message": event.error_info.message}
-            if event.HasField("error_info") else None
-        ),
-        "outputUri": event.outputs.output_uri or None,
-        "logs": [log.uri for log in event.log_info],
-        "cacheStatus": cache_status_name(event.cache_status),
-        "reasons": [c.message for c in event.cluster_events],
-    }
+    error = event.error_info if event.HasField("error_info") else None
+    return Event(
+        attempt=record.attempt, phase=record.phase, version=record.version, updated_time=record.updated_time,
+        reported_time=record.reported_time, error_kind=record.error_kind if error else "",
+        error_code=error.code if error else "", error_message=error.message if error else "",
+        output_uri=event.outputs.output_uri or None, logs=tuple(log.uri for log in event.log_info),
+        cache_status=event.cache_status, reasons=tuple(c.message for c in event.cluster_events),
+    )
 
 
 def cache_entry_json(entry: CacheEntry) -> dict[str, Any]:

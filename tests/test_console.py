@@ -266,16 +266,25 @@ async def test_jump_opens_a_run_with_the_action_selected_and_refuses_unknown_run
     root = await engine.runs.create_run(task_spec("scripted"), name="rslowjump")
     for name in ("ok7", "ok8"):
         await engine.runs.create_action(root.run_name, name, "a0", task_spec("scripted"), root.input_uri)
+    other = await engine.runs.create_run(task_spec("scripted"), name="rslowother")
     await pilot.press("colon", *"rnosuchrun", "enter")
-    await until(pilot, lambda: any("not found" in n.message for n in app._notifications))
+    await until(pilot, lambda: any("no run is named" in n.message for n in app._notifications))
     assert not isinstance(app.screen, RunScreen)  # nothing opened, the console goes on
+    await pilot.press("colon", *"rslow", "enter")  # two runs start so: say so, open neither
+    await until(pilot, lambda: any("2 runs start with" in n.message for n in app._notifications))
+    assert not isinstance(app.screen, RunScreen)
 
-    await pilot.press("colon", *"rslowjump/ok8", "enter")
-    await until(pilot, lambda: isinstance(app.screen, RunScreen))
+    await pilot.press("colon", *"rslowj/ok8", "enter")  # a unique prefix is enough
+    await until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.run_name == "rslowjump")
     tree = app.screen.query_one(ActionTree)
     await until(pilot, lambda: tree.cursor_key == "ok8")
     detail = app.screen.query_one("#detail", Static)
     await until(pilot, lambda: "rslowjump/ok8" in str(detail.render()))
+    await pilot.press("colon", *other.run_name, "enter")  # a jump from a run replaces it...
+    await until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.run_name == other.run_name)
+    await pilot.press("escape")  # ...so esc goes back one level, to the runs
+    await until(pilot, lambda: not isinstance(app.screen, RunScreen))
+    assert len(app.screen_stack) == 2  # the default screen and the runs screen
 
 
 async def test_command_palette_jumps_to_a_run(console):
@@ -304,6 +313,8 @@ async def test_help_lists_the_focused_widgets_keys_with_their_hints(console):
     text = str(app.screen.query_one(Static).render())
     assert "Fold/unfold" in text and "Fold / parent" in text  # the focused tree's own keys
     assert "Timeline" in text and "Prev attempt" in text
+    rows = {line.split()[0]: line for line in text.splitlines() if line.startswith("  ")}
+    assert rows["["].split()[1:3] == ["Prev", "attempt"] and rows["]"].split()[1:3] == ["Next", "attempt"]
 
 
 async def test_switching_theme_recolours_phases_from_the_theme(console):

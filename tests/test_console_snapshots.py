@@ -86,6 +86,22 @@ def test_runs_screen(snap_compare, fixed_app):
     assert snap_compare(fixed_app(), terminal_size=(140, 20), run_before=_settle)
 
 
+@pytest.mark.parametrize("size", [(80, 24), (160, 45)])
+def test_runs_screen_at_the_smallest_and_a_large_terminal(snap_compare, fixed_app, size):
+    """At 80x24 RUN, PHASE, DURATION and ERROR stay and the footer fits; at 160x45 every column shows."""
+    assert snap_compare(fixed_app(), terminal_size=size, run_before=_settle)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 45)])
+def test_run_screen_at_the_smallest_and_a_large_terminal(snap_compare, fixed_app, size):
+    async def before(pilot):
+        await _settle(pilot)
+        pilot.app.push_screen(RunScreen("rpipeline000000000001"))
+        await _settle(pilot)
+
+    assert snap_compare(fixed_app(), terminal_size=size, run_before=before)
+
+
 def test_runs_screen_failed_only_ascii(snap_compare, fixed_app):
     async def before(pilot):
         await _settle(pilot)

@@ -11,7 +11,7 @@ import pytest
 
 from engine.engine import Engine, EngineConfig
 from engine.phases import ActionPhase
-from engine.runs import ACTION_TYPE_CONDITION, ACTION_TYPE_TRACE
+from engine.model import ACTION_TYPE_CONDITION, ACTION_TYPE_TRACE
 from engine.sdk import inputs_from_strings, load_task, serialize_task
 from helpers import dump_engine_state, eventually
 

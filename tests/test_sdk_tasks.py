@@ -99,6 +99,11 @@ def test_cli_rejects_bad_input_clearly(tmp_path):
     assert missing.returncode == 2 and "missing required input(s): --y" in missing.stderr
     typo = _cli("run", str(EXAMPLES / "basics.py"), "add", "--x", "one", "--y", "2", data_dir=tmp_path)
     assert typo.returncode == 2 and "--x" in typo.stderr
+    nothing = _cli("get", "actions", "rnope", data_dir=tmp_path / "misspelt")
+    assert nothing.returncode == 2 and "no TaskDeck data" in nothing.stderr  # not an empty table
+    assert not (tmp_path / "misspelt").exists()  # and reading made nothing
+    ran = _cli("run", str(EXAMPLES / "basics.py"), "add", "--x", "1", "--y", "2", data_dir=tmp_path)
+    assert ran.returncode == 0, ran.stderr
     unknown = _cli("get", "actions", "rnope", data_dir=tmp_path)
     assert unknown.returncode == 2 and "not found" in unknown.stderr
 

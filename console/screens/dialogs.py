@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.markup import escape
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
@@ -33,6 +34,31 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def action_cancel(self) -> None:
         self.dismiss(False)
+
+
+class ChoiceScreen(ModalScreen[str | None]):
+    """A question with a few answers, each on its own key; dismissed with the chosen answer's value."""
+
+    DEFAULT_CSS = """
+    ChoiceScreen { align: center middle; }
+    ChoiceScreen > Vertical { width: 80; height: auto; border: thick $warning; background: $surface; padding: 1 2; }
+    """
+
+    def __init__(self, question: str, choices: list[tuple[str, str | None, str]]):
+        super().__init__()
+        self.question = question
+        self.choices = choices  # (key, value, what it does)
+        for key, value, text in choices:
+            self._bindings.bind(key, f"choose({value!r})", text, show=False)
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static(self.question, id="question")
+            yield Static("\n".join(f"[b]{escape(key)}[/]  {escape(text)}" for key, _, text in self.choices),
+                         id="choices")
+
+    def action_choose(self, value: str | None) -> None:
+        self.dismiss(value)
 
 
 class InputScreen(ModalScreen[str | None]):
@@ -75,12 +101,13 @@ class HelpScreen(ModalScreen[None]):
         self.rows = bindings
 
     def compose(self) -> ComposeResult:
-        lines = [f"[b]{escape(self.title_text)}[/]", ""]
-        lines += [f"  [b]{escape(key):<12}[/] {escape(description):<16} [dim]{escape(tooltip)}[/]".rstrip()
-                  for key, description, tooltip in self.rows]
-        lines += ["", "[dim]esc closes[/]"]
+        text = Text.assemble((self.title_text, "bold"), "\n\n")
+        for key, description, tooltip in self.rows:  # Text, not markup: a key like "[" is not a tag
+            text.append_text(Text.assemble("  ", (f"{key:<12}", "bold"), f" {description:<16} ", (tooltip, "dim")))
+            text.append("\n")
+        text.append("\nesc closes", "dim")
         with VerticalScroll():
-            yield Static("\n".join(lines))
+            yield Static(text)
 
     def action_close(self) -> None:
         self.dismiss(None)

@@ -1,9 +1,12 @@
-"""The run screen: the action tree, and the selected action's details, log and events."""
+"""The run screen: the action tree, and the selected action's details, log and events.
+
+Everything comes through the client interface: the change feed names the actions that changed and a
+tick re-reads only those; details, events and log lines are read when what they show has changed.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-import os
 import time
 from pathlib import Path
 
@@ -16,19 +19,22 @@ from textual.screen import Screen
 from textual.widgets import Footer, RichLog, Static, TabbedContent, TabPane
 
 from console.screens.dialogs import InputScreen
+from console.state import PHASE_STYLE, REFRESH_HZ, duration_text, first_error_line, phase_markup
 from console.tree_model import ActionTreeModel
 from console.widgets.action_tree import ActionTree
-from console.state import PHASE_STYLE, REFRESH_HZ, duration_text, first_error_line, phase_markup
-from engine.events import decode_event
-from engine.model import task_action_name
-from engine.phases import ActionPhase
-from engine.runs import ACTION_TYPE_CONDITION, ACTION_TYPE_TRACE
-from engine.store.base import ActionRecord, ActionsChanged
-from engine.views import cache_status_name
+from engine.client import (
+    ACTION_TYPE_CONDITION,
+    ACTION_TYPE_TRACE,
+    Action,
+    ActionPhase,
+    Change,
+    LogLine,
+    cache_status_name,
+)
 
 LOG_POLL_SECONDS = 0.5
 FULL_RELOAD_AFTER = 2000  # changed actions in one tick above which the whole run is re-read
-MAX_LOG_BYTES = 2_000_000  # the tail that is loaded when a log is opened
+MAX_LOG_BYTES = 2_000_000  # the tail that is loaded when a log is opened, and the most read per poll
 MAX_LOG_LINES = 20_000
 TIMELINE_ROWS = 100
 TIMELINE_MIN_WIDTH = 20
@@ -42,28 +48,35 @@ def _time(value) -> str:
     return value.astimezone().strftime("%H:%M:%S.%f")[:-3]
 
 
+class LogView(RichLog):
+    """The attempt's log; End goes to its end and follows it again (shown above it)."""
+
+    BINDINGS = [Binding("end", "screen.follow_log", "Follow", tooltip="Jump to the end and follow the log again")]
+
+
 class RunScreen(Screen):
     BINDINGS = [
         Binding("escape", "back", "Back"),
-        Binding("d", "show_tab('details')", "Details"),
+        Binding("d", "show_tab('details')", "Details", show=False),
         Binding("l", "show_tab('logs')", "Logs"),
-        Binding("e", "show_tab('events')", "Events"),
-        Binding("g", "show_tab('timeline')", "Timeline"),
-        Binding("left_square_bracket", "attempt(-1)", "Prev attempt", key_display="["),
-        Binding("right_square_bracket", "attempt(1)", "Next attempt", key_display="]"),
+        Binding("e", "show_tab('events')", "Events", show=False),
+        Binding("g", "show_tab('timeline')", "Timeline", show=False),
+        Binding("left_square_bracket", "attempt(-1)", "Prev attempt", key_display="[", show=False),
+        Binding("right_square_bracket", "attempt(1)", "Next attempt", key_display="]", show=False),
         Binding("r", "retry", "Retry",
                 tooltip="Re-run the selected failed action (a parent re-runs its failed children)"),
         Binding("ctrl+d", "abort", "Abort", tooltip="Abort the selected action and its subtree (asks first)"),
         Binding("s", "signal", "Signal", tooltip="Answer the selected condition (bool, int, float or str)"),
-        Binding("c", "copy_id", "Copy id"),
+        Binding("c", "copy_id", "Copy id", show=False),
         Binding("x", "evict_cache", "Evict cache", show=False,
                 tooltip="Drop the selected action's cache entry (asks first)"),
         Binding("ctrl+r", "abort_run", "Abort run", show=False, tooltip="Abort the whole run (asks first)"),
-        Binding("slash", "search_log", "Search log", key_display="/",
+        Binding("slash", "search_log", "Search log", key_display="/", show=False,
                 tooltip="Highlight matches in the log; n for the next"),
         Binding("n", "next_match", "Next match", show=False),
         Binding("w", "toggle_wrap", "Wrap", show=False),
-        Binding("t", "toggle_timestamps", "Timestamps", show=False, tooltip="Show when each log line arrived"),
+        Binding("t", "toggle_timestamps", "Timestamps", show=False,
+                tooltip="Show when the task wrote each log line"),
         Binding("ctrl+s", "save_log", "Save log", show=False,
                 tooltip="Write the shown log to RUN-ACTION-ATTEMPT.log here"),
     ]
@@ -78,12 +91,16 @@ class RunScreen(Screen):
         self._refreshing = False
         self._log_source: tuple[str, int] | None = None
         self._dirty: set[str] = set()
-        self._log_lines: list[tuple[float, str]] = []  # (when read, text) of the shown attempt's log
+        self._log_lines: list[LogLine] = []  # the shown attempt's log (with when each line was written)
+        self._following = True
+        self._detail_key: tuple | None = None  # what the cached details below were read for
+        self._detail_data: tuple = (None, [], None)  # (task action, events, inputs/outputs)
         self._search = ""
         self._match = -1
         self._timestamps = False
         self._loaded = False
         self._log_offset = 0
+        self._following_busy = False
 
     def compose(self) -> ComposeResult:
         yield Static(id="run-title")
@@ -94,17 +111,18 @@ class RunScreen(Screen):
                     with VerticalScroll():
                         yield Static(id="detail")
                 with TabPane("Logs", id="logs"):
-                    yield RichLog(id="log", highlight=False, markup=False, wrap=False, max_lines=20_000)
+                    yield Static(id="log-status")
+                    yield LogView(id="log", highlight=False, markup=False, wrap=False, max_lines=20_000)
                 with TabPane("Events", id="events"):
                     with VerticalScroll():
                         yield Static(id="event-list")
                 with TabPane("Timeline", id="timeline"):
                     with VerticalScroll():
                         yield Static(id="timeline-view")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
-        self._unsubscribe = self.app.engine.store.subscribe(self._on_change)
+        self._unsubscribe = self.app.listen(self._on_change)
         self.set_interval(1 / REFRESH_HZ, self.refresh_view)
         self.set_interval(LOG_POLL_SECONDS, self.follow_log)
         self.set_interval(1.0, self.refresh_timeline)
@@ -114,16 +132,17 @@ class RunScreen(Screen):
     def on_unmount(self) -> None:
         self._unsubscribe()
 
-    def _on_change(self, change) -> None:
-        """The engine says what changed; the next tick re-reads only that (or all, after a big burst)."""
-        if isinstance(change, ActionsChanged):
-            for key in change.keys:
-                if key[2] == self.run_name:
-                    self._dirty.add(key[3])
+    def _on_change(self, change: Change) -> None:
+        """The feed says what changed; the next tick re-reads only that (or all, after a snapshot or a burst)."""
+        if change.kind in ("snapshot", "reconnected"):
+            self._loaded = False
+        for run, action in change.actions:
+            if run == self.run_name:
+                self._dirty.add(action)
 
     # ------------------------------------------------------------------ tree
     @property
-    def records(self) -> dict[str, ActionRecord]:
+    def records(self) -> dict[str, Action]:
         return self.model.records
 
     def _label(self, key: str) -> Text:
@@ -164,18 +183,17 @@ class RunScreen(Screen):
                 f"[dim](group)[/] \\[{total}]  {per_phase}")
 
     async def refresh_view(self) -> None:
-        if self._refreshing or not self.app.engine.started:
+        if self._refreshing or not self.app.ready:
             return
         self._refreshing = True
         try:
             dirty, self._dirty = self._dirty, set()
             root = self.model.record("a0")
             if not self._loaded or root is None or len(dirty) > FULL_RELOAD_AFTER:
-                records = await self.app.engine.runs.list_actions(self.run_name)
+                records = await self.app.client.list_actions(self.run_name)
                 self._loaded = True
             elif dirty:
-                records = await self.app.engine.store.get_actions(root.project, root.domain, self.run_name,
-                                                                   sorted(dirty))
+                records = await self.app.client.get_actions(self.run_name, sorted(dirty))
             else:
                 records = []
             changes = self.model.apply(records)
@@ -183,7 +201,8 @@ class RunScreen(Screen):
             if self._select is not None and self._loaded:
                 self.select_action(self._select)
                 self._select = None
-            if records:
+            root = self.model.record("a0")
+            if records or (root is not None and not root.is_terminal):  # a live run's duration ticks
                 self._render_title()
             selected = self.model.record(self.selected)
             live = selected is not None and not ActionPhase(selected.phase).is_terminal  # its elapsed time moves
@@ -191,6 +210,9 @@ class RunScreen(Screen):
                 await self._render_detail()
         except LookupError:
             self.query_one("#run-title", Static).update(f"run {escape(self.run_name)} not found")
+        except Exception as exc:  # noqa: BLE001 - the engine went away: say so, try again next tick
+            self._dirty |= dirty
+            self.query_one("#run-title", Static).update(f"[b]{escape(self.run_name)}[/]  {escape(str(exc))}")
         finally:
             self._refreshing = False
 
@@ -201,9 +223,11 @@ class RunScreen(Screen):
         ascii_only = self.app.ascii_only
         summary = "  ".join(f"{phase_markup(p, ascii_only, with_name=False)} {n}"
                             for p, n in sorted(self.model.phase_counts.items()))
-        self.query_one("#run-title", Static).update(
+        status = self.app.status_markup()
+        self.query_one("#run-title", Static).update(self.app.themed(
             f"[b]{self.run_name}[/]  {escape(root.task_name or '')}  {phase_markup(root.phase, ascii_only)}"
-            f"  {duration_text(root)}   actions {self.model.action_count}: {summary}")
+            f"  {duration_text(root)}   actions {self.model.action_count}: {summary}"
+            + (f"   {status}" if status else "")))
 
     def select_action(self, name: str) -> None:
         if not self.query_one(ActionTree).select(name):
@@ -215,8 +239,19 @@ class RunScreen(Screen):
         self.call_later(self._render_detail)
 
     # ------------------------------------------------------------------ details
-    def _attempt(self, record: ActionRecord) -> int:
+    def _attempt(self, record: Action) -> int:
         return self.viewing_attempt.get(record.name, record.attempts or 1)
+
+    async def _details(self, record: Action, attempt: int) -> tuple:
+        """(TaskAction, events, inputs/outputs) of the action, re-read only when its row changed."""
+        key = (record.name, attempt, record.updated_at, record.phase, record.attempts)
+        if key != self._detail_key:
+            client = self.app.client
+            self._detail_data = (await client.task_action(record.run_name, record.name),
+                                 await client.list_events(record.run_name, record.name),
+                                 await client.action_io(record.run_name, record.name, attempt))
+            self._detail_key = key
+        return self._detail_data
 
     async def _render_detail(self) -> None:
         node = self.model.nodes.get(self.selected)
@@ -226,12 +261,15 @@ class RunScreen(Screen):
             self._render_group_detail(node)
             return
         record = node.record
-        engine = self.app.engine
         attempt = self._attempt(record)
-        obj = engine.store.peek(task_action_name(record.run_name, record.name))
-        events = await engine.runs.list_events(record.key)
+        try:
+            obj, events, io = await self._details(record, attempt)
+        except Exception as exc:  # noqa: BLE001 - e.g. the engine went away: keep what is shown
+            self.query_one("#detail", Static).update(f"[$error]{escape(str(exc))}[/]")
+            return
+        ascii_only = self.app.ascii_only
         lines = [
-            f"[b]{escape(record.short_name or record.name)}[/]  {phase_markup(record.phase, self.app.ascii_only)}",
+            f"[b]{escape(record.short_name or record.name)}[/]  {phase_markup(record.phase, ascii_only)}",
             f"action     {record.run_name}/{record.name}   parent {record.parent_action_name or '-'}",
             f"task       {escape(record.task_name or '-')}   type {record.task_type}   "
             f"project {record.project}/{record.domain}",
@@ -239,45 +277,45 @@ class RunScreen(Screen):
             f"started    {_time(record.created_at)}   duration {duration_text(record)}   "
             f"cache {cache_status_name(record.cache_status)}",
         ]
+        if record.waiting:
+            lines.append(f"[$warning]waiting    for condition(s) {escape(', '.join(record.waiting))}[/] (s signals)")
         if record.cache_key:
             lines.append(f"cache key  [dim]{escape(record.cache_key)}[/]   (x evicts)")
+        if record.abort_requested_at:
+            lines.append(f"[$warning]aborted    at {_time(record.abort_requested_at)}: "
+                         f"{escape(record.abort_reason or 'no reason given')}[/]")
         if record.error_message or record.error_code:
             lines.append(f"[$error]error      \\[{escape(record.error_kind or '-')}] {escape(record.error_code or '')}: "
                          f"{escape(record.error_message or '')}[/]")
         if obj is not None:
-            status = obj.status
-            lines += ["", "[b]TaskAction[/]  " + escape(obj.name) + f"   pluginPhase {status.plugin_phase or '-'}"
-                      f"   systemFailures {status.system_failures}"]
-            for cond in status.conditions:
-                lines.append(f"  condition {cond.type:<11} {cond.status:<5} {escape(cond.reason)}"
-                             f"  [dim]{escape(cond.message[:70])}[/]")
+            status = obj.get("status") or {}
+            lines += ["", "[b]TaskAction[/]  " + escape(obj["metadata"]["name"])
+                      + f"   pluginPhase {status.get('pluginPhase') or '-'}"
+                      f"   systemFailures {status.get('systemFailures') or 0}"]
+            for cond in status.get("conditions") or []:
+                lines.append(f"  condition {cond['type']:<11} {cond['status']:<5} {escape(cond.get('reason') or '')}"
+                             f"  [dim]{escape((cond.get('message') or '')[:70])}[/]")
             lines.append("  phaseHistory " + " → ".join(
-                f"{escape(h.phase)} [dim]{_time(h.occurred_at)}[/]" for h in status.phase_history))
-            if status.error_state is not None:
-                lines.append(f"  errorState {escape(status.error_state.kind or '-')} "
-                             f"{escape(status.error_state.code)}: {escape(status.error_state.message[:200])}")
-        inputs = engine.runs.inputs_of(record) if record.input_uri else None
-        if inputs is not None:
-            lines += ["", "[b]inputs[/]  " + escape(_short(inputs))]
-        if ActionPhase(record.phase) == ActionPhase.SUCCEEDED and record.action_type != ACTION_TYPE_CONDITION:
-            from engine.literals import read_outputs
-
-            outputs = read_outputs(os.path.join(engine.runs.attempt_prefix_of(record, attempt), "outputs.pb"))
-            if outputs is not None:
-                lines.append("[b]outputs[/] " + escape(_short(outputs)))
+                f"{escape(h['phase'])} [dim]{_time(_parse_time(h.get('occurredAt')))}[/]"
+                for h in status.get("phaseHistory") or []))
+            error_state = status.get("errorState")
+            if error_state:
+                lines.append(f"  errorState {escape(error_state.get('kind') or '-')} "
+                             f"{escape(error_state.get('code') or '')}: {escape((error_state.get('message') or '')[:200])}")
+        if io.inputs is not None:
+            lines += ["", "[b]inputs[/]  " + escape(_short(io.inputs))]
+        if io.outputs is not None:
+            lines.append("[b]outputs[/] " + escape(_short(io.outputs)))
         attempt_events = [e for e in events if e.attempt == attempt]
         if attempt_events:
             lines += ["", f"[b]attempt {attempt}[/]  " + " → ".join(
-                f"{phase_markup(e.phase, self.app.ascii_only)} [dim]{_time(e.updated_time)}[/]"
-                for e in attempt_events)]
+                f"{phase_markup(e.phase, ascii_only)} [dim]{_time(e.updated_time)}[/]" for e in attempt_events)]
         self.query_one("#detail", Static).update("\n".join(lines))
         event_lines = []
         for e in events:
-            event = decode_event(e)
-            reasons = "; ".join(c.message for c in event.cluster_events)
-            error = f" [$error]{escape(event.error_info.code)}: {escape(event.error_info.message[:80])}[/]" \
-                if event.HasField("error_info") else ""
-            event_lines.append(f"attempt {e.attempt}  {phase_markup(e.phase, self.app.ascii_only)}  "
+            reasons = "; ".join(e.reasons)
+            error = f" [$error]{escape(e.error_code)}: {escape(e.error_message[:80])}[/]" if e.error else ""
+            event_lines.append(f"attempt {e.attempt}  {phase_markup(e.phase, ascii_only)}  "
                                f"[dim]{_time(e.updated_time)}[/]{error}  [dim]{escape(reasons[:80])}[/]")
         self.query_one("#event-list", Static).update("\n".join(event_lines) or "[dim]no events[/]")
 
@@ -296,54 +334,87 @@ class RunScreen(Screen):
         self.query_one("#event-list", Static).update("[dim]a group has no events of its own[/]")
 
     # ------------------------------------------------------------------ logs
-    def follow_log(self) -> None:
-        """Append what the selected attempt's log gained since the last poll."""
+    async def follow_log(self) -> None:
+        """Append what the selected attempt's log gained since the last poll (read through the client)."""
         record = self.model.record(self.selected)
-        if record is None:
+        if record is None or self._following_busy:
             return
+        self._following_busy = True
+        try:
+            await self._poll_log(record)
+        except Exception as exc:  # noqa: BLE001 - the engine went away: the status line says so
+            self.query_one("#log-status", Static).update(f"[$error]{escape(str(exc))}[/]")
+        finally:
+            self._following_busy = False
+
+    async def _poll_log(self, record: Action) -> None:
         log = self.query_one(RichLog)
         source = (record.name, self._attempt(record))
-        path = self.app.engine.reconciler.log_path(record.run_name, record.name, source[1])
         if source != self._log_source:
             log.clear()
             self._log_lines = []
             self._match = -1
             self._log_source = source
-            self._log_offset = max(0, path.stat().st_size - MAX_LOG_BYTES) if path.exists() else 0
-            if not path.exists():
+            self._log_offset = -MAX_LOG_BYTES  # a long log opens at its tail
+            self._following = True
+        chunk = await self.app.client.read_log(self.run_name, source[0], source[1], self._log_offset, MAX_LOG_BYTES)
+        if source != self._log_source:
+            return  # the selection moved while reading
+        if not chunk.exists:
+            if not self._log_lines:
+                log.clear()
                 log.write(f"(no log yet for {record.name} attempt {source[1]})")
-        if not path.exists():
+            self._show_log_status(record)
             return
-        with open(path, "rb") as f:
-            f.seek(self._log_offset)
-            data = f.read()
-        if not data:
-            return
-        complete = data.rfind(b"\n") + 1
-        if complete == 0:
-            return
-        self._log_offset += complete
-        at_end = log.scroll_offset.y >= log.max_scroll_y  # follow stops when you scroll up
-        log.auto_scroll = at_end
-        now = time.time()
-        for line in data[:complete].decode(errors="replace").splitlines():
-            self._log_lines.append((now, line))
-            log.write(self._format_line(now, line))
-        del self._log_lines[:-MAX_LOG_LINES]
+        if self._log_offset < 0:
+            log.clear()
+        self._log_offset = chunk.next_offset
+        if chunk.lines:
+            self._following = log.scroll_offset.y >= log.max_scroll_y  # scrolled up: paused; at the end: following
+            log.auto_scroll = self._following
+            for line in chunk.lines:
+                self._log_lines.append(line)
+                log.write(self._format_line(line))
+            del self._log_lines[:-MAX_LOG_LINES]
+        self._show_log_status(record)
 
-    def _format_line(self, when: float, line: str) -> Text:
-        text = Text(line)
+    def _show_log_status(self, record: Action) -> None:
+        name, attempt = self._log_source or (record.name, 1)
+        state = ("[$success]following[/]" if self._following else "[$warning]paused[/] (End follows again)")
+        if record.is_terminal and self._following:
+            state = "[dim]complete[/]"
+        self.query_one("#log-status", Static).update(self.app.themed(
+            f"{escape(name)} attempt {attempt}  {len(self._log_lines)} lines  {state}"
+            f"{'  [dim]times: when written (t)[/]' if self._timestamps else ''}"))
+
+    def on_mouse_scroll_up(self) -> None:
+        self._following = False
+
+    def _format_line(self, line: LogLine) -> Text:
+        text = Text(line.text)
         if self._search:
             text.highlight_words([self._search], style="reverse", case_sensitive=False)
         if self._timestamps:
-            text = Text.assemble((dt.datetime.fromtimestamp(when).strftime("%H:%M:%S "), "dim"), text)
+            stamp = dt.datetime.fromtimestamp(line.time).strftime("%H:%M:%S.%f")[:-3] if line.time else "--:--:--.---"
+            text = Text.assemble((stamp + " ", "dim"), text)
         return text
 
     def _rewrite_log(self) -> None:
         log = self.query_one(RichLog)
         log.clear()
-        for when, line in self._log_lines:
-            log.write(self._format_line(when, line))
+        for line in self._log_lines:
+            log.write(self._format_line(line))
+
+    def action_follow_log(self) -> None:
+        """End: the log's end, followed again (from the tree too: the log is one key away)."""
+        self.action_show_tab("logs")
+        log = self.query_one(RichLog)
+        self._following = True
+        log.auto_scroll = True
+        log.scroll_end(animate=False, immediate=True)
+        record = self.model.record(self.selected)
+        if record is not None:
+            self._show_log_status(record)
 
     # ------------------------------------------------------------------ actions
     def action_back(self) -> None:
@@ -351,6 +422,8 @@ class RunScreen(Screen):
 
     def action_show_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
+        if tab == "logs":  # one key away: shown and focused, ready to scroll
+            self.query_one(RichLog).focus()
         if tab == "timeline":
             self.call_later(self.refresh_timeline)
 
@@ -367,7 +440,7 @@ class RunScreen(Screen):
         scale = width / (end - start)
         lines = [f"[dim]{'':<26} {_time(start)}{' ' * (width - 24)}{_time(end)}[/]"]
         for record in records:
-            events = await self.app.engine.runs.list_events(record.key)
+            events = await self.app.client.list_events(record.run_name, record.name)
             marks = [(e.updated_time, e.phase) for e in events] or [(record.created_at, record.phase)]
             marks.sort()
             stop = record.ended_at or (now if not ActionPhase(record.phase).is_terminal else marks[-1][0])
@@ -402,7 +475,7 @@ class RunScreen(Screen):
             self.action_show_tab("logs")
             self._rewrite_log()
             if self._search:
-                count = sum(1 for _, line in self._log_lines if self._search.lower() in line.lower())
+                count = sum(1 for line in self._log_lines if self._search.lower() in line.text.lower())
                 self.notify(f"{count} line(s) match {self._search!r}; n for the next")
                 self.action_next_match()
 
@@ -414,10 +487,10 @@ class RunScreen(Screen):
         needle = self._search.lower()
         order = list(range(self._match + 1, len(self._log_lines))) + list(range(0, self._match + 1))
         for index in order:
-            if needle in self._log_lines[index][1].lower():
+            if needle in self._log_lines[index].text.lower():
                 self._match = index
                 log = self.query_one(RichLog)
-                log.auto_scroll = False
+                log.auto_scroll = self._following = False
                 log.scroll_to(y=index, animate=False)
                 return
 
@@ -435,7 +508,7 @@ class RunScreen(Screen):
             return
         name, attempt = self._log_source
         path = Path.cwd() / f"{self.run_name}-{name}-{attempt}.log"
-        path.write_text("".join(line + "\n" for _, line in self._log_lines))
+        path.write_text("".join(line.text + "\n" for line in self._log_lines))
         self.notify(f"saved {len(self._log_lines)} lines to {path}")
 
     def action_copy_id(self) -> None:
@@ -475,3 +548,7 @@ class RunScreen(Screen):
 def _short(values: dict) -> str:
     text = ", ".join(f"{k}={v!r}" for k, v in values.items())
     return text if len(text) < 300 else text[:297] + "..."
+
+
+def _parse_time(text: str | None) -> float | None:
+    return dt.datetime.fromisoformat(text).timestamp() if text else None

@@ -1,6 +1,12 @@
-"""The runs screen: one table keyed by run id, updated in place from the console's state."""
+"""The runs screen: one table keyed by run id, updated in place when the change feed says runs changed.
+
+Columns give way by priority on a narrow terminal: RUN, PHASE, DURATION and ERROR stay; TASK, STARTED and
+ATTEMPTS come back as the width allows.
+"""
 
 from __future__ import annotations
+
+import time
 
 from rich.markup import escape
 from rich.text import Text
@@ -11,83 +17,139 @@ from textual.widgets import DataTable, Footer, Input, Static
 
 from console.runs_query import SORT_KEYS, RunQuery, next_sort_key
 from console.state import REFRESH_HZ, duration_text, first_error_line, phase_markup, started_text
-from engine.phases import ActionPhase
-from engine.store.base import ActionRecord
+from engine.client import Action, ActionPhase, Change
 
-# Fixed widths for the live columns: a narrowing update_width=True cell re-measures the whole column.
-COLUMNS = (("run", 22), ("task", 28), ("phase", 14), ("started", 15), ("duration", 9), ("attempts", 8),
-           ("error", 60))
-COLUMN_KEYS = tuple(key for key, _ in COLUMNS)
+# (key, narrowest, widest): fixed widths, since a narrowing update_width=True cell re-measures the column.
+COLUMN_ORDER = ("run", "task", "phase", "started", "duration", "attempts", "error")
+ESSENTIAL = {"run": (21, 22), "phase": (11, 14), "duration": (8, 9), "error": (24, 60)}
+OPTIONAL = (("task", (12, 28)), ("started", (15, 15)), ("attempts", (8, 8)))  # in the order they come back
+CELL_PADDING = 2
+RELIST_SECONDS = 2.0  # runs are re-read at least this often (a condition starting to wait is not a run's change)
+COUNTED = (ActionPhase.RUNNING, ActionPhase.QUEUED, ActionPhase.PAUSED, ActionPhase.SUCCEEDED, ActionPhase.FAILED,
+           ActionPhase.TIMED_OUT, ActionPhase.ABORTED)
+
+
+def column_layout(width: int) -> dict[str, int]:
+    """The columns that fit in ``width`` cells, with their widths (see the module docstring)."""
+    widths = {key: low for key, (low, _) in ESSENTIAL.items()}
+    spare = width - sum(widths.values()) - CELL_PADDING * len(widths) - 2  # the scrollbar's gutter
+    for key, (low, _) in OPTIONAL:
+        if spare >= low + CELL_PADDING:
+            widths[key] = low
+            spare -= low + CELL_PADDING
+    for key, (low, high) in (("run", ESSENTIAL["run"]), ("phase", ESSENTIAL["phase"]),
+                             ("duration", ESSENTIAL["duration"]), *OPTIONAL, ("error", ESSENTIAL["error"])):
+        if key in widths and spare > 0:
+            grow = min(high - widths[key], spare)
+            widths[key] += grow
+            spare -= grow
+    return {key: widths[key] for key in COLUMN_ORDER if key in widths}
 
 
 class RunsScreen(Screen):
     BINDINGS = [
         Binding("enter", "open_run", "Open", tooltip="Show the run's action tree, details and logs"),
         Binding("slash", "filter", "Filter", key_display="/",
-                tooltip="phase:failed task:name project:p/d domain:d, or any text"),
-        Binding("f", "toggle_failed", "Failed only"),
-        Binding("s", "cycle_sort", "Sort", tooltip="Sort by started, duration, phase, task, attempts, run"),
+                tooltip="phase:failed,paused task:name project:p/d domain:d, or any text"),
+        Binding("f", "toggle_failed", "Failed"),
+        Binding("s", "cycle_sort", "Sort", show=False,
+                tooltip="Sort by started, duration, phase, task, attempts, run"),
         Binding("S", "reverse_sort", "Reverse sort", key_display="S", show=False),
         Binding("r", "retry", "Retry", tooltip="Re-run a failed, aborted or timed-out run as a new attempt"),
         Binding("ctrl+d", "abort", "Abort", tooltip="Abort the selected run and all its actions (asks first)"),
-        Binding("c", "copy_id", "Copy id"),
+        Binding("c", "copy_id", "Copy id", show=False),
         Binding("escape", "clear_filter", "Clear filter", show=False),
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self.rows: dict[str, tuple] = {}
-        self.records: dict[str, ActionRecord] = {}
+        self.records: dict[str, Action] = {}
+        self.counts: dict[int, int] = {}
         self.filter_text = ""
         self.failed_only = False
         self.run_query = RunQuery()
         self.sort_key = "started"
         self.sort_reverse = SORT_KEYS["started"][2]
+        self.columns_shown: dict[str, int] = {}
         self._refreshing = False
+        self._stale = True
+        self._listed_at = 0.0
 
     def compose(self) -> ComposeResult:
         yield Static(id="counters")
-        yield Input(placeholder="filter: phase:failed,running  task:square  project:demo/development  any text",
+        yield Input(placeholder="filter: phase:failed,paused  task:square  project:demo/development  any text",
                     id="filter")
-        table = DataTable(id="runs", cursor_type="row", zebra_stripes=True)
-        yield table
-        yield Footer()
+        yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
-        table = self.query_one(DataTable)
-        for column, width in COLUMNS:
-            table.add_column(column.upper(), key=column, width=width)
-        self._show_sort()
+        self._apply_layout(self.app.size.width)
         self.query_one("#filter").display = False
+        self._unlisten = self.app.listen(self._on_change)
         self.set_interval(1 / REFRESH_HZ, self.refresh_rows)
         self.call_later(self.refresh_rows)
-        table.focus()
+        self.query_one(DataTable).focus()
 
-    def _matches(self, record: ActionRecord) -> bool:
+    def on_unmount(self) -> None:
+        self._unlisten()
+
+    def on_resize(self) -> None:
+        self._apply_layout(self.app.size.width)
+
+    def _apply_layout(self, width: int) -> None:
+        layout = column_layout(width)
+        if layout == self.columns_shown:
+            return
+        self.columns_shown = layout
+        table = self.query_one(DataTable)
+        table.clear(columns=True)
+        for key, column_width in layout.items():
+            table.add_column(key.upper(), key=key, width=column_width)
+        self.rows = {}
+        self._show_sort()
+        if self.records:
+            self._render_rows(list(self.records.values()), self.counts, refetched=False)
+
+    def _on_change(self, change: Change) -> None:
+        if change.kind in ("snapshot", "reconnected", "storage") or any(a[1] == "a0" for a in change.actions):
+            self._stale = True
+
+    def _matches(self, record: Action) -> bool:
         return self.run_query.matches(record)
 
-    def _row(self, record: ActionRecord) -> tuple:
-        return (record.run_name, escape(record.task_name or record.short_name or "-"),
-                self.app.themed(phase_markup(record.phase, self.app.ascii_only)), started_text(record),
-                duration_text(record),
-                str(record.attempts), escape(first_error_line(record)))
+    def _row(self, record: Action) -> tuple:
+        cells = {"run": record.run_name, "task": escape(record.task_name or record.short_name or "-"),
+                 "phase": self.app.themed(phase_markup(record.phase, self.app.ascii_only)),
+                 "started": started_text(record), "duration": duration_text(record),
+                 "attempts": str(record.attempts), "error": escape(first_error_line(record))}
+        return tuple(cells[key] for key in self.columns_shown)
 
     async def refresh_rows(self) -> None:
-        if self._refreshing or not self.app.engine.started:
+        if self._refreshing or not self.app.ready:
             return
         self._refreshing = True
         try:
-            runs = await self.app.engine.runs.list_runs(limit=1000)
-            counts = await self.app.engine.store.phase_counts()
-            self._render_rows(runs, counts)
+            if self._stale or time.monotonic() - self._listed_at > RELIST_SECONDS:
+                self._stale = False
+                self._listed_at = time.monotonic()
+                runs = await self.app.client.list_runs(limit=1000)
+                self.counts = await self.app.client.run_counts()
+                self._render_rows(runs, self.counts, refetched=True)
+            else:  # nothing new: only the live durations move
+                self._render_rows(list(self.records.values()), self.counts, refetched=False)
+        except Exception as exc:  # noqa: BLE001 - an engine that went away: the header says so; keep going
+            self._stale = True
+            self.query_one("#counters", Static).update(f"[b]TaskDeck[/]  {escape(str(exc))}")
         finally:
             self._refreshing = False
 
-    def _render_rows(self, runs: list[ActionRecord], counts: dict[int, int]) -> None:
+    def _render_rows(self, runs: list[Action], counts: dict[int, int], refetched: bool) -> None:
         table = self.query_one(DataTable)
         selected = self.selected_run
-        wanted = {r.run_name: r for r in runs if self._matches(r)}
-        self.records = wanted
+        if refetched:
+            self.records = {r.run_name: r for r in runs}
+        wanted = {name: r for name, r in self.records.items() if self._matches(r)}
         for name in [n for n in self.rows if n not in wanted]:
             table.remove_row(name)
             del self.rows[name]
@@ -100,7 +162,7 @@ class RunsScreen(Screen):
                 table.add_row(*row, key=name)
                 resort = True
             elif old != row:
-                for column, before, after in zip(COLUMN_KEYS, old, row):
+                for column, before, after in zip(self.columns_shown, old, row):
                     if before != after:
                         table.update_cell(name, column, after)
                         resort = resort or column == sort_column
@@ -112,8 +174,7 @@ class RunsScreen(Screen):
             if index != table.cursor_row:
                 table.move_cursor(row=index, animate=False)
         parts = [f"[b]TaskDeck[/]  runs {sum(counts.values())}"]
-        for phase in (ActionPhase.RUNNING, ActionPhase.QUEUED, ActionPhase.PAUSED, ActionPhase.SUCCEEDED,
-                      ActionPhase.FAILED, ActionPhase.TIMED_OUT, ActionPhase.ABORTED):
+        for phase in COUNTED:
             if counts.get(int(phase)):
                 parts.append(f"{phase_markup(phase, self.app.ascii_only, with_name=False)} "
                              f"{phase.name.lower()} {counts[int(phase)]}")
@@ -123,9 +184,10 @@ class RunsScreen(Screen):
             parts.append(f"filter: [b]{escape(self.filter_text)}[/] ({len(wanted)} shown)")
         if self.run_query.errors:
             parts.append(f"[b $error]{escape('; '.join(self.run_query.errors))}[/] (ignored)")
-        if self.app.engine.health.error:
-            parts.append(f"[b $error]storage unavailable: {escape(self.app.engine.health.error)}[/]")
-        self.query_one("#counters", Static).update("   ".join(parts))
+        status = self.app.status_markup()
+        if status:
+            parts.append(status)
+        self.query_one("#counters", Static).update(self.app.themed("   ".join(parts)))
 
     @property
     def selected_run(self) -> str | None:
@@ -170,7 +232,7 @@ class RunsScreen(Screen):
 
     def _requery(self) -> None:
         self.run_query = RunQuery.parse(self.filter_text, self.failed_only)
-        self.call_later(self.refresh_rows)
+        self._render_rows(list(self.records.values()), self.counts, refetched=False)
 
     # ------------------------------------------------------------------ sorting
     def action_cycle_sort(self) -> None:
@@ -205,9 +267,12 @@ class RunsScreen(Screen):
 
     def _show_sort(self) -> None:
         table = self.query_one(DataTable)
-        for key, _ in COLUMNS:
-            arrow = (" ▼" if self.sort_reverse else " ▲") if key == self.sort_key else ""
-            table.columns[key].label = Text(key.upper() + arrow)
+        for key, width in self.columns_shown.items():
+            arrow = ("▼" if self.sort_reverse else "▲") if key == self.sort_key else ""
+            label = key.upper()
+            if arrow:  # the arrow must show even where the name fills the column (DURATION, ATTEMPTS)
+                label = label[:max(width - 2, 1)] + " " + arrow
+            table.columns[key].label = Text(label)
         table.refresh()
 
     def action_copy_id(self) -> None:

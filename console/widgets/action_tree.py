@@ -40,7 +40,7 @@ class ActionTree(ScrollView, can_focus=True):
         Binding("pagedown", "page(1)", "Page down", show=False),
         Binding("home", "cursor_to(0)", "First", show=False),
         Binding("end", "cursor_to(-1)", "Last", show=False),
-        Binding("space", "toggle", "Fold/unfold", key_display="space",
+        Binding("space", "toggle", "Fold/unfold", key_display="space", show=False,
                 tooltip="Open or fold the selected node's children"),
         Binding("right", "set_expanded(True)", "Open", key_display="→", show=False),
         Binding("left", "fold_or_parent", "Fold / parent", key_display="←", show=False),

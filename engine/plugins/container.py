@@ -5,11 +5,12 @@ gets the environment the ``flyte`` SDK's entrypoint needs, stdout/stderr go to a
 the outcome is read from ``outputs.pb`` / ``error.pb`` (the exit code alone is not trusted: the SDK exits 0
 after catching a user error). Each process leads its own process group so abort kills all of it.
 
-A process that outlives the engine (kill -9) is adopted on restart: its pid and start time are in the
-plugin state, and it is polled until it exits. No task runs unrecorded: each starts as a small shell
-gate that waits on its stdin, the launch marker is written, and only then is the gate told to exec the
-task. An engine killed in between closes the pipe, the gate exits without running anything, and the
-next engine sees a recorded launch that ended without outputs (a system failure, relaunched).
+Each task runs under the launcher (``launcher.py``), which stamps every line of its output with the
+time it was written. A process that outlives the engine (kill -9) is adopted on restart: its pid and
+start time are in the plugin state, and it is polled until it exits. No task runs unrecorded: the
+launcher waits on its stdin, the launch marker is written, and only then is it told to go. An engine
+killed in between closes the pipe, the launcher exits without running anything, and the next engine sees
+a recorded launch that ended without outputs (a system failure, relaunched).
 
 Task processes get a clean environment (see ``INHERITED_ENV``), not the engine's.
 """
@@ -46,6 +47,7 @@ from engine.plugins.core import (
     Transition,
 )
 from engine.phases import PluginPhase
+from engine.plugins.launcher import stamped
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ MARKER = ".taskdeck-process.json"  # beside the attempt's outputs: the launch su
 ANNOTATION_CODE_DIR = "taskdeck.flyte.org/code-dir"
 TERMINATE_GRACE_SECONDS = 3.0
 ADOPTED_POLL_SECONDS = 0.5
-GATE_SCRIPT = 'IFS= read -r go || exit 111; [ "$go" = go ] || exit 111; exec "$@" </dev/null'
+LAUNCHER = str(Path(__file__).with_name("launcher.py"))
 # What a task process keeps of the engine's environment: a Flyte pod sees its image's basics, not the
 # node's variables. Anything else reaches tasks only through the engine's --pass-env allow-list.
 INHERITED_ENV = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR"})
@@ -223,16 +225,16 @@ class LocalContainerPlugin(Plugin):
         log_file = None
         try:
             log_file = open(tctx.log_path, "ab", buffering=0)
-            log_file.write(
+            log_file.write(stamped(
                 f"[taskdeck] attempt {tctx.metadata.attempt} of {tctx.metadata.owner_name}; image {image or '-'} "
-                f"recorded, not pulled; running locally in {cwd}\n[taskdeck] $ {shlex.join(argv)}\n".encode())
+                f"recorded, not pulled; running locally in {cwd}\n[taskdeck] $ {shlex.join(argv)}", time.time()))
         except OSError as exc:
             if log_file is not None:
                 log_file.close()
             raise StorageFaultError(str(tctx.log_path), exc) from exc
-        try:
+        try:  # the launcher's own output (it has none unless it breaks) goes to the log unstamped
             process = await asyncio.create_subprocess_exec(
-                "/bin/sh", "-c", GATE_SCRIPT, "taskdeck-gate", *argv, cwd=cwd, env=env,
+                sys.executable, "-I", "-S", LAUNCHER, str(tctx.log_path), "--", *argv, cwd=cwd, env=env,
                 stdin=asyncio.subprocess.PIPE, stdout=log_file, stderr=log_file, start_new_session=True)
         except OSError as exc:
             log_file.close()
@@ -243,13 +245,13 @@ class LocalContainerPlugin(Plugin):
         try:
             marker.with_suffix(".tmp").write_text(json.dumps(state))
             marker.with_suffix(".tmp").replace(marker)
-        except OSError as exc:  # a launch we cannot record must not run: the gate has not opened yet
+        except OSError as exc:  # a launch we cannot record must not run: the launcher still waits
             _kill_group(process.pid, signal.SIGKILL)
             await process.wait()
             log_file.close()
             raise StorageFaultError(str(marker), exc) from exc
         # Recorded: now the task may run.
-        with contextlib.suppress(OSError):  # the gate is gone already: the reaper sees how it ended
+        with contextlib.suppress(OSError):  # the launcher is gone already: the reaper sees how it ended
             process.stdin.write(b"go\n")
             await process.stdin.drain()
         process.stdin.close()

@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import AsyncIterator, Callable
 from typing import Literal
 
+from engine.errors import AlreadyExistsError, StorageUnavailableError  # noqa: F401 - raised by stores
 from engine.model import TaskAction
 
 
@@ -23,8 +24,6 @@ class NotFoundError(StoreError):
     pass
 
 
-class AlreadyExistsError(StoreError):
-    pass
 
 
 class ConflictError(StoreError):
@@ -39,8 +38,6 @@ class OwnerGoneError(StoreError):
     """A child was created under an owner that is missing or being deleted."""
 
 
-class StorageUnavailableError(StoreError):
-    """The database could not be written (disk full, read-only, I/O error). Nothing was applied."""
 
 
 WatchEventType = Literal["ADDED", "MODIFIED", "DELETED"]
@@ -299,6 +296,10 @@ class RunsRepository(abc.ABC):
     @abc.abstractmethod
     async def phase_counts(self, run: tuple[str, str, str] | None = None) -> dict[int, int]:
         """ActionPhase → count: of runs (root actions), or of the actions of one (project, domain, run)."""
+
+    @abc.abstractmethod
+    async def paused_conditions(self, run_names: list[str] | None = None) -> list[tuple[str, str, str]]:
+        """(run, action, short name) of every condition waiting for its signal (of those runs)."""
 
     @abc.abstractmethod
     async def get_task_spec(self, digest: str) -> bytes | None: ...

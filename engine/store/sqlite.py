@@ -24,7 +24,7 @@ from typing import Any
 import aiosqlite
 
 from engine.actions_table import derive_action_updates
-from engine.model import TaskAction, utcnow
+from engine.model import ACTION_TYPE_CONDITION, TaskAction, utcnow
 from engine.phases import TERMINAL_ACTION_PHASES, ActionPhase
 from engine.store.base import (
     ActionKey,
@@ -830,6 +830,18 @@ class SqliteStore(EngineStore):
                 "SELECT phase, COUNT(*) FROM actions WHERE project = ? AND domain = ? AND run_name = ? "
                 "GROUP BY phase", run)
         return {int(phase): int(count) for phase, count in rows}
+
+    async def paused_conditions(self, run_names: list[str] | None = None) -> list[tuple[str, str, str]]:
+        sql = (f"SELECT run_name, name, COALESCE(short_name, name) FROM actions WHERE phase = "
+               f"{int(ActionPhase.PAUSED)} AND action_type = {ACTION_TYPE_CONDITION}")
+        if run_names is None:
+            return [tuple(r) for r in await self._fetchall(sql + " ORDER BY run_name, name")]
+        found: list[tuple[str, str, str]] = []
+        for i in range(0, len(run_names), 500):
+            chunk = run_names[i:i + 500]
+            found += [tuple(r) for r in await self._fetchall(
+                f"{sql} AND run_name IN ({', '.join('?' * len(chunk))}) ORDER BY run_name, name", chunk)]
+        return found
 
     async def get_task_spec(self, digest: str) -> bytes | None:
         rows = await self._fetchall("SELECT spec FROM task_specs WHERE digest = ?", (digest,))

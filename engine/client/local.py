@@ -1,0 +1,164 @@
+"""The client interface in-process: calls an engine's services directly.
+
+The console's embedded engine uses it, the HTTP API serves it (so a remote client gets the very same
+answers), and the CLI reads a directory no engine serves through a read-only one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from flyteidl2.core import types_pb2
+from flyteidl2.task import common_pb2, task_definition_pb2
+
+from engine.client.base import DEFAULT_LOG_CHUNK, EngineClient, EngineUnavailableError
+from engine.client.models import Action, ActionIO, Change, ConditionInfo, Event, LogChunk
+from engine.errors import InvalidRunError
+from engine.services import EngineServices
+from engine.views import action_view, cache_entry_json, event_view
+
+MAX_LOG_CHUNK = 4_000_000
+
+
+def _message(cls, data: bytes, field: str):
+    message = cls()
+    try:
+        message.ParseFromString(data)
+    except Exception as exc:  # noqa: BLE001 - DecodeError, RecursionError: the caller's bytes
+        raise InvalidRunError(f"{field} is not a valid {cls.__name__}: {exc}", field=field) from None
+    return message
+
+
+class LocalClient(EngineClient):
+    def __init__(self, services: EngineServices, *, description: str = "embedded engine", can_write: bool = True):
+        self.services = services
+        self.runs = services.runs
+        self.description = description
+        self.can_write = can_write
+
+    def _writable(self) -> None:
+        if not self.can_write:
+            raise EngineUnavailableError(f"no engine serves {self.services.data_dir}: start one "
+                                         "(`taskdeck --headless`) to change runs")
+
+    # ------------------------------------------------------------------ reads
+    async def _views(self, records, run_names: list[str] | None) -> list[Action]:
+        waiting = await self.runs.waiting_conditions(run_names)
+        return [action_view(r, waiting.get(r.run_name, ()) if r.parent_action_name is None else ())
+                for r in records]
+
+    async def list_runs(self, limit: int = 1000) -> list[Action]:
+        records = await self.runs.list_runs(limit)
+        return await self._views(records, None if len(records) > 500 else [r.run_name for r in records])
+
+    async def get_run(self, run: str) -> Action:
+        return (await self._views([await self.runs.get_run(run)], [run]))[0]
+
+    async def list_actions(self, run: str) -> list[Action]:
+        return await self._views(await self.runs.list_actions(run), [run])
+
+    async def get_actions(self, run: str, names: list[str]) -> list[Action]:
+        return await self._views(await self.runs.get_actions(run, names), [run])
+
+    async def list_events(self, run: str, action: str) -> list[Event]:
+        record = await self.runs.get_run(run)
+        return [event_view(e) for e in await self.runs.list_events((record.project, record.domain, run, action))]
+
+    async def run_counts(self) -> dict[int, int]:
+        return await self.runs.run_counts()
+
+    async def task_action(self, run: str, action: str) -> dict[str, Any] | None:
+        obj = self.runs.task_action_named(run, action)
+        return obj.to_dict() if obj is not None else None
+
+    async def action_io(self, run: str, action: str, attempt: int) -> ActionIO:
+        inputs, outputs = await self.runs.action_io(run, action, attempt)
+        return ActionIO(inputs, outputs)
+
+    async def read_log(self, run: str, action: str, attempt: int, offset: int = 0,
+                       max_bytes: int = DEFAULT_LOG_CHUNK) -> LogChunk:
+        record = await self.runs.find_action(run, action)
+        if record is None:
+            raise LookupError(f"action {action!r} not found in run {run!r}")
+        if not 1 <= max_bytes <= MAX_LOG_CHUNK:
+            raise InvalidRunError(f"max_bytes must be from 1 to {MAX_LOG_CHUNK}", field="maxBytes")
+        if not 1 <= attempt <= max(record.attempts, 1):
+            raise InvalidRunError(f"attempt must be from 1 to {max(record.attempts, 1)}", field="attempt")
+        return await self.services.logs.read(run, action, attempt, offset, max_bytes)
+
+    async def condition(self, run: str, action: str) -> ConditionInfo:
+        condition = self.runs.condition_of(run, action)
+        type_name = types_pb2.SimpleType.Name(condition.type.simple) if condition.type.HasField("simple") else ""
+        return ConditionInfo(condition.name or action, condition.prompt, condition.description, type_name)
+
+    async def result(self, run: str, action: str = "a0") -> dict[str, Any]:
+        return (await self.runs.result(run, action)).to_json()
+
+    async def wait(self, run: str, timeout: float, action: str = "a0") -> dict[str, Any]:
+        try:
+            return (await self.runs.wait_for_run(run, timeout, action)).to_json()
+        except TimeoutError:
+            return {**(await self.runs.result(run, action)).to_json(), "timedOut": True}
+
+    async def health(self) -> dict[str, Any]:
+        error = self.services.health.error
+        return {"status": "degraded" if error else "ok", "storage": "unavailable" if error else "ok",
+                "storageError": error}
+
+    async def list_cache(self, task: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        return [cache_entry_json(e) for e in await self.runs.list_cache(task, limit)]
+
+    # ------------------------------------------------------------------ commands
+    async def create_run(self, task_spec: bytes, inputs: bytes, *, project: str, domain: str,
+                         name: str | None = None, code_dir: str | None = None,
+                         env_vars: dict[str, str] | None = None) -> Action:
+        self._writable()
+        spec = _message(task_definition_pb2.TaskSpec, task_spec, "taskSpec")
+        values = _message(common_pb2.Inputs, inputs, "inputs")
+        record = await self.runs.create_run(spec, values, project=project, domain=domain, name=name,
+                                            code_dir=code_dir, env_vars=env_vars)
+        return action_view(record)
+
+    async def abort(self, run: str, action: str = "a0", reason: str = "aborted") -> None:
+        self._writable()
+        await self.runs.abort_action(run, action, reason)
+
+    async def retry(self, run: str, action: str = "a0", *, who: str, why: str = "") -> list[str]:
+        self._writable()
+        return await self.runs.retry_action(run, action, who=who, why=why)
+
+    async def signal(self, run: str, action: str, value: str, *, by: str) -> str:
+        self._writable()
+        return await self.runs.signal_text(run, action, value, by)
+
+    async def evict_cache(self, keys: list[str] | None = None, task: str | None = None,
+                          everything: bool = False) -> int:
+        self._writable()
+        return await self.runs.evict_cache(keys, task, everything)
+
+    # ------------------------------------------------------------------ the change feed
+    def changes(self, cursor: str | None = None, run: str | None = None) -> AsyncIterator[Change]:
+        return self.services.feed.follow(cursor, run)
+
+
+@contextlib.asynccontextmanager
+async def read_only_client(data_dir: Path):
+    """A client for a data directory no engine serves: reads from its database, writes refused."""
+    from engine.feed import ChangeFeed
+    from engine.logs import LogService
+    from engine.runs import RunsService
+    from engine.storage_health import StorageHealth
+    from engine.store.sqlite import SqliteStore
+
+    store = SqliteStore(Path(data_dir) / "taskdeck.db", read_only=True)
+    await store.start()
+    try:
+        health = StorageHealth(store, data_dir)
+        services = EngineServices(RunsService(store, data_dir), ChangeFeed(store, health), health,
+                                  LogService(data_dir), Path(data_dir))
+        yield LocalClient(services, description=f"{data_dir} (read-only: no engine serves it)", can_write=False)
+    finally:
+        await store.close()

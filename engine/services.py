@@ -1,0 +1,23 @@
+"""The engine's services, bundled: what its doors (the client interface, the HTTP API) are given.
+
+Nothing behind a door reaches past these to the store, the controller or the plugins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from engine.feed import ChangeFeed
+from engine.logs import LogService
+from engine.runs import RunsService
+from engine.storage_health import StorageHealth
+
+
+@dataclasses.dataclass
+class EngineServices:
+    runs: RunsService
+    feed: ChangeFeed
+    health: StorageHealth
+    logs: LogService
+    data_dir: Path
