@@ -7,15 +7,21 @@ event entering the app (as a terminal would send it) to the first frame the comp
 tree's cursor moved. (Pilot's ``press`` waits for the whole process to go idle, which never happens while
 the engine churns, so it cannot measure this.)
 
-    python bench/console.py [--actions 10000] [--presses 50]
+Twice: with the console's own engine (embedded, one process), and attached to an engine in another
+process through its API (``remote``: the change feed, batch reads of the changed actions over HTTP).
+
+    python bench/console.py [--actions 10000] [--presses 50] [--mode both|embedded|remote]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -59,12 +65,48 @@ async def churn(engine: Engine, n: int, stop: asyncio.Event) -> int:
     return moved
 
 
-async def measure(n: int, presses: int) -> None:
+def _cpu(pid: int) -> float:
+    """CPU seconds a process has used (every thread)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total / 1e9
+
+
+async def serve(data_dir: Path, n: int) -> None:
+    """The engine side of the remote mode: serve, write the run, churn until told to stop."""
+    engine = Engine(EngineConfig(data_dir=data_dir, gc_interval_seconds=0))
+    await engine.start()
+    await populate(engine, n)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)  # "churn"
+    moved = await churn(engine, n, stop)
+    print(json.dumps({"moved": moved}), flush=True)
+    await engine.stop()
+
+
+async def measure(n: int, presses: int, remote: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        engine = Engine(EngineConfig(data_dir=Path(tmp), serve=False, gc_interval_seconds=0))
-        app = TaskDeckApp(engine)
+        engine = server = None
+        if remote:
+            from engine.client.remote import RemoteClient
+
+            server = subprocess.Popen([sys.executable, __file__, "--serve", tmp, "--actions", str(n)],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert server.stdout.readline().strip() == "ready"
+            endpoint = json.loads((Path(tmp) / "engine.json").read_text())
+            app = TaskDeckApp(client=RemoteClient(endpoint["url"], (Path(tmp) / "token").read_text().strip()))
+        else:
+            engine = Engine(EngineConfig(data_dir=Path(tmp), serve=False, gc_interval_seconds=0))
+            app = TaskDeckApp(engine)
         async with app.run_test(size=(160, 45)) as pilot:
-            await populate(engine, n)
+            if engine is not None:
+                await populate(engine, n)
             refresh_times: list[float] = []
             screen = RunScreen(RUN)
             original = screen.refresh_view
@@ -79,7 +121,12 @@ async def measure(n: int, presses: int) -> None:
             while screen.model.action_count < n:
                 await pilot.pause(0.1)
             stop = asyncio.Event()
-            writer = asyncio.create_task(churn(engine, n, stop))
+            if server is not None:
+                server.stdin.write("churn\n")
+                server.stdin.flush()
+                writer = None
+            else:
+                writer = asyncio.create_task(churn(engine, n, stop))
             await pilot.pause(1.0)
             refresh_times.clear()
             tree = screen.query_one(ActionTree)
@@ -95,6 +142,7 @@ async def measure(n: int, presses: int) -> None:
             app._display = timed_display  # type: ignore[method-assign]
             latencies = []
             rng = random.Random(2)
+            cpu_start = (time.process_time(), _cpu(server.pid) if server else 0.0, time.perf_counter())
             for _ in range(presses):
                 target["line"] = tree.cursor_line + 1
                 frame.clear()
@@ -103,26 +151,45 @@ async def measure(n: int, presses: int) -> None:
                 await asyncio.wait_for(frame.wait(), 10)
                 latencies.append(time.perf_counter() - started)
                 await asyncio.sleep(rng.uniform(0.05, 0.3))  # land at random points of the refresh cycle
+            elapsed = time.perf_counter() - cpu_start[2]
+            cpu = ((time.process_time() - cpu_start[0]) / elapsed,
+                   ((_cpu(server.pid) if server else 0.0) - cpu_start[1]) / elapsed)
             stop.set()
-            moved = await writer
-        await engine.stop() if engine.started else None
+            if server is not None:
+                server.send_signal(signal.SIGTERM)
+                moved = json.loads(server.stdout.readline())["moved"]
+                server.wait(timeout=60)
+            else:
+                moved = await writer
+        if engine is not None and engine.started:
+            await engine.stop()
 
     def stats(values: list[float]) -> str:
         values = sorted(values)
         return f"median {statistics.median(values) * 1000:.1f} ms, p95 {values[int(len(values) * 0.95)] * 1000:.1f} ms"
 
-    print(f"actions: {n}, live updates during the measurement: {moved}")
-    print(f"refresh_cost: {stats(refresh_times)} ({len(refresh_times)} refreshes)")
-    print(f"keypress_to_repaint: {stats(latencies)} ({presses} presses)")
-    print(f"keypress_to_repaint_median_ms: {statistics.median(latencies) * 1000:.1f}")
+    mode = "remote" if remote else "embedded"
+    print(f"[{mode}] actions: {n}, live updates during the measurement: {moved}")
+    print(f"[{mode}] cpu: console process {cpu[0]:.0%}" + (f", engine process {cpu[1]:.0%}" if remote else
+                                                           " (its engine included)"))
+    print(f"[{mode}] refresh_cost: {stats(refresh_times)} ({len(refresh_times)} refreshes)")
+    print(f"[{mode}] keypress_to_repaint: {stats(latencies)} ({presses} presses)")
+    print(f"[{mode}] keypress_to_repaint_median_ms: {statistics.median(latencies) * 1000:.1f}")
+    print(f"[{mode}] slowest keypresses: {', '.join(f'{v * 1000:.0f}' for v in sorted(latencies)[-6:])} ms")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--actions", type=int, default=10_000)
     parser.add_argument("--presses", type=int, default=50)
+    parser.add_argument("--mode", choices=["both", "embedded", "remote"], default="both")
+    parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    asyncio.run(measure(args.actions, args.presses))
+    if args.serve:
+        asyncio.run(serve(Path(args.serve), args.actions))
+        return
+    for remote in {"both": (False, True), "embedded": (False,), "remote": (True,)}[args.mode]:
+        asyncio.run(measure(args.actions, args.presses, remote))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from console.commands import JumpCommands
 from console.screens.dialogs import ChoiceScreen, ConfirmScreen, HelpScreen, InputScreen
 from console.screens.run import RunScreen
 from console.screens.runs import RunsScreen
+from engine import pygc
 from engine.client import Change, EngineClient, EngineUnavailableError, RunNotFoundError
 
 _VARIABLE = re.compile(r"\$([a-z][a-z0-9-]*)")
@@ -62,6 +63,7 @@ class TaskDeckApp(App):
         self.startup_error: str | None = None
         self._listeners: list[Callable[[Change], None]] = []
         self._palette_cache: tuple[str, dict[str, str]] | None = None
+        self._gc_held = False
 
     @property
     def ready(self) -> bool:
@@ -84,6 +86,9 @@ class TaskDeckApp(App):
             self.exit(return_code=2, message=f"taskdeck: {exc}")
             return
         self.sub_title = self.client.description
+        if self.engine is None:  # attached: a big run's views are many long-lived objects (see engine/pygc.py)
+            pygc.hold()
+            self._gc_held = True
         self.run_worker(self._follow_changes(), group="changes", exit_on_error=False)
         await self.push_screen(RunsScreen())
         if self.open_run_name:
@@ -165,6 +170,9 @@ class TaskDeckApp(App):
         await self._stop_engine()  # however the app ends (quit, exit, a test harness), its own engine stops
         if self.client is not None and self.engine is None:
             await self.client.close()
+        if self._gc_held:
+            self._gc_held = False
+            pygc.release()
 
     async def _stop_engine(self) -> None:
         if self.engine is not None and self.start_engine and self.engine.started:

@@ -203,10 +203,11 @@ def _prepare_run(args: argparse.Namespace):
         task_args = list(args.task_args)
         if task_args[:1] == ["--"]:
             task_args = task_args[1:]
-        for flag in ("json", "tui"):  # run flags may trail the inputs unless the task has such an input
-            if f"--{flag}" in task_args and flag not in task.native_interface.inputs:
-                task_args.remove(f"--{flag}")
-                setattr(args, flag, True)
+        if not args.double_dash:  # after --, everything is a task input
+            for flag in ("json", "tui"):  # run flags may trail the inputs unless the task has such an input
+                if f"--{flag}" in task_args and flag not in task.native_interface.inputs:
+                    task_args.remove(f"--{flag}")
+                    setattr(args, flag, True)
         spec = serialize_task(task, project=args.project, domain=args.domain, root_dir=file.resolve().parent)
         inputs = inputs_from_strings(task, parse_task_args(task_args))
     except (TaskLoadError, ValueError) as exc:
@@ -580,7 +581,9 @@ COMMANDS = {"token": cmd_token, "run": cmd_run, "get": cmd_get, "abort": cmd_abo
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.double_dash = "--" in argv  # argparse drops it; `run` must know its inputs are all the task's
     for dest, default in DEFAULTS.items():  # an option no parser level set
         if not hasattr(args, dest):
             setattr(args, dest, list(default) if isinstance(default, list) else default)

@@ -61,3 +61,15 @@ def first_error_line(record: Action) -> str:
         return ""
     text = f"{record.error_code or 'error'}: {record.error_message or ''}"
     return text.splitlines()[0][:90]
+
+
+def show(widget, markup: str) -> None:
+    """Put ``markup`` in a Static, repainting only on a change, and laying out again only when its shape
+    changed (a layout pass recomposes the whole screen: a tick must not cost one per moving number)."""
+    shown = getattr(widget, "_taskdeck_shown", None)
+    if shown == markup:
+        return
+    same_shape = shown is not None and [len(line) for line in shown.split("\n")] == [
+        len(line) for line in markup.split("\n")]  # same lines, same lengths: same wrapping, same size
+    widget._taskdeck_shown = markup
+    widget.update(markup, layout=not same_shape)

@@ -153,7 +153,7 @@ class Engine:
             raise
         self.started = True
         if self.config.tune_python_gc:
-            pygc.engine_started()
+            pygc.hold()
             self._gc_tuned = True
         log.info("engine started on %s (data dir %s)", self.url or "no API", self.data_dir)
 
@@ -220,7 +220,7 @@ class Engine:
             _PrivateFiles.release()
         if self._gc_tuned:
             self._gc_tuned = False
-            pygc.engine_stopped()
+            pygc.release()
 
     async def __aenter__(self) -> Engine:
         await self.start()

@@ -31,7 +31,8 @@ def event_line(event) -> str:
     info = decode_event(event)
     if info.HasField("error_info"):
         message = info.error_info.message.splitlines()[0] if info.error_info.message else ""
-        line += f" [{event.error_kind or 'UNKNOWN'}] {info.error_info.code}: {message[:160]}"
+        kind = (event.error_kind or "UNKNOWN").removeprefix("KIND_")
+        line += f" [{kind}] {info.error_info.code}: {message[:160]}"
     elif info.cluster_events and ActionPhase(event.phase) in (ActionPhase.PAUSED, ActionPhase.ABORTED,
                                                               ActionPhase.SUCCEEDED):
         reason = info.cluster_events[-1].message

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 
 import protovalidate
+from buf.validate import validate_pb2
 from flyteidl2.common import identifier_pb2
 
 from engine.errors import InvalidRunError
@@ -23,6 +24,22 @@ _DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _DNS1123 = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS1123_TEXT = "lowercase letters, digits and '-', starting and ending with a letter or digit"
 _validator = protovalidate.Validator()
+
+
+def _length_rule(message, field: str) -> tuple[int, int]:
+    """(min_len, max_len) of a string field, as its buf.validate annotation says."""
+    rules = message.DESCRIPTOR.fields_by_name[field].GetOptions().Extensions[validate_pb2.field].string
+    return rules.min_len, rules.max_len
+
+
+# The annotated bounds, read once: a name within them that matches its pattern needs no full evaluation
+# (hot: every child action's names are checked); anything else goes to protovalidate for its verdict.
+_ACTION_LEN = _length_rule(identifier_pb2.ActionIdentifier, "name")
+_RUN_LEN = _length_rule(identifier_pb2.RunIdentifier, "name")
+
+
+def _fast_ok(value: object, bounds: tuple[int, int], pattern: re.Pattern) -> bool:
+    return isinstance(value, str) and bounds[0] <= len(value) <= bounds[1] and pattern.fullmatch(value) is not None
 
 
 class InvalidNameError(InvalidRunError):
@@ -66,6 +83,8 @@ def check_run_id(project: str, domain: str, run: str, *, new_run: bool = False) 
 
 
 def check_run_name(run: str, *, field: str = "run", new_run: bool = False) -> None:
+    if _fast_ok(run, _RUN_LEN, _DNS1035 if new_run else _DNS1123):
+        return
     _strings(**{field: run})
     _annotations(identifier_pb2.RunIdentifier(org=ORG, project="p", domain="d", name=run), {"name": field})
     if new_run:
@@ -76,6 +95,8 @@ def check_run_name(run: str, *, field: str = "run", new_run: bool = False) -> No
 
 
 def check_action_name(action: str, *, field: str = "action") -> None:
+    if _fast_ok(action, _ACTION_LEN, _DNS1123):
+        return
     _strings(**{field: action})
     _annotations(identifier_pb2.ActionIdentifier(run=identifier_pb2.RunIdentifier(org=ORG, project="p", domain="d",
                                                                                   name="r"), name=action),

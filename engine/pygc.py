@@ -1,11 +1,13 @@
-"""How the engine process uses Python's cyclic garbage collector.
+"""How a long-lived TaskDeck process uses Python's cyclic garbage collector.
 
-The engine keeps every live TaskAction in memory and makes no cyclic garbage on its hot path (the
-collector finds nothing to free there), yet with CPython's default thresholds collections took ~40% of
-the engine's time in bench/throughput.py: each full collection walks the whole heap, modules included.
-So, while an engine runs: the heap that exists at start-up (modules, the loaded store) is frozen out of
-collections, and young collections run every 10,000 allocations instead of 700. Reference counting
-still frees everything acyclic at once; cycles are still collected, just less often.
+The engine keeps every live TaskAction in memory, and a console attached to a big run keeps a view of
+each of its actions; neither makes cyclic garbage on its hot path (the collector finds nothing to free
+there), yet with CPython's default thresholds collections took ~40% of the engine's time in
+bench/throughput.py, and a console's full collections stalled its frames for ~100 ms: each walks the
+whole heap, modules included. So, while an engine (or an attached console) runs: the heap that exists
+at start-up is frozen out of collections, and young collections run every 10,000 allocations instead
+of 700. Reference counting still frees everything acyclic at once; cycles are still collected, just
+less often.
 """
 
 from __future__ import annotations
@@ -14,14 +16,15 @@ import gc
 
 YOUNG_THRESHOLD = 10_000
 
-_engines = 0
+_holders = 0
 _saved_thresholds: tuple[int, int, int] | None = None
 
 
-def engine_started() -> None:
-    global _engines, _saved_thresholds
-    _engines += 1
-    if _engines > 1:
+def hold() -> None:
+    """Apply the policy (nested holds count: the last release undoes it)."""
+    global _holders, _saved_thresholds
+    _holders += 1
+    if _holders > 1:
         return
     _saved_thresholds = gc.get_threshold()
     young, middle, old = _saved_thresholds
@@ -31,12 +34,12 @@ def engine_started() -> None:
     gc.freeze()
 
 
-def engine_stopped() -> None:
-    global _engines, _saved_thresholds
-    if _engines == 0:
+def release() -> None:
+    global _holders, _saved_thresholds
+    if _holders == 0:
         return
-    _engines -= 1
-    if _engines or _saved_thresholds is None:
+    _holders -= 1
+    if _holders or _saved_thresholds is None:
         return
     gc.unfreeze()
     if gc.get_threshold()[0] == YOUNG_THRESHOLD:  # unless someone changed it meanwhile

@@ -38,7 +38,7 @@ def event_view(record: EventRecord) -> Event:
     error = event.error_info if event.HasField("error_info") else None
     return Event(
         attempt=record.attempt, phase=record.phase, version=record.version, updated_time=record.updated_time,
-        reported_time=record.reported_time, error_kind=record.error_kind if error else "",
+        reported_time=record.reported_time, error_kind=record.error_kind.removeprefix("KIND_") if error else "",
         error_code=error.code if error else "", error_message=error.message if error else "",
         output_uri=event.outputs.output_uri or None, logs=tuple(log.uri for log in event.log_info),
         cache_status=event.cache_status, reasons=tuple(c.message for c in event.cluster_events),

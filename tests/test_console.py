@@ -403,3 +403,53 @@ async def test_c_copies_the_focused_run_or_action_id(console):
                 and app.screen.model.record("ok5") is not None)
     await pilot.press("down", "c")
     assert app.clipboard == "rslowcopy/ok5"
+
+
+async def test_quitting_with_runs_going_asks_and_can_abort_them(tmp_path):
+    engine = Engine(EngineConfig(data_dir=tmp_path, serve=False, requeue_after=0.2))
+    engine.registry.register(ScriptedPlugin(outcome))
+    app = TaskDeckApp(engine)
+    async with app.run_test(size=(160, 45)) as pilot:
+        await engine.runs.create_run(task_spec("scripted"), name="rslowquit")
+        await until(pilot, lambda: visible_runs(app) == {"rslowquit"})
+        await pilot.press("q")
+        from console.screens.dialogs import ChoiceScreen
+
+        await until(pilot, lambda: isinstance(app.screen, ChoiceScreen))
+        question = str(app.screen.query_one("#question", Static).render())
+        assert "1 run(s)" in question and "rslowquit" in question
+        await pilot.press("escape")  # stay: nothing happens
+        await until(pilot, lambda: not isinstance(app.screen, ChoiceScreen))
+        assert (await engine.runs.get_run("rslowquit")).phase == ActionPhase.RUNNING
+        await pilot.press("q", "a")  # abort them, then quit
+        await until(pilot, lambda: not app.is_running, timeout=20)
+    store_engine = Engine(EngineConfig(data_dir=tmp_path, serve=False))
+    await store_engine.start()
+    try:
+        run = await store_engine.runs.get_run("rslowquit")
+        assert run.phase == ActionPhase.ABORTED and run.abort_reason == "aborted when the console quit"
+    finally:
+        await store_engine.stop()
+
+
+async def test_quitting_can_hand_the_runs_to_a_background_engine(tmp_path, monkeypatch):
+    from engine.client import connect, engine_url
+    from helpers import sleep_inputs, sleep_spec
+
+    monkeypatch.setenv("TASKDECK_IDLE_EXIT", "2")
+    engine = Engine(EngineConfig(data_dir=tmp_path / "data", requeue_after=0.2))
+    app = TaskDeckApp(engine)
+    async with app.run_test(size=(160, 45)) as pilot:
+        run = await engine.runs.create_run(sleep_spec(), sleep_inputs(8), name="rhanded")
+        await until(pilot, lambda: visible_runs(app) == {"rhanded"})
+        await pilot.press("q", "h")
+        await until(pilot, lambda: not app.is_running, timeout=60)
+    url = engine_url(tmp_path / "data")
+    assert url is not None  # another engine serves the directory now...
+    client = connect(tmp_path / "data")
+    try:
+        assert (await client.get_run(run.run_name)).phase == ActionPhase.RUNNING  # ...and the run goes on
+        result = await client.wait(run.run_name, 60)
+        assert result["phase"] == "SUCCEEDED"
+    finally:
+        await client.close()

@@ -19,7 +19,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, RichLog, Static, TabbedContent, TabPane
 
 from console.screens.dialogs import InputScreen
-from console.state import PHASE_STYLE, REFRESH_HZ, duration_text, first_error_line, phase_markup
+from console.state import PHASE_STYLE, REFRESH_HZ, duration_text, first_error_line, phase_markup, show
 from console.tree_model import ActionTreeModel
 from console.widgets.action_tree import ActionTree
 from engine.client import (
@@ -209,10 +209,10 @@ class RunScreen(Screen):
             if live or self.selected in changes.keys or any(r.name == self.selected for r in records):
                 await self._render_detail()
         except LookupError:
-            self.query_one("#run-title", Static).update(f"run {escape(self.run_name)} not found")
+            show(self.query_one("#run-title", Static), f"run {escape(self.run_name)} not found")
         except Exception as exc:  # noqa: BLE001 - the engine went away: say so, try again next tick
             self._dirty |= dirty
-            self.query_one("#run-title", Static).update(f"[b]{escape(self.run_name)}[/]  {escape(str(exc))}")
+            show(self.query_one("#run-title", Static), f"[b]{escape(self.run_name)}[/]  {escape(str(exc))}")
         finally:
             self._refreshing = False
 
@@ -224,7 +224,7 @@ class RunScreen(Screen):
         summary = "  ".join(f"{phase_markup(p, ascii_only, with_name=False)} {n}"
                             for p, n in sorted(self.model.phase_counts.items()))
         status = self.app.status_markup()
-        self.query_one("#run-title", Static).update(self.app.themed(
+        show(self.query_one("#run-title", Static), self.app.themed(
             f"[b]{self.run_name}[/]  {escape(root.task_name or '')}  {phase_markup(root.phase, ascii_only)}"
             f"  {duration_text(root)}   actions {self.model.action_count}: {summary}"
             + (f"   {status}" if status else "")))
@@ -265,7 +265,7 @@ class RunScreen(Screen):
         try:
             obj, events, io = await self._details(record, attempt)
         except Exception as exc:  # noqa: BLE001 - e.g. the engine went away: keep what is shown
-            self.query_one("#detail", Static).update(f"[$error]{escape(str(exc))}[/]")
+            show(self.query_one("#detail", Static), f"[$error]{escape(str(exc))}[/]")
             return
         ascii_only = self.app.ascii_only
         lines = [
@@ -310,14 +310,14 @@ class RunScreen(Screen):
         if attempt_events:
             lines += ["", f"[b]attempt {attempt}[/]  " + " → ".join(
                 f"{phase_markup(e.phase, ascii_only)} [dim]{_time(e.updated_time)}[/]" for e in attempt_events)]
-        self.query_one("#detail", Static).update("\n".join(lines))
+        show(self.query_one("#detail", Static), "\n".join(lines))
         event_lines = []
         for e in events:
             reasons = "; ".join(e.reasons)
             error = f" [$error]{escape(e.error_code)}: {escape(e.error_message[:80])}[/]" if e.error else ""
             event_lines.append(f"attempt {e.attempt}  {phase_markup(e.phase, ascii_only)}  "
                                f"[dim]{_time(e.updated_time)}[/]{error}  [dim]{escape(reasons[:80])}[/]")
-        self.query_one("#event-list", Static).update("\n".join(event_lines) or "[dim]no events[/]")
+        show(self.query_one("#event-list", Static), "\n".join(event_lines) or "[dim]no events[/]")
 
     def _render_group_detail(self, node) -> None:
         ascii_only = self.app.ascii_only
@@ -330,8 +330,8 @@ class RunScreen(Screen):
         if failed:
             lines += ["", "[b]failures[/]"]
             lines += [f"  {r.name}  [$error]{escape(first_error_line(r))}[/]" for r in failed[:20]]
-        self.query_one("#detail", Static).update("\n".join(lines))
-        self.query_one("#event-list", Static).update("[dim]a group has no events of its own[/]")
+        show(self.query_one("#detail", Static), "\n".join(lines))
+        show(self.query_one("#event-list", Static), "[dim]a group has no events of its own[/]")
 
     # ------------------------------------------------------------------ logs
     async def follow_log(self) -> None:
@@ -343,7 +343,7 @@ class RunScreen(Screen):
         try:
             await self._poll_log(record)
         except Exception as exc:  # noqa: BLE001 - the engine went away: the status line says so
-            self.query_one("#log-status", Static).update(f"[$error]{escape(str(exc))}[/]")
+            show(self.query_one("#log-status", Static), f"[$error]{escape(str(exc))}[/]")
         finally:
             self._following_busy = False
 
@@ -383,7 +383,7 @@ class RunScreen(Screen):
         state = ("[$success]following[/]" if self._following else "[$warning]paused[/] (End follows again)")
         if record.is_terminal and self._following:
             state = "[dim]complete[/]"
-        self.query_one("#log-status", Static).update(self.app.themed(
+        show(self.query_one("#log-status", Static), self.app.themed(
             f"{escape(name)} attempt {attempt}  {len(self._log_lines)} lines  {state}"
             f"{'  [dim]times: when written (t)[/]' if self._timestamps else ''}"))
 
@@ -456,7 +456,7 @@ class RunScreen(Screen):
             lines.append(f"{name:<14} {record.name[:11]:<11} {''.join(bar)}")
         if len(all_records) > TIMELINE_ROWS:
             lines.append(f"[dim]… the first {TIMELINE_ROWS} of {len(all_records)} actions, by start time[/]")
-        self.query_one("#timeline-view", Static).update("\n".join(lines))
+        show(self.query_one("#timeline-view", Static), "\n".join(lines))
 
     def action_attempt(self, step: int) -> None:
         record = self.model.record(self.selected)

@@ -16,7 +16,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
 from console.runs_query import SORT_KEYS, RunQuery, next_sort_key
-from console.state import REFRESH_HZ, duration_text, first_error_line, phase_markup, started_text
+from console.state import REFRESH_HZ, duration_text, first_error_line, phase_markup, show, started_text
 from engine.client import Action, ActionPhase, Change
 
 # (key, narrowest, widest): fixed widths, since a narrowing update_width=True cell re-measures the column.
@@ -125,8 +125,12 @@ class RunsScreen(Screen):
                  "attempts": str(record.attempts), "error": escape(first_error_line(record))}
         return tuple(cells[key] for key in self.columns_shown)
 
+    def on_screen_resume(self) -> None:
+        self._stale = True  # back on top: catch up at once
+        self.call_later(self.refresh_rows)
+
     async def refresh_rows(self) -> None:
-        if self._refreshing or not self.app.ready:
+        if self._refreshing or not self.app.ready or not self.is_current:  # a covered screen waits
             return
         self._refreshing = True
         try:
@@ -140,7 +144,7 @@ class RunsScreen(Screen):
                 self._render_rows(list(self.records.values()), self.counts, refetched=False)
         except Exception as exc:  # noqa: BLE001 - an engine that went away: the header says so; keep going
             self._stale = True
-            self.query_one("#counters", Static).update(f"[b]TaskDeck[/]  {escape(str(exc))}")
+            show(self.query_one("#counters", Static), f"[b]TaskDeck[/]  {escape(str(exc))}")
         finally:
             self._refreshing = False
 
@@ -187,7 +191,7 @@ class RunsScreen(Screen):
         status = self.app.status_markup()
         if status:
             parts.append(status)
-        self.query_one("#counters", Static).update(self.app.themed("   ".join(parts)))
+        show(self.query_one("#counters", Static), self.app.themed("   ".join(parts)))
 
     @property
     def selected_run(self) -> str | None:

@@ -46,6 +46,8 @@ class LocalClient(EngineClient):
 
     # ------------------------------------------------------------------ reads
     async def _views(self, records, run_names: list[str] | None) -> list[Action]:
+        if not any(r.parent_action_name is None for r in records):
+            return [action_view(r) for r in records]  # only a run (a root) shows what it waits on
         waiting = await self.runs.waiting_conditions(run_names)
         return [action_view(r, waiting.get(r.run_name, ()) if r.parent_action_name is None else ())
                 for r in records]

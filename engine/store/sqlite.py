@@ -83,6 +83,7 @@ CREATE INDEX IF NOT EXISTS actions_parent ON actions (parent_action_name);
 CREATE INDEX IF NOT EXISTS actions_phase ON actions (phase);
 CREATE INDEX IF NOT EXISTS actions_created ON actions (created_at);
 CREATE INDEX IF NOT EXISTS actions_run_name ON actions (run_name);
+CREATE INDEX IF NOT EXISTS actions_roots ON actions (run_name, created_at) WHERE parent_action_name IS NULL;
 CREATE INDEX IF NOT EXISTS actions_run_phase ON actions (project, domain, run_name, phase);
 CREATE TABLE IF NOT EXISTS action_events (
     project TEXT NOT NULL, domain TEXT NOT NULL, run_name TEXT NOT NULL, name TEXT NOT NULL,

@@ -1,0 +1,44 @@
+"""Task logs carry when each line was written (stamped as the task wrote it, not when someone read it)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from engine.client.local import LocalClient
+from engine.engine import Engine, EngineConfig
+from engine.logs import parse_line
+from engine.phases import ActionPhase
+from helpers import shell_spec
+
+
+async def test_each_line_carries_the_time_the_task_wrote_it_however_late_it_is_read(tmp_path):
+    engine = Engine(EngineConfig(data_dir=tmp_path, serve=False, requeue_after=0.2))
+    await engine.start()
+    try:
+        started = time.time()
+        run = await engine.runs.create_run(shell_spec("echo first; sleep 1.5; echo second; printf 'no newline'"))
+        assert (await engine.runs.wait_for_run(run.run_name, timeout=30)).phase == ActionPhase.SUCCEEDED
+        await asyncio.sleep(2)  # read well after the task ended: the times must not be "now"
+        client = LocalClient(engine.services)
+        chunk = await client.read_log(run.run_name, "a0", 1)
+        lines = {line.text: line.time for line in chunk.lines}
+        assert lines["first"] is not None and lines["second"] is not None
+        assert 1.3 <= lines["second"] - lines["first"] <= 3.0
+        assert started - 1 <= lines["first"] <= started + 10
+        assert time.time() - lines["second"] >= 1.9  # not the time it was read
+        assert "no newline" in lines  # a last line without its newline is kept
+        assert all(text.startswith("[taskdeck]") for text in list(lines)[:2])  # the engine's lines are stamped too
+        tail = await client.read_log(run.run_name, "a0", 1, offset=-40)
+        assert tail.lines and tail.lines[-1].text == "no newline" and tail.offset > 0  # a tail from a line start
+        follow = await client.read_log(run.run_name, "a0", 1, offset=chunk.next_offset)
+        assert follow.lines == () and follow.next_offset == chunk.next_offset == chunk.size
+    finally:
+        await engine.stop()
+
+
+def test_a_line_without_a_stamp_reads_as_it_is():
+    assert parse_line("plain text").time is None and parse_line("plain text").text == "plain text"
+    stamped = parse_line("2026-12-01T18:46:24.641Z hello world")
+    assert stamped.text == "hello world" and abs(stamped.time - 1796150784.641) < 1e-3
+    assert parse_line("2026-13-01T18:46:24.641Z not a date").time is None
