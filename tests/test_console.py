@@ -162,6 +162,8 @@ async def test_run_screen_steps_attempts_and_follows_the_log(console):
     await until(pilot, lambda: "viewing 1 of 2" in str(detail.render()))
     await pilot.press("right_square_bracket", "l")
     log = app.screen.query_one(RichLog)
+    assert app.screen.focused is log  # the log is one key away: shown and focused
+    status = app.screen.query_one("#log-status", Static)
     await until(pilot, lambda: len(log.lines) >= 200)
     assert log.auto_scroll  # following: at the end
     log.scroll_home(animate=False, immediate=True)  # not deferred to the next refresh: no tick sees the old offset
@@ -169,13 +171,15 @@ async def test_run_screen_steps_attempts_and_follows_the_log(console):
     with open(log_path, "a") as f:
         f.write("more\n")
     await until(pilot, lambda: len(log.lines) >= 201)
-    assert not log.auto_scroll  # scrolled up: follow stops
-    log.scroll_end(animate=False, immediate=True)
-    await until(pilot, lambda: log.scroll_offset.y >= log.max_scroll_y)
+    assert not log.auto_scroll  # scrolled up: follow stops, and the status says so
+    await until(pilot, lambda: "paused (End follows again)" in str(status.render()))
+    await pilot.press("end")  # End: back to the end, following again
+    await until(pilot, lambda: "following" in str(status.render()) or "complete" in str(status.render()))
     with open(log_path, "a") as f:
         f.write("again\n")
     await until(pilot, lambda: len(log.lines) >= 202)
-    assert log.auto_scroll  # back at the end: follow resumes
+    assert log.auto_scroll  # follow resumed
+    await until(pilot, lambda: log.scroll_offset.y >= log.max_scroll_y)
     await pilot.press("escape")
     await until(pilot, lambda: not isinstance(app.screen, RunScreen))
 
@@ -371,6 +375,24 @@ async def test_keys_typed_right_after_slash_never_fire_the_tables_commands(conso
     await pilot.pause(0.5)
     assert (await engine.runs.get_run("rfail8")).attempts == 1  # r did not retry the selected run
     assert not screen.failed_only and screen.sort_key == "started"
+
+
+async def test_a_running_runs_header_duration_ticks_and_an_abort_reason_shows_in_the_details(console):
+    app, pilot, engine = console
+    await engine.runs.create_run(task_spec("scripted"), name="rslowtick")
+    app.open_run("rslowtick")
+    await until(pilot, lambda: isinstance(app.screen, RunScreen) and "a0" in app.screen.records)
+    title = app.screen.query_one("#run-title", Static)
+    await until(pilot, lambda: "RUNNING" in str(title.render()))
+    first = str(title.render())
+    await until(pilot, lambda: str(title.render()) != first, timeout=5)  # the duration moves while it runs
+    await engine.runs.abort_action("rslowtick", reason="wrong inputs")
+    detail = app.screen.query_one("#detail", Static)
+    await until(pilot, lambda: "wrong inputs" in str(detail.render()))
+    assert "aborted    at" in str(detail.render())
+    await pilot.press("e")
+    events = app.screen.query_one("#event-list", Static)
+    await until(pilot, lambda: "ABORTED" in str(events.render()) and "wrong inputs" in str(events.render()))
 
 
 async def test_details_of_a_running_action_show_its_elapsed_time_moving(console):

@@ -177,3 +177,24 @@ async def test_the_console_says_when_its_engine_is_gone_and_reconnects_by_itself
                 second.stop()
     finally:
         await client.close()
+
+
+async def test_two_consoles_and_the_cli_see_the_same_state(headless):
+    client = RemoteClient(headless.url, headless.token)
+    first = TaskDeckApp(client=RemoteClient(headless.url, headless.token))
+    second = TaskDeckApp(client=RemoteClient(headless.url, headless.token), read_only=True)
+    try:
+        async with first.run_test(size=(160, 45)) as one, second.run_test(size=(120, 30)) as two:
+            await _sleep_run(client, "rshared", 60)
+            await until(one, lambda: visible_runs(first) == {"rshared"})
+            await until(two, lambda: visible_runs(second) == {"rshared"})
+            await one.press("ctrl+d", "y")  # the first console aborts it...
+            await until(two, lambda: "aborted 1" in counters(second))  # ...and the second sees it
+            cli = subprocess.run([sys.executable, "-m", "console.cli", "--data-dir", str(headless.data_dir), "get",
+                                  "runs", "--json"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+            assert [r["phase"] for r in json.loads(cli.stdout)] == ["ABORTED"]  # and so does the CLI
+            await two.press("ctrl+d")
+            await two.pause(0.3)
+            assert not isinstance(second.screen, ConfirmScreen)  # the read-only one cannot abort
+    finally:
+        await client.close()
