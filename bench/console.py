@@ -29,6 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
 from console.app import TaskDeckApp  # noqa: E402
 from console.screens.run import RunScreen  # noqa: E402
@@ -37,6 +38,7 @@ from engine.engine import Engine, EngineConfig  # noqa: E402
 from textual import events  # noqa: E402
 from engine.phases import ActionPhase  # noqa: E402
 from engine.store.base import ActionRecord, ActionStatusUpdate  # noqa: E402
+from helpers import process_cpu_seconds  # noqa: E402
 
 RUN = "rbenchconsole0000001"
 
@@ -63,17 +65,6 @@ async def churn(engine: Engine, n: int, stop: asyncio.Event) -> int:
         moved += len(batch)
         await asyncio.sleep(0.05)  # ~2,000 updates/s
     return moved
-
-
-def _cpu(pid: int) -> float:
-    """CPU seconds a process has used (every thread)."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass
-    return total / 1e9
 
 
 async def serve(data_dir: Path, n: int) -> None:
@@ -142,7 +133,7 @@ async def measure(n: int, presses: int, remote: bool) -> None:
             app._display = timed_display  # type: ignore[method-assign]
             latencies = []
             rng = random.Random(2)
-            cpu_start = (time.process_time(), _cpu(server.pid) if server else 0.0, time.perf_counter())
+            cpu_start = (time.process_time(), process_cpu_seconds(server.pid) if server else 0.0, time.perf_counter())
             for _ in range(presses):
                 target["line"] = tree.cursor_line + 1
                 frame.clear()
@@ -153,7 +144,7 @@ async def measure(n: int, presses: int, remote: bool) -> None:
                 await asyncio.sleep(rng.uniform(0.05, 0.3))  # land at random points of the refresh cycle
             elapsed = time.perf_counter() - cpu_start[2]
             cpu = ((time.process_time() - cpu_start[0]) / elapsed,
-                   ((_cpu(server.pid) if server else 0.0) - cpu_start[1]) / elapsed)
+                   ((process_cpu_seconds(server.pid) if server else 0.0) - cpu_start[1]) / elapsed)
             stop.set()
             if server is not None:
                 server.send_signal(signal.SIGTERM)

@@ -31,20 +31,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 from flyteidl2.core import literals_pb2  # noqa: E402
 from flyteidl2.task import common_pb2  # noqa: E402
 
-from helpers import sleep_spec  # noqa: E402
+from helpers import process_cpu_seconds, sleep_spec  # noqa: E402
 
 MiB = 1024 * 1024
-
-
-def engine_cpu_seconds(pid: int) -> float:
-    """CPU time of every thread of the engine, in nanosecond resolution (schedstat's first field)."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass  # a thread that just ended
-    return total / 1e9
 
 
 def send(port: int, token: str, body_size: int, *, declared: bool, body: bytes | None = None) -> int:
@@ -90,11 +79,11 @@ def accepted_body(size: int) -> bytes:
 def measure(pid: int, fn, repeat: int) -> tuple[float, float, int]:
     walls, cpus, status = [], [], 0
     for _ in range(repeat):
-        cpu, wall = engine_cpu_seconds(pid), time.perf_counter()
+        cpu, wall = process_cpu_seconds(pid), time.perf_counter()
         status = fn()
         walls.append(time.perf_counter() - wall)
         time.sleep(0.05)  # let the engine finish its side before reading its CPU time
-        cpus.append(engine_cpu_seconds(pid) - cpu)
+        cpus.append(process_cpu_seconds(pid) - cpu)
     return statistics.median(walls) * 1000, statistics.median(cpus) * 1000, status
 
 

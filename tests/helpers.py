@@ -159,3 +159,37 @@ async def dump_engine_state(engine, run_name: str) -> None:
                   f"plugin {obj.status.plugin_phase} state {obj.status.plugin_state}", file=out)
             for condition in obj.status.conditions:
                 print(f"  {condition.type} {condition.status} {condition.reason} {condition.message}", file=out)
+
+
+def write_tasks(directory, body: str) -> str:
+    """A flyte tasks file ``wf.py`` (environment ``env`` already made) in ``directory/code``; its path."""
+    import textwrap
+    from pathlib import Path
+
+    path = Path(directory) / "code" / "wf.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('import time\n\nimport flyte\n\nenv = flyte.TaskEnvironment(name="wf")\n'
+                    + textwrap.dedent(body))
+    return str(path)
+
+
+async def until(pilot, predicate, timeout: float = 15.0):
+    """Pause a Pilot-driven app until ``predicate()`` holds (fail after ``timeout`` seconds)."""
+    for _ in range(int(timeout / 0.05)):
+        if predicate():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError("condition not met")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time every thread of a process has used, in nanosecond resolution (schedstat's first field)."""
+    from pathlib import Path
+
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # a thread that just ended
+    return total / 1e9

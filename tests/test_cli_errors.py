@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+
+from helpers import write_tasks
 
 ROOT = Path(__file__).parent.parent
 BASICS = str(ROOT / "examples" / "basics.py")
@@ -31,11 +32,7 @@ def _usage_error(result: subprocess.CompletedProcess, *words: str) -> None:
 
 @pytest.fixture
 def tasks(tmp_path) -> str:
-    path = tmp_path / "code" / "wf.py"
-    path.parent.mkdir()
-    path.write_text(textwrap.dedent("""
-        import flyte
-        env = flyte.TaskEnvironment(name="wf")
+    return write_tasks(tmp_path, """
 
         @env.task
         def count(d: dict[str, int]) -> int:
@@ -44,8 +41,7 @@ def tasks(tmp_path) -> str:
         @env.task
         def half(x: float) -> float:
             return x / 2
-    """))
-    return str(path)
+        """)
 
 
 def test_inputs_of_the_wrong_shape_or_depth(tmp_path, tasks):

@@ -13,7 +13,7 @@ from console.widgets.action_tree import ActionTree
 from engine.engine import Engine, EngineConfig
 from engine.phases import ActionPhase
 from engine.plugins.core import PhaseInfo
-from helpers import ScriptedPlugin, cached_spec, int_inputs, task_spec
+from helpers import ScriptedPlugin, cached_spec, int_inputs, task_spec, until
 
 
 def outcome(tctx, index):
@@ -39,13 +39,6 @@ async def console(tmp_path):
     if engine.started:
         await engine.stop()
 
-
-async def until(pilot, predicate, timeout: float = 10.0):
-    for _ in range(int(timeout / 0.05)):
-        if predicate():
-            return
-        await pilot.pause(0.05)
-    raise AssertionError("condition not met")
 
 
 def table(app) -> DataTable:

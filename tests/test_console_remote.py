@@ -24,7 +24,7 @@ from console.widgets.action_tree import ActionTree
 from engine.auth import endpoint_with_credential
 from engine.client import ActionPhase
 from engine.client.remote import RemoteClient
-from helpers import shell_spec, sleep_inputs, sleep_spec
+from helpers import shell_spec, sleep_inputs, sleep_spec, until
 
 ROOT = Path(__file__).parent.parent
 
@@ -60,13 +60,6 @@ def headless(tmp_path):
     yield engine
     engine.stop()
 
-
-async def until(pilot, predicate, timeout: float = 15.0):
-    for _ in range(int(timeout / 0.05)):
-        if predicate():
-            return
-        await pilot.pause(0.05)
-    raise AssertionError("condition not met")
 
 
 def visible_runs(app) -> set[str]:

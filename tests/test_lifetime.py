@@ -8,11 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
+
+from helpers import write_tasks
 
 from engine.client import engine_url
 
@@ -35,12 +36,7 @@ def _start(*args, data_dir: Path) -> subprocess.Popen:
 
 @pytest.fixture
 def tasks(tmp_path) -> str:
-    path = tmp_path / "code" / "wf.py"
-    path.parent.mkdir()
-    path.write_text(textwrap.dedent("""
-        import time
-        import flyte
-        env = flyte.TaskEnvironment(name="wf")
+    return write_tasks(tmp_path, """
 
         @env.task
         def snooze(seconds: float) -> float:
@@ -50,8 +46,7 @@ def tasks(tmp_path) -> str:
         @env.task
         def echo(text: str) -> str:
             return text
-    """))
-    return str(path)
+        """)
 
 
 def _wait_for(predicate, timeout: float = 60, interval: float = 0.1):
@@ -152,3 +147,11 @@ def test_global_options_go_before_or_after_the_command_and_double_dash_ends_opti
     assert listed.returncode == 0 and len(json.loads(listed.stdout)) == 2
     missing = _cli("get", "runs", data_dir=tmp_path / "nowhere")
     assert missing.returncode == 2 and "no TaskDeck data" in missing.stderr and not (tmp_path / "nowhere").exists()
+    url = _wait_for(lambda: engine_url(data))  # the background engine the runs started
+    by_address = _cli("--engine", url, "--token-file", str(data / "token"), "get", "runs", "--json",
+                      data_dir=tmp_path / "elsewhere")
+    assert by_address.returncode == 0 and len(json.loads(by_address.stdout)) == 2  # --engine: an address will do
+    wrong_token = tmp_path / "wrong"
+    wrong_token.write_text("tdo_" + "x" * 43)
+    refused = _cli("--engine", url, "--token-file", str(wrong_token), "get", "runs", data_dir=tmp_path / "elsewhere")
+    assert refused.returncode == 2 and "credential" in refused.stderr and "Traceback" not in refused.stderr
