@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 _disconnected: contextvars.ContextVar[asyncio.Event | None] = contextvars.ContextVar("disconnected", default=None)
 
+# A watch quiet this long compares its children with the table: a missed notification heals, not hangs.
+WATCH_RESYNC_SECONDS = 10.0
+
 _ERROR_KIND = {"USER": execution_pb2.ExecutionError.USER, "SYSTEM": execution_pb2.ExecutionError.SYSTEM}
 
 
@@ -189,20 +192,31 @@ class ControllerServices:
             try:
                 while not stop.done():
                     waiter = asyncio.ensure_future(wake.wait())
-                    await asyncio.wait({waiter, stop}, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait({waiter, stop}, timeout=WATCH_RESYNC_SECONDS,
+                                       return_when=asyncio.FIRST_COMPLETED)
                     waiter.cancel()
                     if stop.done():
                         break
+                    resync = not wake.is_set()
                     wake.clear()
-                    names = list(pending)
-                    pending.clear()
-                    for name in names:
-                        record = await self.runs.get_action((root.project, root.domain, run_id.name, name))
+                    if resync:  # quiet for a while: compare with the table, so a missed notification heals
+                        records = [r for r in await self.runs.list_actions(run_id.name)
+                                   if r.parent_action_name == parent]
+                    else:
+                        names = list(pending)
+                        pending.clear()
+                        records = [await self.runs.get_action((root.project, root.domain, run_id.name, name))
+                                   for name in names]
+                    for record in records:
                         if record is None or record.parent_action_name != parent:
                             continue
+                        name = record.name
                         update = self.action_update(run_id, record)
                         signature = _signature(update)
                         if sent.get(name) != signature:
+                            if resync:
+                                log.warning("watch of %s/%s: %s changed without a notification",
+                                            run_id.name, parent, name)
                             sent[name] = signature
                             yield update
             finally:

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
+import logging
 import os
 import random
 import time
@@ -67,6 +68,8 @@ from engine.store.base import (
 RUN_NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # k8s.io/apimachinery util/rand
 RUN_NAME_LENGTH = 20
 MAX_LIST_LIMIT = 100_000
+log = logging.getLogger(__name__)
+RECHECK_SECONDS = 2.0
 MAX_WAIT_SECONDS = 24 * 3600
 
 RETRYABLE_PHASES = frozenset({ActionPhase.FAILED, ActionPhase.ABORTED, ActionPhase.TIMED_OUT})
@@ -712,14 +715,21 @@ class RunsService:
         unsubscribe = self.store.subscribe(on_change)
         try:
             async with asyncio.timeout(timeout):
+                notified = True
                 while True:
                     changed.clear()
                     current = await self.store.get_action(key)
                     if current is None:
                         raise RunNotFoundError(f"action {action_name!r} not found in run {run_name!r}")
                     if ActionPhase(current.phase).is_terminal:
+                        if not notified:
+                            log.warning("run %s: %s ended without a change notification", run_name, action_name)
                         return await self.result(run_name, action_name)
-                    await changed.wait()
+                    try:  # re-read now and then: a wait must never hang on a missed notification
+                        await asyncio.wait_for(changed.wait(), RECHECK_SECONDS)
+                        notified = True
+                    except TimeoutError:
+                        notified = False
         finally:
             unsubscribe()
 

@@ -139,26 +139,29 @@ def owner_headers(engine) -> dict[str, str]:
 
 
 async def dump_engine_state(engine, run_name: str) -> None:
-    """Print what a stuck run looks like: every asyncio task's stack, the work queue, the run's actions."""
+    """Print what a stuck run looks like: the run's actions, the work queue, every busy asyncio task's stack."""
     import io
     import sys
+    import time
 
     out = sys.stderr
-    for task in asyncio.all_tasks():
-        stack = io.StringIO()
-        task.print_stack(file=stack)
-        print(f"--- task {task.get_name()}\n{stack.getvalue()}", file=out)
-    queue = engine.manager.queue
-    print(f"queue: processing {sorted(queue._processing)} dirty {sorted(queue._dirty)} "
-          f"timers {sorted(queue._timers)}", file=out)
     for action in await engine.runs.list_actions(run_name):
         obj = engine.store.peek(task_action_name(run_name, action.name))
-        print(f"action {action.name} row phase {action.phase} abort {action.abort_requested_at}", file=out)
+        print(f"action {action.name} row phase {action.phase} abort {action.abort_requested_at} "
+              f"ended {action.ended_at} now {time.time()}", file=out)
         if obj is not None:
             print(f"  deletion {obj.metadata.deletion_timestamp} finalizers {obj.metadata.finalizers} "
                   f"plugin {obj.status.plugin_phase} state {obj.status.plugin_state}", file=out)
             for condition in obj.status.conditions:
                 print(f"  {condition.type} {condition.status} {condition.reason} {condition.message}", file=out)
+    queue = engine.manager.queue
+    print(f"queue: processing {sorted(queue._processing)} dirty {sorted(queue._dirty)} "
+          f"timers {sorted(queue._timers)}", file=out)
+    for task in asyncio.all_tasks():
+        stack = io.StringIO()
+        task.print_stack(file=stack)
+        if "self.queue.get()" not in stack.getvalue():  # idle reconcile workers say nothing
+            print(f"--- task {task.get_name()}\n{stack.getvalue()}", file=out)
 
 
 def write_tasks(directory, body: str) -> str:
