@@ -190,13 +190,15 @@ def serve(data_dir: str, die_after_spawn: bool) -> int:
     from engine.plugins import container
 
     if die_after_spawn:
-        spawn = container.asyncio.create_subprocess_exec
+        plugin = container.LocalContainerPlugin
 
-        async def spawn_then_die(*args, **kwargs):
-            await spawn(*args, **kwargs)
-            os.kill(os.getpid(), signal.SIGKILL)  # before the launch marker and before the gate opens
+        def then_die(start):
+            async def start_then_die(*args, **kwargs):
+                await start(*args, **kwargs)  # the process exists, waiting for its go
+                os.kill(os.getpid(), signal.SIGKILL)  # before the launch marker and before the gate opens
+            return start_then_die
 
-        container.asyncio = type("asyncio", (), {**vars(asyncio), "create_subprocess_exec": spawn_then_die})
+        plugin._fork, plugin._exec = then_die(plugin._fork), then_die(plugin._exec)  # both start paths
     return taskdeck(["--data-dir", data_dir, "--allow-dir", str(ROOT), "--headless"])
 
 

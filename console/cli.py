@@ -97,7 +97,7 @@ def print_result(result: dict, as_json: bool) -> int:
 ENGINE_OPTIONS = (  # (dest, flag): options a command passes on to an engine it starts
     ("max_system_failures", "--max-system-failures"), ("max_processes", "--max-processes"),
     ("gc_ttl", "--gc-ttl"), ("share_group", "--share-group"), ("advertise_host", "--advertise-host"),
-    ("max_body_bytes", "--max-body-bytes"),
+    ("max_body_bytes", "--max-body-bytes"), ("task_start", "--task-start"),
 )
 
 
@@ -117,8 +117,10 @@ def engine_args(args: argparse.Namespace, allow: list[pathlib.Path] = ()) -> lis
 def engine_config(args: argparse.Namespace):
     from engine.engine import EngineConfig
 
-    return EngineConfig(data_dir=args.data_dir, max_system_failures=args.max_system_failures,
-                        max_processes=args.max_processes, gc_ttl_seconds=args.gc_ttl,
+    sized = {"max_processes": args.max_processes} if args.max_processes else {}
+    return EngineConfig(**sized, data_dir=args.data_dir, max_system_failures=args.max_system_failures,
+                        gc_ttl_seconds=args.gc_ttl,
+                        task_start=args.task_start,
                         max_body_bytes=args.max_body_bytes, share_group=args.share_group,
                         pass_env=tuple(args.pass_env or ()), advertise_host=args.advertise_host,
                         allowed_code_dirs=tuple(args.allow_dir) if args.allow_dir else None)
@@ -473,9 +475,9 @@ def bounded(kind: type, low: float, high: float):
 
 DEFAULTS: dict[str, Any] = {
     "data_dir": None, "engine": None, "token_file": None, "json": False, "verbose": False, "headless": False,
-    "read_only": False, "ascii": False, "max_system_failures": 3, "max_processes": 16, "gc_ttl": 3600.0,
+    "read_only": False, "ascii": False, "max_system_failures": 3, "max_processes": None, "gc_ttl": 3600.0,
     "share_group": None, "pass_env": [], "allow_dir": [], "advertise_host": None, "max_body_bytes": 8 * 1024 * 1024,
-    "idle_exit": None,
+    "idle_exit": None, "task_start": "fork",
 }
 
 
@@ -509,7 +511,12 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
 
     add_engine("--max-system-failures", type=bounded(int, 0, 1000),
                help="consecutive system failures an action survives (default 3; the 4th fails it)")
-    add_engine("--max-processes", type=bounded(int, 1, 10_000), help="task processes running at once (default 16)")
+    add_engine("--max-processes", type=bounded(int, 1, 10_000),
+               help="task processes computing at once (default: twice the cores, at least 4; a parent awaiting "
+                    "its children lends them its slot)")
+    add_engine("--task-start", choices=("fork", "exec"),
+               help="how SDK tasks start: fork from a warm fork server per task environment (default), or exec "
+                    "a fresh interpreter (a task's env TASKDECK_START=exec asks for that too)")
     add_engine("--gc-ttl", type=bounded(float, 0, 10 ** 8),
                help="seconds after which terminated TaskActions are removed (rows and events stay)")
     add_engine("--share-group", metavar="GROUP", help="let this Unix group read the token, and so drive the engine")

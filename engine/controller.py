@@ -49,8 +49,10 @@ class WorkQueue:
                 getter.set_result(None)
                 return
 
-    def add_after(self, key: str, delay: float) -> None:
+    def add_after(self, key: str, delay: float, on_fire: Callable[[], None] | None = None) -> None:
         if delay <= 0:
+            if on_fire is not None:
+                on_fire()
             self.add(key)
             return
         ready = time.monotonic() + delay
@@ -59,11 +61,13 @@ class WorkQueue:
             if existing[0] <= ready:
                 return
             existing[1].cancel()
-        handle = asyncio.get_running_loop().call_later(delay, self._fire, key)
+        handle = asyncio.get_running_loop().call_later(delay, self._fire, key, on_fire)
         self._timers[key] = (ready, handle)
 
-    def _fire(self, key: str) -> None:
+    def _fire(self, key: str, on_fire: Callable[[], None] | None = None) -> None:
         self._timers.pop(key, None)
+        if on_fire is not None:
+            on_fire()
         self.add(key)
 
     def add_rate_limited(self, key: str) -> float:
@@ -108,14 +112,19 @@ class WorkQueue:
 class ControllerManager:
     """Runs ``reconcile(name)`` for every TaskAction change, with ``workers`` concurrent workers."""
 
-    def __init__(self, store: EngineStore, reconcile: Callable[[str], Awaitable], workers: int = 64):
+    def __init__(self, store: EngineStore, reconcile: Callable[[str], Awaitable], workers: int = 64,
+                 is_echo: Callable[[str], bool] | None = None):
         self.store = store
         self.reconcile = reconcile
+        # A key queued only by the watch, whose object is as the reconciler last wrote it, is skipped.
+        self.is_echo = is_echo or (lambda name: False)
+        self._woken: set[str] = set()  # keys queued by something other than the watch since their last round
         self.workers = workers
         self.queue = WorkQueue()
         self._tasks: list[asyncio.Task] = []
         self._watch = None
         self.reconciles = 0
+        self.echoes = 0  # watch events skipped as our own writes
         self.errors = 0
 
     async def start(self) -> None:
@@ -133,11 +142,25 @@ class ControllerManager:
         async for event in self._watch:
             self.queue.add(event.object.name)
 
+    def wake(self, key: str) -> None:
+        """Queue ``key`` for a reason of its own (a process ended, a slot freed): never skipped as an echo."""
+        self._woken.add(key)
+        self.queue.add(key)
+
+    def wake_after(self, key: str, delay: float) -> None:
+        self.queue.add_after(key, delay, lambda: self._woken.add(key))
+
     async def _worker(self) -> None:
         while True:
             key = await self.queue.get()
             if key is None:
                 return
+            if key in self._woken:
+                self._woken.discard(key)
+            elif self.is_echo(key):
+                self.echoes += 1
+                self.queue.done(key)
+                continue
             try:
                 result = await self.reconcile(key)
             except asyncio.CancelledError:
@@ -145,6 +168,7 @@ class ControllerManager:
                 raise
             except Exception as exc:  # noqa: BLE001 - one failing reconcile never stalls the others
                 self.errors += 1
+                self._woken.add(key)  # the retry must run even though nothing changed
                 delay = self.queue.add_rate_limited(key)
                 level = logging.WARNING if isinstance(exc, StorageUnavailableError) else logging.ERROR
                 log.log(level, "reconcile %s failed (retry in %.3fs): %s", key, delay, exc,
@@ -152,7 +176,7 @@ class ControllerManager:
             else:
                 self.queue.forget(key)
                 if result is not None and result.requeue_after is not None:
-                    self.queue.add_after(key, result.requeue_after)
+                    self.wake_after(key, result.requeue_after)
             finally:
                 self.reconciles += 1
                 self.queue.done(key)

@@ -21,6 +21,7 @@ from engine.controller import ControllerManager
 from engine.gc import DEFAULT_INTERVAL_SECONDS, DEFAULT_TTL_SECONDS, GarbageCollector
 from engine.plugins.container import LocalContainerPlugin
 from engine.plugins.registry import PluginRegistry
+from engine.plugins.slots import default_capacity
 from engine.plugins.sleep import SleepPlugin
 from engine.reconciler import DEFAULT_MAX_SYSTEM_FAILURES, DEFAULT_REQUEUE_SECONDS, TaskActionReconciler
 from engine.http_gate import DEFAULT_MAX_BODY_BYTES
@@ -57,7 +58,8 @@ class EngineConfig:
     workers: int = 64
     requeue_after: float = DEFAULT_REQUEUE_SECONDS
     max_system_failures: int = DEFAULT_MAX_SYSTEM_FAILURES
-    max_processes: int = 16
+    max_processes: int = dataclasses.field(default_factory=default_capacity)  # task processes computing at once
+    task_start: str = "fork"  # "fork": SDK tasks fork from a warm fork server; "exec": a fresh interpreter each
     commit_in_thread: bool = False  # True: SQLite commits in a writer thread instead of on the loop
     gc_ttl_seconds: float = DEFAULT_TTL_SECONDS  # terminated TaskActions are removed after this
     gc_interval_seconds: float = DEFAULT_INTERVAL_SECONDS  # 0 disables the collector
@@ -81,6 +83,8 @@ class EngineConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0 <= value < 10 ** 9:
                 raise ValueError(f"{name} must be a finite number of seconds, not {value!r}")
+        if self.task_start not in ("fork", "exec"):
+            raise ValueError(f"task_start must be 'fork' or 'exec', not {self.task_start!r}")
         if not isinstance(self.max_system_failures, int) or not 0 <= self.max_system_failures <= 1000:
             raise ValueError(f"max_system_failures must be from 0 to 1000, not {self.max_system_failures!r}")
 
@@ -94,7 +98,8 @@ class Engine:
         self.authority = Authority(self.data_dir, share_group=self.config.share_group)
         self.registry = PluginRegistry()
         self.container_plugin = LocalContainerPlugin(max_processes=self.config.max_processes,
-                                                     pass_env=tuple(self.config.pass_env))
+                                                     pass_env=tuple(self.config.pass_env),
+                                                     work_dir=self.data_dir / "work", start_mode=self.config.task_start)
         self.registry.register(self.container_plugin)
         self.registry.register(SleepPlugin())
         self.runtime_env: dict[str, str] = {}
@@ -104,7 +109,8 @@ class Engine:
             max_system_failures=self.config.max_system_failures,
             requeue_after=self.config.requeue_after,
         )
-        self.manager = ControllerManager(self.store, self.reconciler.reconcile, workers=self.config.workers)
+        self.manager = ControllerManager(self.store, self.reconciler.reconcile, workers=self.config.workers,
+                                         is_echo=self.reconciler.is_echo)
         self.runs = RunsService(self.store, self.data_dir, report_file_fault=self.health.report_file_fault)
         self.services = EngineServices(self.runs, ChangeFeed(self.store, self.health), self.health,
                                        LogService(self.data_dir), self.data_dir)
@@ -118,7 +124,7 @@ class Engine:
         self._gc_tuned = False
 
     def _enqueue(self, name: str) -> None:
-        self.manager.queue.add(name)
+        self.manager.wake(name)
 
     def _task_env(self, project: str, domain: str, run: str) -> dict[str, str]:
         """A task process reaches the controller services with its run's credential in the endpoint."""

@@ -66,6 +66,7 @@ RESTART_MESSAGE = "restarting task"
 STORAGE_RETRY_SECONDS = 2.0
 STORAGE_BACKOFF_SECONDS = (1.0, 60.0)  # an action waiting on storage is retried from 1 s, doubling to 60 s
 VERDICT_CACHE_SIZE = 4096
+OWN_WRITES_KEPT = 65536
 MAX_TEMPLATE_BYTES = 10 * 1024 * 1024
 
 
@@ -157,6 +158,24 @@ class TaskActionReconciler:
         self.cluster = cluster
         self.clock: Callable[[], dt.datetime] = utcnow
         self.cache = TaskCache(store, on_released=enqueue)
+        self._own_writes: dict[str, int] = {}  # TaskAction name → the resourceVersion we last wrote
+
+    # ------------------------------------------------------------------ own writes
+    def _wrote(self, task_action: TaskAction) -> None:
+        """Remember a status this reconciler wrote: its watch event is an echo, not news."""
+        self._own_writes[task_action.name] = int(task_action.metadata.resource_version)
+        if len(self._own_writes) > OWN_WRITES_KEPT:
+            self._own_writes.pop(next(iter(self._own_writes)))
+
+    def is_echo(self, name: str) -> bool:
+        """True when the TaskAction is exactly as this reconciler last wrote it: a watch event for it is
+        an echo of our own write, and the state has been acted on already. (Each real child costs two
+        reconciles, launch and outcome, instead of five.)"""
+        current = self.store.peek(name)
+        if current is None:
+            self._own_writes.pop(name, None)
+            return False
+        return self._own_writes.get(name) == current.resource_version
 
     # ------------------------------------------------------------------ entry point
     async def reconcile(self, name: str) -> Result:
@@ -222,8 +241,9 @@ class TaskActionReconciler:
 
         if FINALIZER not in task_action.metadata.finalizers:
             task_action.metadata.finalizers.append(FINALIZER)
-            await self.store.update(task_action)
-            return Result()  # the update wakes the next reconcile
+            await self.store.update(task_action)  # carries on with the updated object: no extra round
+            self._wrote(task_action)
+            original = task_action.copy_deep()
 
         try:
             tctx = self.build_context(task_action, template)
@@ -327,8 +347,10 @@ class TaskActionReconciler:
         await self.update_task_action_status(original, task_action, info, extra_events)
         if task_action.status.is_terminal:
             await self.ensure_terminal_labels(task_action)
-            return Result(self.requeue_after)
-        if info.phase == PluginPhase.RUNNING or restart_attempts:  # a bound may start counting now
+            return Result()
+        if restart_attempts:  # our own write wakes nobody: launch the next attempt now
+            return Result(0.0)
+        if info.phase == PluginPhase.RUNNING:  # a bound may start counting now
             _, next_bound = expired_timeout(task_action, template, self.clock())
         if next_bound is not None:
             return Result(min(self.requeue_after, next_bound + 0.01))
@@ -395,6 +417,8 @@ class TaskActionReconciler:
             annotations=task_action.metadata.annotations,
             environment=environment,
             run_start_time=task_action.metadata.annotations.get(ANNOTATION_RUN_START_TIME, ""),
+            parent_owner_name=(task_action.metadata.owner_references[0].name
+                               if task_action.metadata.owner_references else None),
         )
         return TaskExecutionContext(
             metadata=metadata,
@@ -529,6 +553,7 @@ class TaskActionReconciler:
             try:
                 await self.store.update_status(candidate, events, labels)
                 task_action.metadata.resource_version = candidate.metadata.resource_version
+                self._wrote(task_action)
                 if labels:
                     task_action.metadata.labels.update(labels)
                 return

@@ -38,15 +38,17 @@ async def events_of(store, run="rtest", action="a0"):
     return [(e.attempt, ActionPhase(e.phase).name) for e in await store.list_events(("p", "d", run, action))]
 
 
-async def test_first_reconcile_only_adds_the_finalizer(harness):
+async def test_first_reconcile_adds_the_finalizer_and_carries_on(harness):
+    """Flyte returns after adding the finalizer and waits for the update's echo; we carry on in the same round."""
     store, reconciler, plugin = harness
     obj = await store.create(make_task_action())
-    result = await reconciler.reconcile(obj.name)
-    assert result.requeue_after is None
-    assert (await store.get(obj.name)).metadata.finalizers == [FINALIZER]
-    assert plugin.handled == []
     await reconciler.reconcile(obj.name)
+    saved = await store.get(obj.name)
+    assert saved.metadata.finalizers == [FINALIZER]
     assert plugin.handled == [(f"{obj.name}-0", 1)]
+    assert reconciler.is_echo(obj.name)  # its own write: not news
+    await store.patch_labels(obj.name, {"someone": "else"})
+    assert not reconciler.is_echo(obj.name)  # another writer's change is news
 
 
 async def test_missing_fields_fail_as_invalid_spec_without_event_or_finalizer(harness):
@@ -102,8 +104,7 @@ async def test_success_sets_conditions_history_event_and_terminal_labels(harness
     store, reconciler, plugin = harness
     plugin.script = [PhaseInfo.running(), PhaseInfo.success()]
     obj = await store.create(make_task_action())
-    await reconciler.reconcile(obj.name)  # finalizer
-    result = await reconciler.reconcile(obj.name)
+    result = await reconciler.reconcile(obj.name)  # finalizer, then the first handle
     assert result.requeue_after == 10.0
     running = await store.get(obj.name)
     assert running.status.plugin_phase == "PhaseRunning" and running.status.attempts == 1
@@ -139,7 +140,6 @@ async def test_system_failures_count_without_a_new_attempt_and_an_outcome_resets
     plugin.script = [RuntimeError("api timeout"), RuntimeError("api timeout"), PhaseInfo.running(),
                      PhaseInfo.success()]
     obj = await store.create(make_task_action())
-    await reconciler.reconcile(obj.name)
     await reconciler.reconcile(obj.name)
     assert (await store.get(obj.name)).status.system_failures == 1
     await reconciler.reconcile(obj.name)
@@ -280,7 +280,6 @@ async def test_a_status_is_never_saved_without_its_event(harness):
     store, reconciler, plugin = harness
     plugin.script = [PhaseInfo.running()]
     obj = await store.create(make_task_action())
-    await reconciler.reconcile(obj.name)
     real_db = store._write_db
 
     class FailingEventInsert:

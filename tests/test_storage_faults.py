@@ -47,7 +47,7 @@ async def test_a_full_disk_stops_launches_says_why_and_recovers(tmp_path):
         await eventually(lambda: engine.store.storage_error is not None, timeout=10)
         handled = len(plugin.handled)
         for _ in range(5):
-            engine.manager.queue.add(f"{run.run_name}-a0")
+            engine.manager.wake(f"{run.run_name}-a0")
             await asyncio.sleep(0.1)
         assert len(plugin.handled) == handled  # nothing is handled (launched) while writes fail
         with pytest.raises(StorageUnavailableError):

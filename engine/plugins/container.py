@@ -28,6 +28,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from flyteidl2.core import execution_pb2
@@ -48,6 +49,9 @@ from engine.plugins.core import (
 )
 from engine.phases import PluginPhase
 from engine.plugins.launcher import stamped
+from engine.plugins.process import alive, kill_group, process_start_ticks
+from engine.plugins.slots import ProcessSlots, default_capacity
+from engine.plugins.zygotes import ZygoteError, ZygotePool, sdk_entrypoint_interpreter
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +60,16 @@ MARKER = ".taskdeck-process.json"  # beside the attempt's outputs: the launch su
 ANNOTATION_CODE_DIR = "taskdeck.flyte.org/code-dir"
 TERMINATE_GRACE_SECONDS = 3.0
 ADOPTED_POLL_SECONDS = 0.5
+EXIT_CODES_KEPT = 4096
 LAUNCHER = str(Path(__file__).with_name("launcher.py"))
 # What a task process keeps of the engine's environment: a Flyte pod sees its image's basics, not the
 # node's variables. Anything else reaches tasks only through the engine's --pass-env allow-list.
 INHERITED_ENV = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR"})
+# The SDK paces a task's enqueues at _F_MAX_QPS (100/s by default): a fan-out of 1,000 took 9.6 s for
+# that alone. The engine takes thousands a second; a task's own env may still set its pace.
+SDK_DEFAULTS = {"_F_MAX_QPS": "5000"}
+START_OPTION = "TASKDECK_START"  # in a task's env: "exec" for a fresh interpreter instead of a fork
+START_MODES = ("fork", "exec")
 
 _TEMPLATE_VAR = re.compile(r"\{\{\s*[.$]([A-Za-z0-9_]+)\s*\}\}")
 
@@ -91,48 +101,16 @@ def template_values(tctx: TaskExecutionContext) -> dict[str, str]:
     }
 
 
-def _process_start_ticks(pid: int) -> int | None:
-    """Start time of a process in clock ticks since boot, to tell our process from a reused pid."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read().decode(errors="replace")
-    except OSError:
-        return None
-    # Field 22, counted after the ")" that closes the command name.
-    fields = data[data.rfind(")") + 2:].split()
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def _alive(pid: int, start_ticks: int | None) -> bool:
-    if sys.platform.startswith("linux"):
-        ticks = _process_start_ticks(pid)
-        if ticks is None:
-            return False
-        with contextlib.suppress(OSError):
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                if f.read().split(b") ", 1)[1][:1] == b"Z":  # zombie: exited, not yet reaped
-                    return False
-        return start_ticks is None or ticks == start_ticks
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
-
-
-def _kill_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-
-
 class _Running:
-    def __init__(self, process: asyncio.subprocess.Process, log_file):
-        self.process = process
+    """A launched process until it is reaped: its pid, how to await its exit, what started it."""
+
+    def __init__(self, pid: int, wait: Callable[[], Awaitable[int | None]], log_file=None, start: str = "exec"):
+        self.pid = pid
+        self.wait = wait
         self.log_file = log_file
+        self.start = start
         self.exit_code: int | None = None
+        self.ended = False
         self.done = asyncio.Event()
 
 
@@ -141,18 +119,29 @@ class LocalContainerPlugin(Plugin):
     task_types = ("container", "python", "raw-container", "sidecar", "pod", "python-task")
     is_default = True
 
-    def __init__(self, max_processes: int = 16, bin_dir: str | None = None, pass_env: tuple[str, ...] = ()):
-        self.max_processes = max_processes
+    def __init__(self, max_processes: int | None = None, bin_dir: str | None = None, pass_env: tuple[str, ...] = (),
+                 work_dir: Path | None = None, start_mode: str = "fork", max_zygotes: int = 4):
+        if start_mode not in START_MODES:
+            raise ValueError(f"start mode must be one of {', '.join(START_MODES)}, not {start_mode!r}")
+        self.slots = ProcessSlots(max_processes or default_capacity())
         self.bin_dir = bin_dir or str(Path(sys.executable).parent)
         self.pass_env = frozenset(pass_env)
+        self.start_mode = start_mode
+        self.work_dir = Path(work_dir) if work_dir is not None else None
+        self.zygotes = ZygotePool(self.work_dir, max_zygotes) if self.work_dir is not None else None
         self._running: dict[str, _Running] = {}
         self._adopted: dict[str, tuple[int, int | None]] = {}
-        self._exit_codes: dict[str, int] = {}  # finished processes, until finalize
-        self._waiting: dict[str, object] = {}  # generated name → enqueue_owner, woken when a slot frees
+        self._exit_codes: dict[str, int | None] = {}  # finished processes, until finalize
+        self._process_of: dict[str, str] = {}  # TaskAction name → generated name of its running process
+        self.started = {"fork": 0, "exec": 0}
+
+    @property
+    def max_processes(self) -> int:
+        return self.slots.capacity
 
     @property
     def slots_in_use(self) -> int:
-        return sum(1 for r in self._running.values() if r.exit_code is None) + len(self._adopted)
+        return self.slots.in_use
 
     # ---------------------------------------------------------------- handle
     async def handle(self, tctx: TaskExecutionContext) -> Transition:
@@ -162,12 +151,16 @@ class LocalContainerPlugin(Plugin):
             adopted = self._adopt_marker(tctx)
             if adopted is not None:
                 return Transition.of(adopted)
-            if self.slots_in_use >= self.max_processes:
-                self._waiting[name] = tctx.enqueue_owner
+            parent = self._process_of.get(tctx.metadata.parent_owner_name or "")
+            if not self.slots.acquire(name, parent, tctx.enqueue_owner):  # reserved before any await
                 return Transition.of(PhaseInfo.waiting_for_resources(
-                    reason=f"waiting for a free process slot ({self.max_processes} running)"))
-            self._waiting.pop(name, None)
-            return Transition.of(await self._launch(tctx))
+                    reason=f"waiting for a free process slot ({self.slots.capacity} running)"))
+            try:
+                return Transition.of(await self._launch(tctx))
+            except BaseException:
+                if name not in self._running:
+                    self.slots.release(name)
+                raise
         return Transition.of(self._observe(tctx, state))
 
     def _command(self, tctx: TaskExecutionContext) -> list[str]:
@@ -186,25 +179,34 @@ class LocalContainerPlugin(Plugin):
             argv[0] = resolved
         return argv
 
-    def _environment(self, tctx: TaskExecutionContext) -> dict[str, str]:
+    def _environment(self, tctx: TaskExecutionContext) -> tuple[dict[str, str], dict[str, str]]:
+        """(what every action of the task environment shares, what is this action's own)."""
         md = tctx.metadata
-        env = {k: v for k, v in os.environ.items()
-               if k in INHERITED_ENV or k.startswith("LC_") or k in self.pass_env}
-        env["PATH"] = os.pathsep.join([self.bin_dir, env.get("PATH", os.defpath)])
-        env.update({kv.key: kv.value for kv in tctx.task_template.container.env})
-        env.update(tctx.runtime_env)
-        env.update({
-            "FLYTE_INTERNAL_EXECUTION_PROJECT": md.project,
-            "FLYTE_INTERNAL_EXECUTION_DOMAIN": md.domain,
+        shared = {k: v for k, v in os.environ.items()
+                  if k in INHERITED_ENV or k.startswith("LC_") or k in self.pass_env}
+        shared["PATH"] = os.pathsep.join([self.bin_dir, shared.get("PATH", os.defpath)])
+        shared.update(SDK_DEFAULTS)
+        shared.update({kv.key: kv.value for kv in tctx.task_template.container.env})
+        shared.update(tctx.runtime_env)
+        shared.update({
             "FSSPEC_FILE_AUTO_MKDIR": "true",  # the SDK writes child inputs to dirs nobody created
             "PYTHONUNBUFFERED": "1",
         })
-        env.update(md.environment)  # ACTION_NAME, RUN_NAME, _U_RUN_BASE, _U_ORG_NAME win
-        return env
+        own = {"FLYTE_INTERNAL_EXECUTION_PROJECT": md.project, "FLYTE_INTERNAL_EXECUTION_DOMAIN": md.domain}
+        own.update(md.environment)  # ACTION_NAME, RUN_NAME, _U_RUN_BASE, _U_ORG_NAME, the credential win
+        return shared, own
+
+    def _fork_interpreter(self, tctx: TaskExecutionContext, argv: list[str], shared: dict[str, str]) -> str | None:
+        """The interpreter to fork this action from, or None: it starts as a fresh process."""
+        mode = shared.get(START_OPTION, self.start_mode)
+        if mode != "fork" or self.zygotes is None:
+            return None
+        return sdk_entrypoint_interpreter(argv[0])
 
     async def _launch(self, tctx: TaskExecutionContext) -> PhaseInfo:
         argv = self._command(tctx)
-        env = self._environment(tctx)
+        shared, own = self._environment(tctx)
+        env = {**shared, **own}
         cwd = tctx.metadata.annotations.get(ANNOTATION_CODE_DIR) or tctx.output_prefix
         for path in (tctx.output_prefix, tctx.checkpoint_prefix, tctx.log_path.parent):
             try:
@@ -221,16 +223,64 @@ class LocalContainerPlugin(Plugin):
                 pass
             except OSError as exc:
                 raise StorageFaultError(os.path.join(tctx.output_prefix, stale), exc) from exc
+        interpreter = self._fork_interpreter(tctx, argv, shared)
+        zygote = await self.zygotes.get(interpreter, shared) if interpreter else None
+        how = f"forked by the task environment's fork server (pid {zygote.pid})" if zygote else "a fresh process"
         image = tctx.task_template.container.image
-        log_file = None
+        try:
+            with open(tctx.log_path, "ab", buffering=0) as header:
+                header.write(stamped(
+                    f"[taskdeck] attempt {tctx.metadata.attempt} of {tctx.metadata.owner_name}; image {image or '-'} "
+                    f"recorded, not pulled; running locally in {cwd}, {how}\n[taskdeck] $ {shlex.join(argv)}",
+                    time.time()))
+        except OSError as exc:
+            raise StorageFaultError(str(tctx.log_path), exc) from exc
+        started = None
+        if zygote is not None:
+            try:
+                started = await self._fork(zygote, argv, env, cwd, tctx)
+            except ZygoteError as exc:
+                log.warning("%s: the fork server could not start it (%s); starting a fresh process",
+                            tctx.metadata.generated_name, exc)
+        if started is None:
+            started = await self._exec(argv, env, cwd, tctx)
+        running, go = started
+        state = {"phase": "Started", "pid": running.pid, "startTicks": process_start_ticks(running.pid),
+                 "startedAt": time.time(), "image": image, "start": running.start}
+        marker = Path(tctx.output_prefix) / MARKER
+        try:
+            marker.with_suffix(".tmp").write_text(json.dumps(state))
+            marker.with_suffix(".tmp").replace(marker)
+        except OSError as exc:  # a launch we cannot record must not run: the launcher still waits
+            kill_group(running.pid, signal.SIGKILL)
+            await running.wait()
+            if running.log_file is not None:
+                running.log_file.close()
+            raise StorageFaultError(str(marker), exc) from exc
+        await go()  # recorded: now the task may run
+        name = tctx.metadata.generated_name
+        self._running[name] = running
+        self._process_of[tctx.metadata.owner_name] = name
+        self.started[running.start] += 1
+        asyncio.get_running_loop().create_task(self._reap(name, running, tctx.enqueue_owner))
+        tctx.plugin_state.put(STATE_VERSION, state)
+        return PhaseInfo.running(info=TaskInfo(log_path=str(tctx.log_path), custom={"pid": running.pid}))
+
+    async def _fork(self, zygote, argv, env, cwd, tctx) -> tuple[_Running, Callable[[], Awaitable[None]]]:
+        ident, pid = await zygote.spawn(argv, env, cwd, str(tctx.log_path))
+
+        async def go() -> None:
+            try:
+                zygote.go(ident)
+            except ZygoteError:
+                pass  # the zygote is gone: the supervisor exits 111, the reaper sees how it ended
+
+        return _Running(pid, lambda: zygote.wait(pid), start="fork"), go
+
+    async def _exec(self, argv, env, cwd, tctx) -> tuple[_Running, Callable[[], Awaitable[None]]]:
         try:
             log_file = open(tctx.log_path, "ab", buffering=0)
-            log_file.write(stamped(
-                f"[taskdeck] attempt {tctx.metadata.attempt} of {tctx.metadata.owner_name}; image {image or '-'} "
-                f"recorded, not pulled; running locally in {cwd}\n[taskdeck] $ {shlex.join(argv)}", time.time()))
         except OSError as exc:
-            if log_file is not None:
-                log_file.close()
             raise StorageFaultError(str(tctx.log_path), exc) from exc
         try:  # the launcher's own output (it has none unless it breaks) goes to the log unstamped
             process = await asyncio.create_subprocess_exec(
@@ -239,28 +289,14 @@ class LocalContainerPlugin(Plugin):
         except OSError as exc:
             log_file.close()
             raise PluginError(f"could not start {argv[0]}: {exc}") from exc
-        state = {"phase": "Started", "pid": process.pid, "startTicks": _process_start_ticks(process.pid),
-                 "startedAt": time.time(), "image": image}
-        marker = Path(tctx.output_prefix) / MARKER
-        try:
-            marker.with_suffix(".tmp").write_text(json.dumps(state))
-            marker.with_suffix(".tmp").replace(marker)
-        except OSError as exc:  # a launch we cannot record must not run: the launcher still waits
-            _kill_group(process.pid, signal.SIGKILL)
-            await process.wait()
-            log_file.close()
-            raise StorageFaultError(str(marker), exc) from exc
-        # Recorded: now the task may run.
-        with contextlib.suppress(OSError):  # the launcher is gone already: the reaper sees how it ended
-            process.stdin.write(b"go\n")
-            await process.stdin.drain()
-        process.stdin.close()
-        running = _Running(process, log_file)
-        name = tctx.metadata.generated_name
-        self._running[name] = running
-        asyncio.get_running_loop().create_task(self._reap(name, running, tctx.enqueue_owner))
-        tctx.plugin_state.put(STATE_VERSION, state)
-        return PhaseInfo.running(info=TaskInfo(log_path=str(tctx.log_path), custom={"pid": process.pid}))
+
+        async def go() -> None:
+            with contextlib.suppress(OSError):  # the launcher is gone already: the reaper sees how it ended
+                process.stdin.write(b"go\n")
+                await process.stdin.drain()
+            process.stdin.close()
+
+        return _Running(process.pid, process.wait, log_file, start="exec"), go
 
     def _adopt_marker(self, tctx: TaskExecutionContext) -> PhaseInfo | None:
         """A process this attempt launched but whose status write was lost: adopt it, don't launch again."""
@@ -274,49 +310,52 @@ class LocalContainerPlugin(Plugin):
             if name not in self._running:
                 return None
             running = self._running[name]
-            state = {"phase": "Started", "pid": running.process.pid,
-                     "startTicks": _process_start_ticks(running.process.pid)}
+            state = {"phase": "Started", "pid": running.pid, "startTicks": process_start_ticks(running.pid)}
         tctx.plugin_state.put(STATE_VERSION, state)
         return self._observe(tctx, state)
 
     async def _reap(self, name: str, running: _Running, enqueue_owner) -> None:
-        running.exit_code = await running.process.wait()
-        running.log_file.close()
+        running.exit_code = await running.wait()
+        running.ended = True
+        if running.log_file is not None:
+            running.log_file.close()
         running.done.set()
-        self._wake_waiters()
+        self.slots.release(name)
+        owner = name.rsplit("-", 1)[0]
+        if self._process_of.get(owner) == name:
+            del self._process_of[owner]
         enqueue_owner()
-
-    def _wake_waiters(self) -> None:
-        waiting, self._waiting = self._waiting, {}
-        for enqueue_owner in waiting.values():
-            enqueue_owner()  # type: ignore[operator]
 
     def _observe(self, tctx: TaskExecutionContext, state: dict) -> PhaseInfo:
         name = tctx.metadata.generated_name
         info = TaskInfo(log_path=str(tctx.log_path), custom={"pid": state.get("pid")})
         running = self._running.get(name)
         if running is not None:
-            if running.exit_code is None:
+            if not running.ended:
                 return PhaseInfo.running(info=info)
             del self._running[name]
             self._exit_codes[name] = running.exit_code
+            while len(self._exit_codes) > EXIT_CODES_KEPT:  # kept for a status write that must be retried
+                self._exit_codes.pop(next(iter(self._exit_codes)))
         if name in self._exit_codes:
             return self._outcome(tctx, self._exit_codes[name], info)
         pid, ticks = state.get("pid"), state.get("startTicks")
-        if pid and _alive(pid, ticks):
+        if pid and alive(pid, ticks):
             if name not in self._adopted:
                 log.info("adopting running process %s of %s", pid, name)
                 self._adopted[name] = (pid, ticks)
+                self.slots.adopt(name)
+                self._process_of[tctx.metadata.owner_name] = name
                 asyncio.get_running_loop().create_task(self._poll_adopted(name, pid, ticks, tctx.enqueue_owner))
             return PhaseInfo.running(info=info)
         self._adopted.pop(name, None)
         return self._outcome(tctx, None, info)
 
     async def _poll_adopted(self, name: str, pid: int, ticks: int | None, enqueue_owner) -> None:
-        while name in self._adopted and _alive(pid, ticks):
+        while name in self._adopted and alive(pid, ticks):
             await asyncio.sleep(ADOPTED_POLL_SECONDS)
         self._adopted.pop(name, None)
-        self._wake_waiters()
+        self.slots.release(name)
         enqueue_owner()
 
     def _outcome(self, tctx: TaskExecutionContext, exit_code: int | None, info: TaskInfo) -> PhaseInfo:
@@ -370,40 +409,53 @@ class LocalContainerPlugin(Plugin):
     async def abort(self, tctx: TaskExecutionContext) -> None:
         """Stop the attempt's whole process group and forget it: the next launch starts afresh."""
         name = tctx.metadata.generated_name
-        self._waiting.pop(name, None)
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(tctx.output_prefix, MARKER))
         running = self._running.pop(name, None)
         self._exit_codes.pop(name, None)
-        if running is not None:
-            if running.exit_code is None:
-                await self._terminate(running.process.pid, running.done.wait)
-            return
-        state = tctx.plugin_state.get() or {}
-        pid, ticks = state.get("pid"), state.get("startTicks")
-        self._adopted.pop(name, None)
-        if pid and _alive(pid, ticks):
-            async def gone() -> None:
-                while _alive(pid, ticks):
-                    await asyncio.sleep(0.05)
-            await self._terminate(pid, gone)
+        try:
+            if running is not None:
+                if not running.ended:
+                    await self._terminate(running.pid, running.done.wait)
+                return
+            state = tctx.plugin_state.get() or {}
+            pid, ticks = state.get("pid"), state.get("startTicks")
+            self._adopted.pop(name, None)
+            if pid and alive(pid, ticks):
+                async def gone() -> None:
+                    while alive(pid, ticks):
+                        await asyncio.sleep(0.05)
+                await self._terminate(pid, gone)
+        finally:
+            self.slots.release(name)
+            if self._process_of.get(tctx.metadata.owner_name) == name:
+                del self._process_of[tctx.metadata.owner_name]
 
     async def _terminate(self, pid: int, wait_exit) -> None:
-        _kill_group(pid, signal.SIGTERM)
+        kill_group(pid, signal.SIGTERM)
         try:
             await asyncio.wait_for(wait_exit(), TERMINATE_GRACE_SECONDS)
         except asyncio.TimeoutError:
             pass
-        _kill_group(pid, signal.SIGKILL)  # whatever is left of the group, children included
+        kill_group(pid, signal.SIGKILL)  # whatever is left of the group, children included
 
     async def finalize(self, tctx: TaskExecutionContext) -> None:
-        self._exit_codes.pop(tctx.metadata.generated_name, None)
+        name = tctx.metadata.generated_name
+        self._exit_codes.pop(name, None)
+        if self._process_of.get(tctx.metadata.owner_name) == name:
+            del self._process_of[tctx.metadata.owner_name]
+
+    def snapshot(self) -> dict:
+        return {"slots": self.slots.snapshot(), "started": dict(self.started),
+                "zygotes": self.zygotes.snapshot() if self.zygotes is not None else []}
 
     async def close(self) -> None:
         """Processes keep running when the engine stops; the next engine adopts them."""
         for running in self._running.values():
-            if running.exit_code is None:
+            if not running.ended and running.log_file is not None:
                 with contextlib.suppress(Exception):
                     running.log_file.close()
         self._running.clear()
         self._adopted.clear()
+        if self.zygotes is not None:
+            await self.zygotes.close()

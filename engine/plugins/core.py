@@ -221,6 +221,7 @@ class TaskExecutionMetadata:
     annotations: dict[str, str]
     environment: dict[str, str]  # ACTION_NAME, RUN_NAME, _U_RUN_BASE, _U_ORG_NAME + spec.envVars
     run_start_time: str
+    parent_owner_name: str | None = None  # the parent action's TaskAction, for a child
 
     @property
     def retry_attempt(self) -> int:

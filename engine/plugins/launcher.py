@@ -68,22 +68,38 @@ def main(argv: list[str]) -> int:
     go = sys.stdin.buffer.readline()
     if go.strip() != b"go":
         return REFUSED_EXIT
+
+    def run_command() -> None:
+        try:
+            os.execvp(command[0], command)
+        except OSError as exc:
+            os.write(2, f"[taskdeck] cannot run {command[0]}: {exc.strerror or exc}\n".encode())
+
+    return supervise(log_path, run_command)
+
+
+def supervise(log_path: str, run_task) -> int:
+    """Fork the task (``run_task`` runs in the child, with stdin from /dev/null and its output into a
+    pipe; it should not return), stamp its output into ``log_path``, return its exit code."""
     log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the task
         try:
             os.close(read_end)
+            os.close(log_fd)
             devnull = os.open(os.devnull, os.O_RDONLY)
             os.dup2(devnull, 0)
             os.dup2(write_end, 1)
             os.dup2(write_end, 2)
             os.close(write_end)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            os.execvp(command[0], command)
-        except OSError as exc:
-            os.write(2, f"[taskdeck] cannot run {command[0]}: {exc.strerror or exc}\n".encode())
+            os.close(devnull)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
+            run_task()
+        except BaseException as exc:  # noqa: BLE001 - the child must never return into the caller
+            with _suppress():
+                os.write(2, f"[taskdeck] cannot start the task: {exc}\n".encode())
         os._exit(127)
     os.close(write_end)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # the task decides; we keep its last words
@@ -107,11 +123,21 @@ def main(argv: list[str]) -> int:
         elif not readable and time.monotonic() >= drain_until:
             break  # a child of the task keeps the pipe open: stop waiting for it
     stamper.close()
+    os.close(log_fd)
+    os.close(read_end)
     if status is None:
         _, status = os.waitpid(pid, 0)
     if os.WIFSIGNALED(status):
         return 128 + os.WTERMSIG(status)
     return os.WEXITSTATUS(status)
+
+
+class _suppress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return True
 
 
 if __name__ == "__main__":

@@ -1,0 +1,326 @@
+"""A fork server (zygote) for one task environment: Python and the flyte SDK imported once, a fork per action.
+
+    python -P zygote_server.py        (its environment is the task environment's, minus per-action variables)
+
+The engine talks to it in JSON lines over stdin/stdout; its own stderr is its log. Per action:
+
+1. ``{"op": "spawn", "id": N, "argv": [...], "env": {...}, "cwd": "...", "log": "..."}``: it forks a
+   supervisor that leads a new session (so a process-group kill stops the action and nothing else) and
+   waits for its go. The reply is ``{"op": "spawned", "id": N, "pid": P}``.
+2. ``{"op": "go", "id": N}`` (the engine has recorded the launch) lets it run; ``{"op": "cancel", ...}`` or
+   the engine going away makes it exit 111 having run nothing, as ``launcher.py`` does.
+3. The supervisor forks the task and stamps its output into the log (``launcher.supervise``). The task
+   gets the action's environment, working directory and argv, then runs the SDK's ``a0`` entrypoint
+   in-process: fresh module state for the user's code (none of it is imported here), its own process.
+4. ``{"op": "exit", "pid": P, "code": C}`` when a supervisor ends.
+
+Fork safety: nothing here runs a thread or an event loop when it forks. Importing flyte starts the SDK's
+syncify loop thread, so it is stopped after the imports and a fresh one is started in each task. Before
+every fork the server counts its threads (``/proc/self/task``) and refuses to fork with more than one.
+
+Done once here instead of in every task: the imports (~0.3 s), the SDK's type-transformer entry-point
+scan (idempotent in the SDK), ``gc.freeze()`` (the tasks' collections skip what is shared), and a few
+pristine TLS contexts with certifi's CA bundle loaded, which ``ssl.create_default_context(cafile=certifi)``
+hands out unused (each costs ~25 ms to build and the SDK builds two per process for its HTTP sessions).
+"""
+
+from __future__ import annotations
+
+import atexit
+import gc
+import importlib
+import importlib.util
+import json
+import os
+import select
+import signal
+import sys
+import time
+import traceback
+
+REFUSED_EXIT = 111
+TLS_CONTEXTS_PER_TASK = 4
+# What an `a0` process imports besides the user's code, so that a task imports (almost) nothing.
+PRELOAD = (
+    "faulthandler", "certifi", "httpx", "httpcore", "h11", "anyio",
+    "flyte", "flyte._bin.runtime", "flyte._utils", "flyte.errors", "flyte.storage", "flyte._initialize",
+    "flyte._internal.controllers", "flyte._internal.controllers.remote",
+    "flyte._internal.controllers.remote._controller", "flyte._internal.controllers.remote._core",
+    "flyte._internal.controllers.remote._client", "flyte._internal.image_cache",
+    "flyte._internal.runtime.entrypoints", "flyte._internal.runtime.taskrunner", "flyte._internal.runtime.convert",
+    "flyte._internal.runtime.io", "flyte._internal.resolvers.default", "flyte._logging", "flyte.models",
+    "flyte.git", "flyte._module", "flyte._utils.asyncify",
+    "flyte.remote._client.controlplane", "flyte.remote._client.auth._session",
+    "flyte.remote._client.auth._authenticators.factory", "flyte.remote._client.auth._interceptors.default_metadata",
+    "flyte.remote._client.auth._interceptors.retry", "flyte.remote._client.auth._keyring",
+    "flyteidl2.actions.actions_service_connect", "flyteidl2.workflow.queue_service_connect",
+    "flyteidl2.workflow.state_service_connect", "opentelemetry.propagate", "opentelemetry.trace",
+    "opentelemetry.baggage.propagation", "opentelemetry.trace.propagation.tracecontext",
+    "importlib.resources.readers",
+)
+
+
+def _load_launcher():
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "launcher.py")
+    spec = importlib.util.spec_from_file_location("_taskdeck_launcher", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def open_event_loops() -> int:
+    """Event loops not closed, anywhere in the heap: a forked child must not inherit one (a full scan: rare)."""
+    import asyncio
+
+    return sum(1 for o in gc.get_objects() if isinstance(o, asyncio.AbstractEventLoop) and not o.is_closed())
+
+
+def thread_count() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        import threading
+
+        return threading.active_count()
+
+
+class Preloaded:
+    """What the zygote did once, and how a forked task takes it over."""
+
+    def __init__(self) -> None:
+        self.import_seconds = 0.0
+        self.failed: list[str] = []
+        self.background_loops: list = []
+        self.tls_contexts: list = []
+        self.cafile: str | None = None
+
+    def load(self) -> None:
+        started = time.perf_counter()
+        for name in PRELOAD:
+            try:
+                importlib.import_module(name)
+            except Exception as exc:  # noqa: BLE001 - another SDK version: the task imports it itself
+                self.failed.append(f"{name}: {exc}")
+        self.import_seconds = time.perf_counter() - started
+        try:
+            from flyte.types import _load_custom_type_transformers
+
+            _load_custom_type_transformers()
+        except Exception as exc:  # noqa: BLE001
+            self.failed.append(f"type transformers: {exc}")
+        self._stop_background_loops()
+        self._prepare_tls()
+        gc.collect()
+        gc.freeze()
+
+    def _stop_background_loops(self) -> None:
+        try:
+            from flyte.syncify._api import _BackgroundLoop
+        except ImportError:
+            return
+        # type() and not isinstance(): the SDK's lazy modules raise on any attribute access
+        self.background_loops = [o for o in gc.get_objects() if type(o) is _BackgroundLoop]
+        for loop in self.background_loops:
+            loop.loop.call_soon_threadsafe(loop.loop.stop)
+            loop.thread.join(timeout=5)
+            loop.loop.close()
+            atexit.unregister(loop.stop)
+
+    def _prepare_tls(self) -> None:
+        try:
+            import ssl
+
+            import certifi
+        except ImportError:
+            return
+        self.cafile = certifi.where()
+        self.tls_contexts = [ssl.create_default_context(cafile=self.cafile) for _ in range(TLS_CONTEXTS_PER_TASK)]
+        build = ssl.create_default_context
+        pristine, bundle = self.tls_contexts, self.cafile
+
+        def create_default_context(purpose=ssl.Purpose.SERVER_AUTH, *, cafile=None, capath=None, cadata=None):
+            if pristine and purpose == ssl.Purpose.SERVER_AUTH and cafile == bundle and capath is None \
+                    and cadata is None:
+                return pristine.pop()  # built with the same arguments and never used
+            return build(purpose, cafile=cafile, capath=capath, cadata=cadata)
+
+        ssl.create_default_context = create_default_context
+
+    def restart_background_loops(self) -> None:
+        for loop in self.background_loops:
+            loop.__init__(loop.thread.name)
+
+
+def run_action(preloaded: Preloaded, argv: list[str], env: dict[str, str], cwd: str) -> None:
+    """In the forked task: become the action's process, run the SDK entrypoint, exit with its code."""
+    code = 1
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        os.chdir(cwd)
+        sys.argv = list(argv)
+        sys.path.insert(0, os.path.dirname(argv[0]))  # as for a script: its directory first
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        preloaded.restart_background_loops()
+        from flyte._bin.runtime import main
+
+        try:
+            main(args=argv[1:], prog_name=os.path.basename(argv[0]))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            if not isinstance(exc.code, (int, type(None))):
+                print(exc.code, file=sys.stderr)
+        except BaseException:  # noqa: BLE001 - as an interpreter would: print it, exit 1
+            traceback.print_exc()
+            code = 1
+        try:
+            atexit._run_exitfuncs()
+        except BaseException:  # noqa: BLE001
+            traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001
+                pass
+        os._exit(code)
+
+
+class Server:
+    def __init__(self, requests_fd: int, replies_fd: int):
+        self.requests_fd = requests_fd
+        self.replies_fd = replies_fd
+        self.launcher = _load_launcher()
+        self.preloaded = Preloaded()
+        self.pending: dict[int, tuple[int, int]] = {}  # request id → (supervisor pid, go pipe)
+        self.buffer = b""
+        self.wake_r, self.wake_w = os.pipe()
+        self.forks = 0
+
+    def reply(self, message: dict) -> None:
+        data = (json.dumps(message, separators=(",", ":")) + "\n").encode()
+        while data:
+            data = data[os.write(self.replies_fd, data):]
+
+    def start(self) -> None:
+        self.preloaded.load()
+        os.set_blocking(self.wake_w, False)
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.reply({"op": "ready", "pid": os.getpid(), "threads": thread_count(), "loops": open_event_loops(),
+                    "importSeconds": round(self.preloaded.import_seconds, 3), "modules": len(sys.modules),
+                    "failed": self.preloaded.failed, "python": sys.version.split()[0]})
+
+    def serve(self) -> None:
+        while True:
+            try:
+                readable, _, _ = select.select([self.requests_fd, self.wake_r], [], [])
+            except InterruptedError:
+                continue
+            if self.wake_r in readable:
+                os.read(self.wake_r, 4096)
+            self.reap()
+            if self.requests_fd in readable:
+                data = os.read(self.requests_fd, 65536)
+                if not data:
+                    return  # the engine is gone: supervisors that never got their go exit 111
+                self.buffer += data
+                while b"\n" in self.buffer:
+                    line, self.buffer = self.buffer.split(b"\n", 1)
+                    if line.strip():
+                        self.handle(line)
+
+    def handle(self, line: bytes) -> None:
+        try:
+            request = json.loads(line)
+            op, ident = request["op"], request.get("id")
+        except (ValueError, KeyError, TypeError) as exc:
+            self.reply({"op": "error", "id": None, "message": f"bad request: {exc}"})
+            return
+        if op == "spawn":
+            self.spawn(ident, request)
+        elif op in ("go", "cancel"):
+            pid, go_w = self.pending.pop(ident, (None, None))
+            if go_w is not None:
+                if op == "go":
+                    try:
+                        os.write(go_w, b"go\n")
+                    except OSError:
+                        pass  # the supervisor died already: its exit is reported
+                os.close(go_w)
+        elif op == "ping":
+            self.reply({"op": "pong", "id": ident, "threads": thread_count(), "loops": open_event_loops(),
+                        "forks": self.forks})
+        else:
+            self.reply({"op": "error", "id": ident, "message": f"unknown op {op!r}"})
+
+    def spawn(self, ident, request: dict) -> None:
+        threads = thread_count()
+        if threads != 1:
+            self.reply({"op": "error", "id": ident, "message": f"not forking: the zygote has {threads} threads"})
+            return
+        try:
+            argv, env, cwd, log_path = request["argv"], request["env"], request["cwd"], request["log"]
+        except KeyError as exc:
+            self.reply({"op": "error", "id": ident, "message": f"spawn lacks {exc}"})
+            return
+        go_r, go_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            self.supervise(go_r, go_w, argv, env, cwd, log_path)
+        os.close(go_r)
+        self.forks += 1
+        self.pending[ident] = (pid, go_w)
+        self.reply({"op": "spawned", "id": ident, "pid": pid})
+
+    def supervise(self, go_r: int, go_w: int, argv, env, cwd, log_path) -> None:
+        """The forked supervisor: its own session, the go handshake, then the task under ``supervise``."""
+        code = REFUSED_EXIT
+        try:
+            os.setsid()
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            for fd in (self.requests_fd, self.replies_fd, self.wake_r, self.wake_w, go_w,
+                       *(w for _, w in self.pending.values())):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            go = os.read(go_r, 16)
+            os.close(go_r)
+            if go.strip() == b"go":
+                code = self.launcher.supervise(log_path, lambda: run_action(self.preloaded, argv, env, cwd))
+        except BaseException:  # noqa: BLE001 - never return into the server's loop
+            traceback.print_exc()
+            code = 1
+        os._exit(code)
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            code = 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+            # the supervisor's usage includes the task's (it reaped it): what one action cost
+            self.reply({"op": "exit", "pid": pid, "code": code, "cpuSeconds": round(usage.ru_utime + usage.ru_stime, 4),
+                        "userSeconds": round(usage.ru_utime, 4), "minorFaults": usage.ru_minflt})
+
+
+def main() -> int:
+    requests_fd = os.dup(0)
+    replies_fd = os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(2, 1)  # a stray print goes to the zygote's log, never into the replies
+    server = Server(requests_fd, replies_fd)
+    server.start()
+    server.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
