@@ -322,3 +322,27 @@ async def test_actions_table_follows_conditions_in_the_same_commit_and_deletion_
     await store.delete(obj.name)
     row = await store.get_action(("p", "d", "r1", "a0"))
     assert row.phase == ActionPhase.ABORTED and row.ended_at is not None
+
+
+async def test_reads_see_every_committed_write_while_other_reads_are_in_flight(store):
+    """Concurrent readers share one connection: a read must never see the snapshot of another read that
+    started before the write (waiters and watches would miss the change and hang)."""
+    for i in range(30):
+        await store.create_run_action(_record(name=f"a{i}"), None, None)
+    key = ("p", "d", "r1", "a0")
+    stop = asyncio.Event()
+
+    async def busy_reader():
+        while not stop.is_set():
+            await store.list_actions("p", "d", "r1")
+
+    readers = [asyncio.ensure_future(busy_reader()) for _ in range(4)]
+    try:
+        stale = 0
+        for attempt in range(2, 80):
+            await store.update_action_status(ActionStatusUpdate(key, int(ActionPhase.RUNNING), attempt))
+            stale += (await store.get_action(key)).attempts != attempt
+        assert stale == 0
+    finally:
+        stop.set()
+        await asyncio.gather(*readers)

@@ -332,7 +332,7 @@ class SqliteStore(EngineStore):
         self._history_floor = self._rv
         self._read_conn = await aiosqlite.connect(self.path, isolation_level=None)
         self._read_conn.row_factory = sqlite3.Row
-        await self._read_conn.execute("PRAGMA busy_timeout=5000")
+        await self._read_conn.execute_fetchall("PRAGMA busy_timeout=5000")
         self._writer_task = asyncio.create_task(self._writer_loop(), name="store-writer")
 
     def _open_writer(self) -> tuple[int, list[str], set[ActionKey], list[Reservation]]:
@@ -771,8 +771,9 @@ class SqliteStore(EngineStore):
     async def _fetchall(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
         if self._read_conn is None:
             raise StorageUnavailableError("the store is closed")
-        async with self._read_conn.execute(sql, params) as cur:
-            return list(await cur.fetchall())
+        # One hop: execute and fetch in the same job. Two hops let another read run while this statement is
+        # still active, and it would then share this statement's (older) snapshot: a missed write.
+        return list(await self._read_conn.execute_fetchall(sql, params))
 
     async def get_action(self, key: ActionKey) -> ActionRecord | None:
         rows = await self._fetchall(
