@@ -46,7 +46,6 @@ from engine.client import (
     read_credential,
     strict_dumps,
 )
-from engine.client.local import read_only_client
 from engine.client.remote import RemoteClient
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -144,6 +143,8 @@ async def reader(args: argparse.Namespace):
     if not (args.data_dir / "taskdeck.db").exists():
         raise CliError(f"no TaskDeck data in {args.data_dir} (no engine serves it and it holds no database); "
                        "pass the right --data-dir")
+    from engine.client.local import read_only_client  # the embedded store: only when no engine serves
+
     async with read_only_client(args.data_dir) as client:
         yield client
 

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from engine.action_types import ACTION_TYPE_CONDITION, ACTION_TYPE_TASK, ACTION_TYPE_TRACE, ROOT_ACTION_NAME  # noqa: F401
 from engine.phases import ConditionType
 
 API_VERSION = "flyte.org/v1"
@@ -32,12 +33,6 @@ LABEL_COMPLETED_TIME = "flyte.org/completed-time"
 TERMINATED = "terminated"
 COMPLETED_TIME_FORMAT = "%Y-%m-%d.%H-%M"  # Go layout 2006-01-02.15-04: sorts lexicographically
 
-ROOT_ACTION_NAME = "a0"
-
-# workflow.ActionType: what an action of the actions table is
-ACTION_TYPE_TASK = 1
-ACTION_TYPE_TRACE = 2
-ACTION_TYPE_CONDITION = 3
 
 
 def utcnow() -> dt.datetime:

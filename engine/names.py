@@ -11,10 +11,9 @@ passes can be a path segment: it holds no ``/``, ``.``, space, NUL or non-ASCII 
 
 from __future__ import annotations
 
+import functools
 import re
 
-import protovalidate
-from buf.validate import validate_pb2
 from flyteidl2.common import identifier_pb2
 
 from engine.errors import InvalidRunError
@@ -23,23 +22,37 @@ ORG = "local"
 _DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _DNS1123 = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS1123_TEXT = "lowercase letters, digits and '-', starting and ending with a letter or digit"
-_validator = protovalidate.Validator()
 
 
+@functools.cache
+def _validator():
+    import protovalidate  # 40 ms of imports: only names off the fast path need it (a CLI run has none)
+
+    return protovalidate.Validator()
+
+
+@functools.cache
 def _length_rule(message, field: str) -> tuple[int, int]:
     """(min_len, max_len) of a string field, as its buf.validate annotation says."""
+    from buf.validate import validate_pb2
+
     rules = message.DESCRIPTOR.fields_by_name[field].GetOptions().Extensions[validate_pb2.field].string
     return rules.min_len, rules.max_len
 
 
 # The annotated bounds, read once: a name within them that matches its pattern needs no full evaluation
 # (hot: every child action's names are checked); anything else goes to protovalidate for its verdict.
-_ACTION_LEN = _length_rule(identifier_pb2.ActionIdentifier, "name")
-_RUN_LEN = _length_rule(identifier_pb2.RunIdentifier, "name")
+_ACTION_LEN = (identifier_pb2.ActionIdentifier, "name")
+_RUN_LEN = (identifier_pb2.RunIdentifier, "name")
+_PROJECT_LEN = (identifier_pb2.RunIdentifier, "project")
+_DOMAIN_LEN = (identifier_pb2.RunIdentifier, "domain")
 
 
-def _fast_ok(value: object, bounds: tuple[int, int], pattern: re.Pattern) -> bool:
-    return isinstance(value, str) and bounds[0] <= len(value) <= bounds[1] and pattern.fullmatch(value) is not None
+def _fast_ok(value: object, field: tuple, pattern: re.Pattern) -> bool:
+    if not isinstance(value, str):
+        return False
+    low, high = _length_rule(*field)
+    return low <= len(value) <= high and pattern.fullmatch(value) is not None
 
 
 class InvalidNameError(InvalidRunError):
@@ -50,7 +63,7 @@ class InvalidNameError(InvalidRunError):
 
 def _annotations(message, field_names: dict[str, str]) -> None:
     """The message against its buf.validate annotations; the first violation, named as the door names it."""
-    violations = _validator.collect_violations(message)
+    violations = _validator().collect_violations(message)
     if violations:
         violation = violations[0].proto
         path = ".".join(e.field_name for e in violation.field.elements)
@@ -74,6 +87,9 @@ def check_run_id(project: str, domain: str, run: str, *, new_run: bool = False) 
     ``new_run``: ``run`` is a name the user chooses for a new run (DNS-1035, Flyte's rule); existing
     runs are only looked up, so any name the engine could have given passes.
     """
+    if (_fast_ok(project, _PROJECT_LEN, _DNS1123) and _fast_ok(domain, _DOMAIN_LEN, _DNS1123)
+            and _fast_ok(run, _RUN_LEN, _DNS1035 if new_run else _DNS1123)):
+        return
     _strings(project=project, domain=domain, run=run)
     _annotations(identifier_pb2.RunIdentifier(org=ORG, project=project, domain=domain, name=run),
                  {"project": "project", "domain": "domain", "name": "run"})

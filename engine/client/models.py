@@ -15,7 +15,7 @@ from typing import Any
 
 from flyteidl2.core import catalog_pb2
 
-from engine.model import ACTION_TYPE_CONDITION, ACTION_TYPE_TASK, ACTION_TYPE_TRACE, ROOT_ACTION_NAME
+from engine.action_types import ACTION_TYPE_CONDITION, ACTION_TYPE_TASK, ACTION_TYPE_TRACE, ROOT_ACTION_NAME
 from engine.phases import ActionPhase
 
 __all__ = ["ACTION_TYPE_CONDITION", "ACTION_TYPE_TASK", "ACTION_TYPE_TRACE", "ROOT_ACTION_NAME", "Action",
