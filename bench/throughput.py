@@ -1,4 +1,9 @@
-"""Throughput of the engine: N no-op actions through the whole lifecycle, every event persisted.
+"""Throughput of the engine's core: N no-op actions through the whole lifecycle, every event persisted.
+
+What it measures: the store, the reconciler, the phase table and the actions table, with children
+created in-process by the runs service and run by the `core-sleep` plugin (no task process, no Connect
+enqueue, no SDK watch), one ActionEvent each. It is the engine's ceiling, not what a real fan-out gets:
+for that, end to end with real `flyte` tasks, see bench/fanout.py.
 
 Round A (the headline figure, ``actions_per_second``): one run whose root action stays running and N
 ``core-sleep`` (duration 0) child actions under it, as a fan-out creates them. Each child is created

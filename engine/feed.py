@@ -19,7 +19,7 @@ from engine.client.models import Change
 from engine.storage_health import StorageHealth
 from engine.store.base import ActionsChanged, RunsRepository, StorageChanged
 
-DEFAULT_HISTORY = 20_000  # items kept for resuming readers
+DEFAULT_HISTORY = 5_000  # items kept for resuming readers (further behind: a fresh snapshot)
 HEARTBEAT_SECONDS = 5.0
 
 

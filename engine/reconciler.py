@@ -65,7 +65,7 @@ CONFLICT_RETRIES = 5
 RESTART_MESSAGE = "restarting task"
 STORAGE_RETRY_SECONDS = 2.0
 STORAGE_BACKOFF_SECONDS = (1.0, 60.0)  # an action waiting on storage is retried from 1 s, doubling to 60 s
-VERDICT_CACHE_SIZE = 4096
+VERDICT_CACHE_SIZE = 1024  # live actions re-use theirs; each holds a parsed template
 OWN_WRITES_KEPT = 65536
 MAX_TEMPLATE_BYTES = 10 * 1024 * 1024
 

@@ -25,6 +25,7 @@ import aiosqlite
 
 from engine.actions_table import derive_action_updates
 from engine.model import ACTION_TYPE_CONDITION, TaskAction, utcnow
+from engine.store.resting import RestingObjects, can_rest
 from engine.phases import TERMINAL_ACTION_PHASES, ActionPhase
 from engine.store.base import (
     ActionKey,
@@ -219,7 +220,7 @@ class _Batch:
     def lookup(self, name: str) -> TaskAction | None:
         if name in self.staged:
             return self.staged[name]
-        return self._store._objects.get(name)
+        return self._store._lookup(name)
 
     def reservation(self, key: str) -> Reservation | None:
         if key in self.reservations:
@@ -285,20 +286,23 @@ class _Watch:
 
 class SqliteStore(EngineStore):
     def __init__(self, path: str | Path, *, max_batch: int = 500, history_size: int = 50_000,
-                 read_only: bool = False, inline_commits: bool = True):
+                 history_bytes: int = 8 << 20, read_only: bool = False, inline_commits: bool = True):
         self.path = str(path)
         self.read_only = read_only
         # Commits run on the event loop's thread by default: ~18% more throughput than handing each batch to
         # the writer thread (GIL ping-pong), for a stall of ~1.5 ms median, ~14 ms p99 per batch here.
         self.inline_commits = inline_commits
         self.max_batch = max_batch
-        self._objects: dict[str, TaskAction] = {}
+        self._objects: dict[str, TaskAction] = {}  # live: not terminated, or being deleted
+        self._resting = RestingObjects()  # terminated: read back from the database on demand
         self._dependents: dict[str, set[str]] = collections.defaultdict(set)
         self._rv = 0
         # (type, resourceVersion, JSON body): a string is not tracked by Python's cyclic GC, whereas 50,000
         # object snapshots (~30 containers each) made full collections cost ~40% of the engine's time.
         self._history: collections.deque[tuple[str, int, str]] = collections.deque()
         self._history_size = history_size
+        self._history_bytes_cap = history_bytes  # bodies carry task templates: a count alone let it reach ~140 MiB
+        self._history_bytes = 0
         self._history_floor = 0
         self._watches: set[_Watch] = set()
         self._subscribers: list[Callable[[Change], None]] = []
@@ -323,9 +327,13 @@ class SqliteStore(EngineStore):
         rv, bodies, keys, reservations = await loop.run_in_executor(self._write_thread, self._open_writer)
         self._rv = rv
         self._reservations = {r.key: r for r in reservations}
+        self._resting.open(self.path)
         for body in bodies:
             obj = TaskAction.from_json(body)
-            self._objects[obj.name] = obj
+            if can_rest(obj):
+                self._resting.put(obj, cache=False)
+            else:
+                self._objects[obj.name] = obj
             self._index(obj)
             self._rv = max(self._rv, obj.resource_version)
         self._action_keys = keys
@@ -382,6 +390,7 @@ class SqliteStore(EngineStore):
         if self._write_thread is not None:
             self._write_thread.shutdown(wait=True)
             self._write_thread = None
+        self._resting.close()
 
     # ----------------------------------------------------------------- writer
     async def _submit(self, apply: Callable[[_Batch], Any]) -> Any:
@@ -488,10 +497,16 @@ class SqliteStore(EngineStore):
     def _apply_committed(self, batch: _Batch) -> None:
         for name, obj in batch.staged.items():
             old = self._objects.pop(name, None)
+            resting = self._resting.pop(name)
             if old is not None:
                 self._unindex(old)
+            elif resting is not None:
+                self._unindex_uids(name, resting.owner_uids)
             if obj is not None:
-                self._objects[name] = obj
+                if can_rest(obj):
+                    self._resting.put(obj)
+                else:
+                    self._objects[name] = obj
                 self._index(obj)
         self._rv = batch.rv
         self._action_keys.update(batch.new_action_keys)
@@ -502,10 +517,14 @@ class SqliteStore(EngineStore):
                 self._reservations[key] = reservation
         for event in batch.watch_events:
             body = batch.bodies.get(id(event.object))
-            self._history.append((event.type, event.resource_version,
-                                  body if body is not None else event.object.to_json()))
-            if len(self._history) > self._history_size:
-                self._history_floor = self._history.popleft()[1]
+            if body is None:
+                body = event.object.to_json()
+            self._history.append((event.type, event.resource_version, body))
+            self._history_bytes += len(body)
+            while len(self._history) > 1 and (len(self._history) > self._history_size
+                                              or self._history_bytes > self._history_bytes_cap):
+                _, self._history_floor, dropped = self._history.popleft()
+                self._history_bytes -= len(dropped)
             for watch in self._watches:
                 watch.queue.put_nowait(event)
         if batch.changed_actions:
@@ -525,12 +544,19 @@ class SqliteStore(EngineStore):
             self._dependents[ref.uid].add(obj.name)
 
     def _unindex(self, obj: TaskAction) -> None:
-        for ref in obj.metadata.owner_references:
-            names = self._dependents.get(ref.uid)
+        self._unindex_uids(obj.name, tuple(ref.uid for ref in obj.metadata.owner_references))
+
+    def _unindex_uids(self, name: str, owner_uids: tuple[str, ...]) -> None:
+        for uid in owner_uids:
+            names = self._dependents.get(uid)
             if names is not None:
-                names.discard(obj.name)
+                names.discard(name)
                 if not names:
-                    del self._dependents[ref.uid]
+                    del self._dependents[uid]
+
+    def _lookup(self, name: str) -> TaskAction | None:
+        obj = self._objects.get(name)
+        return obj if obj is not None else self._resting.get(name)
 
     # ----------------------------------------------------------------- resources
     @property
@@ -538,16 +564,27 @@ class SqliteStore(EngineStore):
         return self._rv
 
     async def get(self, name: str) -> TaskAction:
-        obj = self._objects.get(name)
+        obj = self._lookup(name)
         if obj is None:
             raise NotFoundError(f"taskaction {name!r} not found")
         return obj.copy_deep()
 
     def peek(self, name: str) -> TaskAction | None:
-        return self._objects.get(name)
+        return self._lookup(name)
 
     async def list(self, selector: dict[str, str | None] | None = None) -> list[TaskAction]:
-        return [obj.copy_deep() for obj in self._objects.values() if _matches(obj.metadata.labels, selector)]
+        live = [obj.copy_deep() for obj in self._objects.values() if _matches(obj.metadata.labels, selector)]
+        resting = [self._resting.get(name) for name in
+                   self._resting.names_matching(lambda labels: _matches(labels, selector))]
+        return live + [obj.copy_deep() for obj in resting if obj is not None]
+
+    @property
+    def live_objects(self) -> int:
+        return len(self._objects)
+
+    @property
+    def resting_objects(self) -> int:
+        return len(self._resting)
 
     async def create(self, obj: TaskAction) -> TaskAction:
         new = obj.copy_deep()
