@@ -176,6 +176,26 @@ def write_tasks(directory, body: str) -> str:
     return str(path)
 
 
+async def start_sdk_task(engine, file, task_name: str, **inputs):
+    """Start a run of the real flyte task ``task_name`` of ``file`` (project proj, domain dev; the file's
+    directory is the code directory); inputs as the CLI takes them. Returns the run's record."""
+    from pathlib import Path
+
+    from engine.sdk import inputs_from_strings, load_task, serialize_task
+
+    file = Path(file)
+    task = load_task(file, task_name)
+    spec = serialize_task(task, project="proj", domain="dev", root_dir=file.parent)
+    return await engine.runs.create_run(spec, inputs_from_strings(task, {k: str(v) for k, v in inputs.items()}),
+                                        project="proj", domain="dev", code_dir=str(file.parent))
+
+
+async def run_sdk_task(engine, file, task_name: str, timeout: float = 120, **inputs):
+    """``start_sdk_task``, then wait for the run's result."""
+    record = await start_sdk_task(engine, file, task_name, **inputs)
+    return await engine.runs.wait_for_run(record.run_name, timeout=timeout)
+
+
 async def until(pilot, predicate, timeout: float = 15.0):
     """Pause a Pilot-driven app until ``predicate()`` holds (fail after ``timeout`` seconds)."""
     for _ in range(int(timeout / 0.05)):

@@ -17,7 +17,7 @@ from engine.literals import primitive_literal
 from engine.phases import ActionPhase
 from engine.plugins.core import PhaseInfo
 from engine.store.sqlite import SqliteStore
-from helpers import ScriptedPlugin, cached_spec, eventually, int_inputs
+from helpers import ScriptedPlugin, cached_spec, eventually, int_inputs, run_sdk_task
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -293,13 +293,7 @@ async def test_a_discoverable_task_without_a_task_id_fails_instead_of_requeueing
 
 # ---------------------------------------------------------------------------- real flyte SDK tasks
 async def _sdk_run(engine: Engine, task_name: str, **values):
-    from engine.sdk import inputs_from_strings, load_task, serialize_task
-
-    task = load_task(EXAMPLES / "cached.py", task_name)
-    spec = serialize_task(task, project="proj", domain="dev", root_dir=EXAMPLES)
-    record = await engine.runs.create_run(spec, inputs_from_strings(task, {k: str(v) for k, v in values.items()}),
-                                          project="proj", domain="dev", code_dir=str(EXAMPLES))
-    return await engine.runs.wait_for_run(record.run_name, timeout=120)
+    return await run_sdk_task(engine, EXAMPLES / "cached.py", task_name, **values)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 
 from engine.engine import Engine, EngineConfig
 from engine.phases import ActionPhase
-from engine.sdk import inputs_from_strings, load_task, serialize_task
+from helpers import run_sdk_task
 
 pytestmark = pytest.mark.sdk
 
@@ -99,14 +99,6 @@ async def _engine(tmp_path, limit: int) -> Engine:
     return engine
 
 
-async def _run(engine: Engine, file: Path, task_name: str, **inputs):
-    task = load_task(file, task_name)
-    spec = serialize_task(task, project="proj", domain="dev", root_dir=file.parent)
-    record = await engine.runs.create_run(spec, inputs_from_strings(task, {k: str(v) for k, v in inputs.items()}),
-                                          project="proj", domain="dev", code_dir=str(file.parent))
-    return await engine.runs.wait_for_run(record.run_name, timeout=180)
-
-
 def _zygote_sessions(engine):
     return lambda: [z["pid"] for z in engine.container_plugin.zygotes.snapshot() if z["pid"]]
 
@@ -115,7 +107,7 @@ async def test_live_task_processes_never_exceed_the_limit(tmp_path, tree_file):
     engine = await _engine(tmp_path, limit=2)
     try:
         with TaskProcessCounter(_zygote_sessions(engine)) as counter:
-            result = await _run(engine, tree_file, "flat", n=8)
+            result = await run_sdk_task(engine, tree_file, "flat", n=8)
         assert result.phase == ActionPhase.SUCCEEDED and result.outputs == {"o0": sum(range(8))}
         # Two computing at most, plus the parent that is only awaiting them (it lends its slot).
         assert max(counter.samples) <= 3, collections.Counter(counter.samples)
@@ -129,7 +121,7 @@ async def test_a_three_level_fan_out_completes_with_the_limit_at_two(tmp_path, t
     engine = await _engine(tmp_path, limit=2)
     try:
         with TaskProcessCounter(_zygote_sessions(engine)) as counter:
-            result = await _run(engine, tree_file, "top", n=2)
+            result = await run_sdk_task(engine, tree_file, "top", n=2)
         assert result.phase == ActionPhase.SUCCEEDED
         assert result.outputs == {"o0": sum(i * 10 + j for i in range(2) for j in range(2))}
         assert max(counter.samples) <= 2 + 3  # two computing, plus the three parents awaiting children
@@ -149,7 +141,7 @@ async def test_a_real_child_costs_at_most_four_reconciles(tmp_path, tree_file):
 
     engine.manager.reconcile = counted
     try:
-        result = await _run(engine, tree_file, "flat", n=12)
+        result = await run_sdk_task(engine, tree_file, "flat", n=12)
         assert result.phase == ActionPhase.SUCCEEDED
         children = {name: n for name, n in reconciles.items() if not name.endswith("-a0")}
         assert len(children) == 12

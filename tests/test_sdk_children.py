@@ -12,8 +12,7 @@ import pytest
 from engine.engine import Engine, EngineConfig
 from engine.phases import ActionPhase
 from engine.model import ACTION_TYPE_CONDITION, ACTION_TYPE_TRACE
-from engine.sdk import inputs_from_strings, load_task, serialize_task
-from helpers import dump_engine_state, eventually
+from helpers import dump_engine_state, eventually, run_sdk_task, start_sdk_task
 
 pytestmark = pytest.mark.sdk
 
@@ -34,17 +33,11 @@ async def engine(request, tmp_path):
     await engine.stop()
 
 
-async def start(engine: Engine, file: Path, task_name: str, **inputs):
-    task = load_task(file, task_name)
-    spec = serialize_task(task, project="proj", domain="dev", root_dir=file.parent)
-    return await engine.runs.create_run(spec, inputs_from_strings(task, {k: str(v) for k, v in inputs.items()}),
-                                        project="proj", domain="dev", code_dir=str(file.parent),
-                                        name=inputs.pop("_name", None) if "_name" in inputs else None)
+start = start_sdk_task
 
 
 async def run(engine: Engine, file: Path, task_name: str, timeout: float = 90, **inputs):
-    record = await start(engine, file, task_name, **inputs)
-    return await engine.runs.wait_for_run(record.run_name, timeout=timeout)
+    return await run_sdk_task(engine, file, task_name, timeout=timeout, **inputs)
 
 
 async def test_fan_out_returns_the_sum_and_builds_the_tree(engine):

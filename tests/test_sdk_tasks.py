@@ -14,6 +14,7 @@ import pytest
 from engine.engine import Engine, EngineConfig
 from engine.phases import ActionPhase
 from engine.sdk import inputs_from_strings, load_task, serialize_task
+from helpers import run_sdk_task
 
 pytestmark = pytest.mark.sdk
 
@@ -31,11 +32,7 @@ async def engine(tmp_path):
 
 
 async def run_example(engine, task_name: str, **inputs):
-    task = load_task(EXAMPLES / "basics.py", task_name)
-    spec = serialize_task(task, project="proj", domain="dev", root_dir=EXAMPLES)
-    record = await engine.runs.create_run(spec, inputs_from_strings(task, {k: str(v) for k, v in inputs.items()}),
-                                          project="proj", domain="dev", code_dir=str(EXAMPLES))
-    return await engine.runs.wait_for_run(record.run_name, timeout=60)
+    return await run_sdk_task(engine, EXAMPLES / "basics.py", task_name, timeout=60, **inputs)
 
 
 async def test_add_gives_42(engine):
