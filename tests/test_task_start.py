@@ -18,8 +18,7 @@ import pytest
 from engine.engine import Engine, EngineConfig
 from engine.model import task_action_name
 from engine.phases import ActionPhase
-from engine.sdk import inputs_from_strings, load_task, serialize_task
-from helpers import eventually
+from helpers import eventually, start_sdk_task
 
 pytestmark = pytest.mark.sdk
 
@@ -85,15 +84,8 @@ async def engine(request, tmp_path):
     await engine.stop()
 
 
-async def _start(engine: Engine, file: Path, task_name: str, **inputs):
-    task = load_task(file, task_name)
-    spec = serialize_task(task, project="proj", domain="dev", root_dir=file.parent)
-    return await engine.runs.create_run(spec, inputs_from_strings(task, {k: str(v) for k, v in inputs.items()}),
-                                        project="proj", domain="dev", code_dir=str(file.parent))
-
-
 async def _run(engine: Engine, file: Path, task_name: str, **inputs):
-    record = await _start(engine, file, task_name, **inputs)
+    record = await start_sdk_task(engine, file, task_name, **inputs)
     result = await engine.runs.wait_for_run(record.run_name, timeout=120)
     state = json.loads(engine.store.peek(task_action_name(record.run_name, "a0")).status.plugin_state)
     assert state["start"] == engine.config.task_start  # the path under test is the path taken
@@ -133,7 +125,7 @@ async def test_memory_a_task_keeps_is_freed_with_it(engine, probes):
 
 
 async def test_aborting_one_of_five_concurrent_actions_leaves_the_others(engine, probes):
-    records = [await _start(engine, probes, "nap", seconds=4) for _ in range(5)]
+    records = [await start_sdk_task(engine, probes, "nap", seconds=4) for _ in range(5)]
 
     async def all_running():
         phases = [(await engine.runs.get_run(r.run_name)).phase for r in records]
@@ -174,8 +166,9 @@ async def test_a_task_can_opt_out_of_the_fork_server(engine, tmp_path):
         def hello() -> str:
             return "hi"
     '''))
-    record = await _start(engine, path, "hello")
+    record = await start_sdk_task(engine, path, "hello")
     result = await engine.runs.wait_for_run(record.run_name, timeout=120)
     assert result.outputs == {"o0": "hi"}
     state = json.loads(engine.store.peek(task_action_name(record.run_name, "a0")).status.plugin_state)
     assert state["start"] == "exec" and engine.container_plugin.zygotes.snapshot() == []
+
