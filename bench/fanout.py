@@ -70,11 +70,11 @@ class TaskDeck:
 
     def forked_cpu(self) -> float:
         zygotes = self.engine.container_plugin.zygotes
-        return sum(z.cpu_seconds for z in zygotes._zygotes.values()) if zygotes else 0.0
+        return sum(z.cpu_seconds for z in zygotes.running()) if zygotes else 0.0
 
     def fork_floor_ms(self) -> float | None:
         zygotes = self.engine.container_plugin.zygotes
-        usage = [u["cpuSeconds"] for z in (zygotes._zygotes.values() if zygotes else []) for u in z.usage.values()]
+        usage = [u["cpuSeconds"] for z in (zygotes.running() if zygotes else []) for u in z.usage.values()]
         return statistics.median(usage) * 1000 if usage else None
 
     async def fan_out(self, n: int) -> dict:

@@ -169,8 +169,8 @@ class TaskActionReconciler:
 
     def is_echo(self, name: str) -> bool:
         """True when the TaskAction is exactly as this reconciler last wrote it: a watch event for it is
-        an echo of our own write, and the state has been acted on already. (Each real child costs two
-        reconciles, launch and outcome, instead of five.)"""
+        an echo of our own write, and the state has been acted on already. (A real child costs about two
+        reconciles, launch and outcome, instead of about ten.)"""
         current = self.store.peek(name)
         if current is None:
             self._own_writes.pop(name, None)

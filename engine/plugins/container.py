@@ -133,15 +133,6 @@ class LocalContainerPlugin(Plugin):
         self._adopted: dict[str, tuple[int, int | None]] = {}
         self._exit_codes: dict[str, int | None] = {}  # finished processes, until finalize
         self._process_of: dict[str, str] = {}  # TaskAction name → generated name of its running process
-        self.started = {"fork": 0, "exec": 0}
-
-    @property
-    def max_processes(self) -> int:
-        return self.slots.capacity
-
-    @property
-    def slots_in_use(self) -> int:
-        return self.slots.in_use
 
     # ---------------------------------------------------------------- handle
     async def handle(self, tctx: TaskExecutionContext) -> Transition:
@@ -196,7 +187,7 @@ class LocalContainerPlugin(Plugin):
         own.update(md.environment)  # ACTION_NAME, RUN_NAME, _U_RUN_BASE, _U_ORG_NAME, the credential win
         return shared, own
 
-    def _fork_interpreter(self, tctx: TaskExecutionContext, argv: list[str], shared: dict[str, str]) -> str | None:
+    def _fork_interpreter(self, argv: list[str], shared: dict[str, str]) -> str | None:
         """The interpreter to fork this action from, or None: it starts as a fresh process."""
         mode = shared.get(START_OPTION, self.start_mode)
         if mode != "fork" or self.zygotes is None:
@@ -223,7 +214,7 @@ class LocalContainerPlugin(Plugin):
                 pass
             except OSError as exc:
                 raise StorageFaultError(os.path.join(tctx.output_prefix, stale), exc) from exc
-        interpreter = self._fork_interpreter(tctx, argv, shared)
+        interpreter = self._fork_interpreter(argv, shared)
         zygote = await self.zygotes.get(interpreter, shared) if interpreter else None
         how = f"forked by the task environment's fork server (pid {zygote.pid})" if zygote else "a fresh process"
         image = tctx.task_template.container.image
@@ -261,8 +252,7 @@ class LocalContainerPlugin(Plugin):
         name = tctx.metadata.generated_name
         self._running[name] = running
         self._process_of[tctx.metadata.owner_name] = name
-        self.started[running.start] += 1
-        asyncio.get_running_loop().create_task(self._reap(name, running, tctx.enqueue_owner))
+        asyncio.get_running_loop().create_task(self._reap(name, tctx.metadata.owner_name, running, tctx.enqueue_owner))
         tctx.plugin_state.put(STATE_VERSION, state)
         return PhaseInfo.running(info=TaskInfo(log_path=str(tctx.log_path), custom={"pid": running.pid}))
 
@@ -314,16 +304,13 @@ class LocalContainerPlugin(Plugin):
         tctx.plugin_state.put(STATE_VERSION, state)
         return self._observe(tctx, state)
 
-    async def _reap(self, name: str, running: _Running, enqueue_owner) -> None:
+    async def _reap(self, name: str, owner: str, running: _Running, enqueue_owner) -> None:
         running.exit_code = await running.wait()
         running.ended = True
         if running.log_file is not None:
             running.log_file.close()
         running.done.set()
-        self.slots.release(name)
-        owner = name.rsplit("-", 1)[0]
-        if self._process_of.get(owner) == name:
-            del self._process_of[owner]
+        self._forget_process(owner, name)
         enqueue_owner()
 
     def _observe(self, tctx: TaskExecutionContext, state: dict) -> PhaseInfo:
@@ -346,16 +333,17 @@ class LocalContainerPlugin(Plugin):
                 self._adopted[name] = (pid, ticks)
                 self.slots.adopt(name)
                 self._process_of[tctx.metadata.owner_name] = name
-                asyncio.get_running_loop().create_task(self._poll_adopted(name, pid, ticks, tctx.enqueue_owner))
+                asyncio.get_running_loop().create_task(
+                    self._poll_adopted(name, tctx.metadata.owner_name, pid, ticks, tctx.enqueue_owner))
             return PhaseInfo.running(info=info)
         self._adopted.pop(name, None)
         return self._outcome(tctx, None, info)
 
-    async def _poll_adopted(self, name: str, pid: int, ticks: int | None, enqueue_owner) -> None:
+    async def _poll_adopted(self, name: str, owner: str, pid: int, ticks: int | None, enqueue_owner) -> None:
         while name in self._adopted and alive(pid, ticks):
             await asyncio.sleep(ADOPTED_POLL_SECONDS)
         self._adopted.pop(name, None)
-        self.slots.release(name)
+        self._forget_process(owner, name)
         enqueue_owner()
 
     def _outcome(self, tctx: TaskExecutionContext, exit_code: int | None, info: TaskInfo) -> PhaseInfo:
@@ -427,9 +415,7 @@ class LocalContainerPlugin(Plugin):
                         await asyncio.sleep(0.05)
                 await self._terminate(pid, gone)
         finally:
-            self.slots.release(name)
-            if self._process_of.get(tctx.metadata.owner_name) == name:
-                del self._process_of[tctx.metadata.owner_name]
+            self._forget_process(tctx.metadata.owner_name, name)
 
     async def _terminate(self, pid: int, wait_exit) -> None:
         kill_group(pid, signal.SIGTERM)
@@ -442,12 +428,13 @@ class LocalContainerPlugin(Plugin):
     async def finalize(self, tctx: TaskExecutionContext) -> None:
         name = tctx.metadata.generated_name
         self._exit_codes.pop(name, None)
-        if self._process_of.get(tctx.metadata.owner_name) == name:
-            del self._process_of[tctx.metadata.owner_name]
+        self._forget_process(tctx.metadata.owner_name, name)
 
-    def snapshot(self) -> dict:
-        return {"slots": self.slots.snapshot(), "started": dict(self.started),
-                "zygotes": self.zygotes.snapshot() if self.zygotes is not None else []}
+    def _forget_process(self, owner: str, name: str) -> None:
+        """``name`` (a process of TaskAction ``owner``) is over: its slot goes on, its children lend no more."""
+        self.slots.release(name)
+        if self._process_of.get(owner) == name:
+            del self._process_of[owner]
 
     async def close(self) -> None:
         """Processes keep running when the engine stops; the next engine adopts them."""

@@ -7,31 +7,33 @@ import os
 import sys
 
 
-def process_start_ticks(pid: int) -> int | None:
-    """Start time of a process in clock ticks since boot, to tell our process from a reused pid."""
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time in clock ticks since boot) of a process, from one read of its stat."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read().decode(errors="replace")
     except OSError:
         return None
-    # Field 22, counted after the ")" that closes the command name.
+    # Fields 3 and 22, counted after the ")" that closes the command name.
     fields = data[data.rfind(")") + 2:].split()
     try:
-        return int(fields[19])
+        return fields[0], int(fields[19])
     except (IndexError, ValueError):
         return None
 
 
+def process_start_ticks(pid: int) -> int | None:
+    """Start time of a process in clock ticks since boot, to tell our process from a reused pid."""
+    stat = _stat(pid)
+    return stat[1] if stat is not None else None
+
+
 def alive(pid: int, start_ticks: int | None) -> bool:
     if sys.platform.startswith("linux"):
-        ticks = process_start_ticks(pid)
-        if ticks is None:
+        stat = _stat(pid)
+        if stat is None or stat[0] == "Z":  # gone, or a zombie: exited, not yet reaped
             return False
-        with contextlib.suppress(OSError):
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                if f.read().split(b") ", 1)[1][:1] == b"Z":  # zombie: exited, not yet reaped
-                    return False
-        return start_ticks is None or ticks == start_ticks
+        return start_ticks is None or stat[1] == start_ticks
     try:
         os.kill(pid, 0)
     except OSError:

@@ -54,9 +54,6 @@ class ProcessSlots:
     def waiting(self) -> int:
         return len(self._waiting)
 
-    def holds(self, name: str) -> bool:
-        return name in self._holders
-
     def acquire(self, name: str, parent: str | None, wake: Callable[[], None]) -> bool:
         """Reserve a slot for ``name`` (a process about to start); False: it waits and ``wake`` is called
         when a slot is handed to it. ``parent`` is the generated name of its parent's process, if any."""

@@ -7,8 +7,8 @@ The engine talks to it in JSON lines over stdin/stdout; its own stderr is its lo
 1. ``{"op": "spawn", "id": N, "argv": [...], "env": {...}, "cwd": "...", "log": "..."}``: it forks a
    supervisor that leads a new session (so a process-group kill stops the action and nothing else) and
    waits for its go. The reply is ``{"op": "spawned", "id": N, "pid": P}``.
-2. ``{"op": "go", "id": N}`` (the engine has recorded the launch) lets it run; ``{"op": "cancel", ...}`` or
-   the engine going away makes it exit 111 having run nothing, as ``launcher.py`` does.
+2. ``{"op": "go", "id": N}`` (the engine has recorded the launch) lets it run; the engine going away
+   first makes it exit 111 having run nothing, as ``launcher.py`` does.
 3. The supervisor forks the task and stamps its output into the log (``launcher.supervise``). The task
    gets the action's environment, working directory and argv, then runs the SDK's ``a0`` entrypoint
    in-process: fresh module state for the user's code (none of it is imported here), its own process.
@@ -196,7 +196,6 @@ class Server:
         self.pending: dict[int, tuple[int, int]] = {}  # request id → (supervisor pid, go pipe)
         self.buffer = b""
         self.wake_r, self.wake_w = os.pipe()
-        self.forks = 0
 
     def reply(self, message: dict) -> None:
         data = (json.dumps(message, separators=(",", ":")) + "\n").encode()
@@ -240,18 +239,14 @@ class Server:
             return
         if op == "spawn":
             self.spawn(ident, request)
-        elif op in ("go", "cancel"):
+        elif op == "go":
             pid, go_w = self.pending.pop(ident, (None, None))
             if go_w is not None:
-                if op == "go":
-                    try:
-                        os.write(go_w, b"go\n")
-                    except OSError:
-                        pass  # the supervisor died already: its exit is reported
+                try:
+                    os.write(go_w, b"go\n")
+                except OSError:
+                    pass  # the supervisor died already: its exit is reported
                 os.close(go_w)
-        elif op == "ping":
-            self.reply({"op": "pong", "id": ident, "threads": thread_count(), "loops": open_event_loops(),
-                        "forks": self.forks})
         else:
             self.reply({"op": "error", "id": ident, "message": f"unknown op {op!r}"})
 
@@ -270,7 +265,6 @@ class Server:
         if pid == 0:
             self.supervise(go_r, go_w, argv, env, cwd, log_path)
         os.close(go_r)
-        self.forks += 1
         self.pending[ident] = (pid, go_w)
         self.reply({"op": "spawned", "id": ident, "pid": pid})
 

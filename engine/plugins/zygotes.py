@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -40,6 +41,16 @@ def sdk_entrypoint_interpreter(executable: str) -> str | None:
     """The interpreter of an ``a0`` console script of the flyte SDK, or None for anything else."""
     if os.path.basename(executable) != "a0":
         return None
+    try:
+        modified = os.stat(executable).st_mtime_ns
+    except OSError:
+        return None
+    return _script_interpreter(executable, modified)
+
+
+@functools.lru_cache(maxsize=64)
+def _script_interpreter(executable: str, modified: int) -> str | None:
+    """Read once per version of the script (``modified``), not once per launch."""
     try:
         with open(executable, "rb") as f:
             head = f.read(1024)
@@ -144,10 +155,6 @@ class Zygote:
     def go(self, ident: int) -> None:
         self._send({"op": "go", "id": ident})
 
-    def cancel(self, ident: int) -> None:
-        with contextlib.suppress(ZygoteError):
-            self._send({"op": "cancel", "id": ident})
-
     async def wait(self, pid: int) -> int | None:
         """The supervisor's exit code; None when the zygote went away first (then: once it is gone)."""
         try:
@@ -155,9 +162,6 @@ class Zygote:
         finally:
             if self._exits[pid].done():
                 self._exits.pop(pid, None)
-
-    async def ping(self) -> dict:
-        return await self._request({"op": "ping"})
 
     async def _read(self) -> None:
         assert self.process is not None and self.process.stdout is not None
@@ -287,9 +291,8 @@ class ZygotePool:
             self._zygotes.pop(oldest.key, None)
             await oldest.close()
 
-    def failure(self, interpreter: str, env: dict[str, str]) -> str | None:
-        failed = self._failed.get(environment_key(interpreter, env))
-        return failed[1] if failed else None
+    def running(self) -> list[Zygote]:
+        return list(self._zygotes.values())
 
     def snapshot(self) -> list[dict]:
         return [z.snapshot() for z in self._zygotes.values()]
