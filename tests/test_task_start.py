@@ -172,3 +172,21 @@ async def test_a_task_can_opt_out_of_the_fork_server(engine, tmp_path):
     state = json.loads(engine.store.peek(task_action_name(record.run_name, "a0")).status.plugin_state)
     assert state["start"] == "exec" and engine.container_plugin.zygotes.snapshot() == []
 
+
+@pytest.mark.parametrize("engine", ["fork"], indirect=True)
+async def test_an_unknown_start_option_fails_the_task_and_says_why(engine, tmp_path):
+    path = tmp_path / "typo.py"
+    path.write_text(textwrap.dedent('''
+        import flyte
+
+        env = flyte.TaskEnvironment(name="typo", env_vars={"TASKDECK_START": "frok"})
+
+        @env.task
+        def hello() -> str:
+            return "hi"
+    '''))
+    record = await start_sdk_task(engine, path, "hello")
+    result = await engine.runs.wait_for_run(record.run_name, timeout=60)
+    assert result.phase == ActionPhase.FAILED
+    assert result.error["code"] == "BadTaskSpecification"
+    assert "TASKDECK_START must be one of fork, exec, not 'frok'" in result.error["message"]

@@ -190,6 +190,9 @@ class LocalContainerPlugin(Plugin):
     def _fork_interpreter(self, argv: list[str], shared: dict[str, str]) -> str | None:
         """The interpreter to fork this action from, or None: it starts as a fresh process."""
         mode = shared.get(START_OPTION, self.start_mode)
+        if mode not in START_MODES:
+            raise PluginError(f"{START_OPTION} must be one of {', '.join(START_MODES)}, not {mode!r}",
+                              code="BadTaskSpecification")
         if mode != "fork" or self.zygotes is None:
             return None
         return sdk_entrypoint_interpreter(argv[0])
