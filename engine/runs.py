@@ -47,7 +47,7 @@ from engine.model import (
     utcnow,
 )
 from engine.phases import ActionPhase
-from engine.plugins.container import ANNOTATION_CODE_DIR, substitute_template
+from engine.plugins.task_setup import ANNOTATION_CODE_DIR, substitute_template
 from engine.plugins.core import PhaseInfo
 from engine.paths import input_file, is_within, local_path, resolves_within
 from engine.reconciler import ANNOTATION_RUN_START_TIME

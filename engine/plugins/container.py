@@ -12,7 +12,7 @@ launcher waits on its stdin, the launch marker is written, and only then is it t
 killed in between closes the pipe, the launcher exits without running anything, and the next engine sees
 a recorded launch that ended without outputs (a system failure, relaunched).
 
-Task processes get a clean environment (see ``INHERITED_ENV``), not the engine's.
+Task processes get a clean environment (see ``task_setup.INHERITED_ENV``), not the engine's.
 """
 
 from __future__ import annotations
@@ -22,23 +22,14 @@ import contextlib
 import json
 import logging
 import os
-import re
 import shlex
-import shutil
 import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from flyteidl2.core import execution_pb2
-from flyteidl2.task import common_pb2
-
 from engine.plugins.core import (
-    SYSTEM,
-    UNKNOWN,
-    USER,
-    ExecutionError,
     PhaseInfo,
     Plugin,
     PluginError,
@@ -47,59 +38,23 @@ from engine.plugins.core import (
     TaskInfo,
     Transition,
 )
-from engine.phases import PluginPhase
 from engine.plugins.launcher import stamped
+from engine.plugins.outcome import read_outcome
 from engine.plugins.process import alive, kill_group, process_start_ticks
 from engine.plugins.slots import ProcessSlots, default_capacity
+from engine.plugins.task_setup import TaskProcessSetup
 from engine.plugins.zygotes import ZygoteError, ZygotePool, sdk_entrypoint_interpreter
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 MARKER = ".taskdeck-process.json"  # beside the attempt's outputs: the launch survives a lost status write
-ANNOTATION_CODE_DIR = "taskdeck.flyte.org/code-dir"
 TERMINATE_GRACE_SECONDS = 3.0
 ADOPTED_POLL_SECONDS = 0.5
 EXIT_CODES_KEPT = 4096
 LAUNCHER = str(Path(__file__).with_name("launcher.py"))
-# What a task process keeps of the engine's environment: a Flyte pod sees its image's basics, not the
-# node's variables. Anything else reaches tasks only through the engine's --pass-env allow-list.
-INHERITED_ENV = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR"})
-# The SDK paces a task's enqueues at _F_MAX_QPS (100/s by default): a fan-out of 1,000 took 9.6 s for
-# that alone. The engine takes thousands a second; a task's own env may still set its pace.
-SDK_DEFAULTS = {"_F_MAX_QPS": "5000"}
 START_OPTION = "TASKDECK_START"  # in a task's env: "exec" for a fresh interpreter instead of a fork
 START_MODES = ("fork", "exec")
-
-_TEMPLATE_VAR = re.compile(r"\{\{\s*[.$]([A-Za-z0-9_]+)\s*\}\}")
-
-
-def substitute_template(arg: str, values: dict[str, str]) -> str:
-    """Replace Flyte's ``{{.var}}`` placeholders (case-insensitive, as Flyte's template engine)."""
-
-    def replace(match: re.Match) -> str:
-        return values.get(match.group(1).lower(), match.group(0))
-
-    return _TEMPLATE_VAR.sub(replace, arg)
-
-
-def template_values(tctx: TaskExecutionContext) -> dict[str, str]:
-    md = tctx.metadata
-    return {
-        "input": tctx.input_path,
-        "inputprefix": os.path.dirname(tctx.input_path),
-        "outputprefix": tctx.output_prefix,
-        "rawoutputdataprefix": tctx.raw_output_prefix,
-        "checkpointoutputprefix": tctx.checkpoint_prefix,
-        "prevcheckpointprefix": tctx.prev_checkpoint_prefix,
-        "runname": md.run_name,
-        "actionname": md.action_name,
-        "runstarttime": md.run_start_time,
-        "perretryuniquekey": md.generated_name,
-        "namespace": md.namespace,
-        "tasktemplatepath": "inline://taskTemplate",
-    }
-
 
 class _Running:
     """A launched process until it is reaped: its pid, how to await its exit, what started it."""
@@ -124,8 +79,7 @@ class LocalContainerPlugin(Plugin):
         if start_mode not in START_MODES:
             raise ValueError(f"start mode must be one of {', '.join(START_MODES)}, not {start_mode!r}")
         self.slots = ProcessSlots(max_processes or default_capacity())
-        self.bin_dir = bin_dir or str(Path(sys.executable).parent)
-        self.pass_env = frozenset(pass_env)
+        self.setup = TaskProcessSetup(bin_dir, pass_env)
         self.start_mode = start_mode
         self.work_dir = Path(work_dir) if work_dir is not None else None
         self.zygotes = ZygotePool(self.work_dir, max_zygotes) if self.work_dir is not None else None
@@ -154,39 +108,6 @@ class LocalContainerPlugin(Plugin):
                 raise
         return Transition.of(self._observe(tctx, state))
 
-    def _command(self, tctx: TaskExecutionContext) -> list[str]:
-        template = tctx.task_template
-        if template.WhichOneof("target") != "container":
-            raise PluginError("task template has no container target", code="BadTaskSpecification")
-        container = template.container
-        values = template_values(tctx)
-        argv = [substitute_template(a, values) for a in list(container.command) + list(container.args)]
-        if not argv:
-            raise PluginError("container has neither command nor args", code="BadTaskSpecification")
-        if os.sep not in argv[0]:
-            resolved = shutil.which(argv[0], path=os.pathsep.join([self.bin_dir, os.environ.get("PATH", "")]))
-            if resolved is None:
-                raise PluginError(f"executable {argv[0]!r} not found on PATH", code="BadTaskSpecification")
-            argv[0] = resolved
-        return argv
-
-    def _environment(self, tctx: TaskExecutionContext) -> tuple[dict[str, str], dict[str, str]]:
-        """(what every action of the task environment shares, what is this action's own)."""
-        md = tctx.metadata
-        shared = {k: v for k, v in os.environ.items()
-                  if k in INHERITED_ENV or k.startswith("LC_") or k in self.pass_env}
-        shared["PATH"] = os.pathsep.join([self.bin_dir, shared.get("PATH", os.defpath)])
-        shared.update(SDK_DEFAULTS)
-        shared.update({kv.key: kv.value for kv in tctx.task_template.container.env})
-        shared.update(tctx.runtime_env)
-        shared.update({
-            "FSSPEC_FILE_AUTO_MKDIR": "true",  # the SDK writes child inputs to dirs nobody created
-            "PYTHONUNBUFFERED": "1",
-        })
-        own = {"FLYTE_INTERNAL_EXECUTION_PROJECT": md.project, "FLYTE_INTERNAL_EXECUTION_DOMAIN": md.domain}
-        own.update(md.environment)  # ACTION_NAME, RUN_NAME, _U_RUN_BASE, _U_ORG_NAME, the credential win
-        return shared, own
-
     def _fork_interpreter(self, argv: list[str], shared: dict[str, str]) -> str | None:
         """The interpreter to fork this action from, or None: it starts as a fresh process."""
         mode = shared.get(START_OPTION, self.start_mode)
@@ -198,25 +119,12 @@ class LocalContainerPlugin(Plugin):
         return sdk_entrypoint_interpreter(argv[0])
 
     async def _launch(self, tctx: TaskExecutionContext) -> PhaseInfo:
-        argv = self._command(tctx)
-        shared, own = self._environment(tctx)
+        argv = self.setup.argv(tctx)
+        shared, own = self.setup.environment(tctx)
         env = {**shared, **own}
-        cwd = tctx.metadata.annotations.get(ANNOTATION_CODE_DIR) or tctx.output_prefix
-        for path in (tctx.output_prefix, tctx.checkpoint_prefix, tctx.log_path.parent):
-            try:
-                Path(path).mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StorageFaultError(str(path), exc) from exc
-        if not os.path.isdir(cwd):
-            return PhaseInfo.failure("BadTaskSpecification", f"code directory {cwd} does not exist")
-        # A relaunch under the same attempt (after a system failure) must not read the last try's files.
-        for stale in ("outputs.pb", "error.pb"):
-            try:
-                os.unlink(os.path.join(tctx.output_prefix, stale))
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                raise StorageFaultError(os.path.join(tctx.output_prefix, stale), exc) from exc
+        cwd = self.setup.prepare(tctx)
+        if isinstance(cwd, PhaseInfo):
+            return cwd
         interpreter = self._fork_interpreter(argv, shared)
         zygote = await self.zygotes.get(interpreter, shared) if interpreter else None
         how = f"forked by the task environment's fork server (pid {zygote.pid})" if zygote else "a fresh process"
@@ -328,7 +236,7 @@ class LocalContainerPlugin(Plugin):
             while len(self._exit_codes) > EXIT_CODES_KEPT:  # kept for a status write that must be retried
                 self._exit_codes.pop(next(iter(self._exit_codes)))
         if name in self._exit_codes:
-            return self._outcome(tctx, self._exit_codes[name], info)
+            return read_outcome(tctx, self._exit_codes[name], info)
         pid, ticks = state.get("pid"), state.get("startTicks")
         if pid and alive(pid, ticks):
             if name not in self._adopted:
@@ -340,7 +248,7 @@ class LocalContainerPlugin(Plugin):
                     self._poll_adopted(name, tctx.metadata.owner_name, pid, ticks, tctx.enqueue_owner))
             return PhaseInfo.running(info=info)
         self._adopted.pop(name, None)
-        return self._outcome(tctx, None, info)
+        return read_outcome(tctx, None, info)
 
     async def _poll_adopted(self, name: str, owner: str, pid: int, ticks: int | None, enqueue_owner) -> None:
         while name in self._adopted and alive(pid, ticks):
@@ -348,53 +256,6 @@ class LocalContainerPlugin(Plugin):
         self._adopted.pop(name, None)
         self._forget_process(owner, name)
         enqueue_owner()
-
-    def _outcome(self, tctx: TaskExecutionContext, exit_code: int | None, info: TaskInfo) -> PhaseInfo:
-        out = Path(tctx.output_prefix)
-        error_file = out / "error.pb"
-        info.custom["exitCode"] = exit_code
-        if error_file.exists():
-            doc = execution_pb2.ErrorDocument()
-            try:
-                doc.ParseFromString(error_file.read_bytes())
-            except Exception as exc:  # noqa: BLE001 - any decode failure means an unreadable error file
-                return PhaseInfo.system_retryable_failure("CorruptedErrorFile", f"error.pb is unreadable: {exc}", info)
-            err = doc.error
-            kind = {execution_pb2.ExecutionError.USER: USER, execution_pb2.ExecutionError.SYSTEM: SYSTEM}.get(
-                err.origin, UNKNOWN)
-            error = ExecutionError(err.code or "Unknown", err.message or "Unknown error message", kind)
-            if err.kind == execution_pb2.ContainerError.RECOVERABLE:
-                return PhaseInfo.failed(PluginPhase.RETRYABLE_FAILURE, error, info)
-            return PhaseInfo.failed(PluginPhase.PERMANENT_FAILURE, error, info)
-        outputs_file = out / "outputs.pb"
-        if outputs_file.exists():
-            outputs = common_pb2.Outputs()
-            try:  # a half-written file (full disk) must not become a success
-                outputs.ParseFromString(outputs_file.read_bytes())
-            except Exception as exc:  # noqa: BLE001
-                return PhaseInfo.system_retryable_failure("CorruptedOutputs", f"outputs.pb is unreadable: {exc}",
-                                                          info)
-            declared = [v.key for v in tctx.task_template.interface.outputs.variables]
-            missing = sorted(set(declared) - {literal.name for literal in outputs.literals})
-            if missing:  # a 0-byte or truncated file parses, but lacks what the task declared
-                return PhaseInfo.system_retryable_failure(
-                    "IncompleteOutputs", f"outputs.pb ({outputs_file.stat().st_size} bytes) lacks the declared "
-                    f"output(s) {', '.join(missing)}: a truncated or empty file (full disk?)", info)
-            return PhaseInfo.success(info)
-        if exit_code == 0 and not tctx.task_template.interface.outputs.variables:
-            return PhaseInfo.success(info)
-        if exit_code is None:
-            return PhaseInfo.system_retryable_failure(
-                "ProcessLost", "the task process ended while the engine was not watching and left no outputs", info)
-        if exit_code in (-signal.SIGKILL, 137, 247):
-            return PhaseInfo.system_retryable_failure(
-                "Interrupted", f"the task process was killed (exit {exit_code}); see {tctx.log_path}", info)
-        if exit_code == 0:
-            return PhaseInfo.retryable_failure(
-                "OutputsNotFound", f"the task exited 0 but wrote no outputs.pb in {tctx.output_prefix}", info)
-        return PhaseInfo.retryable_failure(
-            "NonZeroExit", f"the task process exited with code {exit_code} and no error file; see {tctx.log_path}",
-            info)
 
     # ---------------------------------------------------------------- abort / finalize
     async def abort(self, tctx: TaskExecutionContext) -> None:

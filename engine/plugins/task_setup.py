@@ -1,0 +1,116 @@
+"""What every local task process needs before it runs, shared by the plugins that start them (container,
+reusable): the command line with Flyte's template variables substituted, a clean environment, and the
+attempt's directories, with the last try's files gone.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from engine.plugins.core import PhaseInfo, PluginError, StorageFaultError, TaskExecutionContext
+
+ANNOTATION_CODE_DIR = "taskdeck.flyte.org/code-dir"
+# What a task process keeps of the engine's environment: a Flyte pod sees its image's basics, not the
+# node's variables. Anything else reaches tasks only through the engine's --pass-env allow-list.
+INHERITED_ENV = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR"})
+# The SDK paces a task's enqueues at _F_MAX_QPS (100/s by default): a fan-out of 1,000 took 9.6 s for
+# that alone. The engine takes thousands a second; a task's own env may still set its pace.
+SDK_DEFAULTS = {"_F_MAX_QPS": "5000"}
+# Left by a previous try of the same attempt (a relaunch after a system failure): never read as this one's.
+STALE_FILES = ("outputs.pb", "error.pb", ".taskdeck-worker-done.json")
+
+_TEMPLATE_VAR = re.compile(r"\{\{\s*[.$]([A-Za-z0-9_]+)\s*\}\}")
+
+
+def substitute_template(arg: str, values: dict[str, str]) -> str:
+    """Replace Flyte's ``{{.var}}`` placeholders (case-insensitive, as Flyte's template engine)."""
+
+    def replace(match: re.Match) -> str:
+        return values.get(match.group(1).lower(), match.group(0))
+
+    return _TEMPLATE_VAR.sub(replace, arg)
+
+
+def template_values(tctx: TaskExecutionContext) -> dict[str, str]:
+    md = tctx.metadata
+    return {
+        "input": tctx.input_path,
+        "inputprefix": os.path.dirname(tctx.input_path),
+        "outputprefix": tctx.output_prefix,
+        "rawoutputdataprefix": tctx.raw_output_prefix,
+        "checkpointoutputprefix": tctx.checkpoint_prefix,
+        "prevcheckpointprefix": tctx.prev_checkpoint_prefix,
+        "runname": md.run_name,
+        "actionname": md.action_name,
+        "runstarttime": md.run_start_time,
+        "perretryuniquekey": md.generated_name,
+        "namespace": md.namespace,
+        "tasktemplatepath": "inline://taskTemplate",
+    }
+
+
+class TaskProcessSetup:
+    def __init__(self, bin_dir: str | None = None, pass_env: tuple[str, ...] = ()):
+        self.bin_dir = bin_dir or str(Path(sys.executable).parent)
+        self.pass_env = frozenset(pass_env)
+
+    def argv(self, tctx: TaskExecutionContext) -> list[str]:
+        template = tctx.task_template
+        if template.WhichOneof("target") != "container":
+            raise PluginError("task template has no container target", code="BadTaskSpecification")
+        container = template.container
+        values = template_values(tctx)
+        argv = [substitute_template(a, values) for a in list(container.command) + list(container.args)]
+        if not argv:
+            raise PluginError("container has neither command nor args", code="BadTaskSpecification")
+        if os.sep not in argv[0]:
+            resolved = shutil.which(argv[0], path=os.pathsep.join([self.bin_dir, os.environ.get("PATH", "")]))
+            if resolved is None:
+                raise PluginError(f"executable {argv[0]!r} not found on PATH", code="BadTaskSpecification")
+            argv[0] = resolved
+        return argv
+
+    def environment(self, tctx: TaskExecutionContext) -> tuple[dict[str, str], dict[str, str]]:
+        """(what every action of the task environment shares, what is this action's own)."""
+        md = tctx.metadata
+        shared = {k: v for k, v in os.environ.items()
+                  if k in INHERITED_ENV or k.startswith("LC_") or k in self.pass_env}
+        shared["PATH"] = os.pathsep.join([self.bin_dir, shared.get("PATH", os.defpath)])
+        shared.update(SDK_DEFAULTS)
+        shared.update({kv.key: kv.value for kv in tctx.task_template.container.env})
+        shared.update(tctx.runtime_env)
+        shared.update({
+            "FSSPEC_FILE_AUTO_MKDIR": "true",  # the SDK writes child inputs to dirs nobody created
+            "PYTHONUNBUFFERED": "1",
+        })
+        own = {"FLYTE_INTERNAL_EXECUTION_PROJECT": md.project, "FLYTE_INTERNAL_EXECUTION_DOMAIN": md.domain}
+        own.update(md.environment)  # ACTION_NAME, RUN_NAME, _U_RUN_BASE, _U_ORG_NAME, the credential win
+        return shared, own
+
+    @staticmethod
+    def code_dir(tctx: TaskExecutionContext) -> str:
+        return tctx.metadata.annotations.get(ANNOTATION_CODE_DIR) or tctx.output_prefix
+
+    def prepare(self, tctx: TaskExecutionContext) -> str | PhaseInfo:
+        """Make the attempt's directories and clear a previous try's files; the working directory, or a
+        failure when the task's code directory is gone."""
+        cwd = self.code_dir(tctx)
+        for path in (tctx.output_prefix, tctx.checkpoint_prefix, tctx.log_path.parent):
+            try:
+                Path(path).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageFaultError(str(path), exc) from exc
+        if not os.path.isdir(cwd):
+            return PhaseInfo.failure("BadTaskSpecification", f"code directory {cwd} does not exist")
+        for stale in STALE_FILES:
+            try:
+                os.unlink(os.path.join(tctx.output_prefix, stale))
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise StorageFaultError(os.path.join(tctx.output_prefix, stale), exc) from exc
+        return cwd
