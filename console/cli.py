@@ -96,7 +96,7 @@ def print_result(result: dict, as_json: bool) -> int:
 ENGINE_OPTIONS = (  # (dest, flag): options a command passes on to an engine it starts
     ("max_system_failures", "--max-system-failures"), ("max_processes", "--max-processes"),
     ("gc_ttl", "--gc-ttl"), ("share_group", "--share-group"), ("advertise_host", "--advertise-host"),
-    ("max_body_bytes", "--max-body-bytes"), ("task_start", "--task-start"),
+    ("max_body_bytes", "--max-body-bytes"), ("task_start", "--task-start"), ("reuse", "--reuse"),
 )
 
 
@@ -119,7 +119,7 @@ def engine_config(args: argparse.Namespace):
     sized = {"max_processes": args.max_processes} if args.max_processes else {}
     return EngineConfig(**sized, data_dir=args.data_dir, max_system_failures=args.max_system_failures,
                         gc_ttl_seconds=args.gc_ttl,
-                        task_start=args.task_start,
+                        task_start=args.task_start, reuse=args.reuse == "on",
                         max_body_bytes=args.max_body_bytes, share_group=args.share_group,
                         pass_env=tuple(args.pass_env or ()), advertise_host=args.advertise_host,
                         allowed_code_dirs=tuple(args.allow_dir) if args.allow_dir else None)
@@ -336,9 +336,43 @@ def cmd_get(args: argparse.Namespace) -> int:
     if args.run:
         check_run_name(args.run)
     check_action_name(args.action)
+    if args.kind == "workers":
+        return asyncio.run(_get_workers(args))
     if args.kind != "runs" and not args.run:
         raise CliError(f"usage: taskdeck get {args.kind} RUN")
     return asyncio.run(_get(args))
+
+
+async def _get_workers(args: argparse.Namespace) -> int:
+    """The live engine's reusable workers (by pool) and fork servers: only a running engine has any."""
+    client = remote(args)
+    if client is None:
+        say(f"no engine serves {args.data_dir}: no workers run")
+        data = {"pools": [], "forkServers": []}
+    else:
+        try:
+            data = await client.list_workers()
+        finally:
+            await client.close()
+    if args.json:
+        print(strict_dumps(data, indent=2))
+        return EXIT_OK
+    rows = []
+    for pool in data["pools"]:
+        size = f"{len(pool['workers'])}/{pool['minReplicas']}-{pool['maxReplicas']}x{pool['concurrency']}"
+        for w in pool["workers"] or [{}]:
+            rows.append([pool["environment"], pool["pool"], size, w.get("worker") or "-", str(w.get("pid") or "-"),
+                         w.get("state") or "-", str(w.get("running", "-")), str(w.get("served", "-")),
+                         str(pool["waiting"]), ((pool.get("lastError") or "").splitlines() or [""])[0][:80]])
+    print_table(rows, ["ENVIRONMENT", "POOL", "WORKERS/MIN-MAXxCONC", "WORKER", "PID", "STATE", "RUNNING", "SERVED",
+                       "WAITING", "ERROR"])
+    servers = data["forkServers"]
+    if servers:
+        print()
+        print_table([[z["key"], str(z.get("pid") or "-"), "alive" if z.get("alive") else "gone", str(z.get("forks")),
+                      str(z.get("modules") or "-")] for z in servers], ["FORK SERVER", "PID", "STATE", "FORKS",
+                                                                       "MODULES"])
+    return EXIT_OK
 
 
 async def _get(args: argparse.Namespace) -> int:
@@ -478,7 +512,7 @@ DEFAULTS: dict[str, Any] = {
     "data_dir": None, "engine": None, "token_file": None, "json": False, "verbose": False, "headless": False,
     "read_only": False, "ascii": False, "max_system_failures": 3, "max_processes": None, "gc_ttl": 3600.0,
     "share_group": None, "pass_env": [], "allow_dir": [], "advertise_host": None, "max_body_bytes": 8 * 1024 * 1024,
-    "idle_exit": None, "task_start": "fork",
+    "idle_exit": None, "task_start": "fork", "reuse": "on",
 }
 
 
@@ -518,6 +552,9 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     add_engine("--task-start", choices=("fork", "exec"),
                help="how SDK tasks start: fork from a warm fork server per task environment (default), or exec "
                     "a fresh interpreter (a task's env TASKDECK_START=exec asks for that too)")
+    add_engine("--reuse", choices=("on", "off"),
+               help="tasks of a reusable environment (flyte.ReusePolicy) run on pools of long-lived workers (on, "
+                    "the default), or each in a fresh process (off; a task's env TASKDECK_REUSE=off asks for that)")
     add_engine("--gc-ttl", type=bounded(float, 0, 10 ** 8),
                help="seconds after which terminated TaskActions are removed (rows and events stay)")
     add_engine("--share-group", metavar="GROUP", help="let this Unix group read the token, and so drive the engine")
@@ -554,8 +591,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("task")
     run.add_argument("task_args", nargs=argparse.REMAINDER, help="task inputs as --name value")
 
-    get = command("get", help="list runs, a run's actions, or an action's events (every attempt)")
-    get.add_argument("kind", choices=["runs", "actions", "events"])
+    get = command("get", help="list runs, a run's actions, an action's events (every attempt), or the engine's "
+                              "reusable workers and fork servers")
+    get.add_argument("kind", choices=["runs", "actions", "events", "workers"])
     get.add_argument("--action", default="a0", help="with `events`: the action (default the root)")
     get.add_argument("run", nargs="?")
     get.add_argument("--limit", type=bounded(int, 1, 100_000), default=200)

@@ -82,6 +82,7 @@ class TaskDeckApi:
             ("POST", re.compile(rf"^/runs/{run}/signal$"), self.signal),
             ("POST", re.compile(rf"^/runs/{run}/retry$"), self.retry),
             ("GET", re.compile(r"^/cache$"), self.list_cache),
+            ("GET", re.compile(r"^/workers$"), self.list_workers),
             ("POST", re.compile(r"^/cache/evict$"), self.evict_cache),
         ]
 
@@ -239,6 +240,9 @@ class TaskDeckApi:
         action = request.query.get("action") or "a0"
         check_action_name(action)
         return await self.client.wait(run, request.number("timeout", 60, minimum=0, maximum=3600), action)
+
+    async def list_workers(self, request: Request) -> Any:
+        return await self.client.list_workers()
 
     async def list_cache(self, request: Request) -> Any:
         task = request.query.get("task") or None

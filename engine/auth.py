@@ -15,6 +15,9 @@ A request proves who sends it in one of three ways, all checked by the front doo
   controller services, nothing else. Task processes get one for their run. It is an HMAC of the run's
   identity under ``<data>/signing.key`` (0600, never shared), so it survives engine restarts (adopted
   processes keep theirs) and needs no table.
+* A worker token covers one reusable worker (a process that runs many runs' actions): while it runs an
+  action of a run, it may do for that run what the run's token may; once it has none, nothing. It is
+  minted per worker, when the worker starts, and is worthless after the engine forgets the worker.
 * Upload URLs are HMAC-signed over their path and expiry time.
 """
 
@@ -30,6 +33,7 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from engine.errors import DataDirError
@@ -41,6 +45,7 @@ TOKEN_FILE = "token"
 KEY_FILE = "signing.key"
 OWNER_PREFIX = "tdo_"
 RUN_PREFIX = "tdr_"
+WORKER_PREFIX = "tdw_"
 CREDENTIAL_PATH = "/c/"  # /c/<token>/<the request's own path>
 
 
@@ -53,17 +58,23 @@ def endpoint_with_credential(url: str, token: str) -> str:
 class Principal:
     """Who a request comes from: the owner (everything) or one run's task processes."""
 
-    kind: str  # "owner" or "run"
+    kind: str  # "owner", "run" or "worker"
     run: tuple[str, str, str] | None = None  # (project, domain, run name) of a run token
+    worker: str | None = None  # a worker token's worker
+    runs_of: Callable[[str], set] | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def is_owner(self) -> bool:
         return self.kind == "owner"
 
     def covers(self, project: str, domain: str, run: str) -> bool:
+        if self.kind == "worker":
+            return self.runs_of is not None and (project, domain, run) in self.runs_of(self.worker)
         return self.is_owner or self.run == (project, domain, run)
 
     def __str__(self) -> str:
+        if self.kind == "worker":
+            return f"reusable worker {self.worker}"
         return "owner" if self.is_owner else f"run {'/'.join(self.run or ())}"
 
 
@@ -101,6 +112,7 @@ class Authority:
         self._key = b""
         self._gid: int | None = None
         self._run_tokens: dict[tuple[str, str, str], str] = {}
+        self.worker_runs: Callable[[str], set] | None = None  # worker id → the runs it is running actions of
 
     @property
     def token_path(self) -> Path:
@@ -170,6 +182,10 @@ class Authority:
                 return None
             if hmac.compare_digest(signature, self._sign("run", project, domain, run)):
                 return Principal("run", (project, domain, run))
+        if token.startswith(WORKER_PREFIX) and self.worker_runs is not None:
+            worker, _, signature = token[len(WORKER_PREFIX):].partition(".")
+            if worker.isalnum() and hmac.compare_digest(signature, self._sign("worker", worker)):
+                return Principal("worker", worker=worker, runs_of=self.worker_runs)
         return None
 
     # ---------------------------------------------------------------- minting
@@ -185,6 +201,12 @@ class Authority:
                 self._run_tokens.clear()
             token = self._run_tokens[key] = f"{RUN_PREFIX}{project}.{domain}.{run}.{self._sign('run', *key)}"
         return token
+
+    def worker_token(self, worker: str) -> str:
+        """The credential of one reusable worker (its id: letters and digits)."""
+        if not worker.isalnum():
+            raise ValueError(f"worker id {worker!r} is not alphanumeric")
+        return f"{WORKER_PREFIX}{worker}.{self._sign('worker', worker)}"
 
     def sign_path(self, path: str, expires_in: float, now: float | None = None) -> str:
         """``path`` with an expiry and an HMAC over both, as a query string: an upload URL's credential."""

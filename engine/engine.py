@@ -21,6 +21,7 @@ from engine.controller import ControllerManager
 from engine.gc import DEFAULT_INTERVAL_SECONDS, DEFAULT_TTL_SECONDS, GarbageCollector
 from engine.plugins.container import LocalContainerPlugin
 from engine.plugins.registry import PluginRegistry
+from engine.plugins.reusable import ReusableTaskPlugin
 from engine.plugins.slots import default_capacity
 from engine.plugins.sleep import SleepPlugin
 from engine.reconciler import DEFAULT_MAX_SYSTEM_FAILURES, DEFAULT_REQUEUE_SECONDS, TaskActionReconciler
@@ -60,6 +61,7 @@ class EngineConfig:
     max_system_failures: int = DEFAULT_MAX_SYSTEM_FAILURES
     max_processes: int = dataclasses.field(default_factory=default_capacity)  # task processes computing at once
     task_start: str = "fork"  # "fork": SDK tasks fork from a warm fork server; "exec": a fresh interpreter each
+    reuse: bool = True  # ReusePolicy tasks run on pools of reusable workers (False: a fresh process each)
     commit_in_thread: bool = False  # True: SQLite commits in a writer thread instead of on the loop
     gc_ttl_seconds: float = DEFAULT_TTL_SECONDS  # terminated TaskActions are removed after this
     gc_interval_seconds: float = DEFAULT_INTERVAL_SECONDS  # 0 disables the collector
@@ -101,6 +103,11 @@ class Engine:
                                                      pass_env=tuple(self.config.pass_env),
                                                      work_dir=self.data_dir / "work", start_mode=self.config.task_start)
         self.registry.register(self.container_plugin)
+        self.reusable_plugin = ReusableTaskPlugin(self.container_plugin, self.data_dir / "work",
+                                                  setup=self.container_plugin.setup, enabled=self.config.reuse,
+                                                  credential=self._worker_env)
+        self.authority.worker_runs = self.reusable_plugin.runs_of_worker
+        self.registry.register(self.reusable_plugin)
         self.registry.register(SleepPlugin())
         self.runtime_env: dict[str, str] = {}
         self.reconciler = TaskActionReconciler(
@@ -113,7 +120,7 @@ class Engine:
                                          is_echo=self.reconciler.is_echo)
         self.runs = RunsService(self.store, self.data_dir, report_file_fault=self.health.report_file_fault)
         self.services = EngineServices(self.runs, ChangeFeed(self.store, self.health), self.health,
-                                       LogService(self.data_dir), self.data_dir)
+                                       LogService(self.data_dir), self.data_dir, self._workers)
         self.controller_services = ControllerServices(self.runs, max_body_bytes=self.config.max_body_bytes)
         self.gc = GarbageCollector(self.store, self.config.gc_ttl_seconds, self.config.gc_interval_seconds)
         self._lock = DataDirLock(self.data_dir)
@@ -131,6 +138,17 @@ class Engine:
         if self.url is None:
             return {}
         return {"_U_EP_OVERRIDE": endpoint_with_credential(self.url, self.authority.run_token(project, domain, run))}
+
+    def _worker_env(self, worker: str) -> dict[str, str]:
+        """A reusable worker reaches the controller services with its own credential: it covers the runs
+        whose actions the worker is running, while it runs them."""
+        if self.url is None:
+            return {}
+        return {"_U_EP_OVERRIDE": endpoint_with_credential(self.url, self.authority.worker_token(worker))}
+
+    def _workers(self) -> dict:
+        zygotes = self.container_plugin.zygotes
+        return {"pools": self.reusable_plugin.snapshot(), "forkServers": zygotes.snapshot() if zygotes else []}
 
     @property
     def token_path(self) -> Path:

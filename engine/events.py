@@ -69,6 +69,11 @@ def build_action_event(
         event.outputs.report_uri = f"{prefix}/report.html"
     if phase_info.info.log_path:
         event.log_info.append(execution_pb2.TaskLog(uri=phase_info.info.log_path, name="local"))
+    worker = phase_info.info.custom.get("worker")
+    if worker:  # which reusable worker ran the attempt: where Flyte names the pod
+        event.log_context.primary_pod_name = worker
+        event.log_context.pods.add(namespace=task_action.metadata.namespace, pod_name=worker,
+                                   primary_container_name="worker").containers.add(container_name="worker")
     reasons = [phase_info.reason] if phase_info.reason else []
     for reason in reasons + list(phase_info.info.additional_reasons):
         cluster_event = event.cluster_events.add(message=reason)

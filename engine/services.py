@@ -6,7 +6,9 @@ Nothing behind a door reaches past these to the store, the controller or the plu
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from engine.feed import ChangeFeed
 from engine.logs import LogService
@@ -21,3 +23,5 @@ class EngineServices:
     health: StorageHealth
     logs: LogService
     data_dir: Path
+    # the pools of reusable workers and the fork servers, as plain data (none when no engine runs here)
+    workers: Callable[[], dict[str, Any]] = lambda: {"pools": [], "forkServers": []}

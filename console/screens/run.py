@@ -310,13 +310,17 @@ class RunScreen(Screen):
         if attempt_events:
             lines += ["", f"[b]attempt {attempt}[/]  " + " → ".join(
                 f"{phase_markup(e.phase, ascii_only)} [dim]{_time(e.updated_time)}[/]" for e in attempt_events)]
+            worker = next((e.worker for e in reversed(attempt_events) if e.worker), "")
+            if worker:
+                lines.append(f"  ran on reusable worker [b]{escape(worker)}[/]")
         show(self.query_one("#detail", Static), "\n".join(lines))
         event_lines = []
         for e in events:
             reasons = "; ".join(e.reasons)
             error = f" [$error]{escape(e.error_code)}: {escape(e.error_message[:80])}[/]" if e.error else ""
+            worker = f"  worker {escape(e.worker)}" if e.worker else ""
             event_lines.append(f"attempt {e.attempt}  {phase_markup(e.phase, ascii_only)}  "
-                               f"[dim]{_time(e.updated_time)}[/]{error}  [dim]{escape(reasons[:80])}[/]")
+                               f"[dim]{_time(e.updated_time)}[/]{error}{worker}  [dim]{escape(reasons[:80])}[/]")
         show(self.query_one("#event-list", Static), "\n".join(event_lines) or "[dim]no events[/]")
 
     def _render_group_detail(self, node) -> None:

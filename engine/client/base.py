@@ -81,6 +81,10 @@ class EngineClient(abc.ABC):
         """``{status, storage, storageError}`` (``storageError``: why writes fail now, or None)."""
 
     @abc.abstractmethod
+    @abc.abstractmethod
+    async def list_workers(self) -> dict[str, Any]:
+        """The engine's reusable-worker pools (each with its workers) and its fork servers."""
+
     async def list_cache(self, task: str | None = None, limit: int = 1000) -> list[dict[str, Any]]: ...
 
     # ------------------------------------------------------------------ commands

@@ -110,6 +110,9 @@ class LocalClient(EngineClient):
         return {"status": "degraded" if error else "ok", "storage": "unavailable" if error else "ok",
                 "storageError": error}
 
+    async def list_workers(self) -> dict[str, Any]:
+        return self.services.workers()
+
     async def list_cache(self, task: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         return [cache_entry_json(e) for e in await self.runs.list_cache(task, limit)]
 

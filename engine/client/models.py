@@ -167,6 +167,7 @@ class Event:
     logs: tuple[str, ...] = ()
     cache_status: int = 0
     reasons: tuple[str, ...] = ()
+    worker: str = ""  # the reusable worker that ran the attempt, if one did
 
     @property
     def error(self) -> dict[str, str] | None:
@@ -177,7 +178,7 @@ class Event:
             "attempt": self.attempt, "phase": ActionPhase(self.phase).name, "version": self.version,
             "updatedTime": _iso(self.updated_time), "reportedTime": _iso(self.reported_time), "error": self.error,
             "outputUri": self.output_uri, "logs": list(self.logs), "cacheStatus": cache_status_name(self.cache_status),
-            "reasons": list(self.reasons),
+            "reasons": list(self.reasons), "worker": self.worker,
         }
 
     @classmethod
@@ -189,7 +190,7 @@ class Event:
             error_kind=error.get("kind") or "", error_code=error.get("code") or "",
             error_message=error.get("message") or "", output_uri=data.get("outputUri"),
             logs=tuple(data.get("logs") or ()), cache_status=_cache_status(data.get("cacheStatus")),
-            reasons=tuple(data.get("reasons") or ()),
+            reasons=tuple(data.get("reasons") or ()), worker=data.get("worker") or "",
         )
 
 

@@ -150,6 +150,9 @@ class RemoteClient(EngineClient):
     async def health(self) -> dict[str, Any]:
         return await self._call("GET", "/health")
 
+    async def list_workers(self) -> dict[str, Any]:
+        return await self._call("GET", "/workers")
+
     async def list_cache(self, task: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"limit": limit}
         if task:
