@@ -11,6 +11,9 @@ engine runs everything to the end. Then:
   * no task body started twice for one attempt (``double_starts``): each body appends its attempt's
     output path to a ledger, so a repeated line is a double start.
 
+Every second trial runs the parent's children on reusable workers (flyte.ReusePolicy): workers outlive a
+killed engine, finish their actions and exit; the next engine adopts those actions.
+
 ``--die-after-spawn`` kills the engine inside its first launch, after the task process exists and
 before its launch is recorded (the window in which a naive engine loses track of a running task).
 
@@ -105,20 +108,22 @@ class HeadlessEngine:
         self.wait_dead()
 
 
-def flyte_parent(ledger: Path) -> tuple[str, str]:
+def flyte_parent(ledger: Path, reusable: bool = False) -> tuple[str, str]:
     from engine.sdk import inputs_from_strings, load_task, serialize_task
 
-    task = load_task(ROOT / "bench" / "kill9_tasks.py", "parent")
+    task = load_task(ROOT / "bench" / "kill9_tasks.py", "pooled_parent" if reusable else "parent")
     spec = serialize_task(task, project="crash", domain="dev", root_dir=ROOT / "bench")
     inputs = inputs_from_strings(task, {"n": str(PARENT_N), "ledger": str(ledger)})
     return (base64.b64encode(spec.SerializeToString()).decode(), base64.b64encode(inputs.SerializeToString()).decode())
 
 
-def trial(data_dir: Path, rng: random.Random, kills: int = 2, sleeps: int = 10, die_after_spawn: bool = False) -> dict:
-    """One trial; returns its counts (raises AssertionError when an invariant fails)."""
+def trial(data_dir: Path, rng: random.Random, kills: int = 2, sleeps: int = 10, die_after_spawn: bool = False,
+          reusable: bool = False) -> dict:
+    """One trial; returns its counts (raises AssertionError when an invariant fails). ``reusable``: the
+    parent's children run on reusable workers."""
     ledger = data_dir.parent / f"{data_dir.name}.ledger"
     engine = HeadlessEngine(data_dir, die_after_spawn=die_after_spawn)
-    task_spec, task_inputs = flyte_parent(ledger)
+    task_spec, task_inputs = flyte_parent(ledger, reusable)
     runs = [engine.call("POST", "/runs", {"taskSpec": task_spec, "inputs": task_inputs, "project": "crash",
                                           "domain": "dev", "codeDir": str(ROOT / "bench")})["run"]]
     spec = base64.b64encode(sleep_spec().SerializeToString()).decode()
@@ -216,9 +221,10 @@ def main() -> None:
     totals = collections.Counter()
     for i in range(args.trials):
         with tempfile.TemporaryDirectory() as tmp:
-            result = trial(Path(tmp) / "data", rng, kills=args.kills, die_after_spawn=i % 5 == 0)
+            result = trial(Path(tmp) / "data", rng, kills=args.kills, die_after_spawn=i % 5 == 0,
+                           reusable=i % 2 == 1)
         totals.update({k: result[k] for k in ("double_starts", "lost_events", "body_starts")})
-        print(f"trial {i + 1}: killed after {', '.join(f'{t:.2f}s' for t in result['kill_times'])}; "
+        print(f"trial {i + 1}{' (reusable children)' if i % 2 == 1 else ''}: killed after {', '.join(f'{t:.2f}s' for t in result['kill_times'])}; "
               f"{result['acknowledged']} acknowledged events, {result['recorded']} recorded, "
               f"{result['body_starts']} task-body starts, {result['double_starts']} double", flush=True)
     print(f"trials: {args.trials}")

@@ -24,6 +24,13 @@ def test_repeated_kill_9_keeps_every_invariant_and_starts_no_task_twice(tmp_path
     assert result["body_starts"] >= kill9.PARENT_N + 3  # parent, leaves, both attempts of the flaky child
 
 
+@pytest.mark.parametrize("seed", [21])
+def test_repeated_kill_9_with_children_on_reusable_workers_runs_no_action_twice(tmp_path, seed):
+    result = kill9.trial(tmp_path / "data", random.Random(seed), kills=2, sleeps=2, reusable=True)
+    assert result["lost_events"] == 0 and result["double_starts"] == 0
+    assert result["body_starts"] >= kill9.PARENT_N + 3
+
+
 def test_an_engine_killed_inside_a_launch_never_runs_that_task_twice(tmp_path):
     """Killed after the task process exists and before its launch is recorded: the gate never opens, the
     next engine relaunches, and each attempt's body starts exactly once."""
