@@ -2,13 +2,15 @@
 
 A parent gathers N `square` children (examples/fanout.py sum_of_squares). Under TaskDeck every child is
 enqueued over Connect, watched, reconciled, recorded as events and run as its own task process (forked by
-the fork server, or a fresh `a0` with ``--paths exec``). The engine runs in this process and is warmed
+the fork server, or a fresh `a0` with ``--paths exec``), or, with ``--paths reusable``
+(examples/reusable_fanout.py, the same tree with the children in a ReusePolicy environment of 2 replicas
+x 64), on reusable workers. The engine runs in this process and is warmed
 by a first round; figures are medians of rounds 2..R. Each round runs TaskDeck then local mode, so both
 see the same machine noise. Also printed: the engine's CPU per child, the task processes' CPU per child
 on each path, the fork path's floor (a forked child's CPU), reconciles per child, the engine's RSS across
 repeated runs, and a leaf `taskdeck run` through a running engine against `flyte run --local`.
 
-    python bench/fanout.py [--sizes 100] [--rounds 5] [--paths fork] [--rss-runs 20] [--leaf-rounds 5]
+    python bench/fanout.py [--sizes 100 1000] [--rounds 5] [--paths fork reusable] [--rss-runs 20] [--leaf-rounds 5]
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from engine.phases import ActionPhase  # noqa: E402
 from engine.sdk import inputs_from_strings, load_task, serialize_task  # noqa: E402
 
 EXAMPLES = ROOT / "examples"
+# the same fan-out: children as task processes (forked, or fresh) or on reusable workers (ReusePolicy)
+EXAMPLE = {"fork": "fanout.py", "exec": "fanout.py", "reusable": "reusable_fanout.py"}
 BIN = Path(sys.executable).parent
 
 
@@ -50,11 +54,12 @@ def rss_mib() -> float:
 class TaskDeck:
     """An engine in this process, with a reconcile counter."""
 
-    def __init__(self, data_dir: Path, start: str, max_processes: int | None):
+    def __init__(self, data_dir: Path, path: str, max_processes: int | None):
         overrides = {"max_processes": max_processes} if max_processes else {}
+        start = "exec" if path == "exec" else "fork"
         self.engine = Engine(EngineConfig(data_dir=data_dir, task_start=start, **overrides))
         self.reconciles: collections.Counter[str] = collections.Counter()
-        task = load_task(EXAMPLES / "fanout.py", "sum_of_squares")
+        task = load_task(EXAMPLES / EXAMPLE[path], "sum_of_squares")
         self.task = task
         self.spec = serialize_task(task, project="bench", domain="dev", root_dir=EXAMPLES)
 
@@ -69,8 +74,12 @@ class TaskDeck:
         self.engine.manager.reconcile = counted
 
     def forked_cpu(self) -> float:
+        """CPU of task work not counted in RUSAGE_CHILDREN: forked actions (reaped by the fork servers)
+        and actions on reusable workers (still running)."""
         zygotes = self.engine.container_plugin.zygotes
-        return sum(z.cpu_seconds for z in zygotes.running()) if zygotes else 0.0
+        forked = sum(z.cpu_seconds for z in zygotes.running()) if zygotes else 0.0
+        pooled = sum(w["cpuSeconds"] or 0.0 for p in self.engine.reusable_plugin.snapshot() for w in p["workers"])
+        return forked + pooled
 
     def fork_floor_ms(self) -> float | None:
         zygotes = self.engine.container_plugin.zygotes
@@ -93,9 +102,9 @@ class TaskDeck:
                 "reconciles": statistics.mean(children) if children else 0.0}
 
 
-def local(n: int) -> dict:
+def local(n: int, example: str = "fanout.py") -> dict:
     cpu, started = children_cpu(), time.perf_counter()
-    done = subprocess.run([str(BIN / "flyte"), "run", "--local", str(EXAMPLES / "fanout.py"), "sum_of_squares",
+    done = subprocess.run([str(BIN / "flyte"), "run", "--local", str(EXAMPLES / example), "sum_of_squares",
                            "--n", str(n)], cwd=EXAMPLES, capture_output=True, text=True)
     wall = time.perf_counter() - started
     if done.returncode != 0:
@@ -111,7 +120,7 @@ async def fan_out_rounds(n: int, rounds: int, start: str, max_processes: int | N
         try:
             for _ in range(rounds):
                 ours.append(await deck.fan_out(n))
-                theirs.append(await asyncio.to_thread(local, n))
+                theirs.append(await asyncio.to_thread(local, n, EXAMPLE[start]))
         finally:
             floor = deck.fork_floor_ms()
             await deck.engine.stop()
@@ -126,7 +135,7 @@ async def fan_out_rounds(n: int, rounds: int, start: str, max_processes: int | N
     print(f"{tag}_task_cpu_ms_per_child: {statistics.median(r['task_cpu'] for r in ours) / n * 1000:.1f}")
     print(f"{tag}_local_cpu_ms_per_child: {statistics.median(r['cpu'] for r in theirs) / n * 1000:.1f}")
     print(f"{tag}_reconciles_per_child: {statistics.median(r['reconciles'] for r in ours):.2f}")
-    if floor is not None:
+    if floor is not None and start == "fork":
         print(f"fork_floor_cpu_ms_per_child: {floor:.1f}")
 
 
@@ -181,7 +190,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[100])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--paths", nargs="+", default=["fork"], choices=["fork", "exec"])
+    parser.add_argument("--paths", nargs="+", default=["fork", "reusable"], choices=["fork", "exec", "reusable"])
     parser.add_argument("--max-processes", type=int, default=None, help="default: the engine's default")
     parser.add_argument("--rss-runs", type=int, default=20, help="fan(100) runs for the RSS figure (0: skip)")
     parser.add_argument("--leaf-rounds", type=int, default=5, help="0: skip the leaf comparison")

@@ -22,6 +22,17 @@ def _stat(pid: int) -> tuple[str, int] | None:
         return None
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU a process has used so far (all its threads), or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read().decode(errors="replace")
+        fields = data[data.rfind(")") + 2:].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def process_start_ticks(pid: int) -> int | None:
     """Start time of a process in clock ticks since boot, to tell our process from a reused pid."""
     stat = _stat(pid)

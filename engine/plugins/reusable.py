@@ -9,19 +9,18 @@ What is not a reusable SDK task here runs as a fresh process through the contain
 without an actor spec, an entrypoint that is not the SDK's ``a0``, a task whose env sets
 ``TASKDECK_REUSE=off``, or an engine started with reuse off.
 
-No action runs unrecorded: its launch (worker id, pid and start time) is written beside its outputs
-before the worker is told. The worker writes ``.taskdeck-worker-done.json`` when the action ended, so an
-engine that restarts after a kill -9 adopts a live worker's action (polling until that file appears or
-the worker dies) and relaunches an action only when no worker is left that could finish it: never twice.
+No action runs unrecorded: its launch (worker id, pid and start time) is appended to the worker's launch
+journal (``journal.py``) before the worker is told, and the worker appends to its end journal when the
+action ended. So an engine that restarts after a kill -9 adopts a live worker's action (polling until its
+end is recorded or the worker dies) and relaunches an action only when no worker is left that could
+finish it: never twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import shlex
 import signal
 import time
@@ -37,7 +36,7 @@ from engine.plugins.core import (
     TaskInfo,
     Transition,
 )
-from engine.plugins.launcher import stamped
+from engine.plugins.journal import WorkerJournals
 from engine.plugins.outcome import read_outcome
 from engine.plugins.process import alive, kill_group
 from engine.plugins.task_setup import TaskProcessSetup
@@ -47,8 +46,6 @@ from engine.plugins.zygotes import sdk_entrypoint_interpreter
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-MARKER = ".taskdeck-worker.json"
-DONE_MARKER = ".taskdeck-worker-done.json"
 REUSE_OPTION = "TASKDECK_REUSE"  # "off" in a task's env: a fresh process per action
 ABORT_GRACE_SECONDS = 3.0
 ADOPTED_POLL_SECONDS = 0.5
@@ -110,6 +107,7 @@ class ReusableTaskPlugin(Plugin):
         self._adopted: dict[str, tuple[int, int | None]] = {}
         self._waiting_in: dict[str, WorkerPool] = {}
         self._janitor: asyncio.Task | None = None
+        self.journals = WorkerJournals(self.work_dir / "workers")
 
     # ---------------------------------------------------------------- routing
     def _route(self, tctx: TaskExecutionContext) -> tuple[PoolSpec, list[str], str, dict, dict] | None:
@@ -171,6 +169,8 @@ class ReusableTaskPlugin(Plugin):
             own_env = dict(env)
             if self.credential is not None:
                 own_env.update(self.credential(worker.id))
+            own_env["TASKDECK_WORKER_ENDS"] = str(self.journals.paths(pool.key, worker.id)[1])
+            worker.launch_fd = self.journals.open_launches(pool.key, worker.id)
             await worker.start(interpreter, own_env, cwd, self.work_dir / "workers" / f"{pool.key}-{worker.id}.log")
             log.info("reusable worker %s of %s ready (pid %s, %.2f s)", worker.id, pool.label, worker.pid,
                      worker.info.get("startSeconds") or 0)
@@ -204,40 +204,40 @@ class ReusableTaskPlugin(Plugin):
 
     async def _send(self, tctx, pool: WorkerPool, worker: WorkerProcess, argv, own, name) -> PhaseInfo:
         md = tctx.metadata
-        cwd = self.setup.prepare(tctx)
+        cwd = self.setup.prepare(tctx, make_dirs=False)  # the worker makes the directories it writes to
         if isinstance(cwd, PhaseInfo):
             pool.release(worker)
             return cwd
         where = f"reusable worker {worker.id} (pid {worker.pid}) of {pool.spec.name}"
-        try:
-            with open(tctx.log_path, "ab", buffering=0) as header:
-                header.write(stamped(
-                    f"[taskdeck] attempt {md.attempt} of {md.owner_name}; image {tctx.task_template.container.image or '-'}"
-                    f" recorded, not pulled; running in {where}, {cwd}\n[taskdeck] $ {shlex.join(argv)}",
-                    time.time()))
-        except OSError as exc:
-            raise StorageFaultError(str(tctx.log_path), exc) from exc
         state = {"phase": "Started", "worker": worker.id, "pid": worker.pid, "startTicks": worker.start_ticks,
                  "pool": pool.key, "environment": pool.spec.name, "startedAt": time.time(),
                  "image": tctx.task_template.container.image}
-        marker = Path(tctx.output_prefix) / MARKER
-        try:
-            marker.with_suffix(".tmp").write_text(json.dumps(state))
-            marker.with_suffix(".tmp").replace(marker)
-        except OSError as exc:  # a launch we cannot record is not sent
-            raise StorageFaultError(str(marker), exc) from exc
-        request = {"argv": argv, "env": own, "cwd": cwd, "log": str(tctx.log_path), "outputs": tctx.output_prefix}
+        try:  # recorded before it is sent: a launch is never sent unrecorded
+            self.journals.append(worker.launch_fd, {**state, "outputs": tctx.output_prefix})
+        except (OSError, TypeError) as exc:
+            pool.release(worker)
+            raise StorageFaultError(str(self.journals.paths(pool.key, worker.id)[0]), exc) from exc
+        header = (f"[taskdeck] attempt {md.attempt} of {md.owner_name}; image {state['image'] or '-'} recorded, "
+                  f"not pulled; running in {where}, {cwd}\n[taskdeck] $ {shlex.join(argv)}")
+        request = {"argv": argv, "env": own, "cwd": cwd, "log": str(tctx.log_path), "outputs": tctx.output_prefix,
+                   "header": header}
         try:
             action = worker.run(name, (md.project, md.domain, md.run_name), request)
         except OSError:  # it died between the claim and now: the next reconcile claims another
-            with contextlib.suppress(OSError):
-                marker.unlink()
+            self._forget_launch(worker, tctx.output_prefix)
             pool.release(worker)
             return PhaseInfo.waiting_for_resources(reason=f"worker {worker.id} went away; waiting for another")
         launched = self._launched[name] = _Launched(pool, worker, action)
         asyncio.get_running_loop().create_task(self._await_end(name, launched, tctx.enqueue_owner))
         tctx.plugin_state.put(STATE_VERSION, state)
         return PhaseInfo.running(info=self._info(tctx, state), reason=f"running in {where}")
+
+    def _forget_launch(self, worker: WorkerProcess, outputs: str) -> None:
+        """A recorded launch that will not run (never sent, or aborted): a later engine must not adopt it."""
+        self.journals.forget(outputs)
+        if worker.launch_fd is not None:
+            with contextlib.suppress(OSError):
+                self.journals.append(worker.launch_fd, {"outputs": outputs, "forgotten": True})
 
     async def _await_end(self, name: str, launched: _Launched, enqueue_owner) -> None:
         report = await launched.action.done
@@ -254,13 +254,15 @@ class ReusableTaskPlugin(Plugin):
     # ---------------------------------------------------------------- observe
     def _adopt_marker(self, tctx: TaskExecutionContext) -> PhaseInfo | None:
         """A launch whose status write was lost: observe it, never send it twice."""
-        marker = Path(tctx.output_prefix) / MARKER
-        if tctx.metadata.generated_name not in self._launched and not marker.exists():
-            return None
-        try:
-            state = json.loads(marker.read_text())
-        except (OSError, ValueError):
-            return None
+        launched = self._launched.get(tctx.metadata.generated_name)
+        if launched is not None:
+            state = {"phase": "Started", "worker": launched.worker.id, "pid": launched.worker.pid,
+                     "startTicks": launched.worker.start_ticks, "pool": launched.pool.key}
+        else:
+            state = self.journals.previous_launch(tctx.output_prefix)
+            if state is None or "worker" not in state:
+                return None
+            state = {k: v for k, v in state.items() if k != "outputs"}
         tctx.plugin_state.put(STATE_VERSION, state)
         return self._observe(tctx, state)
 
@@ -273,7 +275,7 @@ class ReusableTaskPlugin(Plugin):
                 return PhaseInfo.running(info=info)
             del self._launched[name]
             return self._ended(tctx, self._reports.pop(name), state, info, launched.worker.exit_code)
-        done = self._done_report(tctx)
+        done = self._done_report(tctx, state)
         if done is not None:
             self._adopted.pop(name, None)
             return self._ended(tctx, done, state, info, None)
@@ -287,15 +289,15 @@ class ReusableTaskPlugin(Plugin):
         self._adopted.pop(name, None)
         return self._ended(tctx, None, state, info, None)
 
-    @staticmethod
-    def _done_report(tctx: TaskExecutionContext) -> dict | None:
-        try:
-            return json.loads((Path(tctx.output_prefix) / DONE_MARKER).read_text())
-        except (OSError, ValueError):
+    def _done_report(self, tctx: TaskExecutionContext, state: dict) -> dict | None:
+        """How the worker said the action ended, from its end journal (for an action this engine adopted)."""
+        if not state.get("pool") or not state.get("worker"):
             return None
+        return self.journals.ended(str(state["pool"]), str(state["worker"]), tctx.output_prefix)
 
     async def _poll_adopted(self, tctx: TaskExecutionContext, name: str, pid: int, ticks: int | None) -> None:
-        while name in self._adopted and alive(pid, ticks) and self._done_report(tctx) is None:
+        state = tctx.plugin_state.get() or {}
+        while name in self._adopted and alive(pid, ticks) and self._done_report(tctx, state) is None:
             await asyncio.sleep(ADOPTED_POLL_SECONDS)
         tctx.enqueue_owner()
 
@@ -323,9 +325,8 @@ class ReusableTaskPlugin(Plugin):
         pool = self._waiting_in.pop(name, None)
         if pool is not None:
             pool.forget(name)
-        with contextlib.suppress(OSError):
-            os.unlink(os.path.join(tctx.output_prefix, MARKER))
         launched = self._launched.pop(name, None)
+        self.journals.forget(tctx.output_prefix)
         self._reports.pop(name, None)
         if launched is not None:
             if not launched.action.done.done():
@@ -335,13 +336,14 @@ class ReusableTaskPlugin(Plugin):
                 except asyncio.TimeoutError:
                     log.warning("worker %s did not stop %s: replacing the worker", launched.worker.id, name)
                     launched.worker.kill()
+            self._forget_launch(launched.worker, tctx.output_prefix)
             return
         if state is None and self._route_is_process(tctx):
             await self.fallback.abort(tctx)
             return
         self._adopted.pop(name, None)
         pid, ticks = (state or {}).get("pid"), (state or {}).get("startTicks")
-        if pid and alive(pid, ticks) and self._done_report(tctx) is None:
+        if pid and alive(pid, ticks) and self._done_report(tctx, state) is None:
             # a previous engine's worker: no request channel is left to it, so it is stopped as a whole
             log.warning("aborting %s: stopping the adopted worker %s (pid %s)", name, state.get("worker"), pid)
             kill_group(pid, signal.SIGTERM)

@@ -11,9 +11,9 @@ The engine talks to it in JSON lines over stdin/stdout; the worker's own output 
 
 * ``{"op": "run", "id": N, "argv": [...], "env": {...}, "cwd": "...", "log": "...", "outputs": "..."}``
   runs one action (argv is the task's ``a0`` command line). ``{"op": "started", "id": N}`` once it is
-  running; ``{"op": "done", "id": N, "code": C, "cpuSeconds": S}`` when it ended (code 0: it ended
-  normally, whatever outputs.pb / error.pb say; 130: cancelled). A ``.taskdeck-worker-done.json`` beside
-  the outputs says the same, for an engine that was not there to hear it.
+  running; ``{"op": "done", "id": N, "code": C}`` when it ended (code 0: it ended
+  normally, whatever outputs.pb / error.pb say; 130: cancelled). A line in the end journal
+  (``TASKDECK_WORKER_ENDS``, see ``journal.py``) says the same, for an engine that was not there to hear it.
 * ``{"op": "cancel", "id": N}`` cancels that action only. An async body is cancelled; a sync body (it
   runs in a thread, which cannot be stopped) that has not returned within ``grace`` seconds makes the
   worker reply ``{"op": "recycle", ...}`` and exit, so the pool replaces it.
@@ -39,7 +39,6 @@ import threading
 import time
 import traceback
 
-DONE_MARKER = ".taskdeck-worker-done.json"
 CANCELLED_CODE = 130
 SYNC_THREAD_PREFIX = "sync-executor-"  # flyte._utils.asyncify.run_sync_in_thread names its threads so
 _current_log: contextvars.ContextVar = contextvars.ContextVar("taskdeck_action_log", default=None)
@@ -59,10 +58,16 @@ launcher = _load_launcher()
 class ActionLog:
     """One action's log file: what it writes, one stamped line at a time (as ``launcher.py`` stamps)."""
 
-    def __init__(self, path: str):
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    def __init__(self, path: str, header: str = ""):
+        try:
+            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # the engine leaves the action's log directory to the worker
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self.lock = threading.Lock()
         self.pending = ""
+        if header:
+            os.write(self.fd, launcher.stamped(header, time.time()))
 
     def write(self, text: str) -> None:
         with self.lock:
@@ -149,6 +154,8 @@ class Worker:
         self.tasks_loaded: dict[tuple, object] = {}
         self.served = 0
         self.closing = False
+        ends = os.environ.get("TASKDECK_WORKER_ENDS")
+        self.ends_fd = os.open(ends, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600) if ends else None
 
     def reply(self, message: dict) -> None:
         data = (json.dumps(message, separators=(",", ":")) + "\n").encode()
@@ -198,7 +205,7 @@ class Worker:
         return key, task
 
     async def run(self, ident: int, request: dict) -> None:
-        action_log = ActionLog(request["log"])
+        action_log = ActionLog(request["log"], request.get("header", ""))
         token = _current_log.set(action_log)
         outputs = request["outputs"]
         code = 0
@@ -231,13 +238,14 @@ class Worker:
             self.actions.pop(ident, None)
             self.sync_actions.discard(ident)
             self.served += 1
-            report = {"code": code, "cpuSeconds": round(after.ru_utime + after.ru_stime - usage.ru_utime
-                                                        - usage.ru_stime, 4), "worker": os.getpid()}
-            try:
-                with open(os.path.join(outputs, DONE_MARKER), "w") as f:
-                    json.dump(report, f)
-            except OSError:
-                pass
+            report = {"code": code, "worker": os.getpid()}
+            if isolated:  # one action at a time: the process's CPU is this action's
+                report["cpuSeconds"] = round(after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime, 4)
+            if self.ends_fd is not None:  # for an engine that was not there to hear the reply
+                try:
+                    os.write(self.ends_fd, (json.dumps({"outputs": outputs, **report}) + "\n").encode())
+                except OSError:
+                    pass
             self.reply({"op": "done", "id": ident, **report})
 
     async def _run_action(self, ident: int, request: dict, outputs: str) -> None:

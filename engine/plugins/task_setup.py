@@ -21,7 +21,7 @@ INHERITED_ENV = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE"
 # that alone. The engine takes thousands a second; a task's own env may still set its pace.
 SDK_DEFAULTS = {"_F_MAX_QPS": "5000"}
 # Left by a previous try of the same attempt (a relaunch after a system failure): never read as this one's.
-STALE_FILES = ("outputs.pb", "error.pb", ".taskdeck-worker-done.json")
+STALE_FILES = ("outputs.pb", "error.pb")
 
 _TEMPLATE_VAR = re.compile(r"\{\{\s*[.$]([A-Za-z0-9_]+)\s*\}\}")
 
@@ -95,17 +95,19 @@ class TaskProcessSetup:
     def code_dir(tctx: TaskExecutionContext) -> str:
         return tctx.metadata.annotations.get(ANNOTATION_CODE_DIR) or tctx.output_prefix
 
-    def prepare(self, tctx: TaskExecutionContext) -> str | PhaseInfo:
-        """Make the attempt's directories and clear a previous try's files; the working directory, or a
-        failure when the task's code directory is gone."""
+    def prepare(self, tctx: TaskExecutionContext, make_dirs: bool = True) -> str | PhaseInfo:
+        """Make the attempt's directories (``make_dirs``; else whoever writes there makes them) and clear a
+        previous try's files; the working directory, or a failure when the task's code directory is gone."""
         cwd = self.code_dir(tctx)
-        for path in (tctx.output_prefix, tctx.checkpoint_prefix, tctx.log_path.parent):
+        for path in (tctx.output_prefix, tctx.checkpoint_prefix, tctx.log_path.parent) if make_dirs else ():
             try:
                 Path(path).mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StorageFaultError(str(path), exc) from exc
         if not os.path.isdir(cwd):
             return PhaseInfo.failure("BadTaskSpecification", f"code directory {cwd} does not exist")
+        if not make_dirs and not os.path.isdir(tctx.output_prefix):
+            return cwd  # a first try: nothing stale
         for stale in STALE_FILES:
             try:
                 os.unlink(os.path.join(tctx.output_prefix, stale))

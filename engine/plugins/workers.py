@@ -24,12 +24,13 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from engine.plugins.process import kill_group, process_start_ticks
+from engine.plugins.process import kill_group, process_cpu_seconds, process_start_ticks
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +88,12 @@ class WorkerProcess:
         self.claims = 0  # actions running on it or handed to it and not yet sent
         self.actions: dict[int, ActionRun] = {}
         self.served = 0
-        self.cpu_seconds = 0.0
         self.started_at = time.time()
         self.idle_since = time.monotonic()
         self.exit_code: int | None = None
         self.info: dict = {}
         self.recycled = False
+        self.launch_fd: int | None = None  # its launch journal (journal.py), appended before each run
         self._next_id = 0
         self._reader: asyncio.Task | None = None
 
@@ -168,7 +169,6 @@ class WorkerProcess:
                 elif op == "done" and action is not None:
                     del self.actions[action.ident]
                     self.served += 1
-                    self.cpu_seconds += float(message.get("cpuSeconds") or 0)
                     if not action.done.done():
                         action.done.set_result(message)
                 elif op == "recycle":
@@ -183,6 +183,10 @@ class WorkerProcess:
                 if not action.done.done():
                     action.done.set_result(None)
             self.actions.clear()
+            if self.launch_fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self.launch_fd)
+                self.launch_fd = None
             self.pool.worker_gone(self)
 
     async def stop(self) -> None:
@@ -209,7 +213,8 @@ class WorkerProcess:
 
     def snapshot(self) -> dict:
         return {"worker": self.id, "pid": self.pid, "state": self.state, "running": len(self.actions),
-                "claims": self.claims, "served": self.served, "cpuSeconds": round(self.cpu_seconds, 3),
+                "claims": self.claims, "served": self.served,
+                "cpuSeconds": round(process_cpu_seconds(self.pid) or 0.0, 3) if self.state != "gone" else None,
                 "startedAt": self.started_at, "startSeconds": self.info.get("startSeconds"),
                 "idleSeconds": round(time.monotonic() - self.idle_since, 1) if not self.claims else 0.0}
 
