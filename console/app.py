@@ -237,10 +237,19 @@ class TaskDeckApp(App):
                 rows.append((binding.key_display or binding.key, binding.description, binding.tooltip or ""))
         self.push_screen(HelpScreen(f"Keys: {type(screen).__name__.replace('Screen', '').lower()} view", rows))
 
+    def action_workers(self) -> None:
+        from console.screens.workers import WorkersScreen
+
+        if not isinstance(self.screen, WorkersScreen):
+            self.push_screen(WorkersScreen())
+
     def action_jump(self) -> None:
         async def jump(value: str | None) -> None:
             run, _, action = (value or "").strip().partition("/")
             if not run:
+                return
+            if run in ("workers", "pools"):  # k9s-style: a view by name
+                self.action_workers()
                 return
             try:
                 run = await self.resolve_run(run)
@@ -249,7 +258,8 @@ class TaskDeckApp(App):
                 return
             self.open_run(run, action or None)
 
-        self.push_screen(InputScreen("Jump to a run or an action (RUN or RUN/ACTION; a unique prefix will do):",
+        self.push_screen(InputScreen("Jump to a run or an action (RUN or RUN/ACTION; a unique prefix will do), or "
+                                     "`workers`:",
                                      "r…/a0"), jump)
 
     async def resolve_run(self, text: str) -> str:

@@ -151,3 +151,35 @@ def test_abort_confirmation_names_its_target(snap_compare, fixed_app):
         await pilot.pause(0.2)
 
     assert snap_compare(fixed_app(), terminal_size=(120, 20), run_before=before)
+
+
+LISTING = {
+    "pools": [{"pool": "56d1a708eab582d8", "environment": "pooled", "version": "7ff19cceabcc529", "minReplicas": 1,
+               "maxReplicas": 3, "concurrency": 8, "idleTtlSeconds": 30.0, "scaledownTtlSeconds": 60.0,
+               "scope": "global", "waiting": 2, "lastError": "",
+               "workers": [{"worker": "w1db62e8e", "pid": 6821, "state": "ready", "running": 8, "claims": 8,
+                            "served": 412, "cpuSeconds": 3.25, "startedAt": T0, "startSeconds": 0.51,
+                            "idleSeconds": 0.0},
+                           {"worker": "w72c50aa9", "pid": 6823, "state": "starting", "running": 0, "claims": 0,
+                            "served": 0, "cpuSeconds": 0.2, "startedAt": T0, "startSeconds": None,
+                            "idleSeconds": 0.0}]},
+              {"pool": "9b5234fcb324c9e0", "environment": "broken", "version": "1", "minReplicas": 2,
+               "maxReplicas": 2, "concurrency": 1, "idleTtlSeconds": 30.0, "scaledownTtlSeconds": 30.0,
+               "scope": "run", "waiting": 1, "lastError": "the worker exited while starting; see work/workers/x.log",
+               "workers": []}],
+    "forkServers": [{"key": "0f3c2a9e11b04d77", "pid": 6400, "alive": True, "forks": 37}],
+}
+
+
+def test_workers_screen_shows_pools_and_their_workers(snap_compare, fixed_app):
+    async def before(pilot):
+        await _settle(pilot)
+
+        async def listing():
+            return LISTING
+
+        pilot.app.client.list_workers = listing
+        await pilot.press("W")
+        await _settle(pilot)
+
+    assert snap_compare(fixed_app(), terminal_size=(150, 16), run_before=before)

@@ -61,7 +61,13 @@ async def test_idle_workers_beyond_min_go_after_scaledown_ttl_and_all_after_idle
         pool.release(worker, now=10)
     assert pool.tick(now=20) == []  # idle 10 s < scaledown 30 s
     assert len(pool.tick(now=45)) == 2  # beyond min 1
-    assert len(pool.tick(now=111)) == 3  # the whole environment idle for idle_ttl
+    retired = pool.tick(now=111)
+    assert len(retired) == 3  # the whole environment idle for idle_ttl
+    for worker in retired:
+        worker.state = "gone"
+        pool.worker_gone(worker)
+    await settle()
+    assert pool.workers == []  # not replaced: min replicas hold while the environment is in use
 
 
 async def test_a_worker_that_cannot_start_makes_the_pool_unavailable_and_is_not_retried_in_a_loop():

@@ -58,6 +58,8 @@ class RunsScreen(Screen):
         Binding("r", "retry", "Retry", tooltip="Re-run a failed, aborted or timed-out run as a new attempt"),
         Binding("ctrl+d", "abort", "Abort", tooltip="Abort the selected run and all its actions (asks first)"),
         Binding("c", "copy_id", "Copy id", show=False),
+        Binding("W", "app.workers", "Workers", key_display="W",
+                tooltip="The engine's reusable workers by pool, and its fork servers"),
         Binding("escape", "clear_filter", "Clear filter", show=False),
     ]
 

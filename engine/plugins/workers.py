@@ -238,6 +238,7 @@ class WorkerPool:
         self.failed_at = 0.0
         self.last_error = ""
         self.closing = False
+        self.retired = False  # idle for idle_ttl: its workers were stopped and are not replaced
 
     @property
     def waiting(self) -> int:
@@ -254,6 +255,7 @@ class WorkerPool:
         """A worker with a place claimed for ``name``, or None: it waits, ``wake`` is called when one is."""
         now = time.monotonic() if now is None else now
         self.last_active = now
+        self.retired = False
         handed = self._handed.pop(name, None)
         if handed is not None:
             if handed[0].ready:
@@ -351,7 +353,7 @@ class WorkerPool:
         if worker.exit_code not in (0, None) or worker.recycled:
             log.info("reusable worker %s (pid %s) of %s ended with exit %s", worker.id, worker.pid, self.label,
                      worker.exit_code)
-        if self.closing:
+        if self.closing or self.retired:
             return
         if self._waiting or (self.workers and len(self._live()) < self.spec.min_replicas):
             with contextlib.suppress(RuntimeError):  # no running loop: the engine is stopping
@@ -363,6 +365,7 @@ class WorkerPool:
         now = time.monotonic() if now is None else now
         busy = any(w.claims for w in self.workers) or self._waiting or self._handed
         if not busy and now - self.last_active >= self.spec.idle_ttl:
+            self.retired = True
             return [w for w in self.workers if w.state == "ready"]
         idle = sorted((w for w in self.workers if w.ready and not w.claims
                        and now - w.idle_since >= self.spec.scaledown_ttl), key=lambda w: w.idle_since)
