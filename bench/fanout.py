@@ -102,6 +102,21 @@ class TaskDeck:
                 "reconciles": statistics.mean(children) if children else 0.0}
 
 
+def filesystem_floor(directory: Path, n: int = 1000) -> float:
+    """Milliseconds per child of the files every real child leaves, whoever writes them: its inputs (a
+    directory and inputs.pb, by the parent's SDK), its outputs (a directory and outputs.pb) and its log (a
+    directory and a file). Local mode keeps all of it in memory; here it is the floor under any design
+    that keeps per-action outputs and logs on disk."""
+    started = time.perf_counter()
+    for i in range(n):
+        for sub in (f"data/c{i}", f"data/c{i}/1", f"logs/c{i}"):
+            os.makedirs(directory / sub)
+        for name in (f"data/c{i}/inputs.pb", f"data/c{i}/1/outputs.pb", f"logs/c{i}/1.log"):
+            with open(directory / name, "wb") as f:
+                f.write(b"x" * 64)
+    return (time.perf_counter() - started) / n * 1000
+
+
 def local(n: int, example: str = "fanout.py") -> dict:
     cpu, started = children_cpu(), time.perf_counter()
     done = subprocess.run([str(BIN / "flyte"), "run", "--local", str(EXAMPLES / example), "sum_of_squares",
@@ -135,6 +150,8 @@ async def fan_out_rounds(n: int, rounds: int, start: str, max_processes: int | N
     print(f"{tag}_task_cpu_ms_per_child: {statistics.median(r['task_cpu'] for r in ours) / n * 1000:.1f}")
     print(f"{tag}_local_cpu_ms_per_child: {statistics.median(r['cpu'] for r in theirs) / n * 1000:.1f}")
     print(f"{tag}_reconciles_per_child: {statistics.median(r['reconciles'] for r in ours):.2f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        print(f"filesystem_floor_ms_per_child: {filesystem_floor(Path(tmp)):.2f}")
     if floor is not None and start == "fork":
         print(f"fork_floor_cpu_ms_per_child: {floor:.1f}")
 

@@ -204,9 +204,8 @@ class ControllerServices:
                                    if r.parent_action_name == parent]
                     else:
                         names = list(pending)
-                        pending.clear()
-                        records = [await self.runs.get_action((root.project, root.domain, run_id.name, name))
-                                   for name in names]
+                        pending.clear()  # one read for all that changed since the last pass
+                        records = await self.runs.actions_of(root.project, root.domain, run_id.name, names)
                     for record in records:
                         if record is None or record.parent_action_name != parent:
                             continue

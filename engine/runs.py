@@ -593,6 +593,10 @@ class RunsService:
         """``callback`` after each commit that changed runs data (see ``RunsRepository.subscribe``)."""
         return self.store.subscribe(callback)
 
+    async def actions_of(self, project: str, domain: str, run_name: str, names: list[str]) -> list[ActionRecord]:
+        """The named actions (validated names) of a run whose identity the caller has checked: one read."""
+        return await self.store.get_actions(project, domain, run_name, names)
+
     async def get_actions(self, run_name: str, names: list[str]) -> list[ActionRecord]:
         """The named actions of the run that exist."""
         run = await self.get_run(run_name)

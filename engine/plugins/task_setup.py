@@ -57,6 +57,16 @@ class TaskProcessSetup:
     def __init__(self, bin_dir: str | None = None, pass_env: tuple[str, ...] = ()):
         self.bin_dir = bin_dir or str(Path(sys.executable).parent)
         self.pass_env = frozenset(pass_env)
+        self._inherited: tuple[int, dict[str, str]] | None = None
+
+    def inherited(self) -> dict[str, str]:
+        """What task processes keep of the engine's environment (re-read only when that changes size)."""
+        if self._inherited is None or self._inherited[0] != len(os.environ):
+            kept = {k: v for k, v in os.environ.items()
+                    if k in INHERITED_ENV or k.startswith("LC_") or k in self.pass_env}
+            kept["PATH"] = os.pathsep.join([self.bin_dir, kept.get("PATH", os.defpath)])
+            self._inherited = (len(os.environ), kept)
+        return dict(self._inherited[1])
 
     def argv(self, tctx: TaskExecutionContext) -> list[str]:
         template = tctx.task_template
@@ -77,9 +87,7 @@ class TaskProcessSetup:
     def environment(self, tctx: TaskExecutionContext) -> tuple[dict[str, str], dict[str, str]]:
         """(what every action of the task environment shares, what is this action's own)."""
         md = tctx.metadata
-        shared = {k: v for k, v in os.environ.items()
-                  if k in INHERITED_ENV or k.startswith("LC_") or k in self.pass_env}
-        shared["PATH"] = os.pathsep.join([self.bin_dir, shared.get("PATH", os.defpath)])
+        shared = self.inherited()
         shared.update(SDK_DEFAULTS)
         shared.update({kv.key: kv.value for kv in tctx.task_template.container.env})
         shared.update(tctx.runtime_env)
