@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from engine.client.local import LocalClient
+from engine.client.remote import RemoteClient
 from engine.engine import Engine, EngineConfig
 from engine.model import task_action_name
 from engine.phases import ActionPhase
@@ -211,9 +213,26 @@ async def test_reuse_off_runs_each_action_in_a_fresh_process(tmp_path, probes):
         await engine.stop()
 
 
-async def test_workers_are_listed_through_the_client_interface(engine, probes):
+async def test_workers_are_listed_through_the_client_interface_the_api_and_the_cli(engine, probes):
     await run_sdk_task(engine, probes, "pid")
+    await eventually(lambda: all(w["state"] == "ready" for w in _pool(engine, "serial")["workers"]), timeout=60)
     listing = await LocalClient(engine.services).list_workers()
     pool = next(p for p in listing["pools"] if p["environment"] == "serial")
     assert (pool["minReplicas"], pool["maxReplicas"], pool["concurrency"]) == (2, 2, 1)
     assert sum(w["served"] for w in pool["workers"]) == 1 and all(w["pid"] for w in pool["workers"])
+
+    remote = RemoteClient(engine.url, engine.authority.owner_token)
+    try:
+        served = await remote.list_workers()
+    finally:
+        await remote.close()
+    ids = lambda data: sorted((w["worker"], w["pid"], w["served"]) for p in data["pools"] for w in p["workers"])  # noqa: E731
+    assert ids(served) == ids(listing)
+
+    done = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "console.cli", "--data-dir", str(engine.data_dir), "get", "workers",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(done.communicate(), 60)
+    assert done.returncode == 0, err.decode()
+    table = out.decode()
+    assert "serial" in table and all(w["worker"] in table and str(w["pid"]) in table for w in pool["workers"])
