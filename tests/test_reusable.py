@@ -30,6 +30,8 @@ PROBES = textwrap.dedent('''
     serial = flyte.TaskEnvironment(name="serial", reusable=flyte.ReusePolicy(replicas=2, concurrency=1))
     shared = flyte.TaskEnvironment(name="shared", reusable=flyte.ReusePolicy(replicas=1, concurrency=5))
     plain = flyte.TaskEnvironment(name="plain")
+    broken = flyte.TaskEnvironment(name="broken", env_vars={"PYTHONHOME": "/nonexistent"},
+                                   reusable=flyte.ReusePolicy(replicas=1))
     COUNTER = 0
 
     @serial.task
@@ -82,6 +84,10 @@ PROBES = textwrap.dedent('''
     @shared.task
     async def square(i: int) -> int:
         return i * i
+
+    @broken.task
+    def unreachable() -> int:
+        return 1
 ''')
 
 
@@ -200,6 +206,13 @@ async def test_children_of_a_plain_parent_run_on_a_reusable_pool(engine, probes)
     pool = _pool(engine, "shared")
     assert sum(w["served"] for w in pool["workers"]) == 12 and len(pool["workers"]) == 1
     assert "worker" not in _state(engine, result.run.run_name)  # the parent ran as its own process
+
+
+async def test_a_worker_that_cannot_start_fails_its_action_as_a_system_failure(engine, probes):
+    result = await run_sdk_task(engine, probes, "unreachable", timeout=90)
+    assert result.phase == ActionPhase.FAILED
+    assert result.error["kind"] == "SYSTEM" and "WorkerStartFailed" in result.error["message"], result.error
+    assert "exited while starting" in _pool(engine, "broken")["lastError"]
 
 
 async def test_reuse_off_runs_each_action_in_a_fresh_process(tmp_path, probes):
