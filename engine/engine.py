@@ -20,7 +20,11 @@ from engine.feed import ChangeFeed
 from engine.controller import ControllerManager
 from engine.gc import DEFAULT_INTERVAL_SECONDS, DEFAULT_TTL_SECONDS, GarbageCollector
 from engine.plugins.container import LocalContainerPlugin
+from engine.plugins.dask import DaskPlugin
+from engine.plugins.local_backend import LocalResourceBackend
+from engine.plugins.local_dask import LocalDaskOperator
 from engine.plugins.registry import PluginRegistry
+from engine.plugins.resource_manager import ResourcePluginManager
 from engine.plugins.reusable import ReusableTaskPlugin
 from engine.plugins.slots import default_capacity
 from engine.plugins.sleep import SleepPlugin
@@ -108,6 +112,8 @@ class Engine:
                                                   credential=self._worker_env)
         self.authority.worker_runs = self.reusable_plugin.runs_of_worker
         self.registry.register(self.reusable_plugin)
+        resources = LocalResourceBackend(self.data_dir / "work", [LocalDaskOperator(self.container_plugin.setup)])
+        self.registry.register(ResourcePluginManager(DaskPlugin(), resources))
         self.registry.register(SleepPlugin())
         self.runtime_env: dict[str, str] = {}
         self.reconciler = TaskActionReconciler(

@@ -69,6 +69,8 @@ def build_action_event(
         event.outputs.report_uri = f"{prefix}/report.html"
     if phase_info.info.log_path:
         event.log_info.append(execution_pb2.TaskLog(uri=phase_info.info.log_path, name="local"))
+    for name, uri in (phase_info.info.custom.get("links") or {}).items():  # a cluster's UIs (Dask dashboard, ...)
+        event.log_info.append(execution_pb2.TaskLog(uri=uri, name=name))
     worker = phase_info.info.custom.get("worker")
     if worker:  # which reusable worker ran the attempt: where Flyte names the pod
         event.log_context.primary_pod_name = worker

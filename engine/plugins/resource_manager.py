@@ -1,0 +1,141 @@
+"""The plugin manager over resource plugins (Flyte's ``executor/pkg/plugin/k8s/plugin_manager.go``).
+
+It owns the lifecycle; the resource plugin only builds objects and reads phases:
+
+* not started: build the resource, add Flyte's metadata (name = generated name, namespace, labels,
+  annotations, controller owner reference), create it. AlreadyExists is fine (launched before);
+  Forbidden → retryable; 413 → EntityTooLarge, 422 → InvalidResource, 400 → BadRequest (permanent);
+  anything else a system error, retried. Then Queued "task submitted to K8s".
+* started: get the resource. Gone → SystemRetryableFailure ResourceDeletedExternally; a deletion
+  timestamp on a live phase → UnexpectedObjectDeletion. A success still reads error.pb, and a success
+  whose outputs are incomplete is not one (the outcome rules of the process plugins).
+* abort: delete it (NotFound is fine). finalize: delete it unless the plugin keeps it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from engine.phases import PluginPhase
+from engine.plugins.core import PhaseInfo, Plugin, PluginError, TaskExecutionContext, Transition
+from engine.plugins.outcome import read_outcome
+from engine.plugins.resources import (
+    AlreadyExistsError,
+    BackendError,
+    BadRequestError,
+    ForbiddenError,
+    InvalidError,
+    NotFoundError,
+    Resource,
+    ResourceBackend,
+    ResourcePlugin,
+    TooLargeError,
+)
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+DEFAULT_ANNOTATIONS = {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"}
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def dns_name(name: str, max_length: int | None = None) -> str:
+    name = name.lower()
+    if not _DNS_SUBDOMAIN.match(name):
+        name = re.sub(r"[^a-z0-9.-]+", "-", name).strip("-.") or "x"
+    limit = min(max_length or 253, 253)
+    return name[:limit].rstrip("-.")
+
+
+class ResourcePluginManager(Plugin):
+    """A ``Plugin`` for the task types of one resource plugin, over one backend."""
+
+    def __init__(self, plugin: ResourcePlugin, backend: ResourceBackend, owner_api_version: str = "flyte.org/v1"):
+        self.plugin = plugin
+        self.backend = backend
+        self.id = plugin.id
+        self.task_types = plugin.task_types
+        self.owner_api_version = owner_api_version
+
+    def _with_metadata(self, resource: Resource, tctx: TaskExecutionContext) -> Resource:
+        md = tctx.metadata
+        meta = resource.setdefault("metadata", {})
+        meta["name"] = dns_name(md.generated_name, self.plugin.properties.generated_name_max_length)
+        meta["namespace"] = md.namespace
+        meta["annotations"] = {**DEFAULT_ANNOTATIONS, **meta.get("annotations", {}), **md.annotations}
+        meta["labels"] = {**meta.get("labels", {}), **md.labels, "flyte.org/managed": "true",
+                          "run": md.run_name, "action": md.action_name, "attempt": str(md.attempt),
+                          "project": md.project, "domain": md.domain}
+        if not self.plugin.properties.disable_inject_owner_references:
+            meta["ownerReferences"] = [{"apiVersion": self.owner_api_version, "kind": "TaskAction",
+                                        "name": md.owner_name, "controller": True}]
+        return resource
+
+    def _identity(self, tctx: TaskExecutionContext) -> Resource:
+        identity = self.plugin.build_identity_resource(tctx.metadata)
+        identity["metadata"] = {"name": dns_name(tctx.metadata.generated_name,
+                                                 self.plugin.properties.generated_name_max_length),
+                                "namespace": tctx.metadata.namespace}
+        return identity
+
+    async def handle(self, tctx: TaskExecutionContext) -> Transition:
+        state = tctx.plugin_state.get()
+        if state is None or state.get("phase") != "Started":
+            return Transition.of(await self._launch(tctx))
+        return Transition.of(await self._check(tctx))
+
+    async def _launch(self, tctx: TaskExecutionContext) -> PhaseInfo:
+        resource = self._with_metadata(self.plugin.build_resource(tctx), tctx)
+        try:
+            await self.backend.create(resource, tctx)
+        except AlreadyExistsError:
+            pass  # launched before and the state write was lost: it is ours
+        except ForbiddenError as exc:
+            return PhaseInfo.retryable_failure("RuntimeFailure", str(exc))
+        except TooLargeError as exc:
+            return PhaseInfo.failure("EntityTooLarge", str(exc))
+        except InvalidError as exc:
+            return PhaseInfo.failure("InvalidResource", str(exc))
+        except BadRequestError as exc:
+            return PhaseInfo.failure("BadRequest", str(exc))
+        except BackendError as exc:
+            raise PluginError(f"creating {resource['kind']} {resource['metadata']['name']}: {exc}") from exc
+        tctx.plugin_state.put(STATE_VERSION, {"phase": "Started", "kind": resource["kind"],
+                                              "name": resource["metadata"]["name"]})
+        return PhaseInfo.queued(reason="task submitted to K8s")
+
+    async def _check(self, tctx: TaskExecutionContext) -> PhaseInfo:
+        identity = self._identity(tctx)
+        try:
+            resource = await self.backend.get(identity)
+        except NotFoundError as exc:
+            return PhaseInfo.system_retryable_failure(
+                "ResourceDeletedExternally",
+                f"resource not found, name [{identity['metadata']['namespace']}/{identity['metadata']['name']}]. "
+                f"reason: {exc}")
+        info = self.plugin.get_task_phase(tctx, resource)
+        if info.phase == PluginPhase.SUCCESS:
+            return read_outcome(tctx, 0, info.info)
+        if not info.phase.is_terminal and (resource.get("metadata") or {}).get("deletionTimestamp"):
+            return PhaseInfo.system_retryable_failure(
+                "UnexpectedObjectDeletion", f"object [{identity['metadata']['name']}] terminated unexpectedly in "
+                "the background")
+        return info
+
+    async def abort(self, tctx: TaskExecutionContext) -> None:
+        try:
+            await self.backend.delete(self._identity(tctx))
+        except NotFoundError:
+            pass
+
+    async def finalize(self, tctx: TaskExecutionContext) -> None:
+        if self.plugin.properties.disable_delete_resource_on_finalize:
+            return
+        try:
+            await self.backend.delete(self._identity(tctx))
+        except NotFoundError:
+            pass
+
+    async def close(self) -> None:
+        await self.backend.close()

@@ -1,0 +1,111 @@
+"""Seed 002's resource-plugin interface (Flyte's ``k8s.Plugin``) and the backend its resources live on.
+
+A resource plugin turns a task into a Kubernetes-shaped object (a Pod, a DaskJob, ...) and reads a phase
+from that object's status; it knows nothing else. The plugin manager (``resource_manager.py``) owns the
+lifecycle over a ``ResourceBackend``: the local one here runs each object the way its operator would, on
+this machine; the Kubernetes backend will be the API server. Objects are plain dicts, exactly the JSON
+the API server would hold.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any
+
+from engine.plugins.core import PhaseInfo, TaskExecutionContext, TaskExecutionMetadata
+
+Resource = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class ResourceProperties:
+    """Flyte's ``k8s.PluginProperties``."""
+
+    disable_inject_owner_references: bool = False
+    disable_inject_finalizer: bool = False
+    generated_name_max_length: int | None = None
+    disable_delete_resource_on_finalize: bool = False
+
+
+class ResourcePlugin(abc.ABC):
+    """What a Flyte k8s plugin implements (``BuildIdentityResource``, ``BuildResource``, ``GetTaskPhase``,
+    ``GetProperties``, ``GarbageCollectable``)."""
+
+    id: str = ""
+    task_types: tuple[str, ...] = ()
+    properties = ResourceProperties()
+
+    @abc.abstractmethod
+    def build_identity_resource(self, metadata: TaskExecutionMetadata) -> Resource:
+        """An object with only apiVersion and kind: what to look the resource up as."""
+
+    @abc.abstractmethod
+    def build_resource(self, tctx: TaskExecutionContext) -> Resource:
+        """The full object to create (the manager adds name, namespace, labels, owner)."""
+
+    @abc.abstractmethod
+    def get_task_phase(self, tctx: TaskExecutionContext, resource: Resource) -> PhaseInfo:
+        """The task's phase from the object's status."""
+
+    def is_terminal(self, resource: Resource) -> bool:
+        return False
+
+    def get_completion_time(self, resource: Resource) -> str | None:
+        return None
+
+
+class BackendError(Exception):
+    """A refused request, with the API server's status code."""
+
+    status = 500
+    reason = "InternalError"
+
+    def __init__(self, message: str = ""):
+        super().__init__(message or self.reason)
+
+
+class AlreadyExistsError(BackendError):
+    status, reason = 409, "AlreadyExists"
+
+
+class NotFoundError(BackendError):
+    status, reason = 404, "NotFound"
+
+
+class ForbiddenError(BackendError):
+    status, reason = 403, "Forbidden"
+
+
+class InvalidError(BackendError):
+    status, reason = 422, "Invalid"
+
+
+class TooLargeError(BackendError):
+    status, reason = 413, "RequestEntityTooLarge"
+
+
+class BadRequestError(BackendError):
+    status, reason = 400, "BadRequest"
+
+
+class ResourceBackend(abc.ABC):
+    """Where resources live: create, get, delete, by (apiVersion, kind, namespace, name)."""
+
+    @abc.abstractmethod
+    async def create(self, resource: Resource, tctx: TaskExecutionContext) -> Resource: ...
+
+    @abc.abstractmethod
+    async def get(self, identity: Resource) -> Resource: ...
+
+    @abc.abstractmethod
+    async def delete(self, identity: Resource) -> None: ...
+
+    async def close(self) -> None:
+        """Release what the backend holds when the engine stops."""
+
+
+def identity_of(resource: Resource) -> Resource:
+    md = resource.get("metadata") or {}
+    return {"apiVersion": resource["apiVersion"], "kind": resource["kind"],
+            "metadata": {"name": md.get("name"), "namespace": md.get("namespace")}}

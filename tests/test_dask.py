@@ -1,0 +1,303 @@
+"""Dask tasks (flyteplugins-dask, task type ``dask``): the DaskJob Flyte would create, its phase table, the
+plugin manager's lifecycle rules, and real runs on a local Dask cluster through the engine."""
+
+from __future__ import annotations
+
+import copy
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from engine.engine import Engine, EngineConfig
+from engine.phases import ActionPhase, PluginPhase
+from engine.plugins.core import PluginStateManager, TaskExecutionContext, TaskExecutionMetadata
+from engine.plugins.dask import DaskPlugin
+from engine.plugins.resource_manager import ResourcePluginManager
+from engine.plugins.resources import (
+    AlreadyExistsError,
+    BadRequestError,
+    ForbiddenError,
+    InvalidError,
+    NotFoundError,
+    ResourceBackend,
+    TooLargeError,
+)
+from helpers import eventually, run_sdk_task, start_sdk_task
+
+CRDS = Path(__file__).parent / "crds"
+
+
+# ------------------------------------------------------------------ schema validation (reference §5.2)
+def _to_jsonschema(s, strict=False):
+    if isinstance(s, list):
+        return [_to_jsonschema(x, strict) for x in s]
+    if not isinstance(s, dict):
+        return s
+    s = {k: _to_jsonschema(v, strict) if k in ("properties", "items", "additionalProperties", "allOf", "anyOf",
+                                               "oneOf", "not") else v for k, v in s.items()}
+    if "properties" in s:
+        s["properties"] = {k: _to_jsonschema(v, strict) for k, v in s["properties"].items()}
+    if s.pop("x-kubernetes-int-or-string", False):
+        s.pop("type", None)
+        s["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    if s.pop("nullable", False) and "type" in s:
+        s["type"] = [s["type"], "null"]
+    if s.get("x-kubernetes-embedded-resource") and "properties" in s:
+        for k in ("apiVersion", "kind"):
+            s["properties"].setdefault(k, {"type": "string"})
+        s["properties"].setdefault("metadata", {"type": "object"})
+    preserve = s.pop("x-kubernetes-preserve-unknown-fields", False)
+    if strict and "properties" in s and "additionalProperties" not in s and not preserve:
+        s["additionalProperties"] = False
+    for k in [k for k in s if k.startswith("x-kubernetes-")]:
+        s.pop(k)
+    return s
+
+
+@pytest.fixture(scope="module")
+def daskjob_schema():
+    jsonschema = pytest.importorskip("jsonschema")
+    crd = yaml.safe_load((CRDS / "daskjob.yaml").read_text())
+    version = next(v for v in crd["spec"]["versions"] if v.get("storage"))
+    raw = copy.deepcopy(version["schema"]["openAPIV3Schema"])
+    raw["x-kubernetes-embedded-resource"] = True
+    raw.setdefault("properties", {})
+    return jsonschema.Draft202012Validator(_to_jsonschema(raw, strict=True))
+
+
+def _errors(validator, obj) -> list[str]:
+    return sorted(f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message[:110]}"
+                  for e in validator.iter_errors(obj))
+
+
+def _tctx(tmp_path, custom: dict | None, resources=None, name="rabc-a0", state: bytes | None = None
+          ) -> TaskExecutionContext:
+    from flyteidl2.core import tasks_pb2
+    from google.protobuf import struct_pb2
+
+    template = tasks_pb2.TaskTemplate(type="dask")
+    template.container.image = "ghcr.io/flyteorg/flyte:py3.11-v2.12.1"
+    template.container.args.extend(["a0", "--inputs", "{{.input}}", "--outputs-path", "{{.outputPrefix}}"])
+    if resources:
+        for key, value in resources.items():
+            template.container.resources.limits.add(name=getattr(tasks_pb2.Resources, key), value=value)
+    if custom is not None:
+        template.custom.CopyFrom(struct_pb2.Struct())
+        template.custom.update(custom)
+    md = TaskExecutionMetadata(namespace="flyte", owner_name=name, run_name="rabc", action_name="a0",
+                               project="p", domain="d", attempt=1, max_attempts=1, labels={}, annotations={},
+                               environment={"ACTION_NAME": "a0", "RUN_NAME": "rabc", "_U_EP_OVERRIDE": "secret"},
+                               run_start_time="")
+    return TaskExecutionContext(metadata=md, task_template_bytes=template.SerializeToString(),
+                                input_path=str(tmp_path / "inputs.pb"), output_prefix=str(tmp_path / "out"),
+                                raw_output_prefix=str(tmp_path / "out"), checkpoint_prefix=str(tmp_path / "ck"),
+                                prev_checkpoint_prefix="", log_path=tmp_path / "1.log",
+                                plugin_state=PluginStateManager(state, 1), enqueue_owner=lambda: None, runtime_env={})
+
+
+@pytest.mark.parametrize("custom, resources", [
+    ({"workers": {"numberOfWorkers": 2}, "scheduler": {}}, None),
+    ({"workers": {"numberOfWorkers": 4, "image": "my/worker:1",
+                  "resources": {"limits": [{"name": "CPU", "value": "2"}, {"name": "MEMORY", "value": "4Gi"}]}},
+      "scheduler": {"image": "my/scheduler:1"}}, None),
+    (None, {"CPU": "1", "MEMORY": "1Gi"}),
+])
+def test_the_daskjob_is_built_as_flyte_builds_it_and_validates_strictly(tmp_path, daskjob_schema, custom, resources):
+    manager = ResourcePluginManager(DaskPlugin(), backend=None)
+    job = manager._with_metadata(DaskPlugin().build_resource(_tctx(tmp_path, custom, resources)),
+                                 _tctx(tmp_path, custom, resources))
+    assert _errors(daskjob_schema, job) == []
+    spec = job["spec"]
+    runner = spec["job"]["spec"]["containers"][0]
+    assert runner["name"] == "job-runner" and spec["job"]["spec"]["restartPolicy"] == "Never"
+    assert runner["args"][:3] == ["a0", "--inputs", str(tmp_path / "inputs.pb")]  # template variables filled
+    assert all(e["name"] != "_U_EP_OVERRIDE" for e in runner["env"])  # the engine's credential stays local
+    worker = spec["cluster"]["spec"]["worker"]
+    scheduler = spec["cluster"]["spec"]["scheduler"]
+    assert worker["spec"]["containers"][0]["name"] == "dask-worker"
+    assert scheduler["spec"]["containers"][0]["name"] == "scheduler"
+    assert [p["port"] for p in scheduler["service"]["ports"]] == [8786, 8787]
+    assert job["metadata"]["name"] == "rabc-a0-0" and job["metadata"]["labels"]["flyte.org/managed"] == "true"
+    assert job["metadata"]["ownerReferences"][0]["kind"] == "TaskAction"
+    if custom and custom["workers"].get("image"):
+        assert worker["replicas"] == 4 and worker["spec"]["containers"][0]["image"] == "my/worker:1"
+        assert "--nthreads" in worker["spec"]["containers"][0]["args"]
+        assert scheduler["spec"]["containers"][0]["image"] == "my/scheduler:1"
+
+
+def test_a_broken_object_fails_the_schema(tmp_path, daskjob_schema):
+    job = DaskPlugin().build_resource(_tctx(tmp_path, {"workers": {"numberOfWorkers": 2}}))
+    job["spec"]["cluster"]["spec"]["worker"]["replicas"] = "2"
+    del job["spec"]["job"]
+    assert any("replicas" in e for e in _errors(daskjob_schema, job))
+    assert any("'job' is a required property" in e for e in _errors(daskjob_schema, job))
+
+
+@pytest.mark.parametrize("job_status, phase, reason", [
+    ("", PluginPhase.INITIALIZING, "unknown"),
+    ("JobCreated", PluginPhase.INITIALIZING, "job created"),
+    ("ClusterCreated", PluginPhase.INITIALIZING, "cluster created"),
+    ("Running", PluginPhase.RUNNING, ""),
+    ("Successful", PluginPhase.SUCCESS, ""),
+    ("Failed", PluginPhase.RETRYABLE_FAILURE, "Dask Job failed"),
+])
+def test_dask_phase_table_row_by_row(tmp_path, job_status, phase, reason):
+    info = DaskPlugin().get_task_phase(_tctx(tmp_path, None), {"status": {"jobStatus": job_status}})
+    assert info.phase == phase and info.reason == reason
+    if phase == PluginPhase.RETRYABLE_FAILURE:
+        assert info.err.code == "DownstreamSystemError" and info.err.kind == "USER"
+
+
+class FakeBackend(ResourceBackend):
+    def __init__(self, create_error=None, objects=None):
+        self.create_error = create_error
+        self.objects = objects or {}
+
+    async def create(self, resource, tctx):
+        if self.create_error:
+            raise self.create_error
+        self.objects[resource["metadata"]["name"]] = resource
+        return resource
+
+    async def get(self, identity):
+        try:
+            return self.objects[identity["metadata"]["name"]]
+        except KeyError:
+            raise NotFoundError("gone") from None
+
+    async def delete(self, identity):
+        if self.objects.pop(identity["metadata"]["name"], None) is None:
+            raise NotFoundError("gone")
+
+
+@pytest.mark.parametrize("error, phase, code", [
+    (ForbiddenError("quota"), PluginPhase.RETRYABLE_FAILURE, "RuntimeFailure"),
+    (TooLargeError("big"), PluginPhase.PERMANENT_FAILURE, "EntityTooLarge"),
+    (InvalidError("bad"), PluginPhase.PERMANENT_FAILURE, "InvalidResource"),
+    (BadRequestError("no"), PluginPhase.PERMANENT_FAILURE, "BadRequest"),
+    (AlreadyExistsError("there"), PluginPhase.QUEUED, None),
+])
+async def test_create_errors_map_as_flyte_maps_them(tmp_path, error, phase, code):
+    manager = ResourcePluginManager(DaskPlugin(), FakeBackend(create_error=error))
+    info = (await manager.handle(_tctx(tmp_path, {"workers": {"numberOfWorkers": 1}}))).info
+    assert info.phase == phase and (info.err.code if info.err else None) == code
+
+
+async def test_a_vanished_or_deleted_resource_is_a_system_failure(tmp_path):
+    backend = FakeBackend()
+    manager = ResourcePluginManager(DaskPlugin(), backend)
+    tctx = _tctx(tmp_path, {"workers": {"numberOfWorkers": 1}})
+    assert (await manager.handle(tctx)).info.phase == PluginPhase.QUEUED
+    tctx = _tctx(tmp_path, {"workers": {"numberOfWorkers": 1}}, state=tctx.plugin_state.new_state()[0])  # next round
+    backend.objects["rabc-a0-0"]["status"] = {"jobStatus": "Running"}
+    backend.objects["rabc-a0-0"]["metadata"]["deletionTimestamp"] = "2026-12-01T00:00:00Z"
+    info = (await manager.handle(tctx)).info
+    assert info.phase == PluginPhase.RETRYABLE_FAILURE and info.err.code == "UnexpectedObjectDeletion"
+    assert info.err.kind == "SYSTEM"
+    backend.objects.clear()
+    info = (await manager.handle(tctx)).info
+    assert info.err.code == "ResourceDeletedExternally" and info.err.kind == "SYSTEM"
+
+
+# ------------------------------------------------------------------ real runs on a local Dask cluster
+TASKS = textwrap.dedent('''
+    import asyncio, os
+    import flyte
+    from flyteplugins.dask import Dask, WorkerGroup
+
+    env = flyte.TaskEnvironment(name="dask_env", plugin_config=Dask(workers=WorkerGroup(number_of_workers=2)))
+
+    @env.task
+    async def total(n: int) -> str:
+        from distributed import Client
+        client = Client()
+        squares = sum(client.gather(client.map(lambda x: x * x, range(n))))
+        workers = len(client.scheduler_info()["workers"])
+        return f"{squares} {workers} {client.scheduler.address == os.environ['DASK_SCHEDULER_ADDRESS']}"
+
+    @env.task
+    async def broken() -> int:
+        raise ValueError("the dask job failed on purpose")
+
+    @env.task
+    async def linger(seconds: float) -> float:
+        from distributed import Client
+        Client()
+        await asyncio.sleep(seconds)
+        return seconds
+''')
+
+
+def _dask_processes(marker: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if "distributed.cli" in cmdline and marker in cmdline:
+                pids.append(int(entry.name))
+    return pids
+
+
+@pytest.fixture
+def tasks(tmp_path) -> Path:
+    pytest.importorskip("distributed")
+    pytest.importorskip("flyteplugins.dask")
+    path = tmp_path / "code" / "dask_tasks.py"
+    path.parent.mkdir()
+    path.write_text(TASKS)
+    return path
+
+
+@pytest.fixture
+async def engine(tmp_path):
+    engine = Engine(EngineConfig(data_dir=tmp_path / "data"))
+    await engine.start()
+    yield engine
+    await engine.stop()
+
+
+@pytest.mark.sdk
+async def test_a_dask_task_runs_on_its_own_local_cluster_and_leaves_nothing_behind(engine, tasks):
+    result = await run_sdk_task(engine, tasks, "total", timeout=180, n=10)
+    assert result.phase == ActionPhase.SUCCEEDED, result.error
+    assert result.outputs == {"o0": "285 2 True"}  # two workers; the task's Client() joined the cluster
+    events = await engine.runs.list_events((result.run.project, result.run.domain, result.run.run_name, "a0"))
+    links = {log.name: log.uri for e in events for log in _event(e).log_info}
+    assert links.get("Dask dashboard", "").startswith("http://127.0.0.1:")
+    await eventually(lambda: not _dask_processes(str(engine.data_dir)), timeout=15)
+
+
+@pytest.mark.sdk
+async def test_a_failing_dask_task_fails_with_its_error_and_tears_down(engine, tasks):
+    result = await run_sdk_task(engine, tasks, "broken", timeout=180)
+    assert result.phase == ActionPhase.FAILED
+    assert "the dask job failed on purpose" in result.error["message"], result.error
+    await eventually(lambda: not _dask_processes(str(engine.data_dir)), timeout=15)
+
+
+@pytest.mark.sdk
+async def test_aborting_a_dask_task_tears_its_cluster_down(engine, tasks):
+    record = await start_sdk_task(engine, tasks, "linger", seconds=120)
+    await eventually(lambda: len(_dask_processes(str(engine.data_dir))) >= 3, timeout=90)
+
+    async def running():
+        return ActionPhase((await engine.runs.get_run(record.run_name)).phase) == ActionPhase.RUNNING
+
+    await eventually(running, timeout=90)
+    await engine.runs.abort_action(record.run_name, reason="enough")
+    result = await engine.runs.wait_for_run(record.run_name, timeout=60)
+    assert result.phase == ActionPhase.ABORTED
+    await eventually(lambda: not _dask_processes(str(engine.data_dir)), timeout=15)
+
+
+def _event(record):
+    from flyteidl2.workflow import run_definition_pb2
+
+    event = run_definition_pb2.ActionEvent()
+    event.ParseFromString(record.info)
+    return event
