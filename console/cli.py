@@ -108,6 +108,8 @@ def engine_args(args: argparse.Namespace, allow: list[pathlib.Path] = ()) -> lis
             out += [flag, str(value)]
     for name in args.pass_env or ():
         out += ["--pass-env", name]
+    for task_type, plugin_id in args.plugin_for or ():
+        out += ["--plugin-for", f"{task_type}={plugin_id}"]
     for directory in [*(args.allow_dir or ()), *allow]:
         out += ["--allow-dir", str(directory)]
     return out
@@ -120,9 +122,26 @@ def engine_config(args: argparse.Namespace):
     return EngineConfig(**sized, data_dir=args.data_dir, max_system_failures=args.max_system_failures,
                         gc_ttl_seconds=args.gc_ttl,
                         task_start=args.task_start, reuse=args.reuse == "on",
+                        plugin_for_task_types=dict(args.plugin_for or ()),
                         max_body_bytes=args.max_body_bytes, share_group=args.share_group,
                         pass_env=tuple(args.pass_env or ()), advertise_host=args.advertise_host,
                         allowed_code_dirs=tuple(args.allow_dir) if args.allow_dir else None)
+
+
+def build_engine(engine_class, args: argparse.Namespace):
+    from engine.plugins.registry import PluginNotFoundError
+
+    try:
+        return engine_class(engine_config(args))
+    except PluginNotFoundError as exc:
+        raise CliError(f"--plugin-for: {exc}") from None
+
+
+def plugin_for(text: str) -> tuple[str, str]:
+    task_type, sep, plugin_id = text.partition("=")
+    if not sep or not task_type.strip() or not plugin_id.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not TASK_TYPE=PLUGIN_ID")
+    return task_type.strip(), plugin_id.strip()
 
 
 def remote(args: argparse.Namespace) -> RemoteClient | None:
@@ -284,7 +303,7 @@ def _console(args: argparse.Namespace, submit=None) -> tuple[int, Any]:
         from engine.engine import Engine
 
         _log_to_file(args.data_dir)
-        engine = Engine(engine_config(args))
+        engine = build_engine(Engine, args)
     app = TaskDeckApp(client=client, engine=engine, read_only=args.read_only, ascii_only=args.ascii,
                       submit=submit, engine_args=engine_args(args))
     return_code = app.run()
@@ -324,7 +343,7 @@ async def _headless(args: argparse.Namespace) -> int:
     from engine.engine import Engine
     from engine.headless import serve
 
-    engine = Engine(engine_config(args))
+    engine = build_engine(Engine, args)
     try:
         await engine.start()
     except (EngineAlreadyRunningError, DataDirError) as exc:
@@ -512,7 +531,7 @@ DEFAULTS: dict[str, Any] = {
     "data_dir": None, "engine": None, "token_file": None, "json": False, "verbose": False, "headless": False,
     "read_only": False, "ascii": False, "max_system_failures": 3, "max_processes": None, "gc_ttl": 3600.0,
     "share_group": None, "pass_env": [], "allow_dir": [], "advertise_host": None, "max_body_bytes": 8 * 1024 * 1024,
-    "idle_exit": None, "task_start": "fork", "reuse": "on",
+    "idle_exit": None, "task_start": "fork", "reuse": "on", "plugin_for": [],
 }
 
 
@@ -555,6 +574,8 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     add_engine("--reuse", choices=("on", "off"),
                help="tasks of a reusable environment (flyte.ReusePolicy) run on pools of long-lived workers (on, "
                     "the default), or each in a fresh process (off; a task's env TASKDECK_REUSE=off asks for that)")
+    add_engine("--plugin-for", action="append", type=plugin_for, metavar="TYPE=PLUGIN",
+               help="run tasks of this type with that plugin (repeatable; Flyte's default-for-task-types)")
     add_engine("--gc-ttl", type=bounded(float, 0, 10 ** 8),
                help="seconds after which terminated TaskActions are removed (rows and events stay)")
     add_engine("--share-group", metavar="GROUP", help="let this Unix group read the token, and so drive the engine")

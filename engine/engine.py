@@ -23,7 +23,7 @@ from engine.plugins.container import LocalContainerPlugin
 from engine.plugins.dask import DaskPlugin
 from engine.plugins.local_backend import LocalResourceBackend
 from engine.plugins.local_dask import LocalDaskOperator
-from engine.plugins.registry import PluginRegistry
+from engine.plugins.registry import PluginRegistry, discover_plugins
 from engine.plugins.resource_manager import ResourcePluginManager
 from engine.plugins.reusable import ReusableTaskPlugin
 from engine.plugins.slots import default_capacity
@@ -66,6 +66,8 @@ class EngineConfig:
     max_processes: int = dataclasses.field(default_factory=default_capacity)  # task processes computing at once
     task_start: str = "fork"  # "fork": SDK tasks fork from a warm fork server; "exec": a fresh interpreter each
     reuse: bool = True  # ReusePolicy tasks run on pools of reusable workers (False: a fresh process each)
+    # task type → plugin id, over the plugins' own claims (Flyte's tasks.task-plugins.default-for-task-types)
+    plugin_for_task_types: dict[str, str] = dataclasses.field(default_factory=dict)
     commit_in_thread: bool = False  # True: SQLite commits in a writer thread instead of on the loop
     gc_ttl_seconds: float = DEFAULT_TTL_SECONDS  # terminated TaskActions are removed after this
     gc_interval_seconds: float = DEFAULT_INTERVAL_SECONDS  # 0 disables the collector
@@ -115,6 +117,10 @@ class Engine:
         resources = LocalResourceBackend(self.data_dir / "work", [LocalDaskOperator(self.container_plugin.setup)])
         self.registry.register(ResourcePluginManager(DaskPlugin(), resources))
         self.registry.register(SleepPlugin())
+        for plugin in discover_plugins(lambda resource_plugin: ResourcePluginManager(resource_plugin, resources)):
+            self.registry.register(plugin)
+        for task_type, plugin_id in self.config.plugin_for_task_types.items():
+            self.registry.set_default_for(task_type, plugin_id)
         self.runtime_env: dict[str, str] = {}
         self.reconciler = TaskActionReconciler(
             self.store, self.registry, self.data_dir, self._enqueue,
