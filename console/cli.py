@@ -129,7 +129,7 @@ def engine_config(args: argparse.Namespace):
 
 
 def build_engine(engine_class, args: argparse.Namespace):
-    from engine.plugins.registry import PluginNotFoundError
+    from engine.errors import PluginNotFoundError
 
     try:
         return engine_class(engine_config(args))
@@ -425,6 +425,32 @@ async def _get(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_render(args: argparse.Namespace) -> int:
+    """Print the object the Kubernetes backend would create for an action, as YAML (or --json)."""
+    run, _, action = args.target.partition("/")
+    action = action or "a0"
+    check_run_name(run)
+    check_action_name(action)
+
+    async def go() -> int:
+        client = remote(args)
+        if client is None:
+            raise CliError(f"no engine serves {args.data_dir}: rendering needs one (taskdeck --headless)")
+        try:
+            resource = await client.render(run, action)
+        finally:
+            await client.close()
+        if args.json:
+            print(strict_dumps(resource, indent=2))
+        else:
+            import yaml
+
+            print(yaml.safe_dump(resource, sort_keys=False, default_flow_style=False), end="")
+        return EXIT_OK
+
+    return asyncio.run(go())
+
+
 def cmd_abort(args: argparse.Namespace) -> int:
     check_run_name(args.run)
     action = args.action or "a0"
@@ -619,6 +645,10 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("run", nargs="?")
     get.add_argument("--limit", type=bounded(int, 1, 100_000), default=200)
 
+    render = command("render", help="print the Kubernetes object (Pod, DaskJob, ...) the Kubernetes backend "
+                                    "would create for an action, as YAML")
+    render.add_argument("target", metavar="RUN[/ACTION]", help="the run, or one of its actions (default its root)")
+
     abort = command("abort", help="abort a run, or one action and its subtree")
     abort.add_argument("run")
     abort.add_argument("--action", default=None)
@@ -643,7 +673,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"token": cmd_token, "run": cmd_run, "get": cmd_get, "abort": cmd_abort, "retry": cmd_retry,
+COMMANDS = {"token": cmd_token, "run": cmd_run, "get": cmd_get, "render": cmd_render, "abort": cmd_abort,
+            "retry": cmd_retry,
             "signal": cmd_signal, "cache": cmd_cache}
 
 

@@ -75,6 +75,7 @@ class TaskDeckApi:
             ("GET", re.compile(rf"{one}/taskaction$"), self.task_action),
             ("GET", re.compile(rf"{one}/io$"), self.action_io),
             ("GET", re.compile(rf"{one}/condition$"), self.condition),
+            ("GET", re.compile(rf"{one}/render$"), self.render),
             ("GET", re.compile(rf"{one}/result$"), self.result),
             ("GET", re.compile(rf"{one}/logs/{attempt}$"), self.read_log),
             ("POST", re.compile(rf"^/runs/{run}/wait$"), self.wait_run),
@@ -240,6 +241,9 @@ class TaskDeckApi:
         action = request.query.get("action") or "a0"
         check_action_name(action)
         return await self.client.wait(run, request.number("timeout", 60, minimum=0, maximum=3600), action)
+
+    async def render(self, request: Request, run: str, action: str) -> Any:
+        return await self.client.render(run, action)
 
     async def list_workers(self, request: Request) -> Any:
         return await self.client.list_workers()

@@ -21,6 +21,7 @@ from engine.controller import ControllerManager
 from engine.gc import DEFAULT_INTERVAL_SECONDS, DEFAULT_TTL_SECONDS, GarbageCollector
 from engine.plugins.container import LocalContainerPlugin
 from engine.plugins.dask import DaskPlugin
+from engine.render import KubernetesRenderer
 from engine.plugins.local_backend import LocalResourceBackend
 from engine.plugins.local_dask import LocalDaskOperator
 from engine.plugins.registry import PluginRegistry, discover_plugins
@@ -132,7 +133,9 @@ class Engine:
                                          is_echo=self.reconciler.is_echo)
         self.runs = RunsService(self.store, self.data_dir, report_file_fault=self.health.report_file_fault)
         self.services = EngineServices(self.runs, ChangeFeed(self.store, self.health), self.health,
-                                       LogService(self.data_dir), self.data_dir, self._workers)
+                                       LogService(self.data_dir), self.data_dir, self._workers,
+                                       KubernetesRenderer(self.reconciler.build_context,
+                                                          self.runs.task_action_named).render)
         self.controller_services = ControllerServices(self.runs, max_body_bytes=self.config.max_body_bytes)
         self.gc = GarbageCollector(self.store, self.config.gc_ttl_seconds, self.config.gc_interval_seconds)
         self._lock = DataDirLock(self.data_dir)

@@ -34,3 +34,7 @@ class PermissionDeniedError(Exception):
 
 class DataDirError(RuntimeError):
     """The data directory cannot be used (not a directory, not creatable, not writable, bad credentials)."""
+
+
+class PluginNotFoundError(LookupError):
+    """No plugin handles a task type, or a configured override names no plugin."""

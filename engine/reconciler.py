@@ -419,6 +419,7 @@ class TaskActionReconciler:
             run_start_time=task_action.metadata.annotations.get(ANNOTATION_RUN_START_TIME, ""),
             parent_owner_name=(task_action.metadata.owner_references[0].name
                                if task_action.metadata.owner_references else None),
+            owner_uid=task_action.metadata.uid,
         )
         return TaskExecutionContext(
             metadata=metadata,

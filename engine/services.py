@@ -25,3 +25,5 @@ class EngineServices:
     data_dir: Path
     # the pools of reusable workers and the fork servers, as plain data (none when no engine runs here)
     workers: Callable[[], dict[str, Any]] = lambda: {"pools": [], "forkServers": []}
+    # run, action → the object the Kubernetes backend would create for it (None: no engine here to build it)
+    render: Callable[[str, str], dict[str, Any]] | None = None

@@ -56,8 +56,8 @@ def _to_jsonschema(s, strict=False):
     return s
 
 
-@pytest.fixture(scope="module")
-def daskjob_schema():
+def daskjob_validator():
+    """The DaskJob CRD's schema as strict JSON Schema (unknown fields refused, as fieldValidation=Strict)."""
     jsonschema = pytest.importorskip("jsonschema")
     crd = yaml.safe_load((CRDS / "daskjob.yaml").read_text())
     version = next(v for v in crd["spec"]["versions"] if v.get("storage"))
@@ -65,6 +65,11 @@ def daskjob_schema():
     raw["x-kubernetes-embedded-resource"] = True
     raw.setdefault("properties", {})
     return jsonschema.Draft202012Validator(_to_jsonschema(raw, strict=True))
+
+
+@pytest.fixture(scope="module")
+def daskjob_schema():
+    return daskjob_validator()
 
 
 def _errors(validator, obj) -> list[str]:
@@ -89,7 +94,7 @@ def _tctx(tmp_path, custom: dict | None, resources=None, name="rabc-a0", state: 
     md = TaskExecutionMetadata(namespace="flyte", owner_name=name, run_name="rabc", action_name="a0",
                                project="p", domain="d", attempt=1, max_attempts=1, labels={}, annotations={},
                                environment={"ACTION_NAME": "a0", "RUN_NAME": "rabc", "_U_EP_OVERRIDE": "secret"},
-                               run_start_time="")
+                               run_start_time="", owner_uid="6d1f3c2e-0000-4000-8000-000000000001")
     return TaskExecutionContext(metadata=md, task_template_bytes=template.SerializeToString(),
                                 input_path=str(tmp_path / "inputs.pb"), output_prefix=str(tmp_path / "out"),
                                 raw_output_prefix=str(tmp_path / "out"), checkpoint_prefix=str(tmp_path / "ck"),
@@ -106,7 +111,7 @@ def _tctx(tmp_path, custom: dict | None, resources=None, name="rabc-a0", state: 
 ])
 def test_the_daskjob_is_built_as_flyte_builds_it_and_validates_strictly(tmp_path, daskjob_schema, custom, resources):
     manager = ResourcePluginManager(DaskPlugin(), backend=None)
-    job = manager._with_metadata(DaskPlugin().build_resource(_tctx(tmp_path, custom, resources)),
+    job = manager.with_metadata(DaskPlugin().build_resource(_tctx(tmp_path, custom, resources)),
                                  _tctx(tmp_path, custom, resources))
     assert _errors(daskjob_schema, job) == []
     spec = job["spec"]

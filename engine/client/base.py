@@ -82,6 +82,10 @@ class EngineClient(abc.ABC):
 
     @abc.abstractmethod
     @abc.abstractmethod
+    async def render(self, run: str, action: str = "a0") -> dict[str, Any]:
+        """The object the Kubernetes backend would create for the action (a Pod, a DaskJob, ...)."""
+
+    @abc.abstractmethod
     async def list_workers(self) -> dict[str, Any]:
         """The engine's reusable-worker pools (each with its workers) and its fork servers."""
 

@@ -110,6 +110,11 @@ class LocalClient(EngineClient):
         return {"status": "degraded" if error else "ok", "storage": "unavailable" if error else "ok",
                 "storageError": error}
 
+    async def render(self, run: str, action: str = "a0") -> dict[str, Any]:
+        if self.services.render is None:
+            raise LookupError("rendering needs the engine: start one (taskdeck --headless) or use its console")
+        return self.services.render(run, action)  # the names are checked where the TaskAction is looked up
+
     async def list_workers(self) -> dict[str, Any]:
         return self.services.workers()
 

@@ -150,6 +150,9 @@ class RemoteClient(EngineClient):
     async def health(self) -> dict[str, Any]:
         return await self._call("GET", "/health")
 
+    async def render(self, run: str, action: str = "a0") -> dict[str, Any]:
+        return await self._call("GET", f"/runs/{quote(run, safe='')}/actions/{quote(action, safe='')}/render")
+
     async def list_workers(self) -> dict[str, Any]:
         return await self._call("GET", "/workers")
 

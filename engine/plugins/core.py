@@ -222,6 +222,7 @@ class TaskExecutionMetadata:
     environment: dict[str, str]  # ACTION_NAME, RUN_NAME, _U_RUN_BASE, _U_ORG_NAME + spec.envVars
     run_start_time: str
     parent_owner_name: str | None = None  # the parent action's TaskAction, for a child
+    owner_uid: str = ""  # the TaskAction's uid: what owner references of the objects it creates name
 
     @property
     def retry_attempt(self) -> int:

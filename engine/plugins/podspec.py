@@ -26,8 +26,10 @@ def resource_requirements(resources: tasks_pb2.Resources) -> dict[str, dict[str,
         values = {_RESOURCE_NAMES[e.name]: e.value for e in entries if e.name in _RESOURCE_NAMES and e.value}
         if values:
             out[field] = values
-    if "requests" in out and "limits" not in out:
-        out["limits"] = dict(out["requests"])  # as Flyte: limits default to requests
+    requests, limits = out.get("requests", {}), out.get("limits", {})
+    if requests or limits:  # as Flyte: each side defaults to the other for the resources it names
+        out["requests"] = {**limits, **requests}
+        out["limits"] = {**requests, **limits}
     return out
 
 

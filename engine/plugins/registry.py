@@ -13,8 +13,11 @@ import inspect
 import logging
 from collections.abc import Callable
 
+from engine.errors import PluginNotFoundError
 from engine.plugins.core import Plugin
 from engine.plugins.resources import ResourcePlugin
+
+__all__ = ["ENTRY_POINT_GROUP", "PluginNotFoundError", "PluginRegistry", "discover_plugins"]
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +43,6 @@ def discover_plugins(wrap: Callable[[ResourcePlugin], Plugin]) -> list[Plugin]:
         log.info("plugin %r from entry point %s handles %s", plugin.id, entry.name, ", ".join(plugin.task_types))
         found.append(plugin)
     return found
-
-
-class PluginNotFoundError(LookupError):
-    pass
 
 
 class PluginRegistry:

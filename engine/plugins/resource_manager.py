@@ -58,7 +58,7 @@ class ResourcePluginManager(Plugin):
         self.task_types = plugin.task_types
         self.owner_api_version = owner_api_version
 
-    def _with_metadata(self, resource: Resource, tctx: TaskExecutionContext) -> Resource:
+    def with_metadata(self, resource: Resource, tctx: TaskExecutionContext) -> Resource:
         md = tctx.metadata
         meta = resource.setdefault("metadata", {})
         meta["name"] = dns_name(md.generated_name, self.plugin.properties.generated_name_max_length)
@@ -69,7 +69,7 @@ class ResourcePluginManager(Plugin):
                           "project": md.project, "domain": md.domain}
         if not self.plugin.properties.disable_inject_owner_references:
             meta["ownerReferences"] = [{"apiVersion": self.owner_api_version, "kind": "TaskAction",
-                                        "name": md.owner_name, "controller": True}]
+                                        "name": md.owner_name, "uid": md.owner_uid, "controller": True}]
         return resource
 
     def _identity(self, tctx: TaskExecutionContext) -> Resource:
@@ -86,7 +86,7 @@ class ResourcePluginManager(Plugin):
         return Transition.of(await self._check(tctx))
 
     async def _launch(self, tctx: TaskExecutionContext) -> PhaseInfo:
-        resource = self._with_metadata(self.plugin.build_resource(tctx), tctx)
+        resource = self.with_metadata(self.plugin.build_resource(tctx), tctx)
         try:
             await self.backend.create(resource, tctx)
         except AlreadyExistsError:
