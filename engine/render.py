@@ -1,8 +1,8 @@
 """What the Kubernetes backend would create for an action: its resource plugin's object with the plugin
 manager's metadata (name, namespace, labels, owner), built from the action's TaskAction as a launch would.
 
-Container tasks (and reusable ones) become Pods, Dask tasks DaskJobs; a type no resource plugin builds is
-named in the error. Nothing is created: this is ``taskdeck render``.
+Container tasks (and reusable ones) become Pods, Dask tasks DaskJobs, Spark tasks SparkApplications and
+Ray tasks RayJobs; a type no resource plugin builds is named in the error. Nothing is created: this is ``taskdeck render``.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from engine.model import TaskAction
 from engine.plugins.core import PluginStateManager, TaskExecutionContext
 from engine.plugins.dask import DaskPlugin
 from engine.plugins.pod import PodPlugin
+from engine.plugins.ray import RayPlugin
 from engine.plugins.resource_manager import ResourcePluginManager
 from engine.plugins.resources import Resource, ResourcePlugin
+from engine.plugins.spark import SparkPlugin
 
 
 class UnrenderableError(LookupError):
@@ -28,7 +30,7 @@ class KubernetesRenderer:
                  find: Callable[[str, str], TaskAction | None], plugins: list[ResourcePlugin] | None = None):
         self.build_context = build_context
         self.find = find
-        plugins = plugins if plugins is not None else [DaskPlugin(), PodPlugin()]
+        plugins = plugins if plugins is not None else [DaskPlugin(), SparkPlugin(), RayPlugin(), PodPlugin()]
         self.by_type = {t: p for p in plugins for t in p.task_types}
         self.by_type.setdefault("actor", self.by_type.get("python"))  # a reusable task's worker is a Pod
 

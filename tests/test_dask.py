@@ -3,12 +3,12 @@ plugin manager's lifecycle rules, and real runs on a local Dask cluster through 
 
 from __future__ import annotations
 
-import copy
 import textwrap
 from pathlib import Path
 
 import pytest
-import yaml
+
+import crd_schemas
 
 from engine.engine import Engine, EngineConfig
 from engine.phases import ActionPhase, PluginPhase
@@ -26,45 +26,9 @@ from engine.plugins.resources import (
 )
 from helpers import eventually, run_sdk_task, start_sdk_task
 
-CRDS = Path(__file__).parent / "crds"
-
-
-# ------------------------------------------------------------------ schema validation (reference §5.2)
-def _to_jsonschema(s, strict=False):
-    if isinstance(s, list):
-        return [_to_jsonschema(x, strict) for x in s]
-    if not isinstance(s, dict):
-        return s
-    s = {k: _to_jsonschema(v, strict) if k in ("properties", "items", "additionalProperties", "allOf", "anyOf",
-                                               "oneOf", "not") else v for k, v in s.items()}
-    if "properties" in s:
-        s["properties"] = {k: _to_jsonschema(v, strict) for k, v in s["properties"].items()}
-    if s.pop("x-kubernetes-int-or-string", False):
-        s.pop("type", None)
-        s["anyOf"] = [{"type": "integer"}, {"type": "string"}]
-    if s.pop("nullable", False) and "type" in s:
-        s["type"] = [s["type"], "null"]
-    if s.get("x-kubernetes-embedded-resource") and "properties" in s:
-        for k in ("apiVersion", "kind"):
-            s["properties"].setdefault(k, {"type": "string"})
-        s["properties"].setdefault("metadata", {"type": "object"})
-    preserve = s.pop("x-kubernetes-preserve-unknown-fields", False)
-    if strict and "properties" in s and "additionalProperties" not in s and not preserve:
-        s["additionalProperties"] = False
-    for k in [k for k in s if k.startswith("x-kubernetes-")]:
-        s.pop(k)
-    return s
-
-
 def daskjob_validator():
-    """The DaskJob CRD's schema as strict JSON Schema (unknown fields refused, as fieldValidation=Strict)."""
-    jsonschema = pytest.importorskip("jsonschema")
-    crd = yaml.safe_load((CRDS / "daskjob.yaml").read_text())
-    version = next(v for v in crd["spec"]["versions"] if v.get("storage"))
-    raw = copy.deepcopy(version["schema"]["openAPIV3Schema"])
-    raw["x-kubernetes-embedded-resource"] = True
-    raw.setdefault("properties", {})
-    return jsonschema.Draft202012Validator(_to_jsonschema(raw, strict=True))
+    pytest.importorskip("jsonschema")
+    return crd_schemas.validator("DaskJob")
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +36,7 @@ def daskjob_schema():
     return daskjob_validator()
 
 
-def _errors(validator, obj) -> list[str]:
-    return sorted(f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message[:110]}"
-                  for e in validator.iter_errors(obj))
+_errors = crd_schemas.errors
 
 
 def _tctx(tmp_path, custom: dict | None, resources=None, name="rabc-a0", state: bytes | None = None
