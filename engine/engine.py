@@ -172,6 +172,10 @@ class Engine:
     async def start(self) -> None:
         prepare_data_dir(self.data_dir, shared=self.config.share_group is not None)
         self._lock.acquire()
+        # A killed engine leaves its engine.json. With the lock held, clients would read that stale address
+        # (often this engine's own stable port) before this engine listens on it: gone until it does.
+        with contextlib.suppress(FileNotFoundError):
+            (self.data_dir / ENDPOINT_FILE).unlink()
         _PrivateFiles.acquire()
         self._private = True
         try:

@@ -155,3 +155,29 @@ def test_global_options_go_before_or_after_the_command_and_double_dash_ends_opti
     wrong_token.write_text("tdo_" + "x" * 43)
     refused = _cli("--engine", url, "--token-file", str(wrong_token), "get", "runs", data_dir=tmp_path / "elsewhere")
     assert refused.returncode == 2 and "credential" in refused.stderr and "Traceback" not in refused.stderr
+
+
+async def test_a_starting_engine_never_shows_clients_a_killed_engines_address(tmp_path, monkeypatch):
+    """kill -9 leaves engine.json behind; once the next engine holds the lock, clients must not read that
+    address before the new engine listens on it (the same stable port: a connection refused)."""
+    from engine.client import engine_url
+    from engine.engine import Engine, EngineConfig
+
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    (data / "engine.json").write_text(json.dumps({"pid": 999999, "url": "http://127.0.0.1:9"}))
+    engine = Engine(EngineConfig(data_dir=data))
+    seen = []
+    start_server = engine._start_server
+
+    async def observed():
+        seen.append(engine_url(data))  # the lock is held now: what would a client be told?
+        return await start_server()
+
+    monkeypatch.setattr(engine, "_start_server", observed)
+    await engine.start()
+    try:
+        assert seen == [None]
+        assert engine_url(data) == engine.url
+    finally:
+        await engine.stop()
