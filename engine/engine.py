@@ -24,6 +24,8 @@ from engine.plugins.dask import DaskPlugin
 from engine.render import KubernetesRenderer
 from engine.plugins.local_backend import LocalResourceBackend
 from engine.plugins.local_dask import LocalDaskOperator
+from engine.plugins.local_ray import LocalRayOperator
+from engine.plugins.ray import RayPlugin
 from engine.plugins.registry import PluginRegistry, discover_plugins
 from engine.plugins.resource_manager import ResourcePluginManager
 from engine.plugins.reusable import ReusableTaskPlugin
@@ -115,8 +117,10 @@ class Engine:
                                                   credential=self._worker_env)
         self.authority.worker_runs = self.reusable_plugin.runs_of_worker
         self.registry.register(self.reusable_plugin)
-        resources = LocalResourceBackend(self.data_dir / "work", [LocalDaskOperator(self.container_plugin.setup)])
+        resources = LocalResourceBackend(self.data_dir / "work", [
+            LocalDaskOperator(self.container_plugin.setup), LocalRayOperator(self.container_plugin.setup, self.data_dir)])
         self.registry.register(ResourcePluginManager(DaskPlugin(), resources))
+        self.registry.register(ResourcePluginManager(RayPlugin(), resources))
         self.registry.register(SleepPlugin())
         for plugin in discover_plugins(lambda resource_plugin: ResourcePluginManager(resource_plugin, resources)):
             self.registry.register(plugin)

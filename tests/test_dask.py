@@ -3,6 +3,7 @@ plugin manager's lifecycle rules, and real runs on a local Dask cluster through 
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -268,3 +269,12 @@ def _event(record):
     event = run_definition_pb2.ActionEvent()
     event.ParseFromString(record.info)
     return event
+
+
+def test_worker_requests_larger_than_the_machine_are_clamped():
+    from engine.plugins.local_dask import clamp_cpus, clamp_memory
+
+    assert clamp_cpus("64", 2) == "2" and clamp_cpus("500m", 2) == "1" and clamp_cpus("2", 4) == "2"
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert clamp_memory("1Gi") == "1Gi" or total < 1024 ** 3
+    assert clamp_memory("100000Gi") == str(total)

@@ -47,6 +47,13 @@ class LocalOperator:
         """Drive ``resource`` to a terminal ``status`` (``save`` persists it); tear down on cancel."""
         raise NotImplementedError
 
+    def mark_failed(self, status: dict, message: str) -> None:
+        """The status the operator writes when it cannot go on."""
+        status.update(jobStatus="Failed", message=message)
+
+    def is_terminal(self, status: dict) -> bool:
+        return status.get("jobStatus") in ("Successful", "Failed")
+
 
 class LocalResourceBackend(ResourceBackend):
     def __init__(self, work_dir: Path, operators: list[LocalOperator]):
@@ -95,7 +102,7 @@ class LocalResourceBackend(ResourceBackend):
             raise
         except Exception as exc:  # noqa: BLE001 - the operator broke: the object says so
             log.exception("local %s operator failed for %s", resource["kind"], key[2])
-            resource.setdefault("status", {}).update(jobStatus="Failed", message=f"local operator failed: {exc}")
+            operator.mark_failed(resource.setdefault("status", {}), f"local operator failed: {exc}")
         finally:
             self._save(key)
             tctx.enqueue_owner()
@@ -114,7 +121,8 @@ class LocalResourceBackend(ResourceBackend):
         except (OSError, ValueError):
             raise NotFoundError(f"{key[0]} {key[2]} not found") from None
         status = resource.setdefault("status", {})
-        if status.get("jobStatus") in ("Successful", "Failed"):
+        operator = self.operators.get(resource.get("kind", ""))
+        if operator is not None and operator.is_terminal(status):
             self._objects[key] = resource  # it ended before the engine did: its outcome stands
             return resource
         for pid, ticks in status.get("processes", []):

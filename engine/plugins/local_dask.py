@@ -15,29 +15,20 @@ import asyncio
 import contextlib
 import json
 import logging
-import signal
-import sys
+import os
 import time
 from pathlib import Path
 
 from engine.plugins.core import TaskExecutionContext
-from engine.plugins.launcher import stamped
 from engine.plugins.local_backend import LocalOperator
-from engine.plugins.process import kill_group, process_start_ticks
+from engine.plugins.local_cluster import LocalCluster, utc_now
 from engine.plugins.resources import Resource
 from engine.plugins.task_setup import TaskProcessSetup
-from engine.plugins.zygotes import sdk_entrypoint_interpreter
 
 log = logging.getLogger(__name__)
 
-LAUNCHER = str(Path(__file__).with_name("launcher.py"))
 SCHEDULER_START_SECONDS = 60.0
 WORKERS_JOIN_SECONDS = 120.0
-STOP_GRACE_SECONDS = 3.0
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 class LocalDaskOperator(LocalOperator):
@@ -48,100 +39,79 @@ class LocalDaskOperator(LocalOperator):
 
     async def run(self, resource: Resource, tctx: TaskExecutionContext, work_dir: Path, save) -> None:
         status = resource["status"]
-        status.update(jobStatus="JobCreated", startTime=_now(), processes=[])
+        status.update(jobStatus="JobCreated", startTime=utc_now())
         save()
-        argv = self.setup.argv(tctx)
-        shared, own = self.setup.environment(tctx)
-        env = {**shared, **own}
-        interpreter = sdk_entrypoint_interpreter(argv[0]) or sys.executable
-        cwd = self.setup.prepare(tctx)
-        if not isinstance(cwd, str):
-            status.update(jobStatus="Failed", message=cwd.reason)
+        cluster = LocalCluster(self.setup, tctx, status, work_dir, save)
+        if not isinstance(cluster.cwd, str):
+            status.update(jobStatus="Failed", message=cluster.cwd.reason)
             return
-        work_dir.mkdir(parents=True, exist_ok=True)
-        cluster = resource["spec"]["cluster"]["spec"]
-        worker_spec = cluster["worker"]["spec"]["containers"][0]
-        processes: list[asyncio.subprocess.Process] = []
-
-        async def start(name: str, command: list[str], extra_env: dict[str, str] | None = None, log_path=None,
-                        gated: bool = False):
-            with open(log_path or work_dir / f"{name}.log", "ab", buffering=0) as out:
-                process = await asyncio.create_subprocess_exec(
-                    *command, cwd=cwd, env={**env, **(extra_env or {})},
-                    stdin=asyncio.subprocess.PIPE if gated else asyncio.subprocess.DEVNULL,
-                    stdout=out, stderr=out, start_new_session=True)
-            processes.append(process)
-            status["processes"].append([process.pid, process_start_ticks(process.pid)])
-            save()
-            return process
-
+        spec = resource["spec"]["cluster"]["spec"]
+        worker_spec = spec["worker"]["spec"]["containers"][0]
+        python = cluster.interpreter
         try:
             scheduler_file = work_dir / "scheduler.json"
             with contextlib.suppress(FileNotFoundError):
                 scheduler_file.unlink()
-            scheduler = await start("scheduler", [
-                interpreter, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
+            scheduler = await cluster.start("scheduler", [
+                python, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
                 "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(scheduler_file)])
-            address, dashboard = await self._scheduler_address(scheduler, scheduler_file, work_dir)
+            address, dashboard = await self._scheduler_address(cluster, scheduler, scheduler_file)
             status.update(jobStatus="ClusterCreated", schedulerAddress=address,
                           links={"Dask dashboard": f"http://127.0.0.1:{dashboard}/status"} if dashboard else {})
             save()
-            worker_args = self._worker_args(worker_spec.get("args") or [])
-            replicas = int(cluster["worker"].get("replicas") or 1)
+            worker_args = self._worker_args(worker_spec.get("args") or [], cluster)
+            replicas = int(spec["worker"].get("replicas") or 1)
             for i in range(replicas):
-                await start(f"worker-{i}", [interpreter, "-m", "distributed.cli.dask_worker", "--scheduler-file",
-                                            str(scheduler_file), "--name", f"worker-{i}", "--no-dashboard",
-                                            *worker_args])
-            await self._workers_joined(work_dir, replicas, processes)
-            with open(tctx.log_path, "ab", buffering=0) as header:
-                header.write(stamped(f"[taskdeck] attempt {tctx.metadata.attempt}: local Dask cluster at {address} "
-                                     f"({cluster['worker'].get('replicas')} worker(s)); dashboard "
-                                     f"{status['links'].get('Dask dashboard', '-')}", time.time()))
-            runner = await start("job-runner", [sys.executable, "-I", "-S", LAUNCHER, str(tctx.log_path), "--",
-                                                *argv], {"DASK_SCHEDULER_ADDRESS": address},
-                                 log_path=tctx.log_path, gated=True)
-            await self._go(runner)
+                await cluster.start(f"worker-{i}", [python, "-m", "distributed.cli.dask_worker", "--scheduler-file",
+                                                    str(scheduler_file), "--name", f"worker-{i}", "--no-dashboard",
+                                                    *worker_args])
+            await self._workers_joined(cluster, replicas)
+            cluster.note(f"attempt {tctx.metadata.attempt}: local Dask cluster at {address} ({replicas} worker(s)); "
+                         f"dashboard {status['links'].get('Dask dashboard', '-')}")
             status.update(jobStatus="Running", jobRunnerPodName=f"{resource['metadata']['name']}-runner")
             save()
-            tctx.enqueue_owner()
-            code = await runner.wait()
+            code = await cluster.run_job({"DASK_SCHEDULER_ADDRESS": address})
             if code == 0:
-                status.update(jobStatus="Successful")
+                final = {"jobStatus": "Successful"}
             else:
-                status.update(jobStatus="Failed", message=f"the job runner exited with code {code}; see "
-                                                          f"{tctx.log_path}")
+                final = {"jobStatus": "Failed", "message": f"the job runner exited with code {code}; see "
+                                                           f"{tctx.log_path}"}
         finally:
-            await self._tear_down(processes)
-            status["endTime"] = _now()
+            await cluster.tear_down()
+            status["endTime"] = utc_now()
             save()
+        status.update(final)  # terminal only once the cluster is gone: a finished run leaves no process
 
     @staticmethod
-    async def _go(runner: asyncio.subprocess.Process) -> None:
-        """The launcher waits for its go (``launcher.py``): the job runner is recorded by now."""
-        with contextlib.suppress(OSError):
-            runner.stdin.write(b"go\n")
-            await runner.stdin.drain()
-        runner.stdin.close()
-
-    @staticmethod
-    def _worker_args(args: list[str]) -> list[str]:
-        """The worker group's ``--nthreads`` and ``--memory-limit``, from the DaskJob's worker args."""
+    def _worker_args(args: list[str], cluster: LocalCluster) -> list[str]:
+        """The worker group's ``--nthreads`` and ``--memory-limit``, clamped to this machine."""
         out = []
-        for flag in ("--nthreads", "--memory-limit"):
-            if flag in args and args.index(flag) + 1 < len(args):
-                out += [flag, args[args.index(flag) + 1]]
+        if "--nthreads" in args and args.index("--nthreads") + 1 < len(args):
+            asked = args[args.index("--nthreads") + 1]
+            cores = os.cpu_count() or 1
+            threads = clamp_cpus(asked, cores)
+            if threads != asked:
+                cluster.note(f"a Dask worker asks for {asked} CPUs; this machine has {cores}: {threads} threads")
+            out += ["--nthreads", threads]
+        if "--memory-limit" in args and args.index("--memory-limit") + 1 < len(args):
+            asked = args[args.index("--memory-limit") + 1]
+            limit = clamp_memory(asked)
+            if limit != asked:
+                cluster.note(f"a Dask worker asks for {asked} of memory; this machine has less: {limit}")
+            out += ["--memory-limit", limit]
         return out
 
     @staticmethod
-    async def _scheduler_address(scheduler, scheduler_file: Path, work_dir: Path) -> tuple[str, int | None]:
+    async def _scheduler_address(cluster: LocalCluster, scheduler, scheduler_file: Path) -> tuple[str, int | None]:
         deadline = time.monotonic() + SCHEDULER_START_SECONDS
         while time.monotonic() < deadline:
             if scheduler.returncode is not None:
-                text = (work_dir / "scheduler.log").read_text(errors="replace")[-4000:]
+                text = cluster.log_tail("scheduler")
                 if "No module named" in text and "distributed" in text:
                     raise RuntimeError("the task's Python has no dask.distributed: install TaskDeck's dask extra "
                                        "(pip install 'taskdeck[dask]') or flyteplugins-dask where the task runs")
-                raise RuntimeError(f"the Dask scheduler exited ({scheduler.returncode}); see {work_dir}/scheduler.log")
+                raise RuntimeError(f"the Dask scheduler exited ({scheduler.returncode}); see "
+                                   f"{cluster.work_dir}/scheduler.log")
             try:
                 info = json.loads(scheduler_file.read_text())
                 return info["address"], (info.get("services") or {}).get("dashboard")
@@ -150,33 +120,40 @@ class LocalDaskOperator(LocalOperator):
         raise RuntimeError(f"the Dask scheduler did not start in {SCHEDULER_START_SECONDS:.0f} s")
 
     @staticmethod
-    async def _workers_joined(work_dir: Path, replicas: int, processes) -> None:
+    async def _workers_joined(cluster: LocalCluster, replicas: int) -> None:
         """Until every worker has registered with the scheduler: the task sees the group it asked for."""
         deadline = time.monotonic() + WORKERS_JOIN_SECONDS
         while time.monotonic() < deadline:
-            joined = 0
-            for i in range(replicas):
-                try:
-                    joined += "Registered to:" in (work_dir / f"worker-{i}.log").read_text(errors="replace")
-                except OSError:
-                    pass
+            joined = sum("Registered to:" in cluster.log_tail(f"worker-{i}", 1 << 20) for i in range(replicas))
             if joined == replicas:
                 return
-            if any(p.returncode is not None for p in processes):
-                raise RuntimeError(f"a Dask worker exited while starting; see {work_dir}")
+            if any(p.returncode is not None for p in cluster.processes):
+                raise RuntimeError(f"a Dask worker exited while starting; see {cluster.work_dir}")
             await asyncio.sleep(0.1)
-        raise RuntimeError(f"the Dask workers did not all join in {WORKERS_JOIN_SECONDS:.0f} s; see {work_dir}")
+        raise RuntimeError(f"the Dask workers did not all join in {WORKERS_JOIN_SECONDS:.0f} s; see "
+                           f"{cluster.work_dir}")
 
-    @staticmethod
-    async def _tear_down(processes: list[asyncio.subprocess.Process]) -> None:
-        for process in reversed(processes):
-            if process.returncode is None:
-                kill_group(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
-        for process in processes:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(process.wait(), max(deadline - time.monotonic(), 0.01))
-        for process in processes:
-            kill_group(process.pid, signal.SIGKILL)  # the group: nannies' children too
-            with contextlib.suppress(ProcessLookupError):
-                await process.wait()
+
+_MEMORY_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 1024, "mi": 1024 ** 2, "gi": 1024 ** 3,
+                 "ti": 1024 ** 4}
+
+
+def clamp_cpus(asked: str, cores: int) -> str:
+    """A Kubernetes CPU quantity (``2``, ``500m``) as whole threads, at least 1 and at most ``cores``."""
+    try:
+        value = float(asked[:-1]) / 1000 if asked.endswith("m") else float(asked)
+    except ValueError:
+        return str(cores)
+    return str(max(1, min(cores, int(value) or 1)))
+
+
+def clamp_memory(asked: str) -> str:
+    """A Kubernetes memory quantity, no larger than this machine's memory."""
+    number = asked.rstrip("KMGTkmgti")
+    unit = asked[len(number):].lower()
+    try:
+        wanted = float(number) * _MEMORY_UNITS[unit]
+    except (ValueError, KeyError):
+        return asked
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return asked if wanted <= total else str(int(total))

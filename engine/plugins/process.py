@@ -52,6 +52,30 @@ def alive(pid: int, start_ticks: int | None) -> bool:
     return True
 
 
+def session_members(sid: int) -> list[int]:
+    """Every live process of session ``sid`` (its leader's descendants, whatever their process group)."""
+    members = []
+    for entry in os.listdir("/proc") if sys.platform.startswith("linux") else ():
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                data = f.read().decode(errors="replace")
+            fields = data[data.rfind(")") + 2:].split()
+            if int(fields[3]) == sid:
+                members.append(int(entry))
+        except (OSError, IndexError, ValueError):
+            continue
+    return members
+
+
+def kill_session(sid: int, sig: int) -> None:
+    """``sig`` to every process of a session: daemons that moved to their own process group too."""
+    for pid in session_members(sid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
 def kill_group(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)

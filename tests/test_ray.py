@@ -1,0 +1,99 @@
+"""Ray tasks (flyteplugins-ray, task type ``ray``) run on a local Ray node through the engine: the task's
+``ray.init()`` joins it, the worker groups become its logical CPUs, and nothing of it is left afterwards."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from engine.engine import Engine, EngineConfig
+from engine.phases import ActionPhase
+from helpers import eventually, run_sdk_task, start_sdk_task
+
+pytestmark = pytest.mark.sdk
+
+TASKS = textwrap.dedent('''
+    import asyncio
+    import flyte
+    from flyteplugins.ray import HeadNodeConfig, RayJobConfig, WorkerNodeConfig
+
+    env = flyte.TaskEnvironment(name="ray_env", plugin_config=RayJobConfig(
+        head_node_config=HeadNodeConfig(ray_start_params={"num-cpus": "1"}),
+        worker_node_config=[WorkerNodeConfig(group_name="w", replicas=2)]))
+
+    @env.task
+    async def total(n: int) -> str:
+        import ray
+
+        @ray.remote
+        def square(x):
+            return x * x
+
+        return f"{sum(ray.get([square.remote(i) for i in range(n)]))} {int(ray.cluster_resources()['CPU'])}"
+
+    @env.task
+    async def linger(seconds: float) -> float:
+        import ray
+        ray.cluster_resources()
+        await asyncio.sleep(seconds)
+        return seconds
+''')
+
+
+def _ray_processes() -> list[int]:
+    """Live (not zombie) processes of a local Ray node TaskDeck started."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if b"taskdeck-ray-" in cmdline and stat[stat.rfind(")") + 2] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def tasks(tmp_path) -> Path:
+    pytest.importorskip("ray")
+    pytest.importorskip("flyteplugins.ray")
+    path = tmp_path / "code" / "ray_tasks.py"
+    path.parent.mkdir()
+    path.write_text(TASKS)
+    return path
+
+
+@pytest.fixture
+async def engine(tmp_path):
+    engine = Engine(EngineConfig(data_dir=tmp_path / "data"))
+    await engine.start()
+    yield engine
+    await engine.stop()
+
+
+async def test_a_ray_task_runs_on_its_own_local_ray_node_and_leaves_nothing_behind(engine, tasks):
+    result = await run_sdk_task(engine, tasks, "total", timeout=240, n=6)
+    assert result.phase == ActionPhase.SUCCEEDED, result.error
+    assert result.outputs == {"o0": "55 3"}  # the head's CPU and two worker replicas, on one node
+    log = engine.reconciler.log_path(result.run.run_name, "a0", 1).read_text()
+    assert "local Ray node at 127.0.0.1:" in log and "Connected to Ray cluster" in log
+    assert not _ray_processes()  # the run is reported done only once the node is gone
+
+
+async def test_aborting_a_ray_task_tears_its_node_down(engine, tasks):
+    record = await start_sdk_task(engine, tasks, "linger", seconds=120)
+
+    async def running():
+        return ActionPhase((await engine.runs.get_run(record.run_name)).phase) == ActionPhase.RUNNING
+
+    await eventually(running, timeout=120)
+    assert _ray_processes()
+    await engine.runs.abort_action(record.run_name, reason="enough")
+    result = await engine.runs.wait_for_run(record.run_name, timeout=60)
+    assert result.phase == ActionPhase.ABORTED
+    await eventually(lambda: not _ray_processes(), timeout=20)
