@@ -97,6 +97,7 @@ ENGINE_OPTIONS = (  # (dest, flag): options a command passes on to an engine it 
     ("max_system_failures", "--max-system-failures"), ("max_processes", "--max-processes"),
     ("gc_ttl", "--gc-ttl"), ("share_group", "--share-group"), ("advertise_host", "--advertise-host"),
     ("max_body_bytes", "--max-body-bytes"), ("task_start", "--task-start"), ("reuse", "--reuse"),
+    ("max_clusters", "--max-clusters"),
 )
 
 
@@ -122,7 +123,7 @@ def engine_config(args: argparse.Namespace):
     return EngineConfig(**sized, data_dir=args.data_dir, max_system_failures=args.max_system_failures,
                         gc_ttl_seconds=args.gc_ttl,
                         task_start=args.task_start, reuse=args.reuse == "on",
-                        plugin_for_task_types=dict(args.plugin_for or ()),
+                        plugin_for_task_types=dict(args.plugin_for or ()), max_clusters=args.max_clusters,
                         max_body_bytes=args.max_body_bytes, share_group=args.share_group,
                         pass_env=tuple(args.pass_env or ()), advertise_host=args.advertise_host,
                         allowed_code_dirs=tuple(args.allow_dir) if args.allow_dir else None)
@@ -557,7 +558,7 @@ DEFAULTS: dict[str, Any] = {
     "data_dir": None, "engine": None, "token_file": None, "json": False, "verbose": False, "headless": False,
     "read_only": False, "ascii": False, "max_system_failures": 3, "max_processes": None, "gc_ttl": 3600.0,
     "share_group": None, "pass_env": [], "allow_dir": [], "advertise_host": None, "max_body_bytes": 8 * 1024 * 1024,
-    "idle_exit": None, "task_start": "fork", "reuse": "on", "plugin_for": [],
+    "idle_exit": None, "task_start": "fork", "reuse": "on", "plugin_for": [], "max_clusters": None,
 }
 
 
@@ -600,6 +601,9 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     add_engine("--reuse", choices=("on", "off"),
                help="tasks of a reusable environment (flyte.ReusePolicy) run on pools of long-lived workers (on, "
                     "the default), or each in a fresh process (off; a task's env TASKDECK_REUSE=off asks for that)")
+    add_engine("--max-clusters", type=bounded(int, 1, 1000),
+               help="local Dask and Ray clusters at once (default: a quarter of --max-processes, at least 1); "
+                    "more wait for a place")
     add_engine("--plugin-for", action="append", type=plugin_for, metavar="TYPE=PLUGIN",
                help="run tasks of this type with that plugin (repeatable; Flyte's default-for-task-types)")
     add_engine("--gc-ttl", type=bounded(float, 0, 10 ** 8),

@@ -69,6 +69,7 @@ class EngineConfig:
     max_processes: int = dataclasses.field(default_factory=default_capacity)  # task processes computing at once
     task_start: str = "fork"  # "fork": SDK tasks fork from a warm fork server; "exec": a fresh interpreter each
     reuse: bool = True  # ReusePolicy tasks run on pools of reusable workers (False: a fresh process each)
+    max_clusters: int | None = None  # local Dask/Ray clusters at once (None: a quarter of max_processes, at least 1)
     # task type → plugin id, over the plugins' own claims (Flyte's tasks.task-plugins.default-for-task-types)
     plugin_for_task_types: dict[str, str] = dataclasses.field(default_factory=dict)
     commit_in_thread: bool = False  # True: SQLite commits in a writer thread instead of on the loop
@@ -118,7 +119,8 @@ class Engine:
         self.authority.worker_runs = self.reusable_plugin.runs_of_worker
         self.registry.register(self.reusable_plugin)
         resources = LocalResourceBackend(self.data_dir / "work", [
-            LocalDaskOperator(self.container_plugin.setup), LocalRayOperator(self.container_plugin.setup, self.data_dir)])
+            LocalDaskOperator(self.container_plugin.setup), LocalRayOperator(self.container_plugin.setup, self.data_dir)],
+            max_running=self.config.max_clusters or max(1, self.config.max_processes // 4))
         self.registry.register(ResourcePluginManager(DaskPlugin(), resources))
         self.registry.register(ResourcePluginManager(RayPlugin(), resources))
         self.registry.register(SleepPlugin())

@@ -278,3 +278,42 @@ def test_worker_requests_larger_than_the_machine_are_clamped():
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     assert clamp_memory("1Gi") == "1Gi" or total < 1024 ** 3
     assert clamp_memory("100000Gi") == str(total)
+
+
+async def test_local_clusters_are_bounded_and_waiters_go_in_arrival_order(tmp_path):
+    """Ten cluster tasks at once do not start ten clusters: the backend runs ``max_running`` and the rest
+    wait (WaitingForResources), each woken in turn when a place frees."""
+    import asyncio
+
+    from engine.plugins.local_backend import LocalOperator, LocalResourceBackend
+
+    release = asyncio.Event()
+    started: list[str] = []
+
+    class Held(LocalOperator):
+        kind = "DaskJob"
+
+        async def run(self, resource, tctx, work_dir, save):
+            started.append(resource["metadata"]["name"])
+            await release.wait()
+            resource["status"]["jobStatus"] = "Successful"
+
+    woken: list[str] = []
+    backend = LocalResourceBackend(tmp_path / "work", [Held()], max_running=2)
+    managers = ResourcePluginManager(DaskPlugin(), backend)
+    contexts = []
+    for i in range(4):
+        tctx = _tctx(tmp_path, {"workers": {"numberOfWorkers": 1}}, name=f"r{i}-a0")
+        tctx.enqueue_owner = lambda i=i: woken.append(f"r{i}")
+        contexts.append(tctx)
+    phases = [(await managers.handle(t)).info.phase for t in contexts]
+    assert phases == [PluginPhase.QUEUED] * 2 + [PluginPhase.WAITING_FOR_RESOURCES] * 2
+    await asyncio.sleep(0)
+    assert started == ["r0-a0-0", "r1-a0-0"]
+    assert (await managers.handle(contexts[3])).info.phase == PluginPhase.WAITING_FOR_RESOURCES  # no overtaking
+    release.set()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert "r2" in woken  # the longest waiter first
+    assert (await managers.handle(contexts[2])).info.phase == PluginPhase.QUEUED
+    await backend.close()

@@ -23,6 +23,7 @@ from engine.plugins.core import TaskExecutionContext
 from engine.plugins.process import alive, kill_group
 from engine.plugins.resources import (
     AlreadyExistsError,
+    BusyError,
     InvalidError,
     NotFoundError,
     Resource,
@@ -56,11 +57,13 @@ class LocalOperator:
 
 
 class LocalResourceBackend(ResourceBackend):
-    def __init__(self, work_dir: Path, operators: list[LocalOperator]):
+    def __init__(self, work_dir: Path, operators: list[LocalOperator], max_running: int = 1):
         self.work_dir = Path(work_dir) / "resources"
         self.operators = {op.kind: op for op in operators}
+        self.max_running = max(1, max_running)  # clusters at once: each is several processes
         self._objects: dict[tuple[str, str, str], Resource] = {}
         self._runs: dict[tuple[str, str, str], asyncio.Task] = {}
+        self._waiting: dict[tuple[str, str, str], Callable[[], None]] = {}  # in arrival order
 
     def _path(self, key: tuple[str, str, str]) -> Path:
         kind, namespace, name = key
@@ -83,6 +86,12 @@ class LocalResourceBackend(ResourceBackend):
             raise InvalidError(f"no local operator runs {resource['kind']} objects")
         if key in self._objects or self._path(key).exists():
             raise AlreadyExistsError(f"{resource['kind']} {key[2]} already exists")
+        first = next(iter(self._waiting), key)
+        if len(self._runs) >= self.max_running or first != key:  # full, or others wait longer
+            self._waiting.setdefault(key, tctx.enqueue_owner)
+            raise BusyError(f"waiting for a local cluster: {len(self._runs)} of {self.max_running} running, "
+                            f"{len(self._waiting)} waiting")
+        self._waiting.pop(key, None)
         resource = copy.deepcopy(resource)
         resource["metadata"]["creationTimestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         resource["status"] = {}
@@ -105,7 +114,14 @@ class LocalResourceBackend(ResourceBackend):
             operator.mark_failed(resource.setdefault("status", {}), f"local operator failed: {exc}")
         finally:
             self._save(key)
+            self._runs.pop(key, None)
+            self._wake_next()
             tctx.enqueue_owner()
+
+    def _wake_next(self) -> None:
+        """A place is free: the longest waiter tries again."""
+        if self._waiting and len(self._runs) < self.max_running:
+            next(iter(self._waiting.values()))()
 
     async def get(self, identity: Resource) -> Resource:
         key = _key(identity)
@@ -134,6 +150,9 @@ class LocalResourceBackend(ResourceBackend):
 
     async def delete(self, identity: Resource) -> None:
         key = _key(identity)
+        if self._waiting.pop(key, None) is not None and key not in self._objects:
+            self._wake_next()
+            return  # it only waited for a place
         run = self._runs.pop(key, None)
         if run is not None:
             run.cancel()

@@ -24,6 +24,7 @@ from engine.plugins.resources import (
     AlreadyExistsError,
     BackendError,
     BadRequestError,
+    BusyError,
     ForbiddenError,
     InvalidError,
     NotFoundError,
@@ -89,6 +90,8 @@ class ResourcePluginManager(Plugin):
         resource = self.with_metadata(self.plugin.build_resource(tctx), tctx)
         try:
             await self.backend.create(resource, tctx)
+        except BusyError as exc:
+            return PhaseInfo.waiting_for_resources(reason=str(exc))
         except AlreadyExistsError:
             pass  # launched before and the state write was lost: it is ours
         except ForbiddenError as exc:

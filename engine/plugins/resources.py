@@ -89,6 +89,12 @@ class BadRequestError(BackendError):
     status, reason = 400, "BadRequest"
 
 
+class BusyError(BackendError):
+    """Not now: the backend runs as many such objects as it may; the caller waits and is woken."""
+
+    status, reason = 429, "TooManyRequests"
+
+
 class ResourceBackend(abc.ABC):
     """Where resources live: create, get, delete, by (apiVersion, kind, namespace, name)."""
 
