@@ -42,6 +42,7 @@ def event_view(record: EventRecord) -> Event:
         error_code=error.code if error else "", error_message=error.message if error else "",
         output_uri=event.outputs.output_uri or None, logs=tuple(log.uri for log in event.log_info),
         worker=event.log_context.primary_pod_name,
+        links=tuple((log.name, log.uri) for log in event.log_info if log.name != "local"),
         cache_status=event.cache_status, reasons=tuple(c.message for c in event.cluster_events),
     )
 

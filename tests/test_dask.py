@@ -11,6 +11,7 @@ import pytest
 
 import crd_schemas
 
+from engine.client.local import LocalClient
 from engine.engine import Engine, EngineConfig
 from engine.phases import ActionPhase, PluginPhase
 from engine.plugins.core import PluginStateManager, TaskExecutionContext, TaskExecutionMetadata
@@ -234,9 +235,9 @@ async def test_a_dask_task_runs_on_its_own_local_cluster_and_leaves_nothing_behi
     result = await run_sdk_task(engine, tasks, "total", timeout=180, n=10)
     assert result.phase == ActionPhase.SUCCEEDED, result.error
     assert result.outputs == {"o0": "285 2 True"}  # two workers; the task's Client() joined the cluster
-    events = await engine.runs.list_events((result.run.project, result.run.domain, result.run.run_name, "a0"))
-    links = {log.name: log.uri for e in events for log in _event(e).log_info}
-    assert links.get("Dask dashboard", "").startswith("http://127.0.0.1:")
+    events = await LocalClient(engine.services).list_events(result.run.run_name, "a0")
+    links = dict(link for e in events for link in e.links)
+    assert links.get("Dask dashboard", "").startswith("http://127.0.0.1:")  # what the console shows
     await eventually(lambda: not _dask_processes(str(engine.data_dir)), timeout=15)
 
 
@@ -262,13 +263,6 @@ async def test_aborting_a_dask_task_tears_its_cluster_down(engine, tasks):
     assert result.phase == ActionPhase.ABORTED
     await eventually(lambda: not _dask_processes(str(engine.data_dir)), timeout=15)
 
-
-def _event(record):
-    from flyteidl2.workflow import run_definition_pb2
-
-    event = run_definition_pb2.ActionEvent()
-    event.ParseFromString(record.info)
-    return event
 
 
 def test_worker_requests_larger_than_the_machine_are_clamped():

@@ -313,6 +313,9 @@ class RunScreen(Screen):
             worker = next((e.worker for e in reversed(attempt_events) if e.worker), "")
             if worker:
                 lines.append(f"  ran on reusable worker [b]{escape(worker)}[/]")
+            links = dict(link for e in attempt_events for link in e.links)
+            for name, uri in links.items():  # a cluster's dashboards (Dask, Ray, Spark UI)
+                lines.append(f"  {escape(name)}  {escape(uri)}")
         show(self.query_one("#detail", Static), "\n".join(lines))
         event_lines = []
         for e in events:

@@ -168,6 +168,7 @@ class Event:
     cache_status: int = 0
     reasons: tuple[str, ...] = ()
     worker: str = ""  # the reusable worker that ran the attempt, if one did
+    links: tuple[tuple[str, str], ...] = ()  # (name, URL): a cluster's dashboards while the attempt ran
 
     @property
     def error(self) -> dict[str, str] | None:
@@ -179,6 +180,7 @@ class Event:
             "updatedTime": _iso(self.updated_time), "reportedTime": _iso(self.reported_time), "error": self.error,
             "outputUri": self.output_uri, "logs": list(self.logs), "cacheStatus": cache_status_name(self.cache_status),
             "reasons": list(self.reasons), "worker": self.worker,
+            "links": [{"name": name, "uri": uri} for name, uri in self.links],
         }
 
     @classmethod
@@ -191,6 +193,7 @@ class Event:
             error_message=error.get("message") or "", output_uri=data.get("outputUri"),
             logs=tuple(data.get("logs") or ()), cache_status=_cache_status(data.get("cacheStatus")),
             reasons=tuple(data.get("reasons") or ()), worker=data.get("worker") or "",
+            links=tuple((link["name"], link["uri"]) for link in data.get("links") or ()),
         )
 
 
