@@ -25,6 +25,8 @@ from engine.render import KubernetesRenderer
 from engine.plugins.local_backend import LocalResourceBackend
 from engine.plugins.local_dask import LocalDaskOperator
 from engine.plugins.local_ray import LocalRayOperator
+from engine.plugins.local_spark import LocalSparkOperator
+from engine.plugins.spark import SparkPlugin
 from engine.plugins.ray import RayPlugin
 from engine.plugins.registry import PluginRegistry, discover_plugins
 from engine.plugins.resource_manager import ResourcePluginManager
@@ -119,10 +121,12 @@ class Engine:
         self.authority.worker_runs = self.reusable_plugin.runs_of_worker
         self.registry.register(self.reusable_plugin)
         resources = LocalResourceBackend(self.data_dir / "work", [
-            LocalDaskOperator(self.container_plugin.setup), LocalRayOperator(self.container_plugin.setup, self.data_dir)],
+            LocalDaskOperator(self.container_plugin.setup), LocalRayOperator(self.container_plugin.setup, self.data_dir),
+            LocalSparkOperator(self.container_plugin.setup, self.data_dir)],
             max_running=self.config.max_clusters or max(1, self.config.max_processes // 4))
         self.registry.register(ResourcePluginManager(DaskPlugin(), resources))
         self.registry.register(ResourcePluginManager(RayPlugin(), resources))
+        self.registry.register(ResourcePluginManager(SparkPlugin(), resources))
         self.registry.register(SleepPlugin())
         for plugin in discover_plugins(lambda resource_plugin: ResourcePluginManager(resource_plugin, resources)):
             self.registry.register(plugin)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,19 @@ from engine.plugins.zygotes import sdk_entrypoint_interpreter
 
 LAUNCHER = str(Path(__file__).with_name("launcher.py"))
 STOP_GRACE_SECONDS = 3.0
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def utc_now() -> str:

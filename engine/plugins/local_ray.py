@@ -29,24 +29,11 @@ from pathlib import Path
 
 from engine.plugins.core import TaskExecutionContext
 from engine.plugins.local_backend import LocalOperator
-from engine.plugins.local_cluster import LocalCluster, utc_now
+from engine.plugins.local_cluster import LocalCluster, free_ports, utc_now
 from engine.plugins.resources import Resource
 from engine.plugins.task_setup import TaskProcessSetup
 
 HEAD_START_SECONDS = 120.0
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def _cpus(params: dict, default: int) -> int:
