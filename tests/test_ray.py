@@ -97,3 +97,19 @@ async def test_aborting_a_ray_task_tears_its_node_down(engine, tasks):
     result = await engine.runs.wait_for_run(record.run_name, timeout=60)
     assert result.phase == ActionPhase.ABORTED
     await eventually(lambda: not _ray_processes(), timeout=20)
+
+
+async def test_a_token_left_by_an_earlier_ray_session_does_not_lock_the_task_out(tmp_path, tasks, monkeypatch):
+    """Any local Ray session writes ~/.ray/auth_token, which Ray then applies wherever it finds it: each
+    local node has its own token instead (without it, the task's ray.init() was refused)."""
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("f" * 64)
+    monkeypatch.setenv("HOME", str(home))
+    engine = Engine(EngineConfig(data_dir=tmp_path / "data2"))
+    await engine.start()
+    try:
+        result = await run_sdk_task(engine, tasks, "total", timeout=240, n=3)
+        assert result.phase == ActionPhase.SUCCEEDED, result.error
+    finally:
+        await engine.stop()

@@ -9,6 +9,8 @@ what Ray's workers print reaches the action's log through the driver. ``status.j
 goes Initializing → Running → Complete / Failed, with the dashboard URL; the node is torn down when the
 job ends, fails or is deleted.
 
+Each node has its own authentication token, given to the head and the job runner only.
+
 Ray's session directory lives under the system temp directory (0700, removed at teardown), not the data
 directory: it holds Unix sockets, whose paths may not exceed 107 bytes, and it must never be inside the
 task's code directory, which the SDK uploads to Ray as the job's working_dir (a session directory in it
@@ -21,6 +23,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import secrets
 import shutil
 import socket
 import tempfile
@@ -74,6 +77,10 @@ class LocalRayOperator(LocalOperator):
         cpus = _cpus(head_params, 1) + sum(_cpus(g.get("rayStartParams") or {}, 1) * int(g.get("replicas") or 0)
                                            for g in spec.get("workerGroupSpecs") or [])
         gcs, dashboard, client, agent, agent_grpc, runtime_env, metrics = free_ports(7)
+        # Its own token: no other local user can submit work to it, and a ~/.ray/auth_token some earlier
+        # Ray session left (which Ray would pick up on one side only) plays no part.
+        auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_AUTH_TOKEN_PATH": "",
+                "RAY_USAGE_STATS_ENABLED": "0"}
         temp_dir = self._temp_dir(resource["metadata"]["name"])
         temp_dir.mkdir(exist_ok=True, mode=0o700)
         if temp_dir.is_symlink() or temp_dir.stat().st_uid != os.getuid():
@@ -89,7 +96,7 @@ class LocalRayOperator(LocalOperator):
                 "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent),
                 "--dashboard-agent-grpc-port", str(agent_grpc), "--runtime-env-agent-port", str(runtime_env),
                 "--metrics-export-port", str(metrics), "--num-cpus", str(max(cpus, 1)), "--temp-dir", str(temp_dir),
-                "--disable-usage-stats"], {"RAY_USAGE_STATS_ENABLED": "0"})
+                "--disable-usage-stats"], auth)
             address = f"127.0.0.1:{gcs}"
             await self._head_ready(cluster, head, gcs)
             url = f"http://127.0.0.1:{dashboard}"
@@ -99,7 +106,7 @@ class LocalRayOperator(LocalOperator):
             cluster.note(f"attempt {tctx.metadata.attempt}: local Ray node at {address} with {max(cpus, 1)} logical "
                          f"CPU(s){' (the worker groups, on this one machine)' if spec.get('workerGroupSpecs') else ''}"
                          f"; dashboard {url}")
-            code = await cluster.run_job({"RAY_ADDRESS": address, "RAY_USAGE_STATS_ENABLED": "0"})
+            code = await cluster.run_job({"RAY_ADDRESS": address, **auth})
             if code == 0:
                 final = {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}
             else:
