@@ -91,14 +91,14 @@ class LocalCluster:
         except OSError:
             return ""
 
-    async def tear_down(self) -> None:
+    async def tear_down(self, grace: float = STOP_GRACE_SECONDS) -> None:
         """SIGTERM, a grace period, then SIGKILL to every process of every session it started. Cancelled
         midway (the engine stopping), it still kills everything before it gives way."""
         try:
             for process in reversed(self.processes):
                 if process.returncode is None:
                     kill_group(process.pid, signal.SIGTERM)
-            deadline = time.monotonic() + STOP_GRACE_SECONDS
+            deadline = time.monotonic() + grace
             for process in self.processes:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(process.wait(), max(deadline - time.monotonic(), 0.01))

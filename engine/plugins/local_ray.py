@@ -37,6 +37,7 @@ from engine.plugins.resources import Resource
 from engine.plugins.task_setup import TaskProcessSetup
 
 HEAD_START_SECONDS = 120.0
+RAY_STOP_GRACE_SECONDS = 0.5  # a head on SIGTERM drains for up to 30 s; the job is over, nothing to drain
 
 
 def _cpus(params: dict, default: int) -> int:
@@ -113,7 +114,7 @@ class LocalRayOperator(LocalOperator):
                 final = {"jobDeploymentStatus": "Failed", "jobStatus": "FAILED", "reason": "AppFailed",
                          "message": f"the job runner exited with code {code}; see {tctx.log_path}"}
         finally:
-            await cluster.tear_down()
+            await cluster.tear_down(grace=RAY_STOP_GRACE_SECONDS)
             status["endTime"] = utc_now()
             save()
             shutil.rmtree(temp_dir, ignore_errors=True)
