@@ -132,3 +132,23 @@ def test_ray_statuses_flyte_does_not_handle_are_errors(tmp_path, deployment):
     with pytest.raises(PluginError, match="unknown job deployment status"):
         RayPlugin().get_task_phase(_tctx(tmp_path, None), {"metadata": {"name": "j"},
                                                           "status": {"jobDeploymentStatus": deployment}})
+
+
+@pytest.mark.parametrize("kind, reason, phase, code", [
+    ("RECOVERABLE", "AppFailed", PluginPhase.RETRYABLE_FAILURE, "TaskFailedWithError"),
+    ("NON_RECOVERABLE", "AppFailed", PluginPhase.PERMANENT_FAILURE, "TaskFailedWithError"),
+    ("RECOVERABLE", "JobDeploymentStatusTransitionGracePeriodExceeded", PluginPhase.RETRYABLE_FAILURE,
+     "TaskFailedWithError"),  # an error file wins over the grace-period rule
+])
+def test_a_failed_ray_job_follows_the_tasks_error_file(tmp_path, kind, reason, phase, code):
+    from flyteidl2.core import execution_pb2
+
+    tctx = _tctx(tmp_path, None)
+    out = tmp_path / "out"
+    out.mkdir()
+    doc = execution_pb2.ErrorDocument(error=execution_pb2.ContainerError(
+        code="ValueError", message="boom", kind=getattr(execution_pb2.ContainerError, kind)))
+    (out / "error.pb").write_bytes(doc.SerializeToString())
+    info = RayPlugin().get_task_phase(tctx, {"metadata": {"name": "j"}, "status": {
+        "jobDeploymentStatus": "Failed", "reason": reason}})
+    assert info.phase == phase and info.err.code == code and info.err.kind == "USER"

@@ -8,7 +8,9 @@ The job's ``custom`` is the SDK's RayJob proto as JSON (``flyteplugins-ray``: ``
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
+from flyteidl2.core import execution_pb2
 from flyteidl2.plugins import ray_pb2
 from google.protobuf import json_format
 
@@ -36,6 +38,20 @@ def ray_job(tctx: TaskExecutionContext) -> ray_pb2.RayJob:
 
 def _field_env(name: str, path: str) -> dict:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def _error_file_recoverable(tctx: TaskExecutionContext) -> bool | None:
+    """Whether the attempt's error.pb says RECOVERABLE (None: there is no readable one)."""
+    try:
+        data = (Path(tctx.output_prefix) / "error.pb").read_bytes()
+    except OSError:
+        return None
+    doc = execution_pb2.ErrorDocument()
+    try:
+        doc.ParseFromString(data)
+    except Exception:  # noqa: BLE001 - unreadable: as if absent
+        return None
+    return doc.error.kind == execution_pb2.ContainerError.RECOVERABLE
 
 
 class RayPlugin(ResourcePlugin):
@@ -130,11 +146,13 @@ class RayPlugin(ResourcePlugin):
             return PhaseInfo.queued(reason="cluster is suspended", info=info)
         if deployment == "Failed":
             reason, message = status.get("reason", ""), status.get("message", "")
-            if reason == "JobDeploymentStatusTransitionGracePeriodExceeded":
-                return PhaseInfo.system_retryable_failure(
-                    reason, f"Failed to run Ray job {resource['metadata']['name']} with error: [{reason}] {message}", info)
-            return PhaseInfo.failure("TaskFailedWithError", f"Failed to run Ray job {resource['metadata']['name']} "
-                                     f"with error: [{reason}] {message}", info)
+            text = f"Failed to run Ray job {resource['metadata']['name']} with error: [{reason}] {message}"
+            recoverable = _error_file_recoverable(tctx)
+            if recoverable is None and reason == "JobDeploymentStatusTransitionGracePeriodExceeded":
+                return PhaseInfo.system_retryable_failure(reason, text, info)
+            if recoverable:  # the task's own error file says it may be retried
+                return PhaseInfo.retryable_failure("TaskFailedWithError", text, info)
+            return PhaseInfo.failure("TaskFailedWithError", text, info)
         # ValidationFailed, Retrying, Waiting: Flyte does not handle these (it reports an error); so do we
         raise PluginError(f"unknown job deployment status {deployment!r}", code="UnknownDeploymentStatus")
 
