@@ -58,6 +58,7 @@ PROBES = textwrap.dedent('''
 
     @serial.task
     def block(seconds: float) -> float:
+        print("blocking now", flush=True)
         time.sleep(seconds)
         return seconds
 
@@ -192,6 +193,10 @@ async def test_aborting_a_sync_body_that_will_not_stop_recycles_its_worker(engin
         return ActionPhase((await engine.runs.get_run(record.run_name)).phase) == ActionPhase.RUNNING
 
     await eventually(running, timeout=60)
+    log = engine.reconciler.log_path(record.run_name, "a0", 1)
+    # RUNNING is reported once the worker has the action: wait until the sync body itself runs (aborted
+    # earlier, the action is cancelled before its thread starts, and no worker needs recycling)
+    await eventually(lambda: log.exists() and "blocking now" in log.read_text(), timeout=60)
     pid = _state(engine, record.run_name)["pid"]
     await engine.runs.abort_action(record.run_name, reason="stop")
     result = await engine.runs.wait_for_run(record.run_name, timeout=30)
