@@ -103,7 +103,6 @@ class ReusableTaskPlugin(Plugin):
         self.credential = credential
         self.pools: dict[str, WorkerPool] = {}
         self._launched: dict[str, _Launched] = {}  # by generated name, until its outcome is read
-        self._reports: dict[str, dict | None] = {}  # ended: the worker's report (None: the worker was lost)
         self._adopted: dict[str, tuple[int, int | None]] = {}
         self._waiting_in: dict[str, WorkerPool] = {}
         self._janitor: asyncio.Task | None = None
@@ -228,7 +227,7 @@ class ReusableTaskPlugin(Plugin):
             pool.release(worker)
             return PhaseInfo.waiting_for_resources(reason=f"worker {worker.id} went away; waiting for another")
         launched = self._launched[name] = _Launched(pool, worker, action)
-        asyncio.get_running_loop().create_task(self._await_end(name, launched, tctx.enqueue_owner))
+        asyncio.get_running_loop().create_task(self._await_end(launched, tctx.enqueue_owner))
         tctx.plugin_state.put(STATE_VERSION, state)
         return PhaseInfo.running(info=self._info(tctx, state), reason=f"running in {where}")
 
@@ -239,10 +238,8 @@ class ReusableTaskPlugin(Plugin):
             with contextlib.suppress(OSError):
                 self.journals.append(worker.launch_fd, {"outputs": outputs, "forgotten": True})
 
-    async def _await_end(self, name: str, launched: _Launched, enqueue_owner) -> None:
-        report = await launched.action.done
-        if self._launched.get(name) is launched:
-            self._reports[name] = report
+    async def _await_end(self, launched: _Launched, enqueue_owner) -> None:
+        await launched.action.done
         launched.pool.release(launched.worker)
         enqueue_owner()
 
@@ -271,10 +268,10 @@ class ReusableTaskPlugin(Plugin):
         info = self._info(tctx, state)
         launched = self._launched.get(name)
         if launched is not None:
-            if name not in self._reports:
+            if not launched.action.done.done():
                 return PhaseInfo.running(info=info)
-            del self._launched[name]
-            return self._ended(tctx, self._reports.pop(name), state, info, launched.worker.exit_code)
+            del self._launched[name]  # the worker's report, or None: the worker was lost
+            return self._ended(tctx, launched.action.done.result(), state, info, launched.worker.exit_code)
         done = self._done_report(tctx, state)
         if done is not None:
             self._adopted.pop(name, None)
@@ -327,7 +324,6 @@ class ReusableTaskPlugin(Plugin):
             pool.forget(name)
         launched = self._launched.pop(name, None)
         self.journals.forget(tctx.output_prefix)
-        self._reports.pop(name, None)
         if launched is not None:
             if not launched.action.done.done():
                 launched.worker.cancel(launched.action)
@@ -367,7 +363,6 @@ class ReusableTaskPlugin(Plugin):
         pool = self._waiting_in.pop(name, None)
         if pool is not None:
             pool.forget(name)
-        self._reports.pop(name, None)
         self._adopted.pop(name, None)
 
     # ---------------------------------------------------------------- pools
