@@ -44,15 +44,17 @@ SYNC_THREAD_PREFIX = "sync-executor-"  # flyte._utils.asyncify.run_sync_in_threa
 _current_log: contextvars.ContextVar = contextvars.ContextVar("taskdeck_action_log", default=None)
 
 
-def _load_launcher():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "launcher.py")
-    spec = importlib.util.spec_from_file_location("_taskdeck_launcher", path)
+def _load_protocol():
+    """``pipe_protocol.py`` beside this file, by path (run with -P, its directory is not on sys.path)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pipe_protocol.py")
+    spec = importlib.util.spec_from_file_location("_taskdeck_pipe_protocol", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-launcher = _load_launcher()
+protocol = _load_protocol()
+launcher = protocol.load_sibling("launcher.py")
 
 
 class ActionLog:
@@ -203,9 +205,7 @@ class Worker:
         self.ends_fd = os.open(ends, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600) if ends else None
 
     def reply(self, message: dict) -> None:
-        data = (json.dumps(message, separators=(",", ":")) + "\n").encode()
-        while data:
-            data = data[os.write(self.replies_fd, data):]
+        protocol.write_message(self.replies_fd, message)
 
     async def start(self) -> None:
         started = time.perf_counter()
@@ -228,10 +228,9 @@ class Worker:
             if not line:
                 break
             try:
-                request = json.loads(line)
-                op, ident = request["op"], request.get("id")
-            except (ValueError, KeyError, TypeError) as exc:
-                self.reply({"op": "error", "id": None, "message": f"bad request: {exc}"})
+                request, op, ident = protocol.decode_request(line)
+            except protocol.BadRequest as exc:
+                self.reply({"op": "error", "id": None, "message": str(exc)})
                 continue
             if op == "run":
                 self.actions[ident] = loop.create_task(self.run(ident, request))
@@ -362,11 +361,7 @@ class Worker:
 
 
 def main() -> int:
-    requests_fd = os.dup(0)
-    replies_fd = os.dup(1)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.dup2(2, 1)  # a stray write to fd 1 goes to the worker's log, never into the replies
+    requests_fd, replies_fd = protocol.take_pipes()
     sys.stdout = RoutedStream(sys.stdout)
     sys.stderr = RoutedStream(sys.stderr)
     sys.path.insert(0, ".")  # as a0 does: the code directory

@@ -30,6 +30,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from engine.plugins.pipe_protocol import encode, read_messages
 from engine.plugins.process import kill_group, process_cpu_seconds, process_start_ticks
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ class WorkerProcess:
     def _send(self, message: dict) -> None:
         if self.state not in ("ready", "stopping") or self.process is None or self.process.stdin is None:
             raise OSError(f"worker {self.id} is not running")
-        self.process.stdin.write((json.dumps(message, separators=(",", ":")) + "\n").encode())
+        self.process.stdin.write(encode(message))
 
     def run(self, name: str, run: tuple[str, str, str], request: dict) -> ActionRun:
         """Send one action (its place was claimed). Raises OSError when the worker is gone."""
@@ -153,15 +154,7 @@ class WorkerProcess:
     async def _read(self) -> None:
         assert self.process is not None and self.process.stdout is not None
         try:
-            while True:
-                line = await self.process.stdout.readline()
-                if not line:
-                    break
-                try:
-                    message = json.loads(line)
-                except ValueError:
-                    log.warning("worker %s sent an unreadable line: %r", self.id, line[:200])
-                    continue
+            async for message in read_messages(self.process.stdout, f"worker {self.id}", log):
                 action = self.actions.get(message.get("id"))
                 op = message.get("op")
                 if op == "started" and action is not None:

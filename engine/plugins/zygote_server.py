@@ -30,7 +30,6 @@ import atexit
 import gc
 import importlib
 import importlib.util
-import json
 import os
 import select
 import signal
@@ -60,12 +59,16 @@ PRELOAD = (
 )
 
 
-def _load_launcher():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "launcher.py")
-    spec = importlib.util.spec_from_file_location("_taskdeck_launcher", path)
+def _load_protocol():
+    """``pipe_protocol.py`` beside this file, by path (run with -P, its directory is not on sys.path)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pipe_protocol.py")
+    spec = importlib.util.spec_from_file_location("_taskdeck_pipe_protocol", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+protocol = _load_protocol()
 
 
 def open_event_loops() -> int:
@@ -191,16 +194,14 @@ class Server:
     def __init__(self, requests_fd: int, replies_fd: int):
         self.requests_fd = requests_fd
         self.replies_fd = replies_fd
-        self.launcher = _load_launcher()
+        self.launcher = protocol.load_sibling("launcher.py")
         self.preloaded = Preloaded()
         self.pending: dict[int, tuple[int, int]] = {}  # request id → (supervisor pid, go pipe)
         self.buffer = b""
         self.wake_r, self.wake_w = os.pipe()
 
     def reply(self, message: dict) -> None:
-        data = (json.dumps(message, separators=(",", ":")) + "\n").encode()
-        while data:
-            data = data[os.write(self.replies_fd, data):]
+        protocol.write_message(self.replies_fd, message)
 
     def start(self) -> None:
         self.preloaded.load()
@@ -232,10 +233,9 @@ class Server:
 
     def handle(self, line: bytes) -> None:
         try:
-            request = json.loads(line)
-            op, ident = request["op"], request.get("id")
-        except (ValueError, KeyError, TypeError) as exc:
-            self.reply({"op": "error", "id": None, "message": f"bad request: {exc}"})
+            request, op, ident = protocol.decode_request(line)
+        except protocol.BadRequest as exc:
+            self.reply({"op": "error", "id": None, "message": str(exc)})
             return
         if op == "spawn":
             self.spawn(ident, request)
@@ -305,12 +305,7 @@ class Server:
 
 
 def main() -> int:
-    requests_fd = os.dup(0)
-    replies_fd = os.dup(1)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.dup2(2, 1)  # a stray print goes to the zygote's log, never into the replies
-    server = Server(requests_fd, replies_fd)
+    server = Server(*protocol.take_pipes())
     server.start()
     server.serve()
     return 0

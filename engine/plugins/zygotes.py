@@ -20,6 +20,7 @@ import os
 import time
 from pathlib import Path
 
+from engine.plugins.pipe_protocol import encode, read_messages
 from engine.plugins.process import alive, kill_group, process_start_ticks
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ class Zygote:
     def _send(self, message: dict) -> None:
         if not self.alive or self.process is None or self.process.stdin is None:
             raise ZygoteError("the fork server is not running")
-        self.process.stdin.write((json.dumps(message, separators=(",", ":")) + "\n").encode())
+        self.process.stdin.write(encode(message))
 
     async def _request(self, message: dict) -> dict:
         ident = self._next_id = self._next_id + 1
@@ -166,15 +167,7 @@ class Zygote:
     async def _read(self) -> None:
         assert self.process is not None and self.process.stdout is not None
         try:
-            while True:
-                line = await self.process.stdout.readline()
-                if not line:
-                    break
-                try:
-                    message = json.loads(line)
-                except ValueError:
-                    log.warning("fork server %s sent an unreadable line: %r", self.key, line[:200])
-                    continue
+            async for message in read_messages(self.process.stdout, f"fork server {self.key}", log):
                 op = message.get("op")
                 if op == "exit":
                     pid = int(message["pid"])
