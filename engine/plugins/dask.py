@@ -11,26 +11,14 @@ from __future__ import annotations
 import copy
 
 from flyteidl2.plugins import dask_pb2
-from google.protobuf import json_format
 
-from engine.plugins.core import PhaseInfo, PluginError, TaskExecutionContext, TaskExecutionMetadata, TaskInfo
+from engine.plugins.core import PhaseInfo, TaskExecutionContext, TaskExecutionMetadata, TaskInfo
 from engine.plugins.podspec import resource_requirements, to_pod_spec
-from engine.plugins.resources import Resource, ResourcePlugin
+from engine.plugins.resources import Resource, ResourcePlugin, custom_config
 
 API_VERSION = "kubernetes.dask.org/v1"
 KIND = "DaskJob"
 SCHEDULER_PORT, DASHBOARD_PORT = 8786, 8787
-
-
-def dask_job(tctx: TaskExecutionContext) -> dask_pb2.DaskJob:
-    job = dask_pb2.DaskJob()
-    template = tctx.task_template
-    if template.HasField("custom"):
-        try:
-            json_format.ParseDict(json_format.MessageToDict(template.custom), job)
-        except json_format.ParseError as exc:
-            raise PluginError(f"the task's Dask config is malformed: {exc}", code="BadTaskSpecification") from None
-    return job
 
 
 class DaskPlugin(ResourcePlugin):
@@ -41,7 +29,7 @@ class DaskPlugin(ResourcePlugin):
         return {"apiVersion": API_VERSION, "kind": KIND}
 
     def build_resource(self, tctx: TaskExecutionContext) -> Resource:
-        job = dask_job(tctx)
+        job = custom_config(tctx, dask_pb2.DaskJob(), "Dask")
         runner = to_pod_spec(tctx, container_name="job-runner", restart_policy="Never")
         base = runner["containers"][0]
         image = base["image"]

@@ -16,18 +16,35 @@ from engine.phases import PluginPhase
 from engine.plugins.core import SYSTEM, UNKNOWN, USER, ExecutionError, PhaseInfo, TaskExecutionContext, TaskInfo
 
 
+class CorruptErrorFileError(Exception):
+    pass
+
+
+def read_error_file(output_prefix: str) -> execution_pb2.ContainerError | None:
+    """The attempt's error.pb, or None when it wrote none; CorruptErrorFileError when it is unreadable."""
+    try:
+        data = (Path(output_prefix) / "error.pb").read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise CorruptErrorFileError(str(exc)) from exc
+    doc = execution_pb2.ErrorDocument()
+    try:
+        doc.ParseFromString(data)
+    except Exception as exc:  # noqa: BLE001 - any decode failure means an unreadable error file
+        raise CorruptErrorFileError(str(exc)) from exc
+    return doc.error
+
+
 def read_outcome(tctx: TaskExecutionContext, exit_code: int | None, info: TaskInfo) -> PhaseInfo:
     """What an attempt's files say of how it ended: error.pb, then outputs.pb, then the exit code."""
     out = Path(tctx.output_prefix)
-    error_file = out / "error.pb"
     info.custom["exitCode"] = exit_code
-    if error_file.exists():
-        doc = execution_pb2.ErrorDocument()
-        try:
-            doc.ParseFromString(error_file.read_bytes())
-        except Exception as exc:  # noqa: BLE001 - any decode failure means an unreadable error file
-            return PhaseInfo.system_retryable_failure("CorruptedErrorFile", f"error.pb is unreadable: {exc}", info)
-        err = doc.error
+    try:
+        err = read_error_file(tctx.output_prefix)
+    except CorruptErrorFileError as exc:
+        return PhaseInfo.system_retryable_failure("CorruptedErrorFile", f"error.pb is unreadable: {exc}", info)
+    if err is not None:
         kind = {execution_pb2.ExecutionError.USER: USER, execution_pb2.ExecutionError.SYSTEM: SYSTEM}.get(
             err.origin, UNKNOWN)
         error = ExecutionError(err.code or "Unknown", err.message or "Unknown error message", kind)

@@ -8,32 +8,20 @@ The job's ``custom`` is the SDK's RayJob proto as JSON (``flyteplugins-ray``: ``
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 from flyteidl2.core import execution_pb2
 from flyteidl2.plugins import ray_pb2
-from google.protobuf import json_format
 
 from engine.plugins.core import PhaseInfo, PluginError, TaskExecutionContext, TaskExecutionMetadata, TaskInfo
+from engine.plugins.outcome import CorruptErrorFileError, read_error_file
 from engine.plugins.podspec import to_pod_spec
-from engine.plugins.resources import Resource, ResourcePlugin, ResourceProperties
+from engine.plugins.resources import Resource, ResourcePlugin, ResourceProperties, custom_config
 
 API_VERSION = "ray.io/v1"
 KIND = "RayJob"
 PORTS = [{"name": "redis", "containerPort": 6379}, {"name": "head", "containerPort": 10001},
          {"name": "dashboard", "containerPort": 8265}]
 DEFAULT_TTL_SECONDS = 3600
-
-
-def ray_job(tctx: TaskExecutionContext) -> ray_pb2.RayJob:
-    job = ray_pb2.RayJob()
-    template = tctx.task_template
-    if template.HasField("custom"):
-        try:
-            json_format.ParseDict(json_format.MessageToDict(template.custom), job)
-        except json_format.ParseError as exc:
-            raise PluginError(f"the task's Ray config is malformed: {exc}", code="BadTaskSpecification") from None
-    return job
 
 
 def _field_env(name: str, path: str) -> dict:
@@ -43,15 +31,10 @@ def _field_env(name: str, path: str) -> dict:
 def _error_file_recoverable(tctx: TaskExecutionContext) -> bool | None:
     """Whether the attempt's error.pb says RECOVERABLE (None: there is no readable one)."""
     try:
-        data = (Path(tctx.output_prefix) / "error.pb").read_bytes()
-    except OSError:
+        error = read_error_file(tctx.output_prefix)
+    except CorruptErrorFileError:
         return None
-    doc = execution_pb2.ErrorDocument()
-    try:
-        doc.ParseFromString(data)
-    except Exception:  # noqa: BLE001 - unreadable: as if absent
-        return None
-    return doc.error.kind == execution_pb2.ContainerError.RECOVERABLE
+    return None if error is None else error.kind == execution_pb2.ContainerError.RECOVERABLE
 
 
 class RayPlugin(ResourcePlugin):
@@ -63,7 +46,7 @@ class RayPlugin(ResourcePlugin):
         return {"apiVersion": API_VERSION, "kind": KIND}
 
     def build_resource(self, tctx: TaskExecutionContext) -> Resource:
-        job = ray_job(tctx)
+        job = custom_config(tctx, ray_pb2.RayJob(), "Ray")
         base = to_pod_spec(tctx, container_name="ray-head", restart_policy="Never")
         primary = base["containers"][0]
         entrypoint = " ".join(primary.get("args") or primary.get("command") or [])

@@ -13,7 +13,9 @@ import abc
 import dataclasses
 from typing import Any
 
-from engine.plugins.core import PhaseInfo, TaskExecutionContext, TaskExecutionMetadata
+from google.protobuf import json_format
+
+from engine.plugins.core import PhaseInfo, PluginError, TaskExecutionContext, TaskExecutionMetadata
 
 Resource = dict[str, Any]
 
@@ -109,6 +111,18 @@ class ResourceBackend(abc.ABC):
 
     async def close(self) -> None:
         """Release what the backend holds when the engine stops."""
+
+
+def custom_config(tctx: TaskExecutionContext, message, what: str):
+    """The task template's ``custom`` (the SDK plugin's job proto, as JSON) parsed into ``message``; a
+    BadTaskSpecification naming ``what`` when it does not fit."""
+    template = tctx.task_template
+    if template.HasField("custom"):
+        try:
+            json_format.ParseDict(json_format.MessageToDict(template.custom), message)
+        except json_format.ParseError as exc:
+            raise PluginError(f"the task's {what} config is malformed: {exc}", code="BadTaskSpecification") from None
+    return message
 
 
 def identity_of(resource: Resource) -> Resource:

@@ -10,11 +10,10 @@ from __future__ import annotations
 import time
 
 from flyteidl2.plugins import spark_pb2
-from google.protobuf import json_format
 
 from engine.plugins.core import PhaseInfo, PluginError, TaskExecutionContext, TaskExecutionMetadata, TaskInfo
 from engine.plugins.podspec import to_pod_spec
-from engine.plugins.resources import Resource, ResourcePlugin
+from engine.plugins.resources import Resource, ResourcePlugin, custom_config
 
 API_VERSION = "sparkoperator.k8s.io/v1beta2"
 KIND = "SparkApplication"
@@ -25,13 +24,7 @@ TERMINAL_STATES = ("COMPLETED", "FAILED", "SUBMISSION_FAILED")
 
 
 def spark_job(tctx: TaskExecutionContext) -> spark_pb2.SparkJob:
-    job = spark_pb2.SparkJob()
-    template = tctx.task_template
-    if template.HasField("custom"):
-        try:
-            json_format.ParseDict(json_format.MessageToDict(template.custom), job)
-        except json_format.ParseError as exc:
-            raise PluginError(f"the task's Spark config is malformed: {exc}", code="BadTaskSpecification") from None
+    job = custom_config(tctx, spark_pb2.SparkJob(), "Spark")
     if not job.mainApplicationFile and not job.mainClass:
         raise PluginError("a Spark job needs a main application file or a main class", code="BadTaskSpecification")
     return job
