@@ -1,9 +1,23 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 
 def pytest_addoption(parser):
     parser.addoption("--fuzz-examples", type=int, default=300,
                      help="examples per door in tests/test_fuzz.py (CI keeps the default; raise it for a long run)")
+
+
+@pytest.fixture
+async def engine(tmp_path):
+    """A served engine with the default configuration on ``tmp_path/data`` (modules that need another
+    configuration define their own ``engine``)."""
+    from engine.engine import Engine, EngineConfig
+
+    engine = Engine(EngineConfig(data_dir=tmp_path / "data"))
+    await engine.start()
+    yield engine
+    await engine.stop()

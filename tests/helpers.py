@@ -216,3 +216,34 @@ def process_cpu_seconds(pid: int) -> float:
         except (OSError, ValueError, IndexError):
             pass  # a thread that just ended
     return total / 1e9
+
+
+def live_processes(match) -> list[int]:
+    """Pids of live (not zombie) processes for which ``match(cmdline, proc_dir)`` holds."""
+    from pathlib import Path
+
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            stat = (entry / "stat").read_text()
+            if stat[stat.rfind(")") + 2] != "Z" and match(cmdline, entry):
+                found.append(int(entry.name))
+        except OSError:
+            continue  # gone meanwhile
+    return found
+
+
+def task_file(directory, filename: str, text: str, *needs: str):
+    """``text`` written to ``directory/code/filename`` (the code directory of the run); skips the test when a
+    module of ``needs`` (an SDK plugin, its engine) is not installed."""
+    import pytest
+
+    for module in needs:
+        pytest.importorskip(module)
+    path = directory / "code" / filename
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text)
+    return path

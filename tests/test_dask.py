@@ -12,7 +12,6 @@ import pytest
 import crd_schemas
 
 from engine.client.local import LocalClient
-from engine.engine import Engine, EngineConfig
 from engine.phases import ActionPhase, PluginPhase
 from engine.plugins.core import PluginStateManager, TaskExecutionContext, TaskExecutionMetadata
 from engine.plugins.dask import DaskPlugin
@@ -26,7 +25,7 @@ from engine.plugins.resources import (
     ResourceBackend,
     TooLargeError,
 )
-from helpers import eventually, run_sdk_task, start_sdk_task
+from helpers import eventually, live_processes, run_sdk_task, start_sdk_task, task_file
 
 def daskjob_validator():
     pytest.importorskip("jsonschema")
@@ -200,34 +199,13 @@ TASKS = textwrap.dedent('''
 
 
 def _dask_processes(marker: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if "distributed.cli" in cmdline and marker in cmdline:
-                pids.append(int(entry.name))
-    return pids
+    """The cluster's scheduler and workers (their scheduler file is in the engine's data directory)."""
+    return live_processes(lambda cmdline, _: b"distributed.cli" in cmdline and marker.encode() in cmdline)
 
 
 @pytest.fixture
 def tasks(tmp_path) -> Path:
-    pytest.importorskip("distributed")
-    pytest.importorskip("flyteplugins.dask")
-    path = tmp_path / "code" / "dask_tasks.py"
-    path.parent.mkdir()
-    path.write_text(TASKS)
-    return path
-
-
-@pytest.fixture
-async def engine(tmp_path):
-    engine = Engine(EngineConfig(data_dir=tmp_path / "data"))
-    await engine.start()
-    yield engine
-    await engine.stop()
+    return task_file(tmp_path, "dask_tasks.py", TASKS, "distributed", "flyteplugins.dask")
 
 
 @pytest.mark.sdk

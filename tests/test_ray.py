@@ -10,7 +10,7 @@ import pytest
 
 from engine.engine import Engine, EngineConfig
 from engine.phases import ActionPhase
-from helpers import eventually, run_sdk_task, start_sdk_task
+from helpers import eventually, live_processes, run_sdk_task, start_sdk_task, task_file
 
 pytestmark = pytest.mark.sdk
 
@@ -43,37 +43,13 @@ TASKS = textwrap.dedent('''
 
 
 def _ray_processes() -> list[int]:
-    """Live (not zombie) processes of a local Ray node TaskDeck started."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if b"taskdeck-ray-" in cmdline and stat[stat.rfind(")") + 2] != "Z":
-            found.append(int(entry.name))
-    return found
+    """Live processes of a local Ray node TaskDeck started (its session directory is named taskdeck-ray-*)."""
+    return live_processes(lambda cmdline, _: b"taskdeck-ray-" in cmdline)
 
 
 @pytest.fixture
 def tasks(tmp_path) -> Path:
-    pytest.importorskip("ray")
-    pytest.importorskip("flyteplugins.ray")
-    path = tmp_path / "code" / "ray_tasks.py"
-    path.parent.mkdir()
-    path.write_text(TASKS)
-    return path
-
-
-@pytest.fixture
-async def engine(tmp_path):
-    engine = Engine(EngineConfig(data_dir=tmp_path / "data"))
-    await engine.start()
-    yield engine
-    await engine.stop()
+    return task_file(tmp_path, "ray_tasks.py", TASKS, "ray", "flyteplugins.ray")
 
 
 async def test_a_ray_task_runs_on_its_own_local_ray_node_and_leaves_nothing_behind(engine, tasks):

@@ -12,22 +12,13 @@ import yaml
 
 from engine.client.local import LocalClient
 from engine.client.remote import RemoteClient
-from engine.engine import Engine, EngineConfig
 from engine.errors import RunNotFoundError
 from engine.phases import ActionPhase
-from helpers import run_sdk_task
+from helpers import run_sdk_task, task_file
 from test_dask import TASKS, _errors, daskjob_validator
 
 pytestmark = pytest.mark.sdk
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-@pytest.fixture
-async def engine(tmp_path):
-    engine = Engine(EngineConfig(data_dir=tmp_path / "data"))
-    await engine.start()
-    yield engine
-    await engine.stop()
 
 
 async def _cli(engine, *args) -> tuple[int, str, str]:
@@ -65,12 +56,8 @@ async def test_a_python_task_renders_as_the_pod_flyte_would_create(engine):
 
 
 async def test_a_dask_task_renders_as_its_daskjob(engine, tmp_path):
-    pytest.importorskip("distributed")
-    pytest.importorskip("flyteplugins.dask")
-    code_dir = tmp_path / "code"
-    code_dir.mkdir()
-    (code_dir / "dask_tasks.py").write_text(TASKS)
-    result = await run_sdk_task(engine, code_dir / "dask_tasks.py", "total", timeout=180, n=3)
+    tasks = task_file(tmp_path, "dask_tasks.py", TASKS, "distributed", "flyteplugins.dask")
+    result = await run_sdk_task(engine, tasks, "total", timeout=180, n=3)
     assert result.phase == ActionPhase.SUCCEEDED
     job = await LocalClient(engine.services).render(result.run.run_name)
     assert job["kind"] == "DaskJob" and job["spec"]["cluster"]["spec"]["worker"]["replicas"] == 2

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 from engine.client.local import LocalClient
-from engine.engine import Engine, EngineConfig
 from engine.phases import ActionPhase
-from helpers import eventually, run_sdk_task
+from helpers import eventually, live_processes, run_sdk_task, task_file
 
 pytestmark = pytest.mark.sdk
 
@@ -41,35 +40,13 @@ TASKS = textwrap.dedent('''
 
 def _drivers(root: Path) -> list[int]:
     """Live JVMs of Spark drivers started in ``root``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if b"SparkSubmit" in (entry / "cmdline").read_bytes() and str((entry / "cwd").resolve()).startswith(
-                    str(root)):
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
+    return live_processes(lambda cmdline, proc: b"SparkSubmit" in cmdline
+                          and str((proc / "cwd").resolve()).startswith(str(root)))
 
 
 @pytest.fixture
 def tasks(tmp_path) -> Path:
-    pytest.importorskip("pyspark")
-    pytest.importorskip("flyteplugins.spark")
-    path = tmp_path / "code" / "spark_tasks.py"
-    path.parent.mkdir()
-    path.write_text(TASKS)
-    return path
-
-
-@pytest.fixture
-async def engine(tmp_path):
-    engine = Engine(EngineConfig(data_dir=tmp_path / "data"))
-    await engine.start()
-    yield engine
-    await engine.stop()
+    return task_file(tmp_path, "spark_tasks.py", TASKS, "pyspark", "flyteplugins.spark")
 
 
 async def test_a_spark_task_runs_in_local_mode_with_its_conf_and_leaves_no_jvm(engine, tasks, tmp_path):
