@@ -56,7 +56,37 @@ def decode_request(line: bytes) -> tuple[dict, str, object]:
         raise BadRequest(f"bad request: {exc}") from None
 
 
-# ---------------------------------------------------------------- the engine's side
+# ---------------------------------------------------------------- the engine's side (asyncio imported here
+# only: the fork server loads this module and imports nothing it does not need before it forks)
+class HelperStartError(Exception):
+    pass
+
+
+async def start_helper(interpreter: str, script: str, env: dict, cwd: str, log_path):
+    """The helper process: its own session, requests and replies on pipes, its output into ``log_path``."""
+    import asyncio
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab", buffering=0) as log_file:
+        return await asyncio.create_subprocess_exec(
+            interpreter, "-P", script, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=log_file, env=env, cwd=cwd, start_new_session=True, limit=1 << 20)
+
+
+async def ready_message(process, timeout: float, what: str, log_path) -> dict:
+    """The helper's first reply, its ``ready``; HelperStartError (naming ``what``) when none comes."""
+    import asyncio
+
+    try:
+        line = await asyncio.wait_for(process.stdout.readline(), timeout)
+        ready = json.loads(line) if line else {}
+    except (asyncio.TimeoutError, ValueError) as exc:
+        raise HelperStartError(f"{what} did not start: {exc or 'timed out'}; see {log_path}") from exc
+    if ready.get("op") != "ready":
+        raise HelperStartError(f"{what} exited while starting; see {log_path}")
+    return ready
+
+
 async def read_messages(stream, label: str, log: logging.Logger) -> AsyncIterator[dict]:
     """The helper's replies until its stdout closes; an unreadable line is logged and skipped."""
     while True:

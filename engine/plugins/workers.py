@@ -22,7 +22,6 @@ import collections
 import contextlib
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import secrets
@@ -30,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from engine.plugins.pipe_protocol import encode, read_messages
+from engine.plugins.pipe_protocol import HelperStartError, encode, read_messages, ready_message, start_helper
 from engine.plugins.process import kill_group, process_cpu_seconds, process_start_ticks
 
 log = logging.getLogger(__name__)
@@ -107,21 +106,13 @@ class WorkerProcess:
         return self.state == "ready"
 
     async def start(self, interpreter: str, env: dict[str, str], cwd: str, log_path: Path) -> None:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab", buffering=0) as log_file:
-            self.process = await asyncio.create_subprocess_exec(
-                interpreter, "-P", WORKER_SCRIPT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=log_file, env=env, cwd=cwd, start_new_session=True, limit=1 << 20)
+        self.process = await start_helper(interpreter, WORKER_SCRIPT, env, cwd, log_path)
         self.start_ticks = process_start_ticks(self.process.pid)
         try:
-            line = await asyncio.wait_for(self.process.stdout.readline(), START_TIMEOUT_SECONDS)
-            ready = json.loads(line) if line else {}
-        except (asyncio.TimeoutError, ValueError) as exc:
+            ready = await ready_message(self.process, START_TIMEOUT_SECONDS, "the worker", log_path)
+        except HelperStartError as exc:
             await self.stop()
-            raise OSError(f"the worker did not start: {exc or 'timed out'}; see {log_path}") from exc
-        if ready.get("op") != "ready":
-            await self.stop()
-            raise OSError(f"the worker exited while starting; see {log_path}")
+            raise OSError(str(exc)) from exc
         self.info = ready
         self.state = "ready"
         self.idle_since = time.monotonic()

@@ -14,13 +14,12 @@ import collections
 import contextlib
 import functools
 import hashlib
-import json
 import logging
 import os
 import time
 from pathlib import Path
 
-from engine.plugins.pipe_protocol import encode, read_messages
+from engine.plugins.pipe_protocol import HelperStartError, encode, read_messages, ready_message, start_helper
 from engine.plugins.process import alive, kill_group, process_start_ticks
 
 log = logging.getLogger(__name__)
@@ -101,21 +100,13 @@ class Zygote:
         return self.process.pid if self.process is not None else None
 
     async def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab", buffering=0) as log_file:
-            self.process = await asyncio.create_subprocess_exec(
-                self.interpreter, "-P", SERVER, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=log_file, env=self.env, cwd=self.cwd, start_new_session=True, limit=1 << 20)
+        self.process = await start_helper(self.interpreter, SERVER, self.env, self.cwd, self.log_path)
         self.started_at = time.time()
         try:
-            line = await asyncio.wait_for(self.process.stdout.readline(), START_TIMEOUT_SECONDS)
-            ready = json.loads(line) if line else {}
-        except (asyncio.TimeoutError, ValueError) as exc:
+            ready = await ready_message(self.process, START_TIMEOUT_SECONDS, "the fork server", self.log_path)
+        except HelperStartError as exc:
             await self.close()
-            raise ZygoteError(f"the fork server did not start: {exc or 'timed out'}; see {self.log_path}") from exc
-        if ready.get("op") != "ready":
-            await self.close()
-            raise ZygoteError(f"the fork server exited while starting; see {self.log_path}")
+            raise ZygoteError(str(exc)) from exc
         if ready.get("threads") != 1 or ready.get("loops") != 0:
             await self.close()
             raise ZygoteError(f"the fork server has {ready.get('threads')} threads and {ready.get('loops')} open "
