@@ -189,9 +189,8 @@ class ReusableTaskPlugin(Plugin):
                 return PhaseInfo.system_retryable_failure("WorkerStartFailed", f"no reusable worker of "
                                                           f"{spec.name} could start: {why}")
             self._waiting_in[name] = pool
-            live = [w for w in pool.workers if w.state in ("starting", "ready")]
             return PhaseInfo.waiting_for_resources(reason=(
-                f"waiting for a reusable worker of {spec.name} ({len(live)} of {spec.max_replicas} replicas, "
+                f"waiting for a reusable worker of {spec.name} ({len(pool.live())} of {spec.max_replicas} replicas, "
                 f"{spec.concurrency} action(s) each, {pool.waiting} waiting)"))
         self._waiting_in.pop(name, None)
         try:
@@ -316,7 +315,7 @@ class ReusableTaskPlugin(Plugin):
         """Cancel this action only; a worker whose sync body will not stop is replaced (it says so itself)."""
         name = tctx.metadata.generated_name
         state = tctx.plugin_state.get()
-        if state is not None and state.get("phase") == "Started" and not self._is_ours(state):
+        if self._fallback_owns(tctx, state):
             await self.fallback.abort(tctx)
             return
         pool = self._waiting_in.pop(name, None)
@@ -334,9 +333,6 @@ class ReusableTaskPlugin(Plugin):
                     launched.worker.kill()
             self._forget_launch(launched.worker, tctx.output_prefix)
             return
-        if state is None and self._route_is_process(tctx):
-            await self.fallback.abort(tctx)
-            return
         self._adopted.pop(name, None)
         pid, ticks = (state or {}).get("pid"), (state or {}).get("startTicks")
         if pid and alive(pid, ticks) and self._done_report(tctx, state) is None:
@@ -348,7 +344,11 @@ class ReusableTaskPlugin(Plugin):
                 await asyncio.sleep(0.05)
             kill_group(pid, signal.SIGKILL)
 
-    def _route_is_process(self, tctx: TaskExecutionContext) -> bool:
+    def _fallback_owns(self, tctx: TaskExecutionContext, state: dict | None) -> bool:
+        """Whether the action is (or would be) the container plugin's: a process it started, or, before any
+        launch, a task that does not run on a worker."""
+        if state is not None:
+            return state.get("phase") == "Started" and not self._is_ours(state)
         try:
             return self._route(tctx) is None
         except PluginError:
@@ -357,8 +357,7 @@ class ReusableTaskPlugin(Plugin):
     async def finalize(self, tctx: TaskExecutionContext) -> None:
         name = tctx.metadata.generated_name
         state = tctx.plugin_state.get()
-        if (state is not None and state.get("phase") == "Started" and not self._is_ours(state)) or (
-                state is None and self._route_is_process(tctx)):
+        if self._fallback_owns(tctx, state):
             await self.fallback.finalize(tctx)
         pool = self._waiting_in.pop(name, None)
         if pool is not None:

@@ -230,9 +230,9 @@ class WorkerPool:
 
     def unavailable(self) -> str:
         """Why actions cannot run here now (the last start failed and no worker lives), or ''."""
-        return self.last_error if self.failed_starts and not self._live() else ""
+        return self.last_error if self.failed_starts and not self.live() else ""
 
-    def _live(self) -> list[WorkerProcess]:
+    def live(self) -> list[WorkerProcess]:
         return [w for w in self.workers if w.state in ("starting", "ready")]
 
     def acquire(self, name: str, wake: Callable[[], None], now: float | None = None) -> WorkerProcess | None:
@@ -293,7 +293,7 @@ class WorkerPool:
         """Start workers for the waiters (one per ``concurrency`` of them) up to ``max``; keep ``min``."""
         if self.closing:
             return
-        live = self._live()
+        live = self.live()
         free = sum(self.spec.concurrency - w.claims for w in live)
         want = max(self.spec.min_replicas - len(live), 0)
         if self._waiting and free < len(self._waiting):
@@ -339,7 +339,7 @@ class WorkerPool:
                      worker.exit_code)
         if self.closing or self.retired:
             return
-        if self._waiting or (self.workers and len(self._live()) < self.spec.min_replicas):
+        if self._waiting or (self.workers and len(self.live()) < self.spec.min_replicas):
             with contextlib.suppress(RuntimeError):  # no running loop: the engine is stopping
                 self._scale_up()
 
@@ -353,7 +353,7 @@ class WorkerPool:
             return [w for w in self.workers if w.state == "ready"]
         idle = sorted((w for w in self.workers if w.ready and not w.claims
                        and now - w.idle_since >= self.spec.scaledown_ttl), key=lambda w: w.idle_since)
-        surplus = len(self._live()) - self.spec.min_replicas
+        surplus = len(self.live()) - self.spec.min_replicas
         return idle[:max(surplus, 0)]
 
     def runs_of(self, worker_id: str) -> set[tuple[str, str, str]]:
