@@ -264,6 +264,7 @@ async def test_local_clusters_are_bounded_and_waiters_go_in_arrival_order(tmp_pa
 
     class Held(LocalOperator):
         kind = "DaskJob"
+        plugin = DaskPlugin()
 
         async def run(self, resource, tctx, work_dir, save):
             started.append(resource["metadata"]["name"])
@@ -289,3 +290,27 @@ async def test_local_clusters_are_bounded_and_waiters_go_in_arrival_order(tmp_pa
     assert "r2" in woken  # the longest waiter first
     assert (await managers.handle(contexts[2])).info.phase == PluginPhase.QUEUED
     await backend.close()
+
+
+async def test_an_object_a_stopped_engine_left_is_reported_gone_unless_it_had_ended(tmp_path):
+    """A later engine finds the JSON an earlier one kept: an unfinished cluster cannot be driven any more
+    (its processes are killed, the object is gone: the manager then fails the attempt as a system
+    failure); a finished one keeps its outcome."""
+    import json as json_module
+
+    from engine.plugins.local_backend import LocalResourceBackend
+    from engine.plugins.local_dask import LocalDaskOperator
+
+    backend = LocalResourceBackend(tmp_path / "work", [LocalDaskOperator()])
+    for name, status in (("unfinished", {"jobStatus": "Running", "processes": [[999999, None]]}),
+                         ("finished", {"jobStatus": "Successful"})):
+        path = backend._path(("DaskJob", "flyte", name))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json_module.dumps({"apiVersion": "kubernetes.dask.org/v1", "kind": "DaskJob",
+                                           "metadata": {"name": name, "namespace": "flyte"}, "status": status}))
+    identity = {"apiVersion": "kubernetes.dask.org/v1", "kind": "DaskJob", "metadata": {"namespace": "flyte"}}
+    with pytest.raises(NotFoundError, match="lost when the engine stopped"):
+        await backend.get({**identity, "metadata": {**identity["metadata"], "name": "unfinished"}})
+    assert not backend._path(("DaskJob", "flyte", "unfinished")).exists()
+    finished = await backend.get({**identity, "metadata": {**identity["metadata"], "name": "finished"}})
+    assert finished["status"]["jobStatus"] == "Successful"

@@ -28,6 +28,7 @@ from engine.plugins.resources import (
     NotFoundError,
     Resource,
     ResourceBackend,
+    ResourcePlugin,
 )
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class LocalOperator:
     """Runs one kind of object on this machine."""
 
     kind = ""
+    plugin: ResourcePlugin  # the resource plugin of its kind
 
     async def run(self, resource: Resource, tctx: TaskExecutionContext, work_dir: Path,
                   save: Callable[[], None]) -> None:
@@ -53,7 +55,8 @@ class LocalOperator:
         status.update(jobStatus="Failed", message=message)
 
     def is_terminal(self, status: dict) -> bool:
-        return status.get("jobStatus") in ("Successful", "Failed")
+        """As the kind's resource plugin reads the status (one table, not two)."""
+        return self.plugin.is_terminal({"status": status})
 
 
 class LocalResourceBackend(ResourceBackend):

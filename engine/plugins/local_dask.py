@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from engine.plugins.core import TaskExecutionContext
+from engine.plugins.dask import DaskPlugin
 from engine.plugins.local_backend import LocalOperator
 from engine.plugins.local_cluster import LocalCluster, utc_now
 from engine.plugins.resources import Resource
@@ -33,6 +34,7 @@ WORKERS_JOIN_SECONDS = 120.0
 
 class LocalDaskOperator(LocalOperator):
     kind = "DaskJob"
+    plugin = DaskPlugin()
 
     def __init__(self, setup: TaskProcessSetup | None = None):
         self.setup = setup or TaskProcessSetup()

@@ -33,6 +33,7 @@ from pathlib import Path
 from engine.plugins.core import TaskExecutionContext
 from engine.plugins.local_backend import LocalOperator
 from engine.plugins.local_cluster import LocalCluster, free_ports, utc_now
+from engine.plugins.ray import RayPlugin
 from engine.plugins.resources import Resource
 from engine.plugins.task_setup import TaskProcessSetup
 
@@ -49,12 +50,10 @@ def _cpus(params: dict, default: int) -> int:
 
 class LocalRayOperator(LocalOperator):
     kind = "RayJob"
+    plugin = RayPlugin()
 
     def mark_failed(self, status: dict, message: str) -> None:
         status.update(jobDeploymentStatus="Failed", reason="AppFailed", message=message)
-
-    def is_terminal(self, status: dict) -> bool:
-        return status.get("jobDeploymentStatus") in ("Complete", "Failed")
 
     def __init__(self, setup: TaskProcessSetup | None = None, data_dir: Path | None = None):
         self.setup = setup or TaskProcessSetup()

@@ -23,6 +23,7 @@ from engine.plugins.core import TaskExecutionContext
 from engine.plugins.local_backend import LocalOperator
 from engine.plugins.local_cluster import LocalCluster, free_ports, utc_now
 from engine.plugins.resources import Resource
+from engine.plugins.spark import SparkPlugin
 from engine.plugins.task_setup import TaskProcessSetup
 
 PROBE = ("import json, importlib.util as u\n"
@@ -38,6 +39,7 @@ exec {java} "$@"
 
 class LocalSparkOperator(LocalOperator):
     kind = "SparkApplication"
+    plugin = SparkPlugin()
 
     def __init__(self, setup: TaskProcessSetup | None = None, data_dir: Path | None = None):
         self.setup = setup or TaskProcessSetup()
@@ -45,9 +47,6 @@ class LocalSparkOperator(LocalOperator):
 
     def mark_failed(self, status: dict, message: str) -> None:
         status["applicationState"] = {"state": "FAILED", "errorMessage": message}
-
-    def is_terminal(self, status: dict) -> bool:
-        return (status.get("applicationState") or {}).get("state") in ("COMPLETED", "FAILED", "SUBMISSION_FAILED")
 
     async def _probe(self, interpreter: str, env: dict) -> dict:
         probe = await asyncio.create_subprocess_exec(interpreter, "-c", PROBE, env=env,
