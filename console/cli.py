@@ -97,7 +97,7 @@ ENGINE_OPTIONS = (  # (dest, flag): options a command passes on to an engine it 
     ("max_system_failures", "--max-system-failures"), ("max_processes", "--max-processes"),
     ("gc_ttl", "--gc-ttl"), ("share_group", "--share-group"), ("advertise_host", "--advertise-host"),
     ("max_body_bytes", "--max-body-bytes"), ("task_start", "--task-start"), ("reuse", "--reuse"),
-    ("max_clusters", "--max-clusters"),
+    ("max_clusters", "--max-clusters"), ("k8s_config", "--k8s-config"),
 )
 
 
@@ -124,18 +124,21 @@ def engine_config(args: argparse.Namespace):
                         gc_ttl_seconds=args.gc_ttl,
                         task_start=args.task_start, reuse=args.reuse == "on",
                         plugin_for_task_types=dict(args.plugin_for or ()), max_clusters=args.max_clusters,
+                        k8s_config=args.k8s_config,
                         max_body_bytes=args.max_body_bytes, share_group=args.share_group,
                         pass_env=tuple(args.pass_env or ()), advertise_host=args.advertise_host,
                         allowed_code_dirs=tuple(args.allow_dir) if args.allow_dir else None)
 
 
 def build_engine(engine_class, args: argparse.Namespace):
-    from engine.errors import PluginNotFoundError
+    from engine.errors import ConfigFileError, PluginNotFoundError
 
     try:
         return engine_class(engine_config(args))
     except PluginNotFoundError as exc:
         raise CliError(f"--plugin-for: {exc}") from None
+    except ConfigFileError as exc:
+        raise CliError(f"--k8s-config: {exc}") from None
 
 
 def plugin_for(text: str) -> tuple[str, str]:
@@ -538,6 +541,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
+def existing_file(text: str) -> pathlib.Path:
+    """An argparse type: a readable file, as an absolute path (an engine started elsewhere gets it too)."""
+    path = pathlib.Path(text).expanduser().resolve()
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file")
+    return path
+
+
 def bounded(kind: type, low: float, high: float):
     """An argparse type: a finite ``kind`` from ``low`` to ``high``, or a one-line usage error."""
 
@@ -559,6 +570,7 @@ DEFAULTS: dict[str, Any] = {
     "read_only": False, "ascii": False, "max_system_failures": 3, "max_processes": None, "gc_ttl": 3600.0,
     "share_group": None, "pass_env": [], "allow_dir": [], "advertise_host": None, "max_body_bytes": 8 * 1024 * 1024,
     "idle_exit": None, "task_start": "fork", "reuse": "on", "plugin_for": [], "max_clusters": None,
+    "k8s_config": None,
 }
 
 
@@ -606,6 +618,9 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
                     "more wait for a place")
     add_engine("--plugin-for", action="append", type=plugin_for, metavar="TYPE=PLUGIN",
                help="run tasks of this type with that plugin (repeatable; Flyte's default-for-task-types)")
+    add_engine("--k8s-config", type=existing_file, metavar="FILE",
+               help="Flyte's Kubernetes plugin settings (plugins.k8s: tolerations, node selectors, interruptible "
+                    "rules; spark, ray, dask sections), YAML or JSON: what `render` builds resources with")
     add_engine("--gc-ttl", type=bounded(float, 0, 10 ** 8),
                help="seconds after which terminated TaskActions are removed (rows and events stay)")
     add_engine("--share-group", metavar="GROUP", help="let this Unix group read the token, and so drive the engine")

@@ -21,6 +21,7 @@ from engine.controller import ControllerManager
 from engine.gc import DEFAULT_INTERVAL_SECONDS, DEFAULT_TTL_SECONDS, GarbageCollector
 from engine.plugins.container import LocalContainerPlugin
 from engine.plugins.dask import DaskPlugin
+from engine.plugins.k8s_config import K8sConfig
 from engine.render import KubernetesRenderer
 from engine.plugins.local_backend import LocalResourceBackend
 from engine.plugins.local_dask import LocalDaskOperator
@@ -74,6 +75,7 @@ class EngineConfig:
     max_clusters: int | None = None  # local Dask/Ray clusters at once (None: a quarter of max_processes, at least 1)
     # task type → plugin id, over the plugins' own claims (Flyte's tasks.task-plugins.default-for-task-types)
     plugin_for_task_types: dict[str, str] = dataclasses.field(default_factory=dict)
+    k8s_config: Path | None = None  # Flyte's k8s plugin settings (tolerations, ...), for rendered resources
     commit_in_thread: bool = False  # True: SQLite commits in a writer thread instead of on the loop
     gc_ttl_seconds: float = DEFAULT_TTL_SECONDS  # terminated TaskActions are removed after this
     gc_interval_seconds: float = DEFAULT_INTERVAL_SECONDS  # 0 disables the collector
@@ -124,11 +126,11 @@ class Engine:
             LocalDaskOperator(self.container_plugin.setup), LocalRayOperator(self.container_plugin.setup, self.data_dir),
             LocalSparkOperator(self.container_plugin.setup, self.data_dir)],
             max_running=self.config.max_clusters or max(1, self.config.max_processes // 4))
-        self.registry.register(ResourcePluginManager(DaskPlugin(), resources))
-        self.registry.register(ResourcePluginManager(RayPlugin(), resources))
-        self.registry.register(ResourcePluginManager(SparkPlugin(), resources))
+        self.k8s = K8sConfig.from_file(self.config.k8s_config) if self.config.k8s_config else K8sConfig()
+        for resource_plugin in (DaskPlugin(self.k8s), RayPlugin(self.k8s), SparkPlugin(self.k8s)):
+            self.registry.register(ResourcePluginManager(resource_plugin, resources, k8s=self.k8s))
         self.registry.register(SleepPlugin())
-        for plugin in discover_plugins(lambda resource_plugin: ResourcePluginManager(resource_plugin, resources)):
+        for plugin in discover_plugins(lambda found: ResourcePluginManager(found, resources, k8s=self.k8s)):
             self.registry.register(plugin)
         for task_type, plugin_id in self.config.plugin_for_task_types.items():
             self.registry.set_default_for(task_type, plugin_id)
@@ -145,7 +147,7 @@ class Engine:
         self.services = EngineServices(self.runs, ChangeFeed(self.store, self.health), self.health,
                                        LogService(self.data_dir), self.data_dir, self._workers,
                                        KubernetesRenderer(self.reconciler.build_context,
-                                                          self.runs.task_action_named).render)
+                                                          self.runs.task_action_named, k8s=self.k8s).render)
         self.controller_services = ControllerServices(self.runs, max_body_bytes=self.config.max_body_bytes)
         self.gc = GarbageCollector(self.store, self.config.gc_ttl_seconds, self.config.gc_interval_seconds)
         self._lock = DataDirLock(self.data_dir)

@@ -36,5 +36,9 @@ class DataDirError(RuntimeError):
     """The data directory cannot be used (not a directory, not creatable, not writable, bad credentials)."""
 
 
+class ConfigFileError(ValueError):
+    """A configuration file the engine was given is unreadable or does not fit its schema."""
+
+
 class PluginNotFoundError(LookupError):
     """No plugin handles a task type, or a configured override names no plugin."""

@@ -420,6 +420,7 @@ class TaskActionReconciler:
             parent_owner_name=(task_action.metadata.owner_references[0].name
                                if task_action.metadata.owner_references else None),
             owner_uid=task_action.metadata.uid,
+            interruptible=bool(spec.interruptible),
         )
         return TaskExecutionContext(
             metadata=metadata,

@@ -14,6 +14,7 @@ from engine.errors import RunNotFoundError
 from engine.model import TaskAction
 from engine.plugins.core import PluginStateManager, TaskExecutionContext
 from engine.plugins.dask import DaskPlugin
+from engine.plugins.k8s_config import K8sConfig
 from engine.plugins.pod import PodPlugin
 from engine.plugins.ray import RayPlugin
 from engine.plugins.resource_manager import ResourcePluginManager
@@ -27,10 +28,13 @@ class UnrenderableError(LookupError):
 
 class KubernetesRenderer:
     def __init__(self, build_context: Callable[[TaskAction], TaskExecutionContext],
-                 find: Callable[[str, str], TaskAction | None], plugins: list[ResourcePlugin] | None = None):
+                 find: Callable[[str, str], TaskAction | None], plugins: list[ResourcePlugin] | None = None,
+                 k8s: K8sConfig | None = None):
         self.build_context = build_context
         self.find = find
-        plugins = plugins if plugins is not None else [DaskPlugin(), SparkPlugin(), RayPlugin(), PodPlugin()]
+        self.k8s = k8s or K8sConfig()
+        plugins = plugins if plugins is not None else [DaskPlugin(self.k8s), SparkPlugin(self.k8s),
+                                                       RayPlugin(self.k8s), PodPlugin(k8s=self.k8s)]
         self.by_type = {t: p for p in plugins for t in p.task_types}
         self.by_type.setdefault("actor", self.by_type.get("python"))  # a reusable task's worker is a Pod
 
@@ -48,5 +52,5 @@ class KubernetesRenderer:
         if plugin is None:
             raise UnrenderableError(f"no Kubernetes resource plugin builds task type {task_type!r} (there are: "
                                     f"{', '.join(sorted(t for t in self.by_type if t))})")
-        manager = ResourcePluginManager(plugin, backend=None)
+        manager = ResourcePluginManager(plugin, backend=None, k8s=self.k8s)
         return manager.with_metadata(plugin.build_resource(tctx), tctx)

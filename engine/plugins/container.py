@@ -44,6 +44,7 @@ from engine.plugins.process import alive, kill_group, process_start_ticks
 from engine.plugins.slots import ProcessSlots, default_capacity
 from engine.plugins.task_setup import TaskProcessSetup
 from engine.plugins.zygotes import ZygoteError, ZygotePool, sdk_entrypoint_interpreter
+from engine.plugins.task_target import primary_container
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class LocalContainerPlugin(Plugin):
         interpreter = self._fork_interpreter(argv, shared)
         zygote = await self.zygotes.get(interpreter, shared) if interpreter else None
         how = f"forked by the task environment's fork server (pid {zygote.pid})" if zygote else "a fresh process"
-        image = tctx.task_template.container.image
+        image = primary_container(tctx.task_template).image
         try:
             with open(tctx.log_path, "ab", buffering=0) as header:
                 header.write(stamped(

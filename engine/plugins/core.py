@@ -223,6 +223,7 @@ class TaskExecutionMetadata:
     run_start_time: str
     parent_owner_name: str | None = None  # the parent action's TaskAction, for a child
     owner_uid: str = ""  # the TaskAction's uid: what owner references of the objects it creates name
+    interruptible: bool = False  # spec.interruptible: may run on preemptible nodes (Kubernetes only)
 
     @property
     def retry_attempt(self) -> int:

@@ -9,16 +9,27 @@ as the operator would (``local_dask.py``).
 from __future__ import annotations
 
 import copy
+import urllib.parse
 
 from flyteidl2.plugins import dask_pb2
 
 from engine.plugins.core import PhaseInfo, TaskExecutionContext, TaskExecutionMetadata, TaskInfo
+from engine.plugins.k8s_config import K8sConfig
+from engine.plugins.log_links import render_link
 from engine.plugins.podspec import resource_requirements, to_pod_spec
-from engine.plugins.resources import Resource, ResourcePlugin, custom_config
+from engine.plugins.resources import PodRef, Resource, ResourcePlugin, custom_config
 
 API_VERSION = "kubernetes.dask.org/v1"
 KIND = "DaskJob"
 SCHEDULER_PORT, DASHBOARD_PORT = 8786, 8787
+
+
+def dashboard_prefix(template: str, tctx: TaskExecutionContext) -> str:
+    """Flyte's ``dashboardPrefixFromLogConfig``: the path of the configured DASHBOARD link, minus "/status"."""
+    if not template:
+        return ""
+    path = urllib.parse.urlparse(render_link(template, tctx)).path
+    return path.removesuffix("/status")
 
 
 class DaskPlugin(ResourcePlugin):
@@ -28,16 +39,22 @@ class DaskPlugin(ResourcePlugin):
     def build_identity_resource(self, metadata: TaskExecutionMetadata) -> Resource:
         return {"apiVersion": API_VERSION, "kind": KIND}
 
+    def __init__(self, k8s: K8sConfig | None = None):
+        self.k8s = k8s or K8sConfig()
+
     def build_resource(self, tctx: TaskExecutionContext) -> Resource:
         job = custom_config(tctx, dask_pb2.DaskJob(), "Dask")
-        runner = to_pod_spec(tctx, container_name="job-runner", restart_policy="Never")
-        base = runner["containers"][0]
-        image = base["image"]
+        task_pod = to_pod_spec(tctx, self.k8s)  # workers follow the task's interruptibility
+        fixed_pod = to_pod_spec(tctx, self.k8s, interruptible=False)  # scheduler and job runner never do
+        image = task_pod.primary["image"]
 
         workers = job.workers
-        worker = {"name": "dask-worker", "image": workers.image or image, "env": base["env"],
-                  "args": ["dask", "worker", "--name", "$(DASK_WORKER_NAME)"]}
-        resources = resource_requirements(workers.resources) or base.get("resources")
+        worker_pod = task_pod.copy()
+        worker = worker_pod.rename_primary("dask-worker")
+        worker["image"] = workers.image or image
+        resources = resource_requirements(workers.resources) or worker.get("resources")
+        worker["args"] = ["dask", "worker", "--name", "$(DASK_WORKER_NAME)"]
+        worker.pop("command", None)
         if resources:
             worker["resources"] = resources
             limits = resources.get("limits", {})
@@ -45,28 +62,43 @@ class DaskPlugin(ResourcePlugin):
                 worker["args"] += ["--nthreads", str(limits["cpu"])]
             if "memory" in limits:
                 worker["args"] += ["--memory-limit", str(limits["memory"])]
+        worker_pod.spec["restartPolicy"] = "Always"
 
-        scheduler = {"name": "scheduler", "image": job.scheduler.image or image, "args": ["dask", "scheduler"],
-                     "ports": [{"name": "tcp-comm", "containerPort": SCHEDULER_PORT, "protocol": "TCP"},
-                               {"name": "dashboard", "containerPort": DASHBOARD_PORT, "protocol": "TCP"}],
-                     "readinessProbe": {"httpGet": {"port": "dashboard", "path": "/health"},
-                                        "initialDelaySeconds": 5, "periodSeconds": 5, "failureThreshold": 30}}
-        scheduler_resources = resource_requirements(job.scheduler.resources) or base.get("resources")
+        scheduler_pod = fixed_pod.copy()
+        scheduler = scheduler_pod.rename_primary("scheduler")
+        scheduler["image"] = job.scheduler.image or image
+        scheduler.pop("command", None)
+        scheduler["args"] = ["dask", "scheduler"]
+        prefix = dashboard_prefix(self.k8s.dask_dashboard_template, tctx)
+        if prefix:
+            scheduler["args"] += ["--dashboard-prefix", prefix]
+        scheduler["ports"] = [{"name": "tcp-comm", "containerPort": SCHEDULER_PORT, "protocol": "TCP"},
+                              {"name": "dashboard", "containerPort": DASHBOARD_PORT, "protocol": "TCP"}]
+        scheduler.setdefault("readinessProbe", {"httpGet": {"port": "dashboard"}, "initialDelaySeconds": 5,
+                                                "periodSeconds": 5, "failureThreshold": 30})
+        scheduler_resources = resource_requirements(job.scheduler.resources)
         if scheduler_resources:
             scheduler["resources"] = scheduler_resources
+        scheduler_pod.spec["restartPolicy"] = "Always"
 
+        runner_pod = fixed_pod.copy()
+        runner_pod.rename_primary("job-runner")
+        runner_pod.spec["restartPolicy"] = "Never"
+
+        cluster_name = tctx.metadata.generated_name.lower()
         return {
-            "apiVersion": API_VERSION, "kind": KIND, "metadata": {},
+            "apiVersion": API_VERSION, "kind": KIND, "metadata": task_pod.metadata,
             "spec": {
-                "job": {"spec": runner},
+                "job": {"spec": runner_pod.spec},
                 # Flyte also sets spec.cluster.metadata; the CRD has no such field, so the API server prunes
                 # it (and strict field validation refuses it): left out.
                 "cluster": {"spec": {
-                    "worker": {"replicas": max(int(workers.number_of_workers or 1), 1),
-                               "spec": {"containers": [worker], "restartPolicy": "Always"}},
+                    "worker": {"replicas": max(int(workers.number_of_workers or 1), 1), "spec": worker_pod.spec},
                     "scheduler": {
-                        "spec": {"containers": [scheduler], "restartPolicy": "Always"},
-                        "service": {"type": "NodePort", "selector": {"dask.org/component": "scheduler"},
+                        "spec": scheduler_pod.spec,
+                        "service": {"type": "NodePort",
+                                    "selector": {"dask.org/cluster-name": cluster_name,
+                                                 "dask.org/component": "scheduler"},
                                     "ports": [{"name": "tcp-comm", "protocol": "TCP", "port": SCHEDULER_PORT,
                                                "targetPort": "tcp-comm"},
                                               {"name": "dashboard", "protocol": "TCP", "port": DASHBOARD_PORT,
@@ -75,6 +107,10 @@ class DaskPlugin(ResourcePlugin):
                 }},
             },
         }
+
+    def related_pods(self, resource: Resource) -> list[PodRef]:
+        runner = (resource.get("status") or {}).get("jobRunnerPodName")
+        return [PodRef("job-runner", name=runner)] if runner else []
 
     def get_task_phase(self, tctx: TaskExecutionContext, resource: Resource) -> PhaseInfo:
         status = resource.get("status") or {}

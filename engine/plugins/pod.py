@@ -7,6 +7,7 @@ the Kubernetes backend runs them with, and what ``taskdeck render`` prints.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime as dt
 from typing import Any
@@ -21,6 +22,7 @@ from engine.plugins.core import (
     TaskInfo,
 )
 from engine.phases import PluginPhase
+from engine.plugins.k8s_config import K8sConfig
 from engine.plugins.podspec import to_pod_spec
 from engine.plugins.resources import Resource, ResourcePlugin
 
@@ -50,22 +52,22 @@ class PodPlugin(ResourcePlugin):
     id = "pod"
     task_types = ("container", "python", "python-task", "sidecar", "raw-container")
 
-    def __init__(self, config: PodConfig | None = None, now=None):
+    def __init__(self, config: PodConfig | None = None, now=None, k8s: K8sConfig | None = None):
         self.config = config or PodConfig()
+        self.k8s = k8s or K8sConfig()
         self._now = now or (lambda: dt.datetime.now(dt.timezone.utc))
 
     def build_identity_resource(self, metadata: TaskExecutionMetadata) -> Resource:
         return {"apiVersion": "v1", "kind": "Pod"}
 
     def build_resource(self, tctx: TaskExecutionContext) -> Resource:
-        spec = to_pod_spec(tctx, container_name=tctx.metadata.generated_name.lower(), restart_policy="Never")
-        primary = spec["containers"][0]
-        resources = primary.setdefault("resources", {})
+        parts = to_pod_spec(tctx, self.k8s)
+        resources = parts.primary.setdefault("resources", {})
         resources["requests"] = {**DEFAULT_REQUESTS, **resources.get("requests", {})}
-        metadata: dict[str, Any] = {}
+        metadata: dict[str, Any] = copy.deepcopy(parts.metadata)
         if tctx.task_template.type != "raw-container":
-            metadata["annotations"] = {PRIMARY_ANNOTATION: primary["name"]}
-        return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
+            metadata["annotations"][PRIMARY_ANNOTATION] = parts.primary_name
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": parts.spec}
 
     # ---------------------------------------------------------------- phase
     def get_task_phase(self, tctx: TaskExecutionContext, resource: Resource) -> PhaseInfo:
@@ -118,13 +120,24 @@ class PodPlugin(ResourcePlugin):
             return PhaseInfo.success(info)
         return PhaseInfo.running(info=info)
 
-    def _failure(self, resource: Resource, info: TaskInfo) -> PhaseInfo:
+    def demystify_failed_or_pending(self, pod: Resource, container: str, info: TaskInfo) -> PhaseInfo | None:
+        """Flyte's ``DemystifyFailedOrPendingPod``: the verdict on a related pod (Spark driver, Ray head, Dask
+        job runner) that is Failed or Pending; None for any other pod phase."""
+        phase = (pod.get("status") or {}).get("phase")
+        if phase == "Failed":
+            return self._failure(pod, info, primary=container)
+        if phase == "Pending":
+            return self._pending(pod, info)
+        return None
+
+    def _failure(self, resource: Resource, info: TaskInfo, primary: str | None = None) -> PhaseInfo:
         """Flyte's ``DemystifyFailure``."""
         status = resource.get("status") or {}
         code = status.get("reason") or "UnknownError"
         message = status.get("message") or "Pod failed. No message received from kubernetes."
         system = status.get("reason") in SYSTEM_POD_REASONS
-        primary = ((resource.get("metadata") or {}).get("annotations") or {}).get(PRIMARY_ANNOTATION)
+        if primary is None:
+            primary = ((resource.get("metadata") or {}).get("annotations") or {}).get(PRIMARY_ANNOTATION)
         for container in _all_container_statuses(status):
             terminated = (container.get("lastState") or {}).get("terminated") or \
                 (container.get("state") or {}).get("terminated")

@@ -18,8 +18,11 @@ import logging
 import re
 
 from engine.phases import PluginPhase
-from engine.plugins.core import PhaseInfo, Plugin, PluginError, TaskExecutionContext, Transition
+from engine.plugins.core import PhaseInfo, Plugin, PluginError, TaskExecutionContext, TaskInfo, Transition
+from engine.plugins.k8s_config import K8sConfig
 from engine.plugins.outcome import read_outcome
+from engine.plugins.pod import PodPlugin
+from engine.plugins.podspec import secret_metadata
 from engine.plugins.resources import (
     AlreadyExistsError,
     BackendError,
@@ -41,6 +44,18 @@ DEFAULT_ANNOTATIONS = {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
+def sanitize_label_value(value: str) -> str:
+    """Flyte's ``SanitizeLabelValue``: at most 63 of [A-Za-z0-9._-], alphanumeric at both ends ("" stays "")."""
+    if not value:
+        return ""
+    value = re.sub(r"[^a-zA-Z0-9._-]", "-", value)[:63]
+    if not value[0].isalnum() or not value[0].isascii():
+        value = "x" + value[1:]
+    if not value[-1].isalnum() or not value[-1].isascii():
+        value = value[:-1] + "x"
+    return value
+
+
 def dns_name(name: str, max_length: int | None = None) -> str:
     name = name.lower()
     if not _DNS_SUBDOMAIN.match(name):
@@ -52,8 +67,11 @@ def dns_name(name: str, max_length: int | None = None) -> str:
 class ResourcePluginManager(Plugin):
     """A ``Plugin`` for the task types of one resource plugin, over one backend."""
 
-    def __init__(self, plugin: ResourcePlugin, backend: ResourceBackend, owner_api_version: str = "flyte.org/v1"):
+    def __init__(self, plugin: ResourcePlugin, backend: ResourceBackend, owner_api_version: str = "flyte.org/v1",
+                 k8s: K8sConfig | None = None):
         self.plugin = plugin
+        self.k8s = k8s or K8sConfig()
+        self.pods = PodPlugin(k8s=self.k8s)  # reads related pods (drivers, heads, job runners)
         self.backend = backend
         self.id = plugin.id
         self.task_types = plugin.task_types
@@ -62,12 +80,18 @@ class ResourcePluginManager(Plugin):
     def with_metadata(self, resource: Resource, tctx: TaskExecutionContext) -> Resource:
         md = tctx.metadata
         meta = resource.setdefault("metadata", {})
+        secret_labels, secret_annotations = secret_metadata(tctx.task_template)
         meta["name"] = dns_name(md.generated_name, self.plugin.properties.generated_name_max_length)
         meta["namespace"] = md.namespace
-        meta["annotations"] = {**DEFAULT_ANNOTATIONS, **meta.get("annotations", {}), **md.annotations}
-        meta["labels"] = {**meta.get("labels", {}), **md.labels, "flyte.org/managed": "true",
-                          "run": md.run_name, "action": md.action_name, "attempt": str(md.attempt),
-                          "project": md.project, "domain": md.domain}
+        meta["annotations"] = {**DEFAULT_ANNOTATIONS, **self.k8s.default_annotations, **meta.get("annotations", {}),
+                               **md.annotations, **secret_annotations}
+        injected = {"organization": "flyte", "project": md.project, "domain": md.domain,
+                    "flyte.org/managed": "true", "attempt": str(md.attempt), **secret_labels}
+        for key, value in (("run", md.run_name), ("action", md.action_name),
+                           ("task-name", tctx.task_template.id.name)):
+            if sanitize_label_value(value):
+                injected[key] = sanitize_label_value(value)
+        meta["labels"] = {**self.k8s.default_labels, **meta.get("labels", {}), **md.labels, **injected}
         if not self.plugin.properties.disable_inject_owner_references:
             meta["ownerReferences"] = [{"apiVersion": self.owner_api_version, "kind": "TaskAction",
                                         "name": md.owner_name, "uid": md.owner_uid, "controller": True}]
@@ -117,6 +141,9 @@ class ResourcePluginManager(Plugin):
                 "ResourceDeletedExternally",
                 f"resource not found, name [{identity['metadata']['namespace']}/{identity['metadata']['name']}]. "
                 f"reason: {exc}")
+        failing = await self._failing_related_pod(tctx, resource)
+        if failing is not None:
+            return failing
         info = self.plugin.get_task_phase(tctx, resource)
         if info.phase == PluginPhase.SUCCESS:
             return read_outcome(tctx, 0, info.info)
@@ -125,6 +152,26 @@ class ResourcePluginManager(Plugin):
                 "UnexpectedObjectDeletion", f"object [{identity['metadata']['name']}] terminated unexpectedly in "
                 "the background")
         return info
+
+    async def _failing_related_pod(self, tctx: TaskExecutionContext, resource: Resource) -> PhaseInfo | None:
+        """A related pod's failure, which decides the task before the resource's own state (fail fast).
+        Flyte looks Ray's head pod up as ``<cluster>-head``, a name KubeRay never gives (it adds a random
+        suffix); plugins here name such pods by their labels instead."""
+        namespace = (resource.get("metadata") or {}).get("namespace") or tctx.metadata.namespace
+        for ref in self.plugin.related_pods(resource):
+            if ref.name:
+                try:
+                    pods = [await self.backend.get({"apiVersion": "v1", "kind": "Pod",
+                                                    "metadata": {"name": ref.name, "namespace": namespace}})]
+                except NotFoundError:
+                    continue
+            else:
+                pods = await self.backend.list("v1", "Pod", namespace, ref.labels or {})
+            for pod in pods:
+                verdict = self.pods.demystify_failed_or_pending(pod, ref.container, TaskInfo(log_path=str(tctx.log_path)))
+                if verdict is not None and verdict.phase.is_failure:
+                    return verdict
+        return None
 
     async def abort(self, tctx: TaskExecutionContext) -> None:
         try:

@@ -30,6 +30,16 @@ class ResourceProperties:
     disable_delete_resource_on_finalize: bool = False
 
 
+@dataclasses.dataclass(frozen=True)
+class PodRef:
+    """A pod of the resource whose failure decides the task before the resource's own state does (Spark's
+    driver, Ray's head, Dask's job runner): by name, or by labels where the operator adds a random suffix."""
+
+    container: str  # its primary container, whose exit decides system against user failure
+    name: str | None = None
+    labels: dict[str, str] | None = None
+
+
 class ResourcePlugin(abc.ABC):
     """What a Flyte k8s plugin implements (``BuildIdentityResource``, ``BuildResource``, ``GetTaskPhase``,
     ``GetProperties``, ``GarbageCollectable``)."""
@@ -49,6 +59,10 @@ class ResourcePlugin(abc.ABC):
     @abc.abstractmethod
     def get_task_phase(self, tctx: TaskExecutionContext, resource: Resource) -> PhaseInfo:
         """The task's phase from the object's status."""
+
+    def related_pods(self, resource: Resource) -> list[PodRef]:
+        """Pods the manager demystifies first: a failed or failing one fails the task fast."""
+        return []
 
     def is_terminal(self, resource: Resource) -> bool:
         return False
@@ -108,6 +122,10 @@ class ResourceBackend(abc.ABC):
 
     @abc.abstractmethod
     async def delete(self, identity: Resource) -> None: ...
+
+    async def list(self, api_version: str, kind: str, namespace: str, labels: dict[str, str]) -> list[Resource]:
+        """Objects of a kind whose labels include ``labels`` (a backend without such objects has none)."""
+        return []
 
     async def close(self) -> None:
         """Release what the backend holds when the engine stops."""

@@ -42,6 +42,7 @@ from engine.plugins.process import alive, kill_group
 from engine.plugins.task_setup import TaskProcessSetup
 from engine.plugins.workers import ActionRun, PoolSpec, WorkerPool, WorkerProcess, pool_key
 from engine.plugins.zygotes import sdk_entrypoint_interpreter
+from engine.plugins.task_target import primary_container
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +210,7 @@ class ReusableTaskPlugin(Plugin):
         where = f"reusable worker {worker.id} (pid {worker.pid}) of {pool.spec.name}"
         state = {"phase": "Started", "worker": worker.id, "pid": worker.pid, "startTicks": worker.start_ticks,
                  "pool": pool.key, "environment": pool.spec.name, "startedAt": time.time(),
-                 "image": tctx.task_template.container.image}
+                 "image": primary_container(tctx.task_template).image}
         try:  # recorded before it is sent: a launch is never sent unrecorded
             self.journals.append(worker.launch_fd, {**state, "outputs": tctx.output_prefix})
         except (OSError, TypeError) as exc:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from engine.plugins.core import PhaseInfo, PluginError, StorageFaultError, TaskExecutionContext
+from engine.plugins.task_target import primary_container
 
 ANNOTATION_CODE_DIR = "taskdeck.flyte.org/code-dir"
 # What a task process keeps of the engine's environment: a Flyte pod sees its image's basics, not the
@@ -69,10 +70,7 @@ class TaskProcessSetup:
         return dict(self._inherited[1])
 
     def argv(self, tctx: TaskExecutionContext) -> list[str]:
-        template = tctx.task_template
-        if template.WhichOneof("target") != "container":
-            raise PluginError("task template has no container target", code="BadTaskSpecification")
-        container = template.container
+        container = primary_container(tctx.task_template)
         values = template_values(tctx)
         argv = [substitute_template(a, values) for a in list(container.command) + list(container.args)]
         if not argv:
@@ -89,7 +87,7 @@ class TaskProcessSetup:
         md = tctx.metadata
         shared = self.inherited()
         shared.update(SDK_DEFAULTS)
-        shared.update({kv.key: kv.value for kv in tctx.task_template.container.env})
+        shared.update({kv.key: kv.value for kv in primary_container(tctx.task_template).env})
         shared.update(tctx.runtime_env)
         shared.update({
             "FSSPEC_FILE_AUTO_MKDIR": "true",  # the SDK writes child inputs to dirs nobody created
