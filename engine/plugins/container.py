@@ -24,7 +24,6 @@ import logging
 import os
 import shlex
 import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -40,7 +39,7 @@ from engine.plugins.core import (
 )
 from engine.plugins.launcher import stamped
 from engine.plugins.outcome import read_outcome
-from engine.plugins.process import alive, kill_group, process_start_ticks
+from engine.plugins.process import alive, gone, kill_group, launch, process_start_ticks, stop
 from engine.plugins.slots import ProcessSlots, default_capacity
 from engine.plugins.task_setup import TaskProcessSetup
 from engine.plugins.zygotes import ZygoteError, ZygotePool, sdk_entrypoint_interpreter
@@ -53,17 +52,15 @@ MARKER = ".taskdeck-process.json"  # beside the attempt's outputs: the launch su
 TERMINATE_GRACE_SECONDS = 3.0
 ADOPTED_POLL_SECONDS = 0.5
 EXIT_CODES_KEPT = 4096
-LAUNCHER = str(Path(__file__).with_name("launcher.py"))
 START_OPTION = "TASKDECK_START"  # in a task's env: "exec" for a fresh interpreter instead of a fork
 START_MODES = ("fork", "exec")
 
 class _Running:
     """A launched process until it is reaped: its pid, how to await its exit, what started it."""
 
-    def __init__(self, pid: int, wait: Callable[[], Awaitable[int | None]], log_file=None, start: str = "exec"):
+    def __init__(self, pid: int, wait: Callable[[], Awaitable[int | None]], start: str = "exec"):
         self.pid = pid
         self.wait = wait
-        self.log_file = log_file
         self.start = start
         self.exit_code: int | None = None
         self.ended = False
@@ -157,8 +154,6 @@ class LocalContainerPlugin(Plugin):
         except OSError as exc:  # a launch we cannot record must not run: the launcher still waits
             kill_group(running.pid, signal.SIGKILL)
             await running.wait()
-            if running.log_file is not None:
-                running.log_file.close()
             raise StorageFaultError(str(marker), exc) from exc
         await go()  # recorded: now the task may run
         name = tctx.metadata.generated_name
@@ -180,25 +175,11 @@ class LocalContainerPlugin(Plugin):
         return _Running(pid, lambda: zygote.wait(pid), start="fork"), go
 
     async def _exec(self, argv, env, cwd, tctx) -> tuple[_Running, Callable[[], Awaitable[None]]]:
-        try:
-            log_file = open(tctx.log_path, "ab", buffering=0)
-        except OSError as exc:
-            raise StorageFaultError(str(tctx.log_path), exc) from exc
         try:  # the launcher's own output (it has none unless it breaks) goes to the log unstamped
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-I", "-S", LAUNCHER, str(tctx.log_path), "--", *argv, cwd=cwd, env=env,
-                stdin=asyncio.subprocess.PIPE, stdout=log_file, stderr=log_file, start_new_session=True)
+            process = await launch(argv, env=env, cwd=cwd, log_path=tctx.log_path, stamped=True, gated=True)
         except OSError as exc:
-            log_file.close()
             raise PluginError(f"could not start {argv[0]}: {exc}") from exc
-
-        async def go() -> None:
-            with contextlib.suppress(OSError):  # the launcher is gone already: the reaper sees how it ended
-                process.stdin.write(b"go\n")
-                await process.stdin.drain()
-            process.stdin.close()
-
-        return _Running(process.pid, process.wait, log_file, start="exec"), go
+        return _Running(process.pid, process.wait, start="exec"), process.go
 
     def _adopt_marker(self, tctx: TaskExecutionContext) -> PhaseInfo | None:
         """A process this attempt launched but whose status write was lost: adopt it, don't launch again."""
@@ -219,8 +200,6 @@ class LocalContainerPlugin(Plugin):
     async def _reap(self, name: str, owner: str, running: _Running, enqueue_owner) -> None:
         running.exit_code = await running.wait()
         running.ended = True
-        if running.log_file is not None:
-            running.log_file.close()
         running.done.set()
         self._forget_process(owner, name)
         enqueue_owner()
@@ -269,26 +248,15 @@ class LocalContainerPlugin(Plugin):
         try:
             if running is not None:
                 if not running.ended:
-                    await self._terminate(running.pid, running.done.wait)
+                    await stop(running.pid, running.done.wait, TERMINATE_GRACE_SECONDS)
                 return
             state = tctx.plugin_state.get() or {}
             pid, ticks = state.get("pid"), state.get("startTicks")
             self._adopted.pop(name, None)
             if pid and alive(pid, ticks):
-                async def gone() -> None:
-                    while alive(pid, ticks):
-                        await asyncio.sleep(0.05)
-                await self._terminate(pid, gone)
+                await stop(pid, lambda: gone(pid, ticks), TERMINATE_GRACE_SECONDS)
         finally:
             self._forget_process(tctx.metadata.owner_name, name)
-
-    async def _terminate(self, pid: int, wait_exit) -> None:
-        kill_group(pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(wait_exit(), TERMINATE_GRACE_SECONDS)
-        except asyncio.TimeoutError:
-            pass
-        kill_group(pid, signal.SIGKILL)  # whatever is left of the group, children included
 
     async def finalize(self, tctx: TaskExecutionContext) -> None:
         name = tctx.metadata.generated_name
@@ -303,10 +271,6 @@ class LocalContainerPlugin(Plugin):
 
     async def close(self) -> None:
         """Processes keep running when the engine stops; the next engine adopts them."""
-        for running in self._running.values():
-            if not running.ended and running.log_file is not None:
-                with contextlib.suppress(Exception):
-                    running.log_file.close()
         self._running.clear()
         self._adopted.clear()
         if self.zygotes is not None:

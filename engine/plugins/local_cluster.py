@@ -1,8 +1,8 @@
-"""The processes of one locally run object (a Dask or Ray cluster and its job runner), shared by the local
-operators: each starts in its own session, is recorded in the object's status before it matters (so a
-later engine can tear down what an earlier one left), and goes with its whole process group at teardown.
-The job runner runs under ``launcher.py`` (its lines stamped into the action's log) and starts only on
-its go, once it is recorded.
+"""The processes of one locally run object (a Dask, Ray or Spark cluster and its job runner), shared by the
+local operators and started through the process supervisor (``process.py``): each in its own session,
+recorded in the object's status before it matters (so a later engine can tear down what an earlier one
+left), and gone with its whole session at teardown. The job runner's lines are stamped into the action's
+log, and it starts only on its go, once it is recorded.
 """
 
 from __future__ import annotations
@@ -17,12 +17,10 @@ from pathlib import Path
 
 from engine.plugins.core import TaskExecutionContext
 from engine.plugins.launcher import stamped
-from engine.plugins.process import kill_group, kill_session, process_start_ticks
+from engine.plugins.process import STOP_GRACE_SECONDS, Supervised, kill_group, kill_session, launch, stop
 from engine.plugins.task_setup import TaskProcessSetup
 from engine.plugins.zygotes import sdk_entrypoint_interpreter
 
-LAUNCHER = str(Path(__file__).with_name("launcher.py"))
-STOP_GRACE_SECONDS = 3.0
 
 
 def free_ports(count: int) -> list[int]:
@@ -53,19 +51,16 @@ class LocalCluster:
         self.env = {**shared, **own}
         self.interpreter = sdk_entrypoint_interpreter(self.argv[0]) or sys.executable
         self.cwd = setup.prepare(tctx)  # a str, or the PhaseInfo of a failure
-        self.processes: list[asyncio.subprocess.Process] = []
+        self.processes: list[Supervised] = []
         status.setdefault("processes", [])
 
     async def start(self, name: str, command: list[str], extra_env: dict[str, str] | None = None,
-                    log_path: Path | None = None, gated: bool = False) -> asyncio.subprocess.Process:
+                    log_path: Path | None = None, stamped: bool = False, gated: bool = False) -> Supervised:
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        with open(log_path or self.work_dir / f"{name}.log", "ab", buffering=0) as out:
-            process = await asyncio.create_subprocess_exec(
-                *command, cwd=self.cwd, env={**self.env, **(extra_env or {})},
-                stdin=asyncio.subprocess.PIPE if gated else asyncio.subprocess.DEVNULL,
-                stdout=out, stderr=out, start_new_session=True)
+        process = await launch(command, env={**self.env, **(extra_env or {})}, cwd=self.cwd,
+                               log_path=log_path or self.work_dir / f"{name}.log", stamped=stamped, gated=gated)
         self.processes.append(process)
-        self.status["processes"].append([process.pid, process_start_ticks(process.pid)])
+        self.status["processes"].append([process.pid, process.start_ticks])
         self.save()
         return process
 
@@ -76,12 +71,9 @@ class LocalCluster:
 
     async def run_job(self, extra_env: dict[str, str]) -> int:
         """The task's entrypoint against the cluster; its exit code."""
-        runner = await self.start("job-runner", [sys.executable, "-I", "-S", LAUNCHER, str(self.tctx.log_path), "--",
-                                                 *self.argv], extra_env, log_path=self.tctx.log_path, gated=True)
-        with contextlib.suppress(OSError):  # recorded: it may run
-            runner.stdin.write(b"go\n")
-            await runner.stdin.drain()
-        runner.stdin.close()
+        runner = await self.start("job-runner", self.argv, extra_env, log_path=self.tctx.log_path, stamped=True,
+                                  gated=True)
+        await runner.go()  # recorded: it may run
         self.tctx.enqueue_owner()
         return await runner.wait()
 
@@ -92,20 +84,15 @@ class LocalCluster:
             return ""
 
     async def tear_down(self, grace: float = STOP_GRACE_SECONDS) -> None:
-        """SIGTERM, a grace period, then SIGKILL to every process of every session it started. Cancelled
-        midway (the engine stopping), it still kills everything before it gives way."""
+        """Every process of every session it started: SIGTERM, a grace period, then SIGKILL, the sessions
+        included (what moved to its own group, as Ray's workers do). Cancelled midway (the engine
+        stopping), it still kills everything before it gives way."""
         try:
-            for process in reversed(self.processes):
-                if process.returncode is None:
-                    kill_group(process.pid, signal.SIGTERM)
-            deadline = time.monotonic() + grace
-            for process in self.processes:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(process.wait(), max(deadline - time.monotonic(), 0.01))
+            await asyncio.gather(*(stop(p.pid, p.wait, grace, session=True) for p in reversed(self.processes)))
         finally:
             for process in self.processes:
                 kill_group(process.pid, signal.SIGKILL)
-                kill_session(process.pid, signal.SIGKILL)  # what moved to its own group (Ray's workers)
+                kill_session(process.pid, signal.SIGKILL)
             for process in self.processes:
                 with contextlib.suppress(ProcessLookupError, asyncio.CancelledError):
                     await asyncio.shield(process.wait())

@@ -62,17 +62,6 @@ class HelperStartError(Exception):
     pass
 
 
-async def start_helper(interpreter: str, script: str, env: dict, cwd: str, log_path):
-    """The helper process: its own session, requests and replies on pipes, its output into ``log_path``."""
-    import asyncio
-
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab", buffering=0) as log_file:
-        return await asyncio.create_subprocess_exec(
-            interpreter, "-P", script, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=log_file, env=env, cwd=cwd, start_new_session=True, limit=1 << 20)
-
-
 async def ready_message(process, timeout: float, what: str, log_path) -> dict:
     """The helper's first reply, its ``ready``; HelperStartError (naming ``what``) when none comes."""
     import asyncio

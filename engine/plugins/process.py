@@ -1,10 +1,102 @@
-"""Local processes as the plugins see them: is this pid still ours, and stopping a process group."""
+"""The local process supervisor every plugin that runs processes shares: launch (each process in its own
+session, optionally under the launcher that stamps its lines into the action's log and gated until it is
+recorded), reap, adopt (is this pid still the one we started, after an engine restart) and kill (SIGTERM,
+a grace period, SIGKILL to the whole group, and to the session for what left the group)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import signal
 import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+LAUNCHER = str(Path(__file__).with_name("launcher.py"))
+STOP_GRACE_SECONDS = 3.0
+
+
+class Supervised:
+    """A launched process: its pid and start time, its go (when gated) and its exit."""
+
+    def __init__(self, process: asyncio.subprocess.Process):
+        self.process = process
+        self.pid = process.pid
+        self.start_ticks = process_start_ticks(process.pid)
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    async def go(self) -> None:
+        """Let a gated process run (it is recorded). One that is gone already is reaped as it ended."""
+        stdin = self.process.stdin
+        if stdin is None:
+            return
+        with contextlib.suppress(OSError):
+            stdin.write(b"go\n")
+            await stdin.drain()
+        stdin.close()
+
+    async def wait(self) -> int:
+        return await self.process.wait()
+
+
+async def launch(command: list[str], *, env: dict[str, str], cwd: str, log_path: Path, stamped: bool = False,
+                 gated: bool = False) -> Supervised:
+    """``command`` in a new session, its output appended to ``log_path``. ``stamped``: under the launcher,
+    each line stamped with its time; ``gated``: the launcher waits for ``go()`` and exits without running
+    anything if the engine dies first (so nothing runs unrecorded)."""
+    from engine.plugins.core import StorageFaultError
+
+    if stamped:
+        command = [sys.executable, "-I", "-S", LAUNCHER, str(log_path), "--", *command]
+    try:
+        out = open(log_path, "ab", buffering=0)
+    except OSError as exc:
+        raise StorageFaultError(str(log_path), exc) from exc
+    with out:  # the child keeps its own descriptor
+        process = await asyncio.create_subprocess_exec(
+            *command, cwd=cwd, env=env, stdin=asyncio.subprocess.PIPE if gated else asyncio.subprocess.DEVNULL,
+            stdout=out, stderr=out, start_new_session=True)
+    return Supervised(process)
+
+
+async def launch_helper(interpreter: str, script: str, *, env: dict[str, str], cwd: str,
+                        log_path: Path) -> asyncio.subprocess.Process:
+    """A helper that talks on pipes (a fork server, a reusable worker): its own session, requests on its
+    stdin and replies on its stdout, its stderr into ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab", buffering=0) as log_file:
+        return await asyncio.create_subprocess_exec(
+            interpreter, "-P", script, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=log_file, env=env, cwd=cwd, start_new_session=True, limit=1 << 20)
+
+
+async def stop(pid: int, wait_exit: Callable[[], Awaitable[object]], grace: float = STOP_GRACE_SECONDS,
+               session: bool = False) -> None:
+    """SIGTERM to the process group, up to ``grace`` seconds for ``wait_exit``, then SIGKILL to whatever is
+    left of the group (and of the session, with ``session``). Cancelled midway, it still kills."""
+    kill_group(pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(wait_exit(), grace)
+    except asyncio.TimeoutError:
+        pass
+    finally:
+        kill_group(pid, signal.SIGKILL)
+        if session:
+            kill_session(pid, signal.SIGKILL)
+
+
+async def gone(pid: int, start_ticks: int | None, poll: float = 0.05, deadline: float | None = None) -> bool:
+    """Wait until a process that is not our child (an adopted one) has exited; False at ``deadline``."""
+    while alive(pid, start_ticks):
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(poll)
+    return True
 
 
 def _stat(pid: int) -> tuple[str, int] | None:

@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import logging
 import shlex
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +37,7 @@ from engine.plugins.core import (
 )
 from engine.plugins.journal import WorkerJournals
 from engine.plugins.outcome import read_outcome
-from engine.plugins.process import alive, kill_group
+from engine.plugins.process import alive, gone, stop
 from engine.plugins.task_setup import TaskProcessSetup
 from engine.plugins.workers import ActionRun, PoolSpec, WorkerPool, WorkerProcess, pool_key
 from engine.plugins.zygotes import sdk_entrypoint_interpreter
@@ -339,11 +338,7 @@ class ReusableTaskPlugin(Plugin):
         if pid and alive(pid, ticks) and self._done_report(tctx, state) is None:
             # a previous engine's worker: no request channel is left to it, so it is stopped as a whole
             log.warning("aborting %s: stopping the adopted worker %s (pid %s)", name, state.get("worker"), pid)
-            kill_group(pid, signal.SIGTERM)
-            deadline = time.monotonic() + ABORT_GRACE_SECONDS
-            while alive(pid, ticks) and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            kill_group(pid, signal.SIGKILL)
+            await stop(pid, lambda: gone(pid, ticks), ABORT_GRACE_SECONDS)
 
     def _fallback_owns(self, tctx: TaskExecutionContext, state: dict | None) -> bool:
         """Whether the action is (or would be) the container plugin's: a process it started, or, before any

@@ -29,8 +29,8 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from engine.plugins.pipe_protocol import HelperStartError, encode, read_messages, ready_message, start_helper
-from engine.plugins.process import kill_group, process_cpu_seconds, process_start_ticks
+from engine.plugins.pipe_protocol import HelperStartError, encode, read_messages, ready_message
+from engine.plugins.process import kill_group, launch_helper, process_cpu_seconds, process_start_ticks
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class WorkerProcess:
         return self.state == "ready"
 
     async def start(self, interpreter: str, env: dict[str, str], cwd: str, log_path: Path) -> None:
-        self.process = await start_helper(interpreter, WORKER_SCRIPT, env, cwd, log_path)
+        self.process = await launch_helper(interpreter, WORKER_SCRIPT, env=env, cwd=cwd, log_path=log_path)
         self.start_ticks = process_start_ticks(self.process.pid)
         try:
             ready = await ready_message(self.process, START_TIMEOUT_SECONDS, "the worker", log_path)

@@ -19,8 +19,8 @@ import os
 import time
 from pathlib import Path
 
-from engine.plugins.pipe_protocol import HelperStartError, encode, read_messages, ready_message, start_helper
-from engine.plugins.process import alive, kill_group, process_start_ticks
+from engine.plugins.pipe_protocol import HelperStartError, encode, read_messages, ready_message
+from engine.plugins.process import alive, kill_group, launch_helper, process_start_ticks
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,8 @@ class Zygote:
         return self.process.pid if self.process is not None else None
 
     async def start(self) -> None:
-        self.process = await start_helper(self.interpreter, SERVER, self.env, self.cwd, self.log_path)
+        self.process = await launch_helper(self.interpreter, SERVER, env=self.env, cwd=self.cwd,
+                                                  log_path=self.log_path)
         self.started_at = time.time()
         try:
             ready = await ready_message(self.process, START_TIMEOUT_SECONDS, "the fork server", self.log_path)
