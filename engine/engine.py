@@ -127,11 +127,15 @@ class Engine:
             LocalSparkOperator(self.container_plugin.setup, self.data_dir)],
             max_running=self.config.max_clusters or max(1, self.config.max_processes // 4))
         self.k8s = K8sConfig.from_file(self.config.k8s_config) if self.config.k8s_config else K8sConfig()
-        for resource_plugin in (DaskPlugin(self.k8s), RayPlugin(self.k8s), SparkPlugin(self.k8s)):
-            self.registry.register(ResourcePluginManager(resource_plugin, resources, k8s=self.k8s))
+        self.resource_managers = [ResourcePluginManager(p, resources, k8s=self.k8s)
+                                  for p in (DaskPlugin(self.k8s), RayPlugin(self.k8s), SparkPlugin(self.k8s))]
+        for manager in self.resource_managers:
+            self.registry.register(manager)
         self.registry.register(SleepPlugin())
         for plugin in discover_plugins(lambda found: ResourcePluginManager(found, resources, k8s=self.k8s)):
             self.registry.register(plugin)
+            if isinstance(plugin, ResourcePluginManager):
+                self.resource_managers.append(plugin)
         for task_type, plugin_id in self.config.plugin_for_task_types.items():
             self.registry.set_default_for(task_type, plugin_id)
         self.runtime_env: dict[str, str] = {}
@@ -149,7 +153,8 @@ class Engine:
                                        KubernetesRenderer(self.reconciler.build_context,
                                                           self.runs.task_action_named, k8s=self.k8s).render)
         self.controller_services = ControllerServices(self.runs, max_body_bytes=self.config.max_body_bytes)
-        self.gc = GarbageCollector(self.store, self.config.gc_ttl_seconds, self.config.gc_interval_seconds)
+        self.gc = GarbageCollector(self.store, self.config.gc_ttl_seconds, self.config.gc_interval_seconds,
+                                   resource_sweeps=[m.collect_garbage for m in self.resource_managers])
         self._lock = DataDirLock(self.data_dir)
         self._server = None
         self._private = False

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from engine.model import COMPLETED_TIME_FORMAT, LABEL_COMPLETED_TIME, LABEL_TERMINATION_STATUS, TERMINATED, utcnow
 from engine.store.base import NotFoundError, ResourceStore
@@ -23,8 +23,10 @@ DEFAULT_INTERVAL_SECONDS = 1800.0
 
 class GarbageCollector:
     def __init__(self, store: ResourceStore, ttl_seconds: float = DEFAULT_TTL_SECONDS,
-                 interval_seconds: float = DEFAULT_INTERVAL_SECONDS, clock: Callable[[], dt.datetime] = utcnow):
+                 interval_seconds: float = DEFAULT_INTERVAL_SECONDS, clock: Callable[[], dt.datetime] = utcnow,
+                 resource_sweeps: list[Callable[[dt.datetime, float], Awaitable[int]]] = ()):
         self.store = store
+        self.resource_sweeps = list(resource_sweeps)  # the resource plugins' terminal objects, by completion time
         self.ttl = ttl_seconds
         self.interval = interval_seconds
         self.clock = clock
@@ -50,6 +52,11 @@ class GarbageCollector:
         self.deleted += deleted
         if deleted:
             log.info("garbage collection removed %d terminated TaskActions", deleted)
+        for sweep in self.resource_sweeps:
+            try:
+                await sweep(self.clock(), max(self.ttl, 0))
+            except Exception as exc:  # noqa: BLE001 - one backend's failure does not stop the others
+                log.warning("garbage collection of resources failed: %s", exc)
         return deleted
 
     async def start(self) -> None:

@@ -314,3 +314,38 @@ async def test_an_object_a_stopped_engine_left_is_reported_gone_unless_it_had_en
     assert not backend._path(("DaskJob", "flyte", "unfinished")).exists()
     finished = await backend.get({**identity, "metadata": {**identity["metadata"], "name": "finished"}})
     assert finished["status"]["jobStatus"] == "Successful"
+
+
+async def test_terminal_objects_no_finalize_removed_are_collected_by_completion_time(tmp_path):
+    """The manager garbage-collects its plugin's terminal objects completed more than the TTL ago (Flyte's
+    GarbageCollectable): a running one, a recent one and an unmanaged one stay."""
+    import datetime as dt
+    import json as json_module
+
+    from engine.gc import GarbageCollector
+    from engine.plugins.local_backend import LocalResourceBackend
+    from engine.plugins.local_dask import LocalDaskOperator
+
+    backend = LocalResourceBackend(tmp_path / "work", [LocalDaskOperator()])
+    now = dt.datetime(2026, 12, 2, 12, 0, tzinfo=dt.timezone.utc)
+    managed = {"flyte.org/managed": "true"}
+    objects = {"old": ({"jobStatus": "Successful", "endTime": "2026-12-02T09:00:00Z"}, managed),
+               "recent": ({"jobStatus": "Failed", "endTime": "2026-12-02T11:30:00Z"}, managed),
+               "running": ({"jobStatus": "Running", "startTime": "2026-12-01T00:00:00Z"}, managed),
+               "foreign": ({"jobStatus": "Successful", "endTime": "2026-12-01T00:00:00Z"}, {})}
+    for name, (status, labels) in objects.items():
+        path = backend._path(("DaskJob", "flyte", name))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json_module.dumps({"apiVersion": "kubernetes.dask.org/v1", "kind": "DaskJob", "metadata": {
+            "name": name, "namespace": "flyte", "labels": labels}, "status": status}))
+    manager = ResourcePluginManager(DaskPlugin(), backend)
+
+    class NoTaskActions:
+        async def list(self, selector):
+            return []
+
+    collector = GarbageCollector(NoTaskActions(), ttl_seconds=3600, clock=lambda: now,
+                                 resource_sweeps=[manager.collect_garbage])
+    await collector.sweep()
+    left = sorted(p.stem for p in (tmp_path / "work" / "resources" / "flyte" / "daskjob").glob("*.json"))
+    assert left == ["foreign", "recent", "running"]

@@ -29,9 +29,20 @@ TASKS = textwrap.dedent('''
 
         @ray.remote
         def square(x):
+            print(f"squaring {x} on a ray worker")
             return x * x
 
         return f"{sum(ray.get([square.remote(i) for i in range(n)]))} {int(ray.cluster_resources()['CPU'])}"
+
+    @env.task
+    async def broken(n: int) -> int:
+        import ray
+
+        @ray.remote
+        def fail(x):
+            raise ValueError(f"no square for {x}")
+
+        return ray.get(fail.remote(n))
 
     @env.task
     async def linger(seconds: float) -> float:
@@ -58,7 +69,15 @@ async def test_a_ray_task_runs_on_its_own_local_ray_node_and_leaves_nothing_behi
     assert result.outputs == {"o0": "55 3"}  # the head's CPU and two worker replicas, on one node
     log = engine.reconciler.log_path(result.run.run_name, "a0", 1).read_text()
     assert "local Ray node at 127.0.0.1:" in log and "Connected to Ray cluster" in log
+    assert "squaring 5 on a ray worker" in log  # the job's own logs, from its workers, in the action's log
     assert not _ray_processes()  # the run is reported done only once the node is gone
+
+
+async def test_a_failing_ray_job_fails_the_task_with_its_error_and_tears_down(engine, tasks):
+    result = await run_sdk_task(engine, tasks, "broken", timeout=240, n=7)
+    assert result.phase == ActionPhase.FAILED
+    assert result.error["kind"] == "USER" and "no square for 7" in result.error["message"], result.error
+    assert not _ray_processes()
 
 
 async def test_aborting_a_ray_task_tears_its_node_down(engine, tasks):

@@ -151,6 +151,18 @@ class LocalResourceBackend(ResourceBackend):
             self._path(key).unlink()
         raise NotFoundError("its local processes were lost when the engine stopped")
 
+    async def list(self, api_version: str, kind: str, namespace: str | None, labels: dict[str, str]) -> list[Resource]:
+        """Objects of ``kind`` (in ``namespace``, or all) with ``labels``: the live ones and those on disk."""
+        found: dict[tuple[str, str, str], Resource] = {k: v for k, v in self._objects.items() if k[0] == kind}
+        for path in self.work_dir.glob(f"{namespace or '*'}/{kind.lower()}/*.json"):
+            key = (kind, path.parent.parent.name, path.stem)
+            if key not in found:
+                with contextlib.suppress(OSError, ValueError):
+                    found[key] = json.loads(path.read_text())
+        return [copy.deepcopy(r) for k, r in found.items()
+                if (namespace is None or k[1] == namespace) and isinstance(r, dict)
+                and labels.items() <= ((r.get("metadata") or {}).get("labels") or {}).items()]
+
     async def delete(self, identity: Resource) -> None:
         key = _key(identity)
         if self._waiting.pop(key, None) is not None and key not in self._objects:

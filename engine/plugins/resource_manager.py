@@ -14,6 +14,7 @@ It owns the lifecycle; the resource plugin only builds objects and reads phases:
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import re
 
@@ -35,6 +36,7 @@ from engine.plugins.resources import (
     ResourceBackend,
     ResourcePlugin,
     TooLargeError,
+    identity_of,
 )
 
 log = logging.getLogger(__name__)
@@ -187,5 +189,33 @@ class ResourcePluginManager(Plugin):
         except NotFoundError:
             pass
 
+    async def collect_garbage(self, now: dt.datetime, ttl_seconds: float) -> int:
+        """Delete this plugin's terminal objects completed more than ``ttl_seconds`` ago (the plugin's
+        ``GetCompletionTime``): what no finalize removed, such as objects of a plugin that keeps them."""
+        identity = self.plugin.build_identity_resource(None)
+        deleted = 0
+        for resource in await self.backend.list(identity["apiVersion"], identity["kind"], None,
+                                                {"flyte.org/managed": "true"}):
+            if not self.plugin.is_terminal(resource) or (resource.get("metadata") or {}).get("deletionTimestamp"):
+                continue
+            completed = _parse_time(self.plugin.get_completion_time(resource))
+            if completed is None or (now - completed).total_seconds() < ttl_seconds:
+                continue
+            try:
+                await self.backend.delete(identity_of(resource))
+                deleted += 1
+            except NotFoundError:
+                pass
+        if deleted:
+            log.info("garbage collection removed %d terminal %s objects", deleted, identity["kind"])
+        return deleted
+
     async def close(self) -> None:
         await self.backend.close()
+
+
+def _parse_time(text: str | None) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+    except ValueError:
+        return None
