@@ -349,3 +349,30 @@ async def test_terminal_objects_no_finalize_removed_are_collected_by_completion_
     await collector.sweep()
     left = sorted(p.stem for p in (tmp_path / "work" / "resources" / "flyte" / "daskjob").glob("*.json"))
     assert left == ["foreign", "recent", "running"]
+
+
+MISSING_DISTRIBUTED = textwrap.dedent('''
+    import flyte
+    from flyteplugins.dask import Dask, WorkerGroup
+
+    # where the task runs, `distributed` cannot be imported (a stand-in package that says so)
+    env = flyte.TaskEnvironment(name="no_distributed", env_vars={"PYTHONPATH": "{fake}"},
+                                plugin_config=Dask(workers=WorkerGroup(number_of_workers=1)))
+
+    @env.task
+    async def total(n: int) -> int:
+        return n
+''')
+
+
+@pytest.mark.sdk
+async def test_a_dask_task_where_distributed_is_missing_fails_naming_the_extra(engine, tmp_path):
+    fake = tmp_path / "fake" / "distributed"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'distributed'\")\n")
+    tasks = task_file(tmp_path, "no_distributed.py", MISSING_DISTRIBUTED.replace("{fake}", str(fake.parent)),
+                      "distributed", "flyteplugins.dask")
+    result = await run_sdk_task(engine, tasks, "total", timeout=120, n=1)
+    assert result.phase == ActionPhase.FAILED
+    assert "pip install 'taskdeck[dask]'" in result.error["message"], result.error
+    await eventually(lambda: not _dask_processes(str(engine.data_dir)), timeout=15)
