@@ -20,6 +20,7 @@ import contextlib
 import getpass
 import json
 import logging
+import os
 import pathlib
 import signal
 import sys
@@ -198,29 +199,37 @@ def say(text: str) -> None:
 
 
 # --------------------------------------------------------------------------- commands
-def parse_task_args(extra: list[str]) -> dict[str, str]:
-    values: dict[str, str] = {}
-    i = 0
-    while i < len(extra):
-        token = extra[i]
-        if not token.startswith("--") or token == "--":
-            raise CliError(f"unexpected argument {token!r}; task inputs are given as --name value")
-        key = token[2:]
-        if "=" in key:
-            key, value = key.split("=", 1)
-        elif i + 1 < len(extra):
-            i += 1
-            value = extra[i]
-        else:
-            raise CliError(f"--{key} needs a value")
-        values[key.replace("-", "_")] = value
-        i += 1
-    return values
+class PreparedRun:
+    """A task loaded and serialized, and its inputs parsed (files not yet stored)."""
+
+    def __init__(self, task, spec: bytes, values: dict, code_dir: str, checked: bytes):
+        self.task, self.spec, self.values, self.code_dir = task, spec, values, code_dir
+        self.checked = checked  # the inputs as given: converted once up front, so a bad one starts nothing
+
+    async def inputs(self, client: EngineClient, project: str, domain: str) -> bytes:
+        """The inputs, with each local File/Dir path stored in the engine's upload store first."""
+        from engine.sdk import InputError, inputs_from_values, local_files, with_staged_files
+
+        paths = local_files(self.values)
+        if not paths:
+            return self.checked
+        staged = {}
+        for path in paths:
+            try:
+                staged[path] = await client.stage_input(str(pathlib.Path(path).resolve()), project=project,
+                                                        domain=domain)
+            except InvalidRunError as exc:
+                raise CliError(f"input file {path}: {exc}") from None
+        try:
+            return inputs_from_values(self.task, with_staged_files(self.values, staged)).SerializeToString()
+        except InputError as exc:
+            raise CliError(str(exc)) from None
 
 
-def _prepare_run(args: argparse.Namespace):
-    """Load and serialize the task, and its inputs: (spec bytes, inputs bytes, code dir)."""
-    from engine.sdk import TaskLoadError, inputs_from_strings, load_task, serialize_task
+def _prepare_run(args: argparse.Namespace) -> PreparedRun:
+    """Load and serialize the task and parse its inputs as `flyte run` does (`--help` lists them)."""
+    from engine.sdk import HelpRequested, InputError, TaskLoadError, inputs_from_values, load_task, local_files, \
+        parse_inputs, serialize_task
 
     file = pathlib.Path(args.file)
     check_run_id(args.project, args.domain, "r" if args.name is None else args.name, new_run=args.name is not None)
@@ -234,25 +243,34 @@ def _prepare_run(args: argparse.Namespace):
                 if f"--{flag}" in task_args and flag not in task.native_interface.inputs:
                     task_args.remove(f"--{flag}")
                     setattr(args, flag, True)
+        values = parse_inputs(task, task_args, f"taskdeck run {args.file} {args.task}")
+        for name, value in values.items():
+            for path in local_files(value):
+                if not os.path.exists(path):
+                    raise InputError(f"--{name}: no such file or directory: {path}")
+        checked = inputs_from_values(task, values).SerializeToString()
         spec = serialize_task(task, project=args.project, domain=args.domain, root_dir=file.resolve().parent)
-        inputs = inputs_from_strings(task, parse_task_args(task_args))
+    except HelpRequested as shown:
+        print(shown.text, end="" if shown.text.endswith("\n") else "\n")
+        raise SystemExit(EXIT_OK) from None
     except (TaskLoadError, ValueError) as exc:
         raise CliError(str(exc)) from None
-    return spec.SerializeToString(), inputs.SerializeToString(), str(file.resolve().parent)
+    return PreparedRun(task, spec.SerializeToString(), values, str(file.resolve().parent), checked)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    spec, inputs, code_dir = _prepare_run(args)
+    prepared = _prepare_run(args)
     if args.tui:
-        return _run_in_console(args, spec, inputs, code_dir)
-    return asyncio.run(_run_and_wait(args, spec, inputs, code_dir))
+        return _run_in_console(args, prepared)
+    return asyncio.run(_run_and_wait(args, prepared))
 
 
-async def _run_and_wait(args: argparse.Namespace, spec: bytes, inputs: bytes, code_dir: str) -> int:
-    async with writer(args, allow=[pathlib.Path(code_dir)]) as client:
+async def _run_and_wait(args: argparse.Namespace, prepared: PreparedRun) -> int:
+    async with writer(args, allow=[pathlib.Path(prepared.code_dir)]) as client:
+        inputs = await prepared.inputs(client, args.project, args.domain)
         try:
-            run = await client.create_run(spec, inputs, project=args.project, domain=args.domain, name=args.name,
-                                          code_dir=code_dir)
+            run = await client.create_run(prepared.spec, inputs, project=args.project, domain=args.domain,
+                                          name=args.name, code_dir=prepared.code_dir)
         except AlreadyExistsError:
             raise CliError(f"a run named {args.name!r} already exists; choose another --run-name") from None
         if not args.json:
@@ -319,12 +337,13 @@ def cmd_console(args: argparse.Namespace) -> int:
     return code
 
 
-def _run_in_console(args: argparse.Namespace, spec: bytes, inputs: bytes, code_dir: str) -> int:
+def _run_in_console(args: argparse.Namespace, prepared: PreparedRun) -> int:
     """Open the console on a new run; after it closes, say how the run stands (exit code as `run`)."""
 
     async def submit(client: EngineClient) -> str:
-        run = await client.create_run(spec, inputs, project=args.project, domain=args.domain, name=args.name,
-                                      code_dir=code_dir)
+        inputs = await prepared.inputs(client, args.project, args.domain)
+        run = await client.create_run(prepared.spec, inputs, project=args.project, domain=args.domain,
+                                      name=args.name, code_dir=prepared.code_dir)
         return run.run_name
 
     code, app = _console(args, submit)

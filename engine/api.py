@@ -85,6 +85,7 @@ class TaskDeckApi:
             ("GET", re.compile(r"^/cache$"), self.list_cache),
             ("GET", re.compile(r"^/workers$"), self.list_workers),
             ("POST", re.compile(r"^/cache/evict$"), self.evict_cache),
+            ("POST", re.compile(r"^/uploads$"), self.stage_input),
         ]
 
     async def __call__(self, scope, receive, send) -> None:
@@ -269,6 +270,14 @@ class TaskDeckApi:
             domain=request.name("domain", "development"), name=request.name("name"),
             code_dir=code_dir, env_vars=request.body.get("envVars"))
         return record.to_json()
+
+    async def stage_input(self, request: Request) -> Any:
+        path = request.text("path", max_len=4096)
+        if not path:
+            raise HttpError(400, "path is required: the local file or directory to store", "path")
+        stored = await self.client.stage_input(path, project=request.name("project", "flytesnacks"),
+                                               domain=request.name("domain", "development"))
+        return {"path": stored}
 
     async def signal(self, request: Request, run: str) -> Any:
         action = request.text("action")

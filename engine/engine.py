@@ -23,6 +23,7 @@ from engine.plugins.container import LocalContainerPlugin
 from engine.plugins.dask import DaskPlugin
 from engine.plugins.k8s_config import K8sConfig
 from engine.render import KubernetesRenderer
+from engine.uploads import UploadStore
 from engine.plugins.local_backend import LocalResourceBackend
 from engine.plugins.local_dask import LocalDaskOperator
 from engine.plugins.local_ray import LocalRayOperator
@@ -151,7 +152,8 @@ class Engine:
         self.services = EngineServices(self.runs, ChangeFeed(self.store, self.health), self.health,
                                        LogService(self.data_dir), self.data_dir, self._workers,
                                        KubernetesRenderer(self.reconciler.build_context,
-                                                          self.runs.task_action_named, k8s=self.k8s).render)
+                                                          self.runs.task_action_named, k8s=self.k8s).render,
+                                       UploadStore(self.data_dir).stage)
         self.controller_services = ControllerServices(self.runs, max_body_bytes=self.config.max_body_bytes)
         self.gc = GarbageCollector(self.store, self.config.gc_ttl_seconds, self.config.gc_interval_seconds,
                                    resource_sweeps=[m.collect_garbage for m in self.resource_managers])

@@ -7,10 +7,12 @@ The SDK is imported lazily so the engine runs without it (e.g. for ``core-sleep`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import importlib.util
-import json
+import inspect
 import pathlib
+import re
 import sys
 import typing
 from typing import Any
@@ -33,12 +35,19 @@ def load_task(file: str | pathlib.Path, task_name: str):
         raise TaskLoadError(f"cannot load {file} as a Python module")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
-    if str(path.parent) not in sys.path:
+    # its directory on sys.path while it imports (its sibling modules), not after: a file there named like
+    # a library (a bench's requests.py) would shadow that library for the rest of the process
+    added = str(path.parent) not in sys.path
+    if added:
         sys.path.insert(0, str(path.parent))
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # noqa: BLE001 - user code: report, never crash
         raise TaskLoadError(f"failed to import {file}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        if added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(str(path.parent))
     from flyte._task import TaskTemplate
 
     task = getattr(module, task_name, None)
@@ -67,57 +76,225 @@ def serialize_task(task, *, project: str, domain: str, root_dir: pathlib.Path,
     return translate_task_to_wire(task, context)
 
 
-def _parse_value(raw: str, annotation: Any) -> Any:
-    origin = typing.get_origin(annotation)
-    if origin is typing.Union or (origin is not None and str(origin) == "types.UnionType"):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if raw.lower() in ("none", "null") and len(args) < len(typing.get_args(annotation)):
-            return None
-        annotation = args[0] if len(args) == 1 else annotation
-    if annotation is bool:
-        lowered = raw.lower()
-        if lowered in ("true", "1", "yes", "y"):
-            return True
-        if lowered in ("false", "0", "no", "n"):
-            return False
-        raise ValueError(f"not a boolean: {raw!r}")
-    if annotation is int:
-        return int(raw)
-    if annotation is float:
-        return float(raw)
-    if annotation is str:
-        return raw
-    try:
-        return json.loads(raw)
-    except RecursionError:
-        raise ValueError("the JSON value is nested too deeply") from None
+class InputError(ValueError):
+    """A task input that is missing, unknown or not of its type: one line, naming the input."""
 
 
-def inputs_from_strings(task, raw: dict[str, str]) -> common_pb2.Inputs:
-    """Convert ``--name value`` pairs to the task's Inputs, checking names, types and required inputs."""
+class HelpRequested(Exception):
+    """``--help`` was asked for: the task's inputs, as ``flyte run FILE TASK --help`` lists them."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.text = text
+
+
+class _LocalRun:
+    """What the SDK's parameter types look at to take paths as they are (``flyte run --local``); the
+    engine then stores the files (``staged_files``) instead of the SDK uploading them."""
+
+    class run_args:
+        local = True
+
+
+def inputs_command(task, prog: str):
+    """A click command whose options are the task's inputs, built by the SDK's own ``to_click_option``:
+    the same types, converters, defaults and help as ``flyte run``. An input named ``help`` leaves only
+    ``-h`` to ask for help."""
+    import click
+    from flyte._internal.runtime.types_serde import transform_native_to_typed_interface
+    from flyte.cli._params import to_click_option
+    from flyte.cli._run import _resolve_default_val
+
+    interface = transform_native_to_typed_interface(task.native_interface)
+    params = []
+    for entry in interface.inputs.variables if interface is not None else []:
+        python_type, marker = task.native_interface.inputs[entry.key]
+        default = _resolve_default_val(task.native_interface, entry.key, marker, python_type)
+        option = to_click_option(entry.key, entry.value, python_type, default)
+        option.type = _NamingErrors(option.type)
+        params.append(option)
+    summary, described = docstring_help(task)
+    for option in params:
+        if not option.help and option.name in described:
+            option.help = described[option.name]
+    help_names = [n for n in ("-h", "--help") if n.lstrip("-") not in task.native_interface.inputs]
+
+    def ask_for_help(ctx, _param, wanted):
+        if wanted and not ctx.resilient_parsing:
+            raise HelpRequested(ctx.get_help())
+
+    params.append(click.Option(help_names, is_flag=True, expose_value=False, is_eager=True, callback=ask_for_help,
+                               help="Show the task's inputs and exit."))
+    docs = (task.docs.__help__str__() if getattr(task, "docs", None) else None) or summary
+    return click.Command(prog, params=params, help=docs, add_help_option=False, no_args_is_help=False)
+
+
+_SPHINX_PARAM = re.compile(r"^:param\s+(?:[^:]*\s)?(\w+):\s*(.*)$")
+_GOOGLE_ARG = re.compile(r"^(\w+)(?:\s*\([^)]*\))?:\s*(.*)$")
+
+
+def docstring_help(task) -> tuple[str | None, dict[str, str]]:
+    """(the description, {input: its help}) from the task function's docstring, Sphinx (``:param x:``) or
+    Google style (``Args:``); the SDK leaves both out of its help."""
+    func = getattr(task, "func", None)
+    doc = inspect.getdoc(func) if func is not None else None
+    if not doc:
+        return None, {}
+    description: list[str] = []
+    params: dict[str, str] = {}
+    current: str | None = None
+    in_args = False
+    for line in doc.splitlines():
+        stripped = line.strip()
+        sphinx = _SPHINX_PARAM.match(stripped)
+        if sphinx:
+            current, in_args = sphinx.group(1), False
+            params[current] = sphinx.group(2)
+            continue
+        if stripped.lower() in ("args:", "arguments:", "parameters:"):
+            in_args, current = True, None
+            continue
+        if in_args and stripped and not line.startswith((" ", "\t")):
+            in_args, current = False, None  # the next section
+        if in_args and (google := _GOOGLE_ARG.match(stripped)) and google.group(1) in task.native_interface.inputs:
+            current = google.group(1)
+            params[current] = google.group(2)
+            continue
+        if stripped.startswith(":") or (stripped.endswith(":") and not line.startswith(" ") and stripped[:-1].isalpha()):
+            current, in_args = None, stripped.lower() in ("args:", "arguments:", "parameters:")
+            continue
+        if current is not None and stripped:
+            params[current] = f"{params[current]} {stripped}".strip()
+        elif current is None and not in_args and not params:
+            description.append(line)
+    text = "\n".join(description).strip()
+    return text or None, {k: v for k, v in params.items() if v}
+
+
+def _naming_errors_type():
+    import click
+
+    class NamingErrors(click.ParamType):
+        """The SDK's type, with any error it raises reported as a bad value of the option (some of its
+        converters raise a plain ValueError, which would not say which input was wrong)."""
+
+        def __init__(self, inner: click.ParamType):
+            self.inner = inner
+            self.name = inner.name
+
+        def get_metavar(self, param, ctx):
+            return self.inner.get_metavar(param, ctx)
+
+        def convert(self, value, param, ctx):
+            try:
+                return self.inner.convert(value, param, ctx)
+            except click.BadParameter:
+                raise
+            except RecursionError:
+                self.fail("the value is nested too deeply", param, ctx)
+            except Exception as exc:  # noqa: BLE001 - the SDK's converters raise what they raise
+                self.fail(str(exc) or type(exc).__name__, param, ctx)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    return NamingErrors
+
+
+def _NamingErrors(inner):
+    return _naming_errors_type()(inner)
+
+
+def parse_inputs(task, argv: list[str], prog: str) -> dict[str, Any]:
+    """Native values of the task's inputs from ``--name value`` arguments, parsed as ``flyte run`` parses
+    them; InputError in one line for a bad value, HelpRequested for ``--help``."""
+    import click
+
+    command = inputs_command(task, prog)
+    try:  # the SDK's converters print warnings: to stderr, stdout may be JSON
+        with contextlib.redirect_stdout(sys.stderr), command.make_context(prog, list(argv), obj=_LocalRun()) as ctx:
+            values = dict(ctx.params)
+    except click.ClickException as exc:
+        raise InputError(_one_line(exc.format_message())) from None
+    missing = [p for p in command.params if isinstance(p, click.Option) and p.required
+               and values.get(p.name) is None]
+    if missing:  # as flyte run says it
+        ctx = click.Context(command, info_name=prog, obj=_LocalRun())
+        raise InputError("Missing required parameter(s): " + ", ".join(
+            f"--{p.name} (type: {p.type.get_metavar(p, ctx) or p.type.name.upper()})" for p in missing))
+    return {k: v for k, v in values.items() if v is not None or k in task.native_interface.required_inputs()
+            or _optional(task.native_interface.inputs[k][0])}
+
+
+def _optional(annotation) -> bool:
+    return type(None) in typing.get_args(annotation)
+
+
+def _one_line(message: str) -> str:
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return " ".join(lines)
+
+
+def local_files(values: Any) -> list[str]:
+    """Local paths the inputs name through flyte.io File, Dir or DataFrame values, at any depth."""
+    found: list[str] = []
+    _walk(values, lambda path: found.append(path) or path)
+    return found
+
+
+def with_staged_files(values: Any, staged: dict[str, str]) -> Any:
+    """The inputs with each local path replaced by where the engine stored that file."""
+    return _walk(values, lambda path: staged.get(path, path))
+
+
+def _walk(value: Any, swap):
+    import dataclasses
+
+    from flyte.io import DataFrame, Dir, File
+
+    if isinstance(value, (File, Dir)):
+        path = str(value.path)
+        if _is_local(path):
+            new = swap(path)
+            return value.model_copy(update={"path": new}) if new != path else value
+        return value
+    if isinstance(value, DataFrame):
+        uri = str(value.uri or "")
+        if uri and _is_local(uri):
+            new = swap(uri)
+            return value.model_copy(update={"uri": new}) if new != uri else value
+        return value
+    if isinstance(value, dict):
+        return {k: _walk(v, swap) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_walk(v, swap) for v in value]
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(_walk(v, swap) for v in value))
+    if isinstance(value, tuple):
+        return tuple(_walk(v, swap) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changes = {f.name: _walk(getattr(value, f.name), swap) for f in dataclasses.fields(value)}
+        return dataclasses.replace(value, **changes)
+    if hasattr(value, "model_fields") and hasattr(value, "model_copy") and not isinstance(value, type):
+        return value.model_copy(update={name: _walk(getattr(value, name), swap) for name in value.model_fields})
+    return value
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def inputs_from_values(task, values: dict[str, Any]) -> common_pb2.Inputs:
+    """The task's Inputs from native values, by the SDK's type engine (a type mismatch is an InputError)."""
     from flyte._internal.runtime.convert import convert_from_native_to_inputs
 
     interface = task.native_interface
-    unknown = sorted(set(raw) - set(interface.inputs))
-    if unknown:
-        raise ValueError(f"unknown input(s) {', '.join(unknown)}; {task.name} takes: "
-                         f"{', '.join(interface.inputs) or 'no inputs'}")
-    values: dict[str, Any] = {}
-    for name, (annotation, _default) in interface.inputs.items():
-        if name in raw:
-            try:
-                values[name] = _parse_value(raw[name], annotation)
-            except ValueError as exc:
-                raise ValueError(f"--{name}: {exc}") from exc
-    missing = [n for n in interface.required_inputs() if n not in values]
-    if missing:
-        raise ValueError(f"missing required input(s): {', '.join('--' + m for m in missing)}")
 
     async def convert() -> common_pb2.Inputs:
         try:
             return (await convert_from_native_to_inputs(interface, **values)).proto_inputs
         except (TypeError, ValueError, AssertionError, RecursionError) as exc:  # the SDK's type checks
-            raise ValueError("; ".join(line.strip() for line in str(exc).splitlines() if line.strip())) from None
+            raise InputError("; ".join(line.strip() for line in str(exc).splitlines() if line.strip())) from None
 
     try:
         asyncio.get_running_loop()
@@ -127,3 +304,24 @@ def inputs_from_strings(task, raw: dict[str, str]) -> common_pb2.Inputs:
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(lambda: asyncio.run(convert())).result()
+
+
+def inputs_from_strings(task, raw: dict[str, str]) -> common_pb2.Inputs:
+    """Inputs from ``{name: text}`` as ``flyte run`` would take ``--name text`` (a bool's text says whether
+    to give its flag): for callers that hold values rather than a command line."""
+    argv: list[str] = []
+    unknown = sorted(set(raw) - set(task.native_interface.inputs))
+    if unknown:
+        raise InputError(f"unknown input(s) {', '.join(unknown)}; {task.name} takes: "
+                         f"{', '.join(task.native_interface.inputs) or 'no inputs'}")
+    for name, text in raw.items():
+        annotation, default = task.native_interface.inputs[name]
+        if annotation is bool:
+            wanted = str(text).lower() in ("true", "1", "yes", "y")
+            if wanted:
+                argv.append(f"--{name}")
+            elif default is True:
+                argv.append(f"--no-{name}")
+            continue
+        argv += [f"--{name}", str(text)]
+    return inputs_from_values(task, parse_inputs(task, argv, task.name))

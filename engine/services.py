@@ -27,3 +27,5 @@ class EngineServices:
     workers: Callable[[], dict[str, Any]] = lambda: {"pools": [], "forkServers": []}
     # run, action → the object the Kubernetes backend would create for it (None: no engine here to build it)
     render: Callable[[str, str], dict[str, Any]] | None = None
+    # local path, project, domain → where the upload store keeps a copy (None: read-only, no engine here)
+    stage: Callable[[str, str, str], str] | None = None

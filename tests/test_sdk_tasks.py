@@ -93,7 +93,7 @@ def test_cli_run_json_and_exit_codes(tmp_path):
 
 def test_cli_rejects_bad_input_clearly(tmp_path):
     missing = _cli("run", str(EXAMPLES / "basics.py"), "add", "--x", "1", data_dir=tmp_path)
-    assert missing.returncode == 2 and "missing required input(s): --y" in missing.stderr
+    assert missing.returncode == 2 and "Missing required parameter(s): --y (type: INTEGER)" in missing.stderr
     typo = _cli("run", str(EXAMPLES / "basics.py"), "add", "--x", "one", "--y", "2", data_dir=tmp_path)
     assert typo.returncode == 2 and "--x" in typo.stderr
     nothing = _cli("get", "actions", "rnope", data_dir=tmp_path / "misspelt")

@@ -99,6 +99,10 @@ class EngineClient(abc.ABC):
         """A new run of the serialized ``TaskSpec`` with the serialized ``Inputs``."""
 
     @abc.abstractmethod
+    async def stage_input(self, path: str, *, project: str, domain: str) -> str:
+        """Store a local file or directory (a File/Dir input) in the engine's upload store: its stored path."""
+        raise NotImplementedError
+
     async def abort(self, run: str, action: str = "a0", reason: str = "aborted") -> None: ...
 
     @abc.abstractmethod

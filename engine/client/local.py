@@ -6,6 +6,8 @@ answers), and the CLI reads a directory no engine serves through a read-only one
 
 from __future__ import annotations
 
+import asyncio
+
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -131,6 +133,12 @@ class LocalClient(EngineClient):
         record = await self.runs.create_run(spec, values, project=project, domain=domain, name=name,
                                             code_dir=code_dir, env_vars=env_vars)
         return action_view(record)
+
+    async def stage_input(self, path: str, *, project: str, domain: str) -> str:
+        self._writable()
+        if self.services.stage is None:
+            raise LookupError("storing input files needs the engine: start one (taskdeck --headless)")
+        return await asyncio.to_thread(self.services.stage, path, project, domain)
 
     async def abort(self, run: str, action: str = "a0", reason: str = "aborted") -> None:
         self._writable()

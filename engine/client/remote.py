@@ -170,6 +170,10 @@ class RemoteClient(EngineClient):
                    "project": project, "domain": domain, "name": name, "codeDir": code_dir, "envVars": env_vars}
         return Action.from_json(await self._call("POST", "/runs", payload))
 
+    async def stage_input(self, path: str, *, project: str, domain: str) -> str:
+        body = await self._call("POST", "/uploads", {"path": path, "project": project, "domain": domain})
+        return body["path"]
+
     async def abort(self, run: str, action: str = "a0", reason: str = "aborted") -> None:
         await self._call("POST", f"/runs/{_segment(run)}/abort", {"action": action, "reason": reason})
 
