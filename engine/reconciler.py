@@ -81,6 +81,26 @@ def max_attempts(template: tasks_pb2.TaskTemplate | None) -> int:
     return template.metadata.retries.retries + 1
 
 
+MAX_RETRY_DELAY_SECONDS = 7 * 24 * 3600.0  # a backoff the SDK let through unbounded still ends
+
+
+def retry_delay(template: tasks_pb2.TaskTemplate | None, retry_index: int) -> float:
+    """Seconds before user retry ``retry_index`` (0 for the first) as the SDK's Backoff says:
+    ``min(base * factor**n, cap)``; 0 without a backoff (retries fire back to back, as on Flyte)."""
+    if template is None or not template.metadata.retries.HasField("backoff"):
+        return 0.0
+    backoff = template.metadata.retries.backoff
+    base = _seconds(backoff.base)
+    factor = backoff.factor if backoff.factor >= 1.0 else 1.0
+    try:
+        delay = base * factor ** max(retry_index, 0)
+    except OverflowError:
+        delay = float("inf")
+    if backoff.HasField("cap"):
+        delay = min(delay, _seconds(backoff.cap))
+    return max(0.0, min(delay, MAX_RETRY_DELAY_SECONDS))
+
+
 def status_changed(old: TaskActionStatus, new: TaskActionStatus) -> bool:
     """taskActionStatusChanged: stateJson, errorState and signal fields are not compared."""
     return (
@@ -256,6 +276,9 @@ class TaskActionReconciler:
             return Result(self._storage_backoff(task_action.name))
 
         expired, next_bound = expired_timeout(task_action, template, self.clock())
+        waiting = backoff_remaining(task_action, template, self.clock())
+        if expired is None and waiting > 0:  # a retry still in its backoff: nothing launches yet
+            return Result(min(waiting, next_bound + 0.01) if next_bound is not None else waiting)
         if expired is not None:
             code, message = expired
             try:
@@ -321,7 +344,8 @@ class TaskActionReconciler:
                 if info.err is not None:
                     status.error_state = ErrorState(code=info.err.code, kind=info.err.kind, message=info.err.message)
                 restart_attempts = attempts + 1
-                info = PhaseInfo.queued(0, RESTART_MESSAGE)
+                delay = retry_delay(template, attempts - 1)
+                info = PhaseInfo.queued(0, f"{RESTART_MESSAGE}: retrying in {delay:g}s" if delay else RESTART_MESSAGE)
             else:
                 err = info.err or ExecutionError(
                     "MaxRetriesExceeded", f"task failed after {attempts} attempt(s)", USER)
@@ -348,8 +372,8 @@ class TaskActionReconciler:
         if task_action.status.is_terminal:
             await self.ensure_terminal_labels(task_action)
             return Result()
-        if restart_attempts:  # our own write wakes nobody: launch the next attempt now
-            return Result(0.0)
+        if restart_attempts:  # our own write wakes nobody: launch the next attempt now, or after its backoff
+            return Result(retry_delay(template, restart_attempts - 2))
         if info.phase == PluginPhase.RUNNING:  # a bound may start counting now
             _, next_bound = expired_timeout(task_action, template, self.clock())
         if next_bound is not None:
@@ -744,9 +768,30 @@ def attempt_started_at(status: TaskActionStatus) -> dt.datetime | None:
 def attempt_queued_at(task_action: TaskAction) -> dt.datetime | None:
     """When the current attempt was queued: its restart, else the action's creation."""
     for entry in reversed(task_action.status.phase_history):
-        if entry.phase == Reason.QUEUED and entry.message == RESTART_MESSAGE:
+        if entry.phase == Reason.QUEUED and (entry.message or "").startswith(RESTART_MESSAGE):
             return entry.occurred_at
     return task_action.metadata.creation_timestamp
+
+
+def backoff_remaining(task_action: TaskAction, template: tasks_pb2.TaskTemplate, now: dt.datetime) -> float:
+    """Seconds until a user retry that has not launched may launch (0: now). From the restart's entry in
+    phaseHistory, so an engine restarted meanwhile waits out the same backoff."""
+    status = task_action.status
+    if status.observed_attempts < 2 or status.plugin_state is not None:
+        return 0.0
+    delay = retry_delay(template, status.observed_attempts - 2)
+    if delay <= 0:
+        return 0.0
+    restarted = None
+    for entry in reversed(status.phase_history):
+        if entry.phase == Reason.QUEUED and (entry.message or "").startswith(RESTART_MESSAGE):
+            restarted = entry.occurred_at
+            break
+        if entry.phase != Reason.QUEUED:
+            return 0.0  # the attempt got further than queued: it launched
+    if restarted is None:
+        return 0.0
+    return max(0.0, delay - (now - restarted).total_seconds())
 
 
 def expired_timeout(task_action: TaskAction, template: tasks_pb2.TaskTemplate,

@@ -138,3 +138,77 @@ def test_cli_retry_after_a_fix(tmp_path):
     assert json.loads(retried.stdout) == {"run": run, "phase": "SUCCEEDED", "outputs": {"o0": "fixed"}, "error": None}
     actions = json.loads(cli("get", "actions", run, "--json").stdout)
     assert actions[0]["attempts"] == 2
+
+
+def _with_backoff(spec, base: float, factor: float = 1.0, cap: float | None = None):
+    from google.protobuf import duration_pb2
+
+    backoff = spec.task_template.metadata.retries.backoff
+    backoff.base.CopyFrom(duration_pb2.Duration(seconds=int(base), nanos=int((base % 1) * 1e9)))
+    backoff.factor = factor
+    if cap is not None:
+        backoff.cap.CopyFrom(duration_pb2.Duration(seconds=int(cap), nanos=int((cap % 1) * 1e9)))
+    return spec
+
+
+def test_the_retry_delay_follows_the_sdks_formula():
+    from engine.reconciler import retry_delay
+
+    spec = _with_backoff(task_spec("scripted", retries=6), base=1.0, factor=2.0, cap=3.0)
+    assert [retry_delay(spec.task_template, n) for n in range(5)] == [1.0, 2.0, 3.0, 3.0, 3.0]
+    assert retry_delay(task_spec("scripted", retries=3).task_template, 0) == 0.0  # no backoff: back to back
+    huge = _with_backoff(task_spec("scripted", retries=200), base=10.0, factor=2.0, cap=60.0)
+    assert retry_delay(huge.task_template, 150) == 60.0  # overflowing growth stops at the cap
+
+
+async def test_user_retries_wait_out_their_backoff_and_say_so(engine):
+    import time
+
+    started: dict[int, float] = {}
+
+    def script(tctx, _index):
+        started.setdefault(tctx.metadata.attempt, time.monotonic())
+        return PhaseInfo.retryable_failure("Flaky", "try again") if tctx.metadata.attempt < 4 else PhaseInfo.success()
+
+    engine.test_plugin.script = script
+    run = await engine.runs.create_run(_with_backoff(task_spec("scripted", retries=3), base=0.5, factor=2.0, cap=1.0))
+    result = await engine.runs.wait_for_run(run.run_name, timeout=20)
+    assert result.phase == ActionPhase.SUCCEEDED and result.run.attempts == 4
+    gaps = [started[n + 1] - started[n] for n in (1, 2, 3)]
+    assert gaps[0] >= 0.5 and gaps[1] >= 1.0 and gaps[2] >= 1.0, gaps  # 0.5 s, then 1 s twice (capped)
+    assert gaps[0] < gaps[1]
+    events = await engine.runs.list_events(run.key)
+    queued = [decode_event(e) for e in events if ActionPhase(e.phase) == ActionPhase.QUEUED and e.attempt > 1]
+    reasons = [c.message for e in queued for c in e.cluster_events]
+    assert any("retrying in 0.5s" in r for r in reasons) and any("retrying in 1s" in r for r in reasons), reasons
+
+
+async def test_a_backoff_survives_an_engine_restart(tmp_path):
+    import time
+
+    from engine.engine import Engine, EngineConfig
+
+    def failing_first(tctx, _index):
+        return PhaseInfo.retryable_failure("Flaky", "again") if tctx.metadata.attempt == 1 else PhaseInfo.success()
+
+    first = Engine(EngineConfig(data_dir=tmp_path, serve=False, requeue_after=1.0))
+    first.test_plugin = ScriptedPlugin(failing_first)
+    first.registry.register(first.test_plugin)
+    await first.start()
+    run = await first.runs.create_run(_with_backoff(task_spec("scripted", retries=1), base=3.0))
+    await eventually(lambda: (first.store.peek(f"{run.run_name}-a0") is not None
+                              and first.store.peek(f"{run.run_name}-a0").status.attempts == 2))
+    restarted_at = time.monotonic()
+    await first.stop()
+    second = Engine(EngineConfig(data_dir=tmp_path, serve=False, requeue_after=1.0))
+    second.test_plugin = ScriptedPlugin(failing_first)
+    second.registry.register(second.test_plugin)
+    await second.start()
+    try:
+        result = await second.runs.wait_for_run(run.run_name, timeout=20)
+        assert result.phase == ActionPhase.SUCCEEDED
+        launched = [a for _, a in second.test_plugin.handled]
+        assert launched and launched[0] == 2  # the new engine launched only the retry ...
+        assert time.monotonic() - restarted_at >= 2.5  # ... once the backoff the first one began was over
+    finally:
+        await second.stop()
