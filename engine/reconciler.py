@@ -458,6 +458,7 @@ class TaskActionReconciler:
             plugin_state=PluginStateManager(status.plugin_state, status.plugin_state_version),
             enqueue_owner=lambda: self.enqueue(name),
             runtime_env=self.runtime_env,
+            storage_root=self.data_roots[0],
             _template=template,
         )
 

@@ -248,6 +248,7 @@ class TaskExecutionContext:
     plugin_state: PluginStateManager
     enqueue_owner: Callable[[], None]  # wake the reconciler for this action (Flyte: owned-pod events)
     runtime_env: dict[str, str]  # engine-provided env for task processes (controller endpoint, ...)
+    storage_root: str = ""  # the data directory: output files named outside it are copied in
     _template: tasks_pb2.TaskTemplate | None = None
 
     @property

@@ -13,7 +13,17 @@ from flyteidl2.core import execution_pb2
 from flyteidl2.task import common_pb2
 
 from engine.phases import PluginPhase
-from engine.plugins.core import SYSTEM, UNKNOWN, USER, ExecutionError, PhaseInfo, TaskExecutionContext, TaskInfo
+from engine.plugins.core import (
+    SYSTEM,
+    UNKNOWN,
+    USER,
+    ExecutionError,
+    PhaseInfo,
+    StorageFaultError,
+    TaskExecutionContext,
+    TaskInfo,
+)
+from engine.plugins.output_files import OutputFileGone, store_output_files
 
 
 class CorruptErrorFileError(Exception):
@@ -65,6 +75,12 @@ def read_outcome(tctx: TaskExecutionContext, exit_code: int | None, info: TaskIn
             return PhaseInfo.system_retryable_failure(
                 "IncompleteOutputs", f"outputs.pb ({outputs_file.stat().st_size} bytes) lacks the declared "
                 f"output(s) {', '.join(missing)}: a truncated or empty file (full disk?)", info)
+        try:
+            store_output_files(outputs_file, tctx.storage_root)
+        except OutputFileGone as exc:
+            return PhaseInfo.failure("OutputFileGone", str(exc), info)
+        except OSError as exc:
+            raise StorageFaultError(str(outputs_file.parent), exc) from exc
         return PhaseInfo.success(info)
     if exit_code == 0 and not tctx.task_template.interface.outputs.variables:
         return PhaseInfo.success(info)
