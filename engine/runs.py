@@ -31,6 +31,7 @@ from engine import cache
 from engine.errors import InvalidRunError, RunNotFoundError
 from engine.events import build_action_event
 from engine.literals import inputs_message, read_inputs, read_outputs
+from engine.support import check_supported
 from engine.names import check_action_name, check_env_vars, check_run_id, check_run_name
 from engine.model import (
     ACTION_TYPE_CONDITION,
@@ -181,8 +182,10 @@ class RunResult:
 
 class RunsService:
     def __init__(self, store: EngineStore, data_dir: Path,
-                 report_file_fault: Callable[[str, OSError], None] | None = None):
+                 report_file_fault: Callable[[str, OSError], None] | None = None,
+                 passed_env: Callable[[], frozenset[str]] = frozenset):
         self.store = store
+        self.passed_env = passed_env  # engine variables task processes get (--pass-env) and that are set
         self.data_dir = Path(data_dir)
         self._data_root = str(self.data_dir / "data")
         self._report_file_fault = report_file_fault or (lambda path, exc: None)
@@ -210,6 +213,7 @@ class RunsService:
         template.CopyFrom(task_spec.task_template)
         if not template.type:
             raise InvalidRunError("the task template has no type")
+        check_supported(template, self.passed_env)
         started = utcnow()
         start_iso = started.isoformat()
         spec, template, spec_bytes = stamped_spec(task_spec, start_iso)
@@ -300,6 +304,7 @@ class RunsService:
         project, domain = parent.spec.project, parent.spec.domain
         spec, template, spec_bytes = stamped_spec(
             task_spec, parent.metadata.annotations.get(ANNOTATION_RUN_START_TIME, ""))
+        check_supported(template, self.passed_env)
         output_base = run_output_base or parent.spec.run_output_base
         self.check_inside_run(project, domain, run_name, inputUri=input_uri, runOutputBase=output_base)
         labels = {k: v for k, v in parent.metadata.labels.items() if not k.startswith("flyte.org/")}

@@ -352,14 +352,16 @@ async def shout(text: str) -> str:
 '''
 
 
-async def test_a_real_pod_template_task_runs_locally_and_renders_as_its_pod(tmp_path):
+async def test_a_real_pod_template_task_runs_locally_and_renders_as_its_pod(tmp_path, monkeypatch):
     from engine.client.local import LocalClient
     from engine.engine import Engine, EngineConfig
+
+    monkeypatch.setenv("AWS_TOKEN", "not-a-real-one")  # the secret it asks for, passed on by the engine
 
     config = tmp_path / "k8s.yaml"
     config.write_text("plugins:\n  k8s:\n    interruptible-tolerations:\n"
                       "      - {key: spot, operator: Equal, value: 'true', effect: NoSchedule}\n")
-    engine = Engine(EngineConfig(data_dir=tmp_path / "data", k8s_config=config))
+    engine = Engine(EngineConfig(data_dir=tmp_path / "data", k8s_config=config, pass_env=("AWS_TOKEN",)))
     await engine.start()
     try:
         tasks = task_file(tmp_path, "pod_tasks.py", POD_TEMPLATE_TASK)
