@@ -375,6 +375,8 @@ async def _headless(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
+    if args.kind == "report" and args.run and "/" in args.run:  # RUN/ACTION, as render takes it
+        args.run, _, args.action = args.run.partition("/")
     if args.run:
         check_run_name(args.run)
     check_action_name(args.action)
@@ -425,6 +427,8 @@ async def _get(args: argparse.Namespace) -> int:
                 print_table([[r["run"], r.get("taskName") or "-", r["phase"], (r.get("startedAt") or "-")[:19],
                               _duration(r.get("durationMs")), str(r["attempts"]), _first_line(r.get("error"))]
                              for r in rows], ["RUN", "TASK", "PHASE", "STARTED", "DURATION", "ATTEMPTS", "ERROR"])
+        elif args.kind == "report":
+            return await _get_report(client, args)
         elif args.kind == "events":
             rows = [e.to_json() for e in await client.list_events(args.run, args.action)]
             if not args.json:
@@ -445,6 +449,25 @@ async def _get(args: argparse.Namespace) -> int:
                             ["ACTION", "PARENT", "TASK", "PHASE", "ATTEMPTS", "CACHE", "DURATION", "ERROR"])
         if args.json:
             print(strict_dumps(rows, indent=2))
+    return EXIT_OK
+
+
+async def _get_report(client, args: argparse.Namespace) -> int:
+    """Where an attempt's report (flyte.report, report=True) is, and what it says in text."""
+    record = next((a for a in await client.get_actions(args.run, [args.action])), None)
+    if record is None:
+        raise CliError(f"action {args.action!r} not found in run {args.run!r}")
+    io = await client.action_io(args.run, args.action, record.attempts or 1)
+    if io.report is None:
+        raise CliError(f"{args.run}/{args.action} has no report (its task does not set report=True, or it has "
+                       "not flushed one yet)")
+    if args.json:
+        print(strict_dumps({"run": args.run, "action": args.action, "attempt": record.attempts or 1, **io.report},
+                           indent=2))
+    else:
+        print(io.report["path"])
+        if io.report["summary"]:
+            print(f"  {io.report['summary']}")
     return EXIT_OK
 
 
@@ -678,9 +701,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     get = command("get", help="list runs, a run's actions, an action's events (every attempt), or the engine's "
                               "reusable workers and fork servers")
-    get.add_argument("kind", choices=["runs", "actions", "events", "workers"])
+    get.add_argument("kind", choices=["runs", "actions", "events", "workers", "report"])
     get.add_argument("--action", default="a0", help="with `events`: the action (default the root)")
-    get.add_argument("run", nargs="?")
+    get.add_argument("run", nargs="?", help="the run (for `report`: RUN or RUN/ACTION)")
     get.add_argument("--limit", type=bounded(int, 1, 100_000), default=200)
 
     render = command("render", help="print the Kubernetes object (Pod, DaskJob, ...) the Kubernetes backend "

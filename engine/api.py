@@ -225,7 +225,7 @@ class TaskDeckApi:
 
     async def action_io(self, request: Request, run: str, action: str) -> Any:
         io = await self.client.action_io(run, action, request.integer("attempt", 1, minimum=1, maximum=10_000))
-        return {"inputs": io.inputs, "outputs": io.outputs}
+        return {"inputs": io.inputs, "outputs": io.outputs, "report": io.report}
 
     async def condition(self, request: Request, run: str, action: str) -> Any:
         return (await self.client.condition(run, action)).to_json()

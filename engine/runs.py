@@ -8,6 +8,8 @@ attempts 1) and its TaskAction ``<run>-a0`` are written in one transaction.
 from __future__ import annotations
 
 import asyncio
+import re
+import html
 import base64
 import contextlib
 import dataclasses
@@ -632,15 +634,17 @@ class RunsService:
         check_action_name(action_name)
         return self.store.peek(task_action_name(run_name, action_name))
 
-    async def action_io(self, run_name: str, action_name: str, attempt: int) -> tuple[dict | None, dict | None]:
-        """An attempt's decoded inputs and, once it succeeded, its outputs (read off the event loop)."""
+    async def action_io(self, run_name: str, action_name: str,
+                        attempt: int) -> tuple[dict | None, dict | None, dict | None]:
+        """An attempt's decoded inputs, once it succeeded its outputs, and the report it wrote (its path and a
+        text summary), read off the event loop."""
         record = await self.find_action(run_name, action_name)
         if record is None:
             raise RunNotFoundError(f"action {action_name!r} not found in run {run_name!r}")
         if isinstance(attempt, bool) or not isinstance(attempt, int) or not 1 <= attempt <= max(record.attempts, 1):
             raise InvalidRunError(f"attempt must be from 1 to {max(record.attempts, 1)}", field="attempt")
 
-        def read() -> tuple[dict | None, dict | None]:
+        def read() -> tuple[dict | None, dict | None, dict | None]:
             try:
                 inputs = self.inputs_of(record) if record.input_uri else None
             except (OSError, ValueError, DecodeError):
@@ -651,7 +655,10 @@ class RunsService:
                     outputs = read_outputs(f"{self.attempt_prefix_of(record, attempt)}/outputs.pb")
                 except (OSError, ValueError, DecodeError):
                     outputs = None
-            return inputs, outputs
+            report = None
+            if record.action_type not in (ACTION_TYPE_CONDITION,):
+                report = read_report(f"{self.attempt_prefix_of(record, attempt)}/{REPORT_FILE}")
+            return inputs, outputs, report
 
         return await asyncio.to_thread(read)
 
@@ -768,3 +775,22 @@ class RunsService:
         except NotFoundError:
             pass  # already gone: abort is idempotent
 
+
+
+REPORT_FILE = "report.html"  # where the SDK's flyte.report.flush writes an attempt's report
+REPORT_SUMMARY_CHARS = 400
+
+
+def read_report(path: str) -> dict | None:
+    """{path, bytes, summary} of an attempt's report.html (the summary: its text, tags and scripts
+    stripped), or None when it wrote none."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(256 * 1024).decode(errors="replace")
+    except OSError:
+        return None
+    body = re.split(r"(?i)<body[^>]*>", head, maxsplit=1)[-1]
+    body = re.sub(r"(?is)<(script|style|nav)\b.*?</\1>", " ", body)  # code, and the tabs' navigation
+    text = " ".join(html.unescape(re.sub(r"(?s)<[^>]+>", " ", body)).split())
+    return {"path": path, "bytes": size, "summary": text[:REPORT_SUMMARY_CHARS]}

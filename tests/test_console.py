@@ -468,3 +468,29 @@ async def test_quitting_can_hand_the_runs_to_a_background_engine(tmp_path, monke
         assert result["phase"] == "SUCCEEDED"
     finally:
         await client.close()
+
+
+async def test_a_report_shows_in_the_details_and_o_opens_it_or_says_where(console, monkeypatch):
+    from pathlib import Path
+
+    app, pilot, engine = console
+    scripted = engine.registry.resolve("scripted")
+
+    def reporting(tctx, index):
+        Path(tctx.output_prefix).mkdir(parents=True, exist_ok=True)
+        (Path(tctx.output_prefix) / "report.html").write_text(
+            "<html><body><nav>main</nav><h1>Loss curve</h1><p>final loss 0.12</p><script>x()</script></body></html>")
+        return PhaseInfo.success()
+
+    scripted.script = reporting
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    run = await engine.runs.create_run(task_spec("scripted"), name="rreport")
+    await engine.runs.wait_for_run(run.run_name, timeout=10)
+    app.open_run("rreport")
+    await until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.query(ActionTree))
+    detail = app.screen.query_one("#detail", Static)
+    await until(pilot, lambda: "report.html" in str(detail.render()))
+    assert "Loss curve final loss 0.12" in str(detail.render()) and "x()" not in str(detail.render())
+    await pilot.press("o")
+    await until(pilot, lambda: app.clipboard.endswith("/a0/1/report.html"))  # no browser: where it is, copied

@@ -6,6 +6,7 @@ tick re-reads only those; details, events and log lines are read when what they 
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from pathlib import Path
@@ -68,6 +69,8 @@ class RunScreen(Screen):
         Binding("ctrl+d", "abort", "Abort", tooltip="Abort the selected action and its subtree (asks first)"),
         Binding("s", "signal", "Signal", tooltip="Answer the selected condition (bool, int, float or str)"),
         Binding("c", "copy_id", "Copy id", show=False),
+        Binding("o", "open_report", "Report", show=False,
+                tooltip="Open the attempt's report (flyte.report) in a browser, or say where it is"),
         Binding("x", "evict_cache", "Evict cache", show=False,
                 tooltip="Drop the selected action's cache entry (asks first)"),
         Binding("ctrl+r", "abort_run", "Abort run", show=False, tooltip="Abort the whole run (asks first)"),
@@ -306,6 +309,10 @@ class RunScreen(Screen):
             lines += ["", "[b]inputs[/]  " + escape(_short(io.inputs))]
         if io.outputs is not None:
             lines.append("[b]outputs[/] " + escape(_short(io.outputs)))
+        if io.report is not None:
+            lines.append(f"[b]report[/]  {escape(io.report['path'])}  [dim](o opens it)[/]")
+            if io.report.get("summary"):
+                lines.append(f"  [dim]{escape(io.report['summary'][:200])}[/]")
         attempt_events = [e for e in events if e.attempt == attempt]
         if attempt_events:
             lines += ["", f"[b]attempt {attempt}[/]  " + " → ".join(
@@ -518,6 +525,21 @@ class RunScreen(Screen):
         path.write_text("".join(line.text + "\n" for line in self._log_lines))
         self.notify(f"saved {len(self._log_lines)} lines to {path}")
 
+    def action_open_report(self) -> None:
+        data = self._detail_data if self._detail_key and self._detail_key[0] == self.selected else None
+        report = data[2].report if data else None
+        if report is None:
+            self.notify("the selected attempt has no report (its task sets no report=True)", severity="warning")
+            return
+        self.run_worker(self._open_report(report["path"]), group="report")
+
+    async def _open_report(self, path: str) -> None:
+        if await asyncio.to_thread(open_in_browser, path):
+            self.notify(f"opened {path}")
+        else:
+            self.app.copy_to_clipboard(path)
+            self.notify(f"no browser here; the report is {path} (copied)", timeout=10)
+
     def action_copy_id(self) -> None:
         text = f"{self.run_name}/{self.selected}"
         self.app.copy_to_clipboard(text)
@@ -550,6 +572,21 @@ class RunScreen(Screen):
         if action in ("abort", "retry", "signal", "abort_run", "evict_cache") and self.app.read_only:
             return False
         return True
+
+
+def open_in_browser(path: str) -> bool:
+    """Open a local HTML file in a graphical browser; False where there is none (a text browser would take
+    over the console's terminal, so only a display or macOS counts)."""
+    import os
+    import sys
+    import webbrowser
+
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or sys.platform == "darwin"):
+        return False
+    try:
+        return webbrowser.get().open(Path(path).as_uri())
+    except webbrowser.Error:
+        return False
 
 
 def _short(values: dict) -> str:

@@ -79,8 +79,8 @@ class LocalClient(EngineClient):
         return obj.to_dict() if obj is not None else None
 
     async def action_io(self, run: str, action: str, attempt: int) -> ActionIO:
-        inputs, outputs = await self.runs.action_io(run, action, attempt)
-        return ActionIO(inputs, outputs)
+        inputs, outputs, report = await self.runs.action_io(run, action, attempt)
+        return ActionIO(inputs, outputs, report)
 
     async def read_log(self, run: str, action: str, attempt: int, offset: int = 0,
                        max_bytes: int = DEFAULT_LOG_CHUNK) -> LogChunk:

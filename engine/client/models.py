@@ -229,6 +229,7 @@ class ActionIO:
 
     inputs: dict[str, Any] | None
     outputs: dict[str, Any] | None
+    report: dict[str, Any] | None = None  # {path, bytes, summary} of the attempt's report.html
 
 
 @dataclasses.dataclass(frozen=True)

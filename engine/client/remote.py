@@ -127,7 +127,7 @@ class RemoteClient(EngineClient):
 
     async def action_io(self, run: str, action: str, attempt: int) -> ActionIO:
         body = await self._call("GET", self._action_path(run, action) + "/io", params={"attempt": attempt})
-        return ActionIO(body.get("inputs"), body.get("outputs"))
+        return ActionIO(body.get("inputs"), body.get("outputs"), body.get("report"))
 
     async def read_log(self, run: str, action: str, attempt: int, offset: int = 0,
                        max_bytes: int = DEFAULT_LOG_CHUNK) -> LogChunk:
