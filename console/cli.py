@@ -207,23 +207,31 @@ class PreparedRun:
         self.checked = checked  # the inputs as given: converted once up front, so a bad one starts nothing
 
     async def inputs(self, client: EngineClient, project: str, domain: str) -> bytes:
-        """The inputs, with each local File/Dir path stored in the engine's upload store first."""
-        from engine.sdk import InputError, inputs_from_values, local_files, with_staged_files
+        """The inputs, with each local File/Dir/DataFrame path stored in the engine's upload store first, and
+        whatever the SDK wrote while converting (a DataFrame's copy) stored there too."""
+        import tempfile
+
+        from engine.sdk import InputError, inputs_from_values, local_files, uris_under, with_staged_files, \
+            with_uris_replaced
 
         paths = local_files(self.values)
         if not paths:
             return self.checked
-        staged = {}
-        for path in paths:
+
+        async def stage(path: str) -> str:
             try:
-                staged[path] = await client.stage_input(str(pathlib.Path(path).resolve()), project=project,
-                                                        domain=domain)
+                return await client.stage_input(str(pathlib.Path(path).resolve()), project=project, domain=domain)
             except InvalidRunError as exc:
                 raise CliError(f"input file {path}: {exc}") from None
-        try:
-            return inputs_from_values(self.task, with_staged_files(self.values, staged)).SerializeToString()
-        except InputError as exc:
-            raise CliError(str(exc)) from None
+
+        staged = {path: await stage(path) for path in paths}
+        with tempfile.TemporaryDirectory(prefix="taskdeck-inputs-") as scratch:
+            try:
+                inputs = inputs_from_values(self.task, with_staged_files(self.values, staged), scratch)
+            except InputError as exc:
+                raise CliError(str(exc)) from None
+            written = {uri: await stage(uri) for uri in uris_under(inputs, scratch)}
+        return with_uris_replaced(inputs, written).SerializeToString()
 
 
 def _prepare_run(args: argparse.Namespace) -> PreparedRun:

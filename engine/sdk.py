@@ -111,7 +111,8 @@ def inputs_command(task, prog: str):
         python_type, marker = task.native_interface.inputs[entry.key]
         default = _resolve_default_val(task.native_interface, entry.key, marker, python_type)
         option = to_click_option(entry.key, entry.value, python_type, default)
-        option.type = _NamingErrors(option.type)
+        if not isinstance(option.type, click.types.BoolParamType):  # click reads flags off the type itself
+            option.type = _NamingErrors(option.type)
         params.append(option)
     summary, described = docstring_help(task)
     for option in params:
@@ -284,26 +285,79 @@ def _is_local(path: str) -> bool:
     return "://" not in path or path.startswith("file://")
 
 
-def inputs_from_values(task, values: dict[str, Any]) -> common_pb2.Inputs:
-    """The task's Inputs from native values, by the SDK's type engine (a type mismatch is an InputError)."""
+def inputs_from_values(task, values: dict[str, Any], scratch: str | None = None) -> common_pb2.Inputs:
+    """The task's Inputs from native values, by the SDK's type engine (a type mismatch is an InputError).
+
+    Some transformers write data while converting (a DataFrame from a local CSV is copied to the raw-data
+    path): it goes to ``scratch``, whose files the caller stores in the engine (``uris_under``) before
+    the directory goes; without ``scratch``, what is written is thrown away (a check of the values)."""
     from flyte._internal.runtime.convert import convert_from_native_to_inputs
 
     interface = task.native_interface
 
-    async def convert() -> common_pb2.Inputs:
+    async def convert(directory: str) -> common_pb2.Inputs:
+        from flyte._context import internal_ctx, root_context_var
+        from flyte.models import RawDataPath
+
+        token = root_context_var.set(internal_ctx().new_raw_data_path(RawDataPath(path=directory)))
         try:
             return (await convert_from_native_to_inputs(interface, **values)).proto_inputs
         except (TypeError, ValueError, AssertionError, RecursionError) as exc:  # the SDK's type checks
             raise InputError("; ".join(line.strip() for line in str(exc).splitlines() if line.strip())) from None
+        finally:
+            root_context_var.reset(token)
+
+    def run() -> common_pb2.Inputs:
+        if scratch is not None:
+            return asyncio.run(convert(scratch))
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="taskdeck-inputs-") as directory:
+            return asyncio.run(convert(directory))
 
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(convert())
+        return run()
     import concurrent.futures  # called from inside a loop: convert on a private loop in a thread
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(lambda: asyncio.run(convert())).result()
+        return pool.submit(run).result()
+
+
+def uris_under(inputs: common_pb2.Inputs, directory: str) -> list[str]:
+    """Blob and DataFrame URIs of the inputs that lie in ``directory`` (what the conversion wrote)."""
+    found: list[str] = []
+    _each_uri(inputs, lambda uri: found.append(uri) or uri, directory)
+    return found
+
+
+def with_uris_replaced(inputs: common_pb2.Inputs, mapping: dict[str, str]) -> common_pb2.Inputs:
+    _each_uri(inputs, lambda uri: mapping.get(uri, uri), "")
+    return inputs
+
+
+def _each_uri(inputs: common_pb2.Inputs, swap, directory: str) -> None:
+    def literal(value) -> None:
+        kind = value.WhichOneof("value")
+        if kind == "collection":
+            for item in value.collection.literals:
+                literal(item)
+        elif kind == "map":
+            for item in value.map.literals.values():
+                literal(item)
+        elif kind == "scalar":
+            scalar = value.scalar
+            which = scalar.WhichOneof("value")
+            if which == "union":
+                literal(scalar.union.value)
+            elif which in ("blob", "structured_dataset"):
+                holder = getattr(scalar, which)
+                if not directory or holder.uri.startswith(directory.rstrip("/") + "/"):
+                    holder.uri = swap(holder.uri)
+
+    for named in inputs.literals:
+        literal(named.value)
 
 
 def inputs_from_strings(task, raw: dict[str, str]) -> common_pb2.Inputs:
