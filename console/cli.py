@@ -220,7 +220,8 @@ class PreparedRun:
 
         async def stage(path: str) -> str:
             try:
-                return await client.stage_input(str(pathlib.Path(path).resolve()), project=project, domain=domain)
+                local = pathlib.Path(path.removeprefix("file://")).resolve()
+                return await client.stage_input(str(local), project=project, domain=domain)
             except InvalidRunError as exc:
                 raise CliError(f"input file {path}: {exc}") from None
 
@@ -254,7 +255,7 @@ def _prepare_run(args: argparse.Namespace) -> PreparedRun:
         values = parse_inputs(task, task_args, f"taskdeck run {args.file} {args.task}")
         for name, value in values.items():
             for path in local_files(value):
-                if not os.path.exists(path):
+                if not os.path.exists(path.removeprefix("file://")):
                     raise InputError(f"--{name}: no such file or directory: {path}")
         checked = inputs_from_values(task, values).SerializeToString()
         spec = serialize_task(task, project=args.project, domain=args.domain, root_dir=file.resolve().parent)

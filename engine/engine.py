@@ -149,7 +149,8 @@ class Engine:
         self.manager = ControllerManager(self.store, self.reconciler.reconcile, workers=self.config.workers,
                                          is_echo=self.reconciler.is_echo)
         self.runs = RunsService(self.store, self.data_dir, report_file_fault=self.health.report_file_fault,
-                                passed_env=lambda: frozenset(n for n in self.config.pass_env if n in os.environ))
+                                passed_env=lambda: frozenset(n for n in self.config.pass_env if n in os.environ),
+                                plugin_for=lambda task_type: self.registry.resolve(task_type).id)
         self.services = EngineServices(self.runs, ChangeFeed(self.store, self.health), self.health,
                                        LogService(self.data_dir), self.data_dir, self._workers,
                                        KubernetesRenderer(self.reconciler.build_context,

@@ -185,8 +185,10 @@ class RunResult:
 class RunsService:
     def __init__(self, store: EngineStore, data_dir: Path,
                  report_file_fault: Callable[[str, OSError], None] | None = None,
-                 passed_env: Callable[[], frozenset[str]] = frozenset):
+                 passed_env: Callable[[], frozenset[str]] = frozenset,
+                 plugin_for: Callable[[str], str] | None = None):
         self.store = store
+        self.plugin_for = plugin_for  # task type → the id of the plugin that would run it
         self.passed_env = passed_env  # engine variables task processes get (--pass-env) and that are set
         self.data_dir = Path(data_dir)
         self._data_root = str(self.data_dir / "data")
@@ -215,7 +217,7 @@ class RunsService:
         template.CopyFrom(task_spec.task_template)
         if not template.type:
             raise InvalidRunError("the task template has no type")
-        check_supported(template, self.passed_env)
+        check_supported(template, self.passed_env, self.plugin_for)
         started = utcnow()
         start_iso = started.isoformat()
         spec, template, spec_bytes = stamped_spec(task_spec, start_iso)
@@ -306,7 +308,7 @@ class RunsService:
         project, domain = parent.spec.project, parent.spec.domain
         spec, template, spec_bytes = stamped_spec(
             task_spec, parent.metadata.annotations.get(ANNOTATION_RUN_START_TIME, ""))
-        check_supported(template, self.passed_env)
+        check_supported(template, self.passed_env, self.plugin_for)
         output_base = run_output_base or parent.spec.run_output_base
         self.check_inside_run(project, domain, run_name, inputUri=input_uri, runOutputBase=output_base)
         labels = {k: v for k, v in parent.metadata.labels.items() if not k.startswith("flyte.org/")}

@@ -21,8 +21,19 @@ class UnsupportedFeatureError(InvalidRunError):
     pass
 
 
-def check_supported(template: tasks_pb2.TaskTemplate, passed_env: Callable[[], frozenset[str]]) -> None:
+def check_supported(template: tasks_pb2.TaskTemplate, passed_env: Callable[[], frozenset[str]],
+                    plugin_for: Callable[[str], str] | None = None) -> None:
     """Raise UnsupportedFeatureError naming what ``template`` needs that this engine lacks."""
+    target = template.WhichOneof("target")
+    if target == "sql":
+        raise UnsupportedFeatureError(
+            f"{template.id.name or 'the task'} is a SQL task (type {template.type!r}): TaskDeck runs no SQL "
+            "engines; run the query from a Python task instead", field="taskTemplate")
+    if target is None and plugin_for is not None and plugin_for(template.type) == "container":
+        raise UnsupportedFeatureError(
+            f"no plugin here runs task type {template.type!r}, and the task has no container to run as a process "
+            "(install the plugin that handles it: a package with a taskdeck.plugins entry point)",
+            field="taskTemplate")
     secrets = template.security_context.secrets
     if not secrets:
         return

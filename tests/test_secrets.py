@@ -67,3 +67,20 @@ def test_the_cli_refuses_it_in_one_line(tmp_path):
                            str(tasks), "peek"], capture_output=True, text=True, timeout=120)
     lines = [line for line in done.stderr.splitlines() if not line.startswith("started an engine")]
     assert done.returncode == 2 and len(lines) == 1 and "--pass-env AWS_TOKEN" in lines[0], done.stderr
+
+
+async def test_a_task_no_plugin_here_can_run_is_refused_up_front(tmp_path):
+    from helpers import task_spec
+
+    engine = Engine(EngineConfig(data_dir=tmp_path / "data", serve=False))
+    await engine.start()
+    try:
+        sql = task_spec("snowflake")
+        sql.task_template.sql.statement = "select 1"
+        with pytest.raises(InvalidRunError, match="SQL task"):
+            await engine.runs.create_run(sql)
+        with pytest.raises(InvalidRunError, match="no plugin here runs task type 'mystery'"):
+            await engine.runs.create_run(task_spec("mystery"))
+        assert await engine.runs.list_runs() == []
+    finally:
+        await engine.stop()
