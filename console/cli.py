@@ -24,6 +24,7 @@ import os
 import pathlib
 import signal
 import sys
+import time
 from typing import Any
 
 from engine.client import (
@@ -549,6 +550,53 @@ def cmd_signal(args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
+def cmd_secret(args: argparse.Namespace) -> int:
+    """Create, list or delete secrets; a value is read from --value-file, stdin (-), or --value, and never shown."""
+    project = "" if args.is_global else args.project
+    domain = "" if args.is_global or args.project_wide else args.domain
+
+    async def go() -> int:
+        if args.action == "list":
+            async with reader(args) as client:
+                rows = await client.list_secrets()
+            if args.json:
+                print(strict_dumps(rows, indent=2))
+            else:
+                print_table([[r["name"], r.get("project") or "(global)", r.get("domain") or "(all)",
+                              time.strftime("%Y-%m-%d %H:%M", time.localtime(r["updatedAt"]))] for r in rows],
+                            ["NAME", "PROJECT", "DOMAIN", "UPDATED"])
+            return EXIT_OK
+        if not args.name:
+            raise CliError(f"usage: taskdeck secret {args.action} NAME")
+        async with writer(args) as client:
+            if args.action == "delete":
+                await client.delete_secret(args.name, project=project, domain=domain)
+                say(f"deleted secret {args.name}")
+                return EXIT_OK
+            info = await client.create_secret(args.name, _secret_value(args), project=project, domain=domain)
+        say(f"stored secret {info['name']} for {info.get('project') or 'every project'}"
+            f"{'/' + info['domain'] if info.get('domain') else ''}")
+        return EXIT_OK
+
+    return asyncio.run(go())
+
+
+def _secret_value(args: argparse.Namespace) -> bytes:
+    sources = [s for s in (args.value, args.value_file) if s is not None]
+    if len(sources) != 1:
+        raise CliError("give the value with exactly one of --value TEXT or --value-file FILE (- for stdin)")
+    if args.value is not None:
+        return args.value.encode()
+    if args.value_file == "-":
+        data = sys.stdin.buffer.read()
+    else:
+        try:
+            data = pathlib.Path(args.value_file).read_bytes()
+        except OSError as exc:
+            raise CliError(f"--value-file: {exc.strerror or exc}: {args.value_file}") from None
+    return data[:-1] if data.endswith(b"\n") and data.count(b"\n") == 1 else data
+
+
 def cmd_cache(args: argparse.Namespace) -> int:
     """List or evict task-cache entries."""
     if args.action == "clear" and not (args.keys or args.task or args.all):
@@ -733,6 +781,20 @@ def build_parser() -> argparse.ArgumentParser:
     signal_cmd.add_argument("action", help="the condition's action name, or the condition's own name")
     signal_cmd.add_argument("value")
 
+    secret = command("secret", help="create, list or delete secrets (values are never shown)",
+                     description="Secrets a task asks for (flyte.Secret) are given to it as environment variables. "
+                                 "A secret is scoped to a project and domain (the default), a whole project "
+                                 "(--project-wide), or every project (--global).")
+    secret.add_argument("action", choices=["create", "list", "delete"])
+    secret.add_argument("name", nargs="?", help="the secret's name: the key tasks ask for")
+    secret.add_argument("--project", default="flytesnacks")
+    secret.add_argument("--domain", default="development")
+    secret.add_argument("--project-wide", action="store_true", help="for every domain of --project")
+    secret.add_argument("--global", dest="is_global", action="store_true", help="for every project")
+    secret.add_argument("--value", default=None, help="the value (visible to other local users in ps and in "
+                                                      "your shell history: prefer --value-file)")
+    secret.add_argument("--value-file", default=None, metavar="FILE", help="read the value from FILE (- for stdin)")
+
     cache = command("cache", help="list or clear task-cache entries",
                     description="`cache list` shows entries; `cache clear KEY... | --task NAME | --all` evicts.")
     cache.add_argument("action", choices=["list", "clear"])
@@ -745,7 +807,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"token": cmd_token, "run": cmd_run, "get": cmd_get, "render": cmd_render, "abort": cmd_abort,
             "retry": cmd_retry,
-            "signal": cmd_signal, "cache": cmd_cache}
+            "signal": cmd_signal, "cache": cmd_cache, "secret": cmd_secret}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -86,6 +86,9 @@ class TaskDeckApi:
             ("GET", re.compile(r"^/workers$"), self.list_workers),
             ("POST", re.compile(r"^/cache/evict$"), self.evict_cache),
             ("POST", re.compile(r"^/uploads$"), self.stage_input),
+            ("GET", re.compile(r"^/secrets$"), self.list_secrets),
+            ("POST", re.compile(r"^/secrets$"), self.create_secret),
+            ("POST", re.compile(r"^/secrets/delete$"), self.delete_secret),
         ]
 
     async def __call__(self, scope, receive, send) -> None:
@@ -270,6 +273,21 @@ class TaskDeckApi:
             domain=request.name("domain", "development"), name=request.name("name"),
             code_dir=code_dir, env_vars=request.body.get("envVars"))
         return record.to_json()
+
+    async def list_secrets(self, request: Request) -> Any:
+        return await self.client.list_secrets()
+
+    async def create_secret(self, request: Request) -> Any:
+        value = request.blob("value", required=True)
+        return await self.client.create_secret(request.text("name", "", max_len=253), value,
+                                               project=request.text("project", "", max_len=63) or "",
+                                               domain=request.text("domain", "", max_len=63) or "")
+
+    async def delete_secret(self, request: Request) -> Any:
+        await self.client.delete_secret(request.text("name", "", max_len=253),
+                                        project=request.text("project", "", max_len=63) or "",
+                                        domain=request.text("domain", "", max_len=63) or "")
+        return {"deleted": True}
 
     async def stage_input(self, request: Request) -> Any:
         path = request.text("path", max_len=4096)

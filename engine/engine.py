@@ -23,6 +23,7 @@ from engine.plugins.container import LocalContainerPlugin
 from engine.plugins.dask import DaskPlugin
 from engine.plugins.k8s_config import K8sConfig
 from engine.render import KubernetesRenderer
+from engine.secret_store import EmbeddedSecretStore
 from engine.uploads import UploadStore
 from engine.plugins.local_backend import LocalResourceBackend
 from engine.plugins.local_dask import LocalDaskOperator
@@ -140,22 +141,24 @@ class Engine:
         for task_type, plugin_id in self.config.plugin_for_task_types.items():
             self.registry.set_default_for(task_type, plugin_id)
         self.runtime_env: dict[str, str] = {}
+        self.secrets = EmbeddedSecretStore(self.store, self.data_dir)
+        passed_env = self._passed_env
         self.reconciler = TaskActionReconciler(
             self.store, self.registry, self.data_dir, self._enqueue,
             runtime_env=self.runtime_env, task_env=self._task_env, health=self.health,
             max_system_failures=self.config.max_system_failures,
-            requeue_after=self.config.requeue_after,
+            requeue_after=self.config.requeue_after, secrets=self.secrets, passed_env=passed_env,
         )
         self.manager = ControllerManager(self.store, self.reconciler.reconcile, workers=self.config.workers,
                                          is_echo=self.reconciler.is_echo)
         self.runs = RunsService(self.store, self.data_dir, report_file_fault=self.health.report_file_fault,
-                                passed_env=lambda: frozenset(n for n in self.config.pass_env if n in os.environ),
+                                passed_env=passed_env, secrets=self.secrets,
                                 plugin_for=lambda task_type: self.registry.resolve(task_type).id)
         self.services = EngineServices(self.runs, ChangeFeed(self.store, self.health), self.health,
                                        LogService(self.data_dir), self.data_dir, self._workers,
                                        KubernetesRenderer(self.reconciler.build_context,
                                                           self.runs.task_action_named, k8s=self.k8s).render,
-                                       UploadStore(self.data_dir).stage)
+                                       UploadStore(self.data_dir).stage, self.secrets)
         self.controller_services = ControllerServices(self.runs, max_body_bytes=self.config.max_body_bytes)
         self.gc = GarbageCollector(self.store, self.config.gc_ttl_seconds, self.config.gc_interval_seconds,
                                    resource_sweeps=[m.collect_garbage for m in self.resource_managers])
@@ -165,6 +168,10 @@ class Engine:
         self.url: str | None = None
         self.started = False
         self._gc_tuned = False
+
+    def _passed_env(self) -> frozenset[str]:
+        """Engine variables task processes get (--pass-env) that are set: they stand in for missing secrets."""
+        return frozenset(n for n in self.config.pass_env if n in os.environ)
 
     def _enqueue(self, name: str) -> None:
         self.manager.wake(name)

@@ -24,6 +24,7 @@ from flyteidl2.workflow import run_definition_pb2
 from google.protobuf.message import DecodeError
 
 from engine.cache import CACHE_MISS, CacheConfig, CacheError, TaskCache
+from engine.secret_store import SecretNotFoundError, mask, secret_env
 from engine.events import attempt_prefix, build_action_event
 from engine.model import (
     COMPLETED_TIME_FORMAT,
@@ -158,11 +159,15 @@ class TaskActionReconciler:
         max_system_failures: int = DEFAULT_MAX_SYSTEM_FAILURES,
         requeue_after: float = DEFAULT_REQUEUE_SECONDS,
         cluster: str = "",
+        secrets=None,
+        passed_env: Callable[[], frozenset[str]] = frozenset,
     ):
         if max_system_failures < 0 or requeue_after < 0:
             raise ValueError("max_system_failures and requeue_after must not be negative")
         self.store = store
         self.registry = registry
+        self.secrets = secrets  # SecretStore: what tasks' secret requests get at launch
+        self.passed_env = passed_env
         self.data_dir = Path(data_dir)
         self._logs_root = str(self.data_dir / "logs")
         self.data_roots = [os.path.realpath(self.data_dir)]
@@ -309,6 +314,12 @@ class TaskActionReconciler:
             if cached is not None:
                 info = cached  # a hit, or another owner computes it: the plugin is not called
             else:
+                if template.security_context.secrets:
+                    try:
+                        tctx.secret_env = await self._secret_env(task_action, template)
+                    except SecretNotFoundError as exc:  # deleted since the run was created
+                        return await self.finalize_permanent_failure(
+                            task_action, original, ExecutionError("SecretNotFound", str(exc), USER))
                 try:
                     transition = await plugin.handle(tctx)
                 except CorruptedPluginStateError as exc:
@@ -319,6 +330,9 @@ class TaskActionReconciler:
                 except Exception as exc:  # noqa: BLE001 - any plugin exception is a system failure
                     return await self.record_system_error(task_action, original, plugin.id, exc)
                 info = transition.info
+                if info.err is not None and tctx.secret_env:  # a task's own error text may quote a secret
+                    info.err = dataclasses.replace(info.err, message=mask(info.err.message,
+                                                                          list(tctx.secret_env.values())))
                 self._storage_waits.pop(task_action.name, None)
                 if cache is not None:
                     await self.finish_cache(cache, info, tctx)
@@ -379,6 +393,14 @@ class TaskActionReconciler:
         if next_bound is not None:
             return Result(min(self.requeue_after, next_bound + 0.01))
         return Result(self.requeue_after)
+
+    async def _secret_env(self, task_action: TaskAction, template: tasks_pb2.TaskTemplate) -> dict[str, str]:
+        """The secrets the task asks for (resolved at every reconcile, so error texts can be masked; a launch
+        takes them into the task's environment)."""
+        if self.secrets is None:
+            return {}
+        return await secret_env(self.secrets, template, task_action.spec.project, task_action.spec.domain,
+                                self.passed_env())
 
     def cache_config(self, task_action: TaskAction, template: tasks_pb2.TaskTemplate) -> CacheConfig | None:
         """The action's cache config (None: not discoverable, or run uncached); CacheError: no task id."""

@@ -33,7 +33,7 @@ from engine import cache
 from engine.errors import InvalidRunError, RunNotFoundError
 from engine.events import build_action_event
 from engine.literals import inputs_message, read_inputs, read_outputs
-from engine.support import check_supported
+from engine.support import check_secrets, check_supported
 from engine.names import check_action_name, check_env_vars, check_run_id, check_run_name
 from engine.model import (
     ACTION_TYPE_CONDITION,
@@ -186,8 +186,9 @@ class RunsService:
     def __init__(self, store: EngineStore, data_dir: Path,
                  report_file_fault: Callable[[str, OSError], None] | None = None,
                  passed_env: Callable[[], frozenset[str]] = frozenset,
-                 plugin_for: Callable[[str], str] | None = None):
+                 plugin_for: Callable[[str], str] | None = None, secrets=None):
         self.store = store
+        self.secrets = secrets  # the SecretStore the up-front check of a task's secret requests reads
         self.plugin_for = plugin_for  # task type → the id of the plugin that would run it
         self.passed_env = passed_env  # engine variables task processes get (--pass-env) and that are set
         self.data_dir = Path(data_dir)
@@ -218,6 +219,7 @@ class RunsService:
         if not template.type:
             raise InvalidRunError("the task template has no type")
         check_supported(template, self.passed_env, self.plugin_for)
+        await self._check_secrets(template, project, domain)
         started = utcnow()
         start_iso = started.isoformat()
         spec, template, spec_bytes = stamped_spec(task_spec, start_iso)
@@ -309,6 +311,7 @@ class RunsService:
         spec, template, spec_bytes = stamped_spec(
             task_spec, parent.metadata.annotations.get(ANNOTATION_RUN_START_TIME, ""))
         check_supported(template, self.passed_env, self.plugin_for)
+        await self._check_secrets(template, project, domain)
         output_base = run_output_base or parent.spec.run_output_base
         self.check_inside_run(project, domain, run_name, inputUri=input_uri, runOutputBase=output_base)
         labels = {k: v for k, v in parent.metadata.labels.items() if not k.startswith("flyte.org/")}
@@ -351,6 +354,10 @@ class RunsService:
         except OwnerGoneError:
             raise ParentGoneError(f"parent action {parent_action_name!r} of run {run_name!r} is being aborted") from None
         return record
+
+    async def _check_secrets(self, template, project: str, domain: str) -> None:
+        if template.security_context.secrets:
+            await check_secrets(template, project, domain, self.secrets or _NoSecrets(), self.passed_env)
 
     @staticmethod
     def _check_child(run_name: str, action_name: str, parent_action_name: str) -> None:
@@ -796,3 +803,12 @@ def read_report(path: str) -> dict | None:
     body = re.sub(r"(?is)<(script|style|nav)\b.*?</\1>", " ", body)  # code, and the tabs' navigation
     text = " ".join(html.unescape(re.sub(r"(?s)<[^>]+>", " ", body)).split())
     return {"path": path, "bytes": size, "summary": text[:REPORT_SUMMARY_CHARS]}
+
+
+class _NoSecrets:
+    """The secret store of a RunsService given none: it holds nothing."""
+
+    async def resolve(self, name: str, *, project: str, domain: str) -> bytes:
+        from engine.secret_store import SecretNotFoundError
+
+        raise SecretNotFoundError(name)

@@ -29,3 +29,4 @@ class EngineServices:
     render: Callable[[str, str], dict[str, Any]] | None = None
     # local path, project, domain → where the upload store keeps a copy (None: read-only, no engine here)
     stage: Callable[[str, str, str], str] | None = None
+    secrets: Any = None  # the SecretStore: values go in, never come out; logs are masked with them

@@ -1,9 +1,9 @@
 """What a task asks for that this engine cannot give yet, refused when the run (or child action) is created,
 with the feature named, rather than failing deep inside the SDK once the task runs.
 
-Secrets: TaskDeck has no secret store yet. A secret the task asks for as an environment variable is given
-from the engine's own environment when the engine passes that variable on (``--pass-env NAME``), the way
-``flyte run --local`` takes it from the shell; otherwise the run is refused, saying how to provide it.
+Secrets: each one a task asks for as an environment variable must exist for its project and domain in the
+secret store (``taskdeck secret create``), or be an engine variable passed on with ``--pass-env NAME``, the
+way ``flyte run --local`` takes it from the shell; otherwise the run is refused, saying how to provide it.
 Secrets mounted as files (``/etc/flyte/secrets``) are refused: nothing may be written outside the data
 directory.
 """
@@ -34,20 +34,31 @@ def check_supported(template: tasks_pb2.TaskTemplate, passed_env: Callable[[], f
             f"no plugin here runs task type {template.type!r}, and the task has no container to run as a process "
             "(install the plugin that handles it: a package with a taskdeck.plugins entry point)",
             field="taskTemplate")
+
+
+async def check_secrets(template: tasks_pb2.TaskTemplate, project: str, domain: str, store,
+                        passed_env: Callable[[], frozenset[str]]) -> None:
+    """Every secret the task asks for exists for its project and domain (in the secret store, or as an
+    engine variable passed on with --pass-env) and is asked for as an environment variable."""
+    from engine.secret_store import SecretNotFoundError, secret_env
+
     secrets = template.security_context.secrets
     if not secrets:
         return
     task = template.id.name or "the task"
-    available = passed_env()
     for secret in secrets:
         name = f"{secret.group}/{secret.key}" if secret.group else secret.key
         if secret.mount_requirement == security_pb2.Secret.FILE or not secret.env_var:
             raise UnsupportedFeatureError(
-                f"{task} asks for secret {name} mounted as a file: TaskDeck has no secret store yet and mounts "
-                "no files; ask for it as an environment variable (flyte.Secret(..., as_env_var=...))",
+                f"{task} asks for secret {name} mounted as a file: TaskDeck mounts no files outside its data "
+                "directory; ask for it as an environment variable (flyte.Secret(..., as_env_var=...))",
                 field="secrets")
-        if secret.env_var not in available:
-            raise UnsupportedFeatureError(
-                f"{task} asks for secret {name} as ${secret.env_var}: TaskDeck has no secret store yet; start the "
-                f"engine with {secret.env_var} set in its environment and --pass-env {secret.env_var}",
-                field="secrets")
+    try:
+        await secret_env(store, template, project, domain, passed_env())
+    except SecretNotFoundError:
+        missing = next(s for s in secrets if s.env_var not in passed_env())
+        raise UnsupportedFeatureError(
+            f"{task} asks for secret {missing.key!r} (as ${missing.env_var}), which does not exist for project "
+            f"{project!r}, domain {domain!r}: create it with `taskdeck secret create {missing.key} --project "
+            f"{project} --domain {domain}`, or start the engine with {missing.env_var} set and --pass-env "
+            f"{missing.env_var}", field="secrets") from None

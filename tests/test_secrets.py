@@ -1,6 +1,6 @@
-"""Secrets before there is a secret store: a secret asked for as an environment variable comes from the
-engine's own environment when the engine passes that variable on (--pass-env), as `flyte run --local`
-takes it from the shell; otherwise the run is refused up front, naming the secret and how to provide it."""
+"""Secrets a task asks for: from the secret store (test_secret_store.py), or from the engine's own
+environment when the engine passes that variable on (--pass-env), as `flyte run --local` takes it from the
+shell; otherwise the run is refused up front, naming the secret and how to provide it."""
 
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ async def test_a_secret_the_engine_cannot_give_is_refused_up_front(tmp_path, mon
     await engine.start()
     try:
         tasks = task_file(tmp_path, "secret_tasks.py", TASKS)
-        with pytest.raises(InvalidRunError, match=r"secret aws/token as \$AWS_TOKEN.*--pass-env AWS_TOKEN"):
+        with pytest.raises(InvalidRunError, match=r"secret 'token' \(as \$AWS_TOKEN\).*taskdeck secret create token "
+                                                  r"--project proj --domain dev.*--pass-env AWS_TOKEN"):
             await start_sdk_task(engine, tasks, "peek")
         with pytest.raises(InvalidRunError, match="mounted as a file"):
             await start_sdk_task(engine, tasks, "mounted")

@@ -99,6 +99,17 @@ class EngineClient(abc.ABC):
         """A new run of the serialized ``TaskSpec`` with the serialized ``Inputs``."""
 
     @abc.abstractmethod
+    async def create_secret(self, name: str, value: bytes, *, project: str = "", domain: str = "") -> dict[str, Any]:
+        """Store a secret (global, project-wide, or for one project and domain); what may be shown of it."""
+        raise NotImplementedError
+
+    async def list_secrets(self) -> list[dict[str, Any]]:
+        """Every secret's name, scope and times; never a value."""
+        raise NotImplementedError
+
+    async def delete_secret(self, name: str, *, project: str = "", domain: str = "") -> None:
+        raise NotImplementedError
+
     async def stage_input(self, path: str, *, project: str, domain: str) -> str:
         """Store a local file or directory (a File/Dir input) in the engine's upload store: its stored path."""
         raise NotImplementedError

@@ -7,6 +7,7 @@ answers), and the CLI reads a directory no engine serves through a read-only one
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import contextlib
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from flyteidl2.core import types_pb2
 from flyteidl2.task import common_pb2, task_definition_pb2
 
 from engine.client.base import DEFAULT_LOG_CHUNK, EngineClient, EngineUnavailableError
+from engine.secret_store import mask
 from engine.client.models import Action, ActionIO, Change, ConditionInfo, Event, LogChunk
 from engine.errors import InvalidRunError
 from engine.services import EngineServices
@@ -91,7 +93,15 @@ class LocalClient(EngineClient):
             raise InvalidRunError(f"max_bytes must be from 1 to {MAX_LOG_CHUNK}", field="maxBytes")
         if not 1 <= attempt <= max(record.attempts, 1):
             raise InvalidRunError(f"attempt must be from 1 to {max(record.attempts, 1)}", field="attempt")
-        return await self.services.logs.read(run, action, attempt, offset, max_bytes)
+        chunk = await self.services.logs.read(run, action, attempt, offset, max_bytes)
+        secrets = self.services.secrets
+        if secrets is None or not chunk.lines:
+            return chunk
+        values = await secrets.values_for(record.project, record.domain)
+        if not values:
+            return chunk
+        return dataclasses.replace(chunk, lines=tuple(
+            dataclasses.replace(line, text=mask(line.text, values)) for line in chunk.lines))
 
     async def condition(self, run: str, action: str) -> ConditionInfo:
         condition = self.runs.condition_of(run, action)
@@ -140,6 +150,22 @@ class LocalClient(EngineClient):
             raise LookupError("storing input files needs the engine: start one (taskdeck --headless)")
         return await asyncio.to_thread(self.services.stage, path, project, domain)
 
+    async def create_secret(self, name: str, value: bytes, *, project: str = "", domain: str = "") -> dict[str, Any]:
+        self._writable()
+        return (await self._secret_store().put(name, value, project=project, domain=domain)).to_json()
+
+    async def list_secrets(self) -> list[dict[str, Any]]:
+        return [info.to_json() for info in await self._secret_store().list()]
+
+    async def delete_secret(self, name: str, *, project: str = "", domain: str = "") -> None:
+        self._writable()
+        await self._secret_store().delete(name, project=project, domain=domain)
+
+    def _secret_store(self):
+        if self.services.secrets is None:
+            raise LookupError("secrets need the engine: start one (taskdeck --headless)")
+        return self.services.secrets
+
     async def abort(self, run: str, action: str = "a0", reason: str = "aborted") -> None:
         self._writable()
         await self.runs.abort_action(run, action, reason)
@@ -175,8 +201,10 @@ async def read_only_client(data_dir: Path):
     await store.start()
     try:
         health = StorageHealth(store, data_dir)
+        from engine.secret_store import EmbeddedSecretStore
+
         services = EngineServices(RunsService(store, data_dir), ChangeFeed(store, health), health,
-                                  LogService(data_dir), Path(data_dir))
+                                  LogService(data_dir), Path(data_dir), secrets=EmbeddedSecretStore(store, data_dir))
         yield LocalClient(services, description=f"{data_dir} (read-only: no engine serves it)", can_write=False)
     finally:
         await store.close()

@@ -170,6 +170,16 @@ class RemoteClient(EngineClient):
                    "project": project, "domain": domain, "name": name, "codeDir": code_dir, "envVars": env_vars}
         return Action.from_json(await self._call("POST", "/runs", payload))
 
+    async def create_secret(self, name: str, value: bytes, *, project: str = "", domain: str = "") -> dict[str, Any]:
+        return await self._call("POST", "/secrets", {"name": name, "value": base64.b64encode(value).decode(),
+                                                     "project": project, "domain": domain})
+
+    async def list_secrets(self) -> list[dict[str, Any]]:
+        return await self._call("GET", "/secrets")
+
+    async def delete_secret(self, name: str, *, project: str = "", domain: str = "") -> None:
+        await self._call("POST", "/secrets/delete", {"name": name, "project": project, "domain": domain})
+
     async def stage_input(self, path: str, *, project: str, domain: str) -> str:
         body = await self._call("POST", "/uploads", {"path": path, "project": project, "domain": domain})
         return body["path"]

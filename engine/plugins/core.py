@@ -249,6 +249,7 @@ class TaskExecutionContext:
     enqueue_owner: Callable[[], None]  # wake the reconciler for this action (Flyte: owned-pod events)
     runtime_env: dict[str, str]  # engine-provided env for task processes (controller endpoint, ...)
     storage_root: str = ""  # the data directory: output files named outside it are copied in
+    secret_env: dict[str, str] = dataclasses.field(default_factory=dict)  # what the task's secret requests get
     _template: tasks_pb2.TaskTemplate | None = None
 
     @property

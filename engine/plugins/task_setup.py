@@ -95,6 +95,7 @@ class TaskProcessSetup:
         })
         own = {"FLYTE_INTERNAL_EXECUTION_PROJECT": md.project, "FLYTE_INTERNAL_EXECUTION_DOMAIN": md.domain}
         own.update(md.environment)  # ACTION_NAME, RUN_NAME, _U_RUN_BASE, _U_ORG_NAME, the credential win
+        own.update(tctx.secret_env)  # the secrets it asks for, as the SDK's Secret names their variables
         return shared, own
 
     @staticmethod

@@ -154,6 +154,21 @@ class CacheEntry:
 
 
 @dataclasses.dataclass(frozen=True)
+class SecretInfo:
+    """What may be shown of a secret: its name, scope and times, never its value."""
+
+    name: str
+    project: str  # "" for a global secret
+    domain: str  # "" for a project-wide or global secret
+    created_at: float
+    updated_at: float
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "project": self.project or None, "domain": self.domain or None,
+                "createdAt": self.created_at, "updatedAt": self.updated_at}
+
+
+@dataclasses.dataclass(frozen=True)
 class Reservation:
     """Who may compute a serializable cache key; the owner extends it with every reconcile."""
 
@@ -337,7 +352,26 @@ class CacheStore(abc.ABC):
         """Drop the reservation if ``owner_id`` holds it; a missing one is fine."""
 
 
-class EngineStore(ResourceStore, RunsRepository, CacheStore, abc.ABC):
+class SecretsRepository(abc.ABC):
+    """Secrets as the store keeps them: encrypted values it cannot read, by (project, domain, name)."""
+
+    @abc.abstractmethod
+    async def secret_put(self, project: str, domain: str, name: str, ciphertext: bytes, now: float) -> SecretInfo:
+        """Create or replace."""
+
+    @abc.abstractmethod
+    async def secret_get(self, project: str, domain: str, name: str) -> bytes | None: ...
+
+    @abc.abstractmethod
+    async def secret_delete(self, project: str, domain: str, name: str) -> bool:
+        """Whether there was one."""
+
+    @abc.abstractmethod
+    async def secret_list(self, project: str | None = None, domain: str | None = None) -> list[SecretInfo]:
+        """All secrets (None, None), or those a task of ``project``/``domain`` sees: its scope and the wider ones."""
+
+
+class EngineStore(ResourceStore, RunsRepository, CacheStore, SecretsRepository, abc.ABC):
     storage_error: str | None = None  # why the last write failed, until one succeeds
 
     @abc.abstractmethod

@@ -43,6 +43,7 @@ from engine.store.base import (
     NotFoundError,
     OwnerGoneError,
     Reservation,
+    SecretInfo,
     StorageChanged,
     StorageUnavailableError,
     WatchEvent,
@@ -107,6 +108,11 @@ CREATE TABLE IF NOT EXISTS cache_entries (
 CREATE INDEX IF NOT EXISTS cache_entries_task ON cache_entries (task_name);
 CREATE TABLE IF NOT EXISTS cache_reservations (
     key TEXT PRIMARY KEY, owner_id TEXT NOT NULL, expires_at REAL NOT NULL, heartbeat_seconds REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS secrets (
+    project TEXT NOT NULL, domain TEXT NOT NULL, name TEXT NOT NULL,
+    ciphertext BLOB NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL,
+    PRIMARY KEY (project, domain, name)
 );
 """
 # Columns added after a database may have been created: (table, column, declaration).
@@ -922,6 +928,38 @@ class SqliteStore(EngineStore):
         if found:
             await self._submit(apply)
         return len(found)
+
+    # ----------------------------------------------------------------- secrets (values encrypted by the caller)
+    async def secret_put(self, project: str, domain: str, name: str, ciphertext: bytes, now: float) -> SecretInfo:
+        rows = await self._fetchall("SELECT created_at FROM secrets WHERE project = ? AND domain = ? AND name = ?",
+                                    (project, domain, name))
+        created = rows[0][0] if rows else now
+        await self._submit(lambda batch: batch.sql(
+            "INSERT INTO secrets (project, domain, name, ciphertext, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(project, domain, name) DO UPDATE SET ciphertext = excluded.ciphertext, "
+            "updated_at = excluded.updated_at", (project, domain, name, ciphertext, created, now)))
+        return SecretInfo(name, project, domain, created, now)
+
+    async def secret_get(self, project: str, domain: str, name: str) -> bytes | None:
+        rows = await self._fetchall("SELECT ciphertext FROM secrets WHERE project = ? AND domain = ? AND name = ?",
+                                    (project, domain, name))
+        return bytes(rows[0][0]) if rows else None
+
+    async def secret_delete(self, project: str, domain: str, name: str) -> bool:
+        if await self.secret_get(project, domain, name) is None:
+            return False
+        await self._submit(lambda batch: batch.sql(
+            "DELETE FROM secrets WHERE project = ? AND domain = ? AND name = ?", (project, domain, name)))
+        return True
+
+    async def secret_list(self, project: str | None = None, domain: str | None = None) -> list[SecretInfo]:
+        sql = "SELECT name, project, domain, created_at, updated_at FROM secrets"
+        params: tuple = ()
+        if project is not None:
+            sql += " WHERE (project = '' AND domain = '') OR (project = ? AND (domain = '' OR domain = ?))"
+            params = (project, domain or "")
+        rows = await self._fetchall(sql + " ORDER BY project, domain, name", params)
+        return [SecretInfo(*tuple(r)) for r in rows]
 
     async def get_or_extend_reservation(self, key: str, owner_id: str, heartbeat_seconds: float,
                                         now: float) -> Reservation:
