@@ -494,3 +494,27 @@ async def test_a_report_shows_in_the_details_and_o_opens_it_or_says_where(consol
     assert "Loss curve final loss 0.12" in str(detail.render()) and "x()" not in str(detail.render())
     await pilot.press("o")
     await until(pilot, lambda: app.clipboard.endswith("/a0/1/report.html"))  # no browser: where it is, copied
+
+
+async def test_a_retry_waiting_out_its_backoff_counts_down_in_the_details(console):
+    import re
+
+    from google.protobuf import duration_pb2
+
+    app, pilot, engine = console
+    engine.registry.resolve("scripted").script = lambda tctx, i: PhaseInfo.retryable_failure("Flaky", "again")
+    spec = task_spec("scripted", retries=2)
+    spec.task_template.metadata.retries.backoff.base.CopyFrom(duration_pb2.Duration(seconds=30))
+    await engine.runs.create_run(spec, name="rbackoff")
+    app.open_run("rbackoff")
+    await until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.query(ActionTree))
+    detail = app.screen.query_one("#detail", Static)
+
+    def left() -> float | None:
+        found = re.search(r"retrying\s+in (\d+)s", str(detail.render()))
+        return float(found.group(1)) if found else None
+
+    await until(pilot, lambda: left() is not None, timeout=10)
+    first = left()
+    assert 25 <= first <= 30
+    await until(pilot, lambda: left() is not None and left() <= first - 1, timeout=5)  # it counts down

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 import time
 from pathlib import Path
 
@@ -290,6 +291,9 @@ class RunScreen(Screen):
         if record.error_message or record.error_code:
             lines.append(f"[$error]error      \\[{escape(record.error_kind or '-')}] {escape(record.error_code or '')}: "
                          f"{escape(record.error_message or '')}[/]")
+        backoff = _backoff_left(obj)
+        if backoff is not None:
+            lines.append(f"[$warning]retrying   in {backoff:.0f}s[/] (the task's retry backoff)")
         if obj is not None:
             status = obj.get("status") or {}
             lines += ["", "[b]TaskAction[/]  " + escape(obj["metadata"]["name"])
@@ -572,6 +576,23 @@ class RunScreen(Screen):
         if action in ("abort", "retry", "signal", "abort_run", "evict_cache") and self.app.read_only:
             return False
         return True
+
+
+_RETRYING = re.compile(r"retrying in ([0-9.]+)s")
+
+
+def _backoff_left(obj: dict | None) -> float | None:
+    """Seconds until a retry in its backoff launches: the TaskAction's last phase-history entry is the
+    restart, whose message says how long it waits."""
+    history = ((obj or {}).get("status") or {}).get("phaseHistory") or []
+    if not history or history[-1].get("phase") != "Queued":
+        return None
+    found = _RETRYING.search(history[-1].get("message") or "")
+    since = _parse_time(history[-1].get("occurredAt"))
+    if not found or since is None:
+        return None
+    left = float(found.group(1)) - (time.time() - since)
+    return left if left > 0 else None
 
 
 def open_in_browser(path: str) -> bool:
