@@ -101,6 +101,7 @@ ENGINE_OPTIONS = (  # (dest, flag): options a command passes on to an engine it 
     ("max_body_bytes", "--max-body-bytes"), ("task_start", "--task-start"), ("reuse", "--reuse"),
     ("max_clusters", "--max-clusters"), ("k8s_config", "--k8s-config"),
 )
+REPEATED_ENGINE_OPTIONS = (("quota", "--quota"), ("queue_limit", "--queue-limit"))
 
 
 def engine_args(args: argparse.Namespace, allow: list[pathlib.Path] = ()) -> list[str]:
@@ -113,6 +114,9 @@ def engine_args(args: argparse.Namespace, allow: list[pathlib.Path] = ()) -> lis
         out += ["--pass-env", name]
     for task_type, plugin_id in args.plugin_for or ():
         out += ["--plugin-for", f"{task_type}={plugin_id}"]
+    for dest, flag in REPEATED_ENGINE_OPTIONS:
+        for item in getattr(args, dest, None) or ():
+            out += [flag, item]
     for directory in [*(args.allow_dir or ()), *allow]:
         out += ["--allow-dir", str(directory)]
     return out
@@ -127,9 +131,20 @@ def engine_config(args: argparse.Namespace):
                         task_start=args.task_start, reuse=args.reuse == "on",
                         plugin_for_task_types=dict(args.plugin_for or ()), max_clusters=args.max_clusters,
                         k8s_config=args.k8s_config,
+                        project_quotas=parse_limits(args.quota or (), "--quota"),
+                        queue_quotas=parse_limits(args.queue_limit or (), "--queue-limit"),
                         max_body_bytes=args.max_body_bytes, share_group=args.share_group,
                         pass_env=tuple(args.pass_env or ()), advertise_host=args.advertise_host,
                         allowed_code_dirs=tuple(args.allow_dir) if args.allow_dir else None)
+
+
+def parse_limits(items, flag: str) -> dict[str, int]:
+    from engine.quotas import QuotaConfigError, parse_limits as parse
+
+    try:
+        return parse(list(items), flag)
+    except QuotaConfigError as exc:
+        raise CliError(str(exc)) from None
 
 
 def build_engine(engine_class, args: argparse.Namespace):
@@ -206,6 +221,7 @@ class PreparedRun:
     def __init__(self, task, spec: bytes, values: dict, code_dir: str, checked: bytes):
         self.task, self.spec, self.values, self.code_dir = task, spec, values, code_dir
         self.checked = checked  # the inputs as given: converted once up front, so a bad one starts nothing
+        self.queue = getattr(task, "queue", None) or ""  # the task's queue=, for queue limits
 
     async def inputs(self, client: EngineClient, project: str, domain: str) -> bytes:
         """The inputs, with each local File/Dir/DataFrame path stored in the engine's upload store first, and
@@ -280,7 +296,7 @@ async def _run_and_wait(args: argparse.Namespace, prepared: PreparedRun) -> int:
         inputs = await prepared.inputs(client, args.project, args.domain)
         try:
             run = await client.create_run(prepared.spec, inputs, project=args.project, domain=args.domain,
-                                          name=args.name, code_dir=prepared.code_dir)
+                                          name=args.name, code_dir=prepared.code_dir, queue=prepared.queue)
         except AlreadyExistsError:
             raise CliError(f"a run named {args.name!r} already exists; choose another --run-name") from None
         if not args.json:
@@ -353,7 +369,7 @@ def _run_in_console(args: argparse.Namespace, prepared: PreparedRun) -> int:
     async def submit(client: EngineClient) -> str:
         inputs = await prepared.inputs(client, args.project, args.domain)
         run = await client.create_run(prepared.spec, inputs, project=args.project, domain=args.domain,
-                                      name=args.name, code_dir=prepared.code_dir)
+                                      name=args.name, code_dir=prepared.code_dir, queue=prepared.queue)
         return run.run_name
 
     code, app = _console(args, submit)
@@ -669,7 +685,7 @@ DEFAULTS: dict[str, Any] = {
     "read_only": False, "ascii": False, "max_system_failures": 3, "max_processes": None, "gc_ttl": 3600.0,
     "share_group": None, "pass_env": [], "allow_dir": [], "advertise_host": None, "max_body_bytes": 8 * 1024 * 1024,
     "idle_exit": None, "task_start": "fork", "reuse": "on", "plugin_for": [], "max_clusters": None,
-    "k8s_config": None,
+    "k8s_config": None, "quota": [], "queue_limit": [],
 }
 
 
@@ -717,6 +733,11 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
                     "more wait for a place")
     add_engine("--plugin-for", action="append", type=plugin_for, metavar="TYPE=PLUGIN",
                help="run tasks of this type with that plugin (repeatable; Flyte's default-for-task-types)")
+    add_engine("--quota", action="append", metavar="PROJECT/DOMAIN=N",
+               help="at most N actions of that project and domain run at once; the others wait, fairly "
+                    "across runs (repeatable)")
+    add_engine("--queue-limit", action="append", metavar="QUEUE=N",
+               help="at most N actions of that queue (the SDK's task queue=) run at once (repeatable)")
     add_engine("--k8s-config", type=existing_file, metavar="FILE",
                help="Flyte's Kubernetes plugin settings (plugins.k8s: tolerations, node selectors, interruptible "
                     "rules; spark, ray, dask sections), YAML or JSON: what `render` builds resources with")

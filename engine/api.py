@@ -271,7 +271,7 @@ class TaskDeckApi:
         record = await self.client.create_run(
             spec, inputs, project=request.name("project", "flytesnacks"),
             domain=request.name("domain", "development"), name=request.name("name"),
-            code_dir=code_dir, env_vars=request.body.get("envVars"))
+            code_dir=code_dir, env_vars=request.body.get("envVars"), queue=request.text("queue", "", max_len=63) or "")
         return record.to_json()
 
     async def list_secrets(self, request: Request) -> Any:

@@ -128,7 +128,8 @@ class ControllerServices:
             elif task is not None:
                 cache_key = task.cache_key.value if task.HasField("cache_key") else ""
                 await runs.create_action(run_name, name, parent, task.spec, input_uri,
-                                         run_output_base=run_output_base or None, group=group, cache_key=cache_key)
+                                         run_output_base=run_output_base or None, group=group, cache_key=cache_key,
+                                         queue=task.queue)
             else:
                 raise ConnectError(Code.INVALID_ARGUMENT, "one of task, trace or condition is required")
         except AlreadyExistsError as exc:

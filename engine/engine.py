@@ -23,6 +23,7 @@ from engine.plugins.container import LocalContainerPlugin
 from engine.plugins.dask import DaskPlugin
 from engine.plugins.k8s_config import K8sConfig
 from engine.render import KubernetesRenderer
+from engine.quotas import ResourceManager
 from engine.secret_store import EmbeddedSecretStore
 from engine.uploads import UploadStore
 from engine.plugins.local_backend import LocalResourceBackend
@@ -78,6 +79,8 @@ class EngineConfig:
     # task type → plugin id, over the plugins' own claims (Flyte's tasks.task-plugins.default-for-task-types)
     plugin_for_task_types: dict[str, str] = dataclasses.field(default_factory=dict)
     k8s_config: Path | None = None  # Flyte's k8s plugin settings (tolerations, ...), for rendered resources
+    project_quotas: dict[str, int] = dataclasses.field(default_factory=dict)  # "project/domain" → running actions
+    queue_quotas: dict[str, int] = dataclasses.field(default_factory=dict)  # queue → running actions
     commit_in_thread: bool = False  # True: SQLite commits in a writer thread instead of on the loop
     gc_ttl_seconds: float = DEFAULT_TTL_SECONDS  # terminated TaskActions are removed after this
     gc_interval_seconds: float = DEFAULT_INTERVAL_SECONDS  # 0 disables the collector
@@ -148,6 +151,7 @@ class Engine:
             runtime_env=self.runtime_env, task_env=self._task_env, health=self.health,
             max_system_failures=self.config.max_system_failures,
             requeue_after=self.config.requeue_after, secrets=self.secrets, passed_env=passed_env,
+            quotas=ResourceManager(self.config.project_quotas, self.config.queue_quotas),
         )
         self.manager = ControllerManager(self.store, self.reconciler.reconcile, workers=self.config.workers,
                                          is_echo=self.reconciler.is_echo)
@@ -191,7 +195,8 @@ class Engine:
 
     def _workers(self) -> dict:
         zygotes = self.container_plugin.zygotes
-        return {"pools": self.reusable_plugin.snapshot(), "forkServers": zygotes.snapshot() if zygotes else []}
+        return {"pools": self.reusable_plugin.snapshot(), "forkServers": zygotes.snapshot() if zygotes else [],
+                "quotas": self.reconciler.quotas.snapshot()}
 
     @property
     def token_path(self) -> Path:

@@ -24,6 +24,7 @@ from flyteidl2.workflow import run_definition_pb2
 from google.protobuf.message import DecodeError
 
 from engine.cache import CACHE_MISS, CacheConfig, CacheError, TaskCache
+from engine.quotas import ANNOTATION_QUEUE, ResourceManager
 from engine.secret_store import SecretNotFoundError, mask, secret_env
 from engine.events import attempt_prefix, build_action_event
 from engine.model import (
@@ -161,12 +162,14 @@ class TaskActionReconciler:
         cluster: str = "",
         secrets=None,
         passed_env: Callable[[], frozenset[str]] = frozenset,
+        quotas: ResourceManager | None = None,
     ):
         if max_system_failures < 0 or requeue_after < 0:
             raise ValueError("max_system_failures and requeue_after must not be negative")
         self.store = store
         self.registry = registry
         self.secrets = secrets  # SecretStore: what tasks' secret requests get at launch
+        self.quotas = quotas or ResourceManager()  # per project/domain and per queue limits on running actions
         self.passed_env = passed_env
         self.data_dir = Path(data_dir)
         self._logs_root = str(self.data_dir / "logs")
@@ -208,8 +211,10 @@ class TaskActionReconciler:
         if original is None:
             return Result()
         if original.metadata.deletion_timestamp is not None:
+            self.quotas.release(name)
             return await self.handle_abort_and_finalize(original.copy_deep())
         if original.status.is_terminal:
+            self.quotas.release(name)
             if self.terminal_labels(original):  # only a copy may be touched: original is the committed object
                 await self.ensure_terminal_labels(original.copy_deep())
             return Result()
@@ -311,8 +316,11 @@ class TaskActionReconciler:
                 except CacheError as exc:  # fail closed: run nothing until the reservation can be taken
                     log.warning("%s: %s", task_action.name, exc)
                     return Result(STORAGE_RETRY_SECONDS)
+            waiting = self._quota(task_action) if cached is None else None
             if cached is not None:
                 info = cached  # a hit, or another owner computes it: the plugin is not called
+            elif waiting is not None:
+                info = PhaseInfo.waiting_for_resources(reason=waiting)  # over a quota: nothing launches
             else:
                 if template.security_context.secrets:
                     try:
@@ -383,6 +391,8 @@ class TaskActionReconciler:
         if info.phase == PluginPhase.PERMANENT_FAILURE and info.err is not None and info.err.code in TIMEOUT_CODES:
             return await self.finalize_permanent_failure(task_action, original, info.err)
         await self.update_task_action_status(original, task_action, info, extra_events)
+        if task_action.status.is_terminal or restart_attempts:
+            self.quotas.release(task_action.name)  # a retry takes a grant again when it launches
         if task_action.status.is_terminal:
             await self.ensure_terminal_labels(task_action)
             return Result()
@@ -393,6 +403,22 @@ class TaskActionReconciler:
         if next_bound is not None:
             return Result(min(self.requeue_after, next_bound + 0.01))
         return Result(self.requeue_after)
+
+    def _quota(self, task_action: TaskAction) -> str | None:
+        """None when the action may go on: granted by every quota that applies (taken as its attempt is
+        about to launch; counted again, bound or not, when a restarted engine finds it launched), else why
+        it waits."""
+        if not self.quotas:
+            return None
+        spec, meta = task_action.spec, task_action.metadata
+        parent = meta.owner_references[0].name if meta.owner_references else None
+        queue = meta.annotations.get(ANNOTATION_QUEUE)
+        if task_action.status.plugin_state is not None:
+            self.quotas.adopt(task_action.name, spec.run_name, parent, spec.project, spec.domain, queue)
+            return None
+        name = task_action.name
+        return self.quotas.allocate(name, spec.run_name, parent, spec.project, spec.domain, queue,
+                                    wake=lambda: self.enqueue(name))
 
     async def _secret_env(self, task_action: TaskAction, template: tasks_pb2.TaskTemplate) -> dict[str, str]:
         """The secrets the task asks for (resolved at every reconcile, so error texts can be masked; a launch

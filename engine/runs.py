@@ -33,6 +33,7 @@ from engine import cache
 from engine.errors import InvalidRunError, RunNotFoundError
 from engine.events import build_action_event
 from engine.literals import inputs_message, read_inputs, read_outputs
+from engine.quotas import ANNOTATION_QUEUE
 from engine.support import check_secrets, check_supported
 from engine.names import check_action_name, check_env_vars, check_run_id, check_run_name
 from engine.model import (
@@ -210,6 +211,7 @@ class RunsService:
         env_vars: dict[str, str] | None = None,
         labels: dict[str, str] | None = None,
         annotations: dict[str, str] | None = None,
+        queue: str = "",
     ) -> ActionRecord:
         run_name = generate_run_name() if name is None else name
         check_run_id(project, domain, run_name, new_run=name is not None)
@@ -266,6 +268,8 @@ class RunsService:
         all_annotations[ANNOTATION_RUN_START_TIME] = start_iso
         if code_dir:
             all_annotations[ANNOTATION_CODE_DIR] = code_dir
+        if queue:
+            all_annotations[ANNOTATION_QUEUE] = _checked_queue(queue)
         task_action = TaskAction(
             metadata=ObjectMeta(
                 name=task_action_name(run_name, ROOT_ACTION_NAME), labels=all_labels, annotations=all_annotations,
@@ -293,6 +297,7 @@ class RunsService:
         run_output_base: str | None = None,
         group: str = "",
         cache_key: str = "",
+        queue: str = "",
     ) -> ActionRecord:
         """Create a child task action under a live parent (what EnqueueAction does).
 
@@ -338,7 +343,8 @@ class RunsService:
         task_action = TaskAction(
             metadata=ObjectMeta(
                 name=task_action_name(run_name, action_name), labels=labels,
-                annotations=dict(parent.metadata.annotations), owner_references=[owner_reference_to(parent)],
+                annotations=child_annotations(parent.metadata.annotations, queue),
+                owner_references=[owner_reference_to(parent)],
             ),
             spec=TaskActionSpec(
                 run_name=run_name, project=project, domain=domain, action_name=action_name,
@@ -812,3 +818,17 @@ class _NoSecrets:
         from engine.secret_store import SecretNotFoundError
 
         raise SecretNotFoundError(name)
+
+
+def _checked_queue(queue: str) -> str:
+    if not isinstance(queue, str) or len(queue) > 63 or not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?", queue):
+        raise InvalidRunError(f"queue {queue!r} must be 1 to 63 letters, digits, '.', '_' or '-'", field="queue")
+    return queue
+
+
+def child_annotations(inherited: dict[str, str], queue: str) -> dict[str, str]:
+    """A child's annotations: its parent's run-scoped ones, with its own queue (the task's, not the parent's)."""
+    out = {k: v for k, v in inherited.items() if k != ANNOTATION_QUEUE}
+    if queue:
+        out[ANNOTATION_QUEUE] = _checked_queue(queue)
+    return out

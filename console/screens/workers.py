@@ -1,4 +1,5 @@
-"""The engine's reusable workers (by pool) and fork servers, refreshed every second through the client."""
+"""The engine's reusable workers (by pool), its quotas and fork servers, refreshed every second through the
+client."""
 
 from __future__ import annotations
 
@@ -41,6 +42,10 @@ def pool_summary(listing: dict) -> str:
                          f"{pool['minReplicas']}-{pool['maxReplicas']}, {pool['concurrency']} action(s) each, "
                          f"{pool['waiting']} waiting, idle ttl {pool['idleTtlSeconds']:.0f} s, scale-down "
                          f"{pool['scaledownTtlSeconds']:.0f} s, scope {pool['scope']}{error}")
+    for quota in listing.get("quotas") or []:
+        runs = ", ".join(f"{run} {n}" for run, n in sorted(quota.get("runs", {}).items()))
+        lines.append(f"quota [b]{escape(quota['name'])}[/]  {quota['inUse']} of {quota['limit']} running, "
+                     f"{quota['waiting']} waiting{'  (' + escape(runs) + ')' if runs else ''}")
     servers = listing.get("forkServers") or []
     if servers:
         lines.append("fork servers: " + ", ".join(

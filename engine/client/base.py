@@ -95,7 +95,7 @@ class EngineClient(abc.ABC):
     @abc.abstractmethod
     async def create_run(self, task_spec: bytes, inputs: bytes, *, project: str, domain: str,
                          name: str | None = None, code_dir: str | None = None,
-                         env_vars: dict[str, str] | None = None) -> Action:
+                         env_vars: dict[str, str] | None = None, queue: str = "") -> Action:
         """A new run of the serialized ``TaskSpec`` with the serialized ``Inputs``."""
 
     @abc.abstractmethod

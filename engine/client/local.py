@@ -136,12 +136,12 @@ class LocalClient(EngineClient):
     # ------------------------------------------------------------------ commands
     async def create_run(self, task_spec: bytes, inputs: bytes, *, project: str, domain: str,
                          name: str | None = None, code_dir: str | None = None,
-                         env_vars: dict[str, str] | None = None) -> Action:
+                         env_vars: dict[str, str] | None = None, queue: str = "") -> Action:
         self._writable()
         spec = _message(task_definition_pb2.TaskSpec, task_spec, "taskSpec")
         values = _message(common_pb2.Inputs, inputs, "inputs")
         record = await self.runs.create_run(spec, values, project=project, domain=domain, name=name,
-                                            code_dir=code_dir, env_vars=env_vars)
+                                            code_dir=code_dir, env_vars=env_vars, queue=queue)
         return action_view(record)
 
     async def stage_input(self, path: str, *, project: str, domain: str) -> str:

@@ -165,9 +165,10 @@ class RemoteClient(EngineClient):
     # ------------------------------------------------------------------ commands
     async def create_run(self, task_spec: bytes, inputs: bytes, *, project: str, domain: str,
                          name: str | None = None, code_dir: str | None = None,
-                         env_vars: dict[str, str] | None = None) -> Action:
+                         env_vars: dict[str, str] | None = None, queue: str = "") -> Action:
         payload = {"taskSpec": base64.b64encode(task_spec).decode(), "inputs": base64.b64encode(inputs).decode(),
-                   "project": project, "domain": domain, "name": name, "codeDir": code_dir, "envVars": env_vars}
+                   "project": project, "domain": domain, "name": name, "codeDir": code_dir, "envVars": env_vars,
+                   "queue": queue}
         return Action.from_json(await self._call("POST", "/runs", payload))
 
     async def create_secret(self, name: str, value: bytes, *, project: str = "", domain: str = "") -> dict[str, Any]:
