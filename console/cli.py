@@ -566,6 +566,32 @@ def cmd_signal(args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
+def cmd_project(args: argparse.Namespace) -> int:
+    """Create or list projects."""
+
+    async def go() -> int:
+        if args.action == "list":
+            async with reader(args) as client:
+                rows = await client.list_projects()
+            if args.json:
+                print(strict_dumps(rows, indent=2))
+            else:
+                print_table([[r["id"], r["name"], ", ".join(r["domains"]), r["description"]] for r in rows],
+                            ["PROJECT", "NAME", "DOMAINS", "DESCRIPTION"])
+            return EXIT_OK
+        if not args.id:
+            raise CliError("usage: taskdeck project create ID [--name NAME] [--description TEXT]")
+        async with writer(args) as client:
+            project = await client.create_project(args.id, name=args.name or "", description=args.description or "")
+        if args.json:
+            print(strict_dumps(project, indent=2))
+        else:
+            say(f"project {project['id']} has domains {', '.join(project['domains'])}")
+        return EXIT_OK
+
+    return asyncio.run(go())
+
+
 def cmd_secret(args: argparse.Namespace) -> int:
     """Create, list or delete secrets; a value is read from --value-file, stdin (-), or --value, and never shown."""
     project = "" if args.is_global else args.project
@@ -802,6 +828,13 @@ def build_parser() -> argparse.ArgumentParser:
     signal_cmd.add_argument("action", help="the condition's action name, or the condition's own name")
     signal_cmd.add_argument("value")
 
+    project = command("project", help="create or list projects (every run belongs to one; flytesnacks is there "
+                                      "from the start)")
+    project.add_argument("action", choices=["create", "list"])
+    project.add_argument("id", nargs="?", help="with `create`: the project's id (a DNS label)")
+    project.add_argument("--name", default=None)
+    project.add_argument("--description", default=None)
+
     secret = command("secret", help="create, list or delete secrets (values are never shown)",
                      description="Secrets a task asks for (flyte.Secret) are given to it as environment variables. "
                                  "A secret is scoped to a project and domain (the default), a whole project "
@@ -828,7 +861,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"token": cmd_token, "run": cmd_run, "get": cmd_get, "render": cmd_render, "abort": cmd_abort,
             "retry": cmd_retry,
-            "signal": cmd_signal, "cache": cmd_cache, "secret": cmd_secret}
+            "signal": cmd_signal, "cache": cmd_cache, "secret": cmd_secret, "project": cmd_project}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -86,6 +86,8 @@ class TaskDeckApi:
             ("GET", re.compile(r"^/workers$"), self.list_workers),
             ("POST", re.compile(r"^/cache/evict$"), self.evict_cache),
             ("POST", re.compile(r"^/uploads$"), self.stage_input),
+            ("GET", re.compile(r"^/projects$"), self.list_projects),
+            ("POST", re.compile(r"^/projects$"), self.create_project),
             ("GET", re.compile(r"^/secrets$"), self.list_secrets),
             ("POST", re.compile(r"^/secrets$"), self.create_secret),
             ("POST", re.compile(r"^/secrets/delete$"), self.delete_secret),
@@ -273,6 +275,13 @@ class TaskDeckApi:
             domain=request.name("domain", "development"), name=request.name("name"),
             code_dir=code_dir, env_vars=request.body.get("envVars"), queue=request.text("queue", "", max_len=63) or "")
         return record.to_json()
+
+    async def list_projects(self, request: Request) -> Any:
+        return await self.client.list_projects()
+
+    async def create_project(self, request: Request) -> Any:
+        return await self.client.create_project(request.name("id", ""), name=request.text("name", "", max_len=255) or "",
+                                                description=request.text("description", "", max_len=1024) or "")
 
     async def list_secrets(self, request: Request) -> Any:
         return await self.client.list_secrets()

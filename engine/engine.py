@@ -23,6 +23,7 @@ from engine.plugins.container import LocalContainerPlugin
 from engine.plugins.dask import DaskPlugin
 from engine.plugins.k8s_config import K8sConfig
 from engine.render import KubernetesRenderer
+from engine.projects import ProjectsService
 from engine.quotas import ResourceManager
 from engine.secret_store import EmbeddedSecretStore
 from engine.uploads import UploadStore
@@ -145,6 +146,7 @@ class Engine:
             self.registry.set_default_for(task_type, plugin_id)
         self.runtime_env: dict[str, str] = {}
         self.secrets = EmbeddedSecretStore(self.store, self.data_dir)
+        self.projects = ProjectsService(self.store)
         passed_env = self._passed_env
         self.reconciler = TaskActionReconciler(
             self.store, self.registry, self.data_dir, self._enqueue,
@@ -162,7 +164,7 @@ class Engine:
                                        LogService(self.data_dir), self.data_dir, self._workers,
                                        KubernetesRenderer(self.reconciler.build_context,
                                                           self.runs.task_action_named, k8s=self.k8s).render,
-                                       UploadStore(self.data_dir).stage, self.secrets)
+                                       UploadStore(self.data_dir).stage, self.secrets, self.projects)
         self.controller_services = ControllerServices(self.runs, max_body_bytes=self.config.max_body_bytes)
         self.gc = GarbageCollector(self.store, self.config.gc_ttl_seconds, self.config.gc_interval_seconds,
                                    resource_sweeps=[m.collect_garbage for m in self.resource_managers])
@@ -215,6 +217,7 @@ class Engine:
             self.authority.load()
             self.authority.share_file(self._lock.path)  # the group tells a live engine by its lock
             await self.store.start()
+            await self.projects.ensure_default()
             if self.config.serve:  # before any launch: task processes get this address (with their credential)
                 self.url = await self._start_server()
                 self.runtime_env["_U_INSECURE"] = "true"

@@ -30,3 +30,4 @@ class EngineServices:
     # local path, project, domain → where the upload store keeps a copy (None: read-only, no engine here)
     stage: Callable[[str, str, str], str] | None = None
     secrets: Any = None  # the SecretStore: values go in, never come out; logs are masked with them
+    projects: Any = None  # the ProjectsService: runs are created only in projects that exist

@@ -99,6 +99,13 @@ class EngineClient(abc.ABC):
         """A new run of the serialized ``TaskSpec`` with the serialized ``Inputs``."""
 
     @abc.abstractmethod
+    async def create_project(self, project_id: str, *, name: str = "", description: str = "") -> dict[str, Any]:
+        """Create a project with Flyte's three domains (creating one that exists is fine)."""
+        raise NotImplementedError
+
+    async def list_projects(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
     async def create_secret(self, name: str, value: bytes, *, project: str = "", domain: str = "") -> dict[str, Any]:
         """Store a secret (global, project-wide, or for one project and domain); what may be shown of it."""
         raise NotImplementedError

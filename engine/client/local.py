@@ -138,6 +138,8 @@ class LocalClient(EngineClient):
                          name: str | None = None, code_dir: str | None = None,
                          env_vars: dict[str, str] | None = None, queue: str = "") -> Action:
         self._writable()
+        if self.services.projects is not None:
+            await self.services.projects.check(project, domain)
         spec = _message(task_definition_pb2.TaskSpec, task_spec, "taskSpec")
         values = _message(common_pb2.Inputs, inputs, "inputs")
         record = await self.runs.create_run(spec, values, project=project, domain=domain, name=name,
@@ -160,6 +162,18 @@ class LocalClient(EngineClient):
     async def delete_secret(self, name: str, *, project: str = "", domain: str = "") -> None:
         self._writable()
         await self._secret_store().delete(name, project=project, domain=domain)
+
+    async def create_project(self, project_id: str, *, name: str = "", description: str = "") -> dict[str, Any]:
+        self._writable()
+        return (await self._projects().create(project_id, name=name, description=description)).to_json()
+
+    async def list_projects(self) -> list[dict[str, Any]]:
+        return [p.to_json() for p in await self._projects().list()]
+
+    def _projects(self):
+        if self.services.projects is None:
+            raise LookupError("projects need the engine's database")
+        return self.services.projects
 
     def _secret_store(self):
         if self.services.secrets is None:
@@ -203,8 +217,11 @@ async def read_only_client(data_dir: Path):
         health = StorageHealth(store, data_dir)
         from engine.secret_store import EmbeddedSecretStore
 
+        from engine.projects import ProjectsService
+
         services = EngineServices(RunsService(store, data_dir), ChangeFeed(store, health), health,
-                                  LogService(data_dir), Path(data_dir), secrets=EmbeddedSecretStore(store, data_dir))
+                                  LogService(data_dir), Path(data_dir), secrets=EmbeddedSecretStore(store, data_dir),
+                                  projects=ProjectsService(store))
         yield LocalClient(services, description=f"{data_dir} (read-only: no engine serves it)", can_write=False)
     finally:
         await store.close()

@@ -171,6 +171,12 @@ class RemoteClient(EngineClient):
                    "queue": queue}
         return Action.from_json(await self._call("POST", "/runs", payload))
 
+    async def create_project(self, project_id: str, *, name: str = "", description: str = "") -> dict[str, Any]:
+        return await self._call("POST", "/projects", {"id": project_id, "name": name, "description": description})
+
+    async def list_projects(self) -> list[dict[str, Any]]:
+        return await self._call("GET", "/projects")
+
     async def create_secret(self, name: str, value: bytes, *, project: str = "", domain: str = "") -> dict[str, Any]:
         return await self._call("POST", "/secrets", {"name": name, "value": base64.b64encode(value).decode(),
                                                      "project": project, "domain": domain})

@@ -169,6 +169,21 @@ class SecretInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class ProjectRecord:
+    """A project (Flyte's Project): runs, tasks, triggers and secrets each belong to one, in one of its domains."""
+
+    id: str
+    name: str
+    description: str
+    domains: tuple[str, ...]
+    created_at: float
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "name": self.name, "description": self.description, "domains": list(self.domains),
+                "createdAt": self.created_at}
+
+
+@dataclasses.dataclass(frozen=True)
 class Reservation:
     """Who may compute a serializable cache key; the owner extends it with every reconcile."""
 
@@ -371,7 +386,19 @@ class SecretsRepository(abc.ABC):
         """All secrets (None, None), or those a task of ``project``/``domain`` sees: its scope and the wider ones."""
 
 
-class EngineStore(ResourceStore, RunsRepository, CacheStore, SecretsRepository, abc.ABC):
+class ProjectsRepository(abc.ABC):
+    @abc.abstractmethod
+    async def project_create(self, project: ProjectRecord) -> bool:
+        """False when a project with that id exists already (it is left as it is)."""
+
+    @abc.abstractmethod
+    async def project_get(self, project_id: str) -> ProjectRecord | None: ...
+
+    @abc.abstractmethod
+    async def project_list(self) -> list[ProjectRecord]: ...
+
+
+class EngineStore(ResourceStore, RunsRepository, CacheStore, SecretsRepository, ProjectsRepository, abc.ABC):
     storage_error: str | None = None  # why the last write failed, until one succeeds
 
     @abc.abstractmethod

@@ -13,6 +13,7 @@ import asyncio
 import collections
 import concurrent.futures
 import dataclasses
+import json
 import logging
 import sqlite3
 import time
@@ -42,6 +43,7 @@ from engine.store.base import (
     GoneError,
     NotFoundError,
     OwnerGoneError,
+    ProjectRecord,
     Reservation,
     SecretInfo,
     StorageChanged,
@@ -108,6 +110,9 @@ CREATE TABLE IF NOT EXISTS cache_entries (
 CREATE INDEX IF NOT EXISTS cache_entries_task ON cache_entries (task_name);
 CREATE TABLE IF NOT EXISTS cache_reservations (
     key TEXT PRIMARY KEY, owner_id TEXT NOT NULL, expires_at REAL NOT NULL, heartbeat_seconds REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS projects (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, description TEXT NOT NULL, domains TEXT NOT NULL, created_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS secrets (
     project TEXT NOT NULL, domain TEXT NOT NULL, name TEXT NOT NULL,
@@ -929,6 +934,24 @@ class SqliteStore(EngineStore):
             await self._submit(apply)
         return len(found)
 
+    # ----------------------------------------------------------------- projects
+    async def project_create(self, project: ProjectRecord) -> bool:
+        if await self.project_get(project.id) is not None:
+            return False
+        await self._submit(lambda batch: batch.sql(
+            "INSERT OR IGNORE INTO projects (id, name, description, domains, created_at) VALUES (?, ?, ?, ?, ?)",
+            (project.id, project.name, project.description, json.dumps(list(project.domains)), project.created_at)))
+        return True
+
+    async def project_get(self, project_id: str) -> ProjectRecord | None:
+        rows = await self._fetchall("SELECT id, name, description, domains, created_at FROM projects WHERE id = ?",
+                                    (project_id,))
+        return _project(rows[0]) if rows else None
+
+    async def project_list(self) -> list[ProjectRecord]:
+        rows = await self._fetchall("SELECT id, name, description, domains, created_at FROM projects ORDER BY id")
+        return [_project(r) for r in rows]
+
     # ----------------------------------------------------------------- secrets (values encrypted by the caller)
     async def secret_put(self, project: str, domain: str, name: str, ciphertext: bytes, now: float) -> SecretInfo:
         rows = await self._fetchall("SELECT created_at FROM secrets WHERE project = ? AND domain = ? AND name = ?",
@@ -992,3 +1015,7 @@ class SqliteStore(EngineStore):
                 self._subscribers.remove(callback)
 
         return unsubscribe
+
+
+def _project(row) -> ProjectRecord:
+    return ProjectRecord(row[0], row[1], row[2], tuple(json.loads(row[3])), row[4])
