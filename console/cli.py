@@ -566,19 +566,24 @@ def cmd_signal(args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
+async def _list(args: argparse.Namespace, fetch, headers: list[str], cells) -> int:
+    """Rows read through the client, as JSON with --json, else as a table."""
+    async with reader(args) as client:
+        rows = await fetch(client)
+    if args.json:
+        print(strict_dumps(rows, indent=2))
+    else:
+        print_table([cells(r) for r in rows], headers)
+    return EXIT_OK
+
+
 def cmd_project(args: argparse.Namespace) -> int:
     """Create or list projects."""
 
     async def go() -> int:
         if args.action == "list":
-            async with reader(args) as client:
-                rows = await client.list_projects()
-            if args.json:
-                print(strict_dumps(rows, indent=2))
-            else:
-                print_table([[r["id"], r["name"], ", ".join(r["domains"]), r["description"]] for r in rows],
-                            ["PROJECT", "NAME", "DOMAINS", "DESCRIPTION"])
-            return EXIT_OK
+            return await _list(args, lambda client: client.list_projects(), ["PROJECT", "NAME", "DOMAINS", "DESCRIPTION"],
+                               lambda r: [r["id"], r["name"], ", ".join(r["domains"]), r["description"]])
         if not args.id:
             raise CliError("usage: taskdeck project create ID [--name NAME] [--description TEXT]")
         async with writer(args) as client:
@@ -599,15 +604,9 @@ def cmd_secret(args: argparse.Namespace) -> int:
 
     async def go() -> int:
         if args.action == "list":
-            async with reader(args) as client:
-                rows = await client.list_secrets()
-            if args.json:
-                print(strict_dumps(rows, indent=2))
-            else:
-                print_table([[r["name"], r.get("project") or "(global)", r.get("domain") or "(all)",
-                              time.strftime("%Y-%m-%d %H:%M", time.localtime(r["updatedAt"]))] for r in rows],
-                            ["NAME", "PROJECT", "DOMAIN", "UPDATED"])
-            return EXIT_OK
+            return await _list(args, lambda client: client.list_secrets(), ["NAME", "PROJECT", "DOMAIN", "UPDATED"],
+                               lambda r: [r["name"], r.get("project") or "(global)", r.get("domain") or "(all)",
+                                          time.strftime("%Y-%m-%d %H:%M", time.localtime(r["updatedAt"]))])
         if not args.name:
             raise CliError(f"usage: taskdeck secret {args.action} NAME")
         async with writer(args) as client:

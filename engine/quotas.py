@@ -96,13 +96,11 @@ class FairQuota:
         self._holders[name] = _Holder(run, parent)
         return True
 
-    def _held_by(self, run: str) -> int:
-        return sum(1 for h in self._holders.values() if h.run == run) + \
-            sum(1 for _, r, _ in self._handed.values() if r == run)
-
     def _next(self) -> str:
         """The waiter whose run holds the fewest grants; the earliest of equals."""
-        return min(self._waiting, key=lambda n: (self._held_by(self._waiting[n].run), self._waiting[n].arrived))
+        held = collections.Counter(h.run for h in self._holders.values())
+        held.update(run for _, run, _ in self._handed.values())
+        return min(self._waiting, key=lambda n: (held[self._waiting[n].run], self._waiting[n].arrived))
 
     def release(self, name: str) -> None:
         waiting = self._waiting.pop(name, None)

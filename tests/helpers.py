@@ -247,3 +247,16 @@ def task_file(directory, filename: str, text: str, *needs: str):
     path.parent.mkdir(exist_ok=True)
     path.write_text(text)
     return path
+
+
+async def cli(data_dir, *args: str, stdin: str | None = None, timeout: float = 120) -> tuple[int, str, str]:
+    """``taskdeck --data-dir DATA ARGS...`` as a subprocess, without blocking the loop an engine under test
+    serves from: (exit code, stdout, stderr)."""
+    import asyncio
+    import sys
+
+    done = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "console.cli", "--data-dir", str(data_dir), *args, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(done.communicate((stdin or "").encode()), timeout)
+    return done.returncode, out.decode(), err.decode()

@@ -4,9 +4,7 @@ there are and the command that creates one."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,16 +13,9 @@ from engine.client.local import LocalClient
 from engine.client.remote import RemoteClient
 from engine.engine import Engine, EngineConfig
 from engine.errors import InvalidRunError
-from helpers import task_spec
+from helpers import cli, task_spec
 
 BASICS = str(Path(__file__).parent.parent / "examples" / "basics.py")
-
-
-async def _cli(data, *args) -> tuple[int, str, str]:
-    done = await asyncio.create_subprocess_exec(sys.executable, "-m", "console.cli", "--data-dir", str(data), *args,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(done.communicate(), 120)
-    return done.returncode, out.decode(), err.decode()
 
 
 async def test_the_default_project_exists_and_unknown_ones_are_refused_naming_the_fix(tmp_path):
@@ -54,14 +45,14 @@ async def test_the_default_project_exists_and_unknown_ones_are_refused_naming_th
         finally:
             await remote.close()
 
-        code, out, err = await _cli(engine.data_dir, "run", "--project", "nope", BASICS, "add", "--x", "1", "--y", "2")
+        code, out, err = await cli(engine.data_dir, "run", "--project", "nope", BASICS, "add", "--x", "1", "--y", "2")
         assert code == 2 and "taskdeck project create nope" in err and len(err.strip().splitlines()) == 1, err
-        code, out, err = await _cli(engine.data_dir, "project", "create", "nope", "--description", "now it is")
+        code, out, err = await cli(engine.data_dir, "project", "create", "nope", "--description", "now it is")
         assert code == 0, err
-        code, out, err = await _cli(engine.data_dir, "run", "--json", "--project", "nope", BASICS, "add", "--x", "1",
+        code, out, err = await cli(engine.data_dir, "run", "--json", "--project", "nope", BASICS, "add", "--x", "1",
                                     "--y", "2")
         assert code == 0 and json.loads(out)["outputs"] == {"o0": 3}, err
-        code, out, err = await _cli(engine.data_dir, "project", "list", "--json")
+        code, out, err = await cli(engine.data_dir, "project", "list", "--json")
         assert [p["id"] for p in json.loads(out)] == ["flytesnacks", "ml", "nope"]
     finally:
         await engine.stop()

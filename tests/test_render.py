@@ -3,8 +3,6 @@ its TaskAction, through the client interface, the API and the CLI."""
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,19 +12,11 @@ from engine.client.local import LocalClient
 from engine.client.remote import RemoteClient
 from engine.errors import RunNotFoundError
 from engine.phases import ActionPhase
-from helpers import run_sdk_task, task_file
+from helpers import cli, run_sdk_task, task_file
 from test_dask import TASKS, _errors, daskjob_validator
 
 pytestmark = pytest.mark.sdk
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-async def _cli(engine, *args) -> tuple[int, str, str]:
-    done = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "console.cli", "--data-dir", str(engine.data_dir), *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(done.communicate(), 60)
-    return done.returncode, out.decode(), err.decode()
 
 
 async def test_a_python_task_renders_as_the_pod_flyte_would_create(engine):
@@ -48,10 +38,10 @@ async def test_a_python_task_renders_as_the_pod_flyte_would_create(engine):
             await remote.render(run, "nope")
     finally:
         await remote.close()
-    code, out, err = await _cli(engine, "render", f"{run}/a0")
+    code, out, err = await cli(engine.data_dir, "render", f"{run}/a0")
     assert code == 0, err
     assert yaml.safe_load(out) == pod
-    code, out, err = await _cli(engine, "render", "Bad/Name")
+    code, out, err = await cli(engine.data_dir, "render", "Bad/Name")
     assert code == 2 and len(err.strip().splitlines()) == 1, err
 
 

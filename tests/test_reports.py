@@ -3,28 +3,18 @@ the client interface (path and a text summary) and `taskdeck get report RUN[/ACT
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
 from engine.client.local import LocalClient
 from engine.phases import ActionPhase
-from helpers import run_sdk_task
+from helpers import cli, run_sdk_task
 
 pytestmark = pytest.mark.sdk
 PROGRAMS = Path(__file__).parent / "programs"
-
-
-async def _cli(engine, *args) -> tuple[int, str, str]:
-    done = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "console.cli", "--data-dir", str(engine.data_dir), *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(done.communicate(), 60)
-    return done.returncode, out.decode(), err.decode()
 
 
 async def test_a_tasks_report_is_kept_and_reachable(engine, tmp_path):
@@ -38,12 +28,12 @@ async def test_a_tasks_report_is_kept_and_reachable(engine, tmp_path):
     assert io.report is not None and io.report["summary"] == "Sum of 5 total 10"
     assert Path(io.report["path"]).is_file() and str(engine.data_dir) in io.report["path"]
 
-    code_, out, err = await _cli(engine, "get", "report", f"{run}/a0")
+    code_, out, err = await cli(engine.data_dir, "get", "report", f"{run}/a0")
     assert code_ == 0, err
     assert out.splitlines() == [io.report["path"], "  Sum of 5 total 10"]
-    code_, out, err = await _cli(engine, "get", "report", run, "--json")
+    code_, out, err = await cli(engine.data_dir, "get", "report", run, "--json")
     assert code_ == 0 and json.loads(out)["summary"] == "Sum of 5 total 10"
 
     plain = await run_sdk_task(engine, Path(__file__).parent.parent / "examples" / "basics.py", "add", x=1, y=2)
-    code_, out, err = await _cli(engine, "get", "report", plain.run.run_name)
+    code_, out, err = await cli(engine.data_dir, "get", "report", plain.run.run_name)
     assert code_ == 2 and "has no report" in err and len(err.strip().splitlines()) == 1

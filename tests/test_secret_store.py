@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import stat
-import sys
 import textwrap
 
 import pytest
@@ -20,7 +19,7 @@ from engine.errors import InvalidRunError
 from engine.phases import ActionPhase
 from engine.secret_store import MASK, EmbeddedSecretStore, SecretNotFoundError, mask
 from engine.store.sqlite import SqliteStore
-from helpers import run_sdk_task, start_sdk_task, task_file, until
+from helpers import cli, run_sdk_task, start_sdk_task, task_file, until
 
 CANARY = "canary-7f3e9c1d-do-not-leak"
 
@@ -40,14 +39,6 @@ TASKS = textwrap.dedent('''
     async def leak_it() -> int:
         raise ValueError(f"bad token {os.environ['API_TOKEN']}")
 ''')
-
-
-async def _cli(data, *args, stdin: str | None = None) -> tuple[int, str, str]:
-    done = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "console.cli", "--data-dir", str(data), *args, stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(done.communicate((stdin or "").encode()), 60)
-    return done.returncode, out.decode(), err.decode()
 
 
 async def test_scopes_resolve_most_specific_first_and_values_are_encrypted(tmp_path):
@@ -94,11 +85,11 @@ async def test_a_canary_secret_reaches_the_task_and_nothing_shows_it(tmp_path):
     engine = Engine(EngineConfig(data_dir=data))
     await engine.start()
     try:
-        code, out, err = await _cli(data, "secret", "create", "api-token", "--project", "proj", "--domain", "dev",
+        code, out, err = await cli(data, "secret", "create", "api-token", "--project", "proj", "--domain", "dev",
                                     "--value-file", "-", stdin=CANARY + "\n")
         assert code == 0, err
         assert CANARY not in out + err
-        code, out, err = await _cli(data, "secret", "list", "--json")
+        code, out, err = await cli(data, "secret", "list", "--json")
         assert json.loads(out)[0]["name"] == "api-token" and CANARY not in out
 
         tasks = task_file(tmp_path, "vault_tasks.py", TASKS)
@@ -163,4 +154,3 @@ async def test_a_secret_that_does_not_exist_is_refused_and_one_deleted_later_fai
         assert result.phase == ActionPhase.SUCCEEDED or result.error["code"] == "SecretNotFound", result.error
     finally:
         await engine.stop()
-    await asyncio.sleep(0)
