@@ -4,7 +4,6 @@ the API, the CLI, the console and the logs as shown."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import stat
