@@ -112,7 +112,7 @@ def flyte_parent(ledger: Path, reusable: bool = False) -> tuple[str, str]:
     from engine.sdk import inputs_from_strings, load_task, serialize_task
 
     task = load_task(ROOT / "bench" / "kill9_tasks.py", "pooled_parent" if reusable else "parent")
-    spec = serialize_task(task, project="crash", domain="dev", root_dir=ROOT / "bench")
+    spec = serialize_task(task, project="crash", domain="development", root_dir=ROOT / "bench")
     inputs = inputs_from_strings(task, {"n": str(PARENT_N), "ledger": str(ledger)})
     return (base64.b64encode(spec.SerializeToString()).decode(), base64.b64encode(inputs.SerializeToString()).decode())
 
@@ -124,8 +124,9 @@ def trial(data_dir: Path, rng: random.Random, kills: int = 2, sleeps: int = 10, 
     ledger = data_dir.parent / f"{data_dir.name}.ledger"
     engine = HeadlessEngine(data_dir, die_after_spawn=die_after_spawn)
     task_spec, task_inputs = flyte_parent(ledger, reusable)
+    engine.call("POST", "/projects", {"id": "crash"})  # runs go only to projects that exist
     runs = [engine.call("POST", "/runs", {"taskSpec": task_spec, "inputs": task_inputs, "project": "crash",
-                                          "domain": "dev", "codeDir": str(ROOT / "bench")})["run"]]
+                                          "domain": "development", "codeDir": str(ROOT / "bench")})["run"]]
     spec = base64.b64encode(sleep_spec().SerializeToString()).decode()
     acknowledged: set[tuple] = set()
     kill_times = []

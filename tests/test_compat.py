@@ -37,6 +37,8 @@ CASES = [
      """--features @features.json --model @model.yaml --numbers [1,2] --table '{"a":[1.0,2.5]}'""", "ok"),
     ("dataclass-int-to-float", "types_tasks.py", "structured",
      """--features '{"feature_a":1}' --model '{"name":"m","weights":{"w":1}}' --numbers [] --table {}""", "ok"),
+    ("typeddict", "shapes.py", "typed", """--opts '{"depth":2,"name":"x"}'""", "ok"),
+    ("namedtuple", "shapes.py", "named", """--pair '{"left":1,"right":"a"}'""", "ok"),
     ("file-and-dir", "types_tasks.py", "files", "--data in.txt --folder folder", "ok"),
     ("dataframe-from-csv", "frames.py", "describe", "--df t.csv", "ok"),
     ("dataframe-raw", "frames.py", "describe_raw", "--frame t.csv", "ok"),
