@@ -26,6 +26,7 @@ SORT_KEYS = {
     "task": ("task", lambda r: (r.task_name or r.short_name or "").lower(), False),
     "attempts": ("attempts", lambda r: r.attempts, True),
     "run": ("run", lambda r: r.run_name, False),
+    "project": ("project", lambda r: (r.project, r.domain, -(r.created_at or 0.0)), False),  # grouped, newest first
 }
 SORT_ORDER = tuple(SORT_KEYS)
 

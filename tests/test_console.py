@@ -518,3 +518,19 @@ async def test_a_retry_waiting_out_its_backoff_counts_down_in_the_details(consol
     first = left()
     assert 25 <= first <= 30
     await until(pilot, lambda: left() is not None and left() <= first - 1, timeout=5)  # it counts down
+
+
+async def test_a_project_column_appears_once_runs_span_projects_and_sorting_groups_them(console):
+    app, pilot, engine = console
+    await engine.projects.create("ml")
+    await engine.runs.create_run(task_spec("scripted"), name="rokproj1")
+    await until(pilot, lambda: visible_runs(app) == {"rokproj1"})
+    assert "project" not in app.screen.columns_shown  # one project: no column for it
+    await engine.runs.create_run(task_spec("scripted"), name="rokproj2", project="ml", domain="staging")
+    await until(pilot, lambda: visible_runs(app) == {"rokproj1", "rokproj2"} and "project" in app.screen.columns_shown)
+    t = table(app)
+    assert t.get_cell("rokproj2", "project") == "ml/staging"
+    while app.screen.sort_key != "project":
+        await pilot.press("s")
+    await until(pilot, lambda: [t.coordinate_to_cell_key((i, 0)).row_key.value for i in range(t.row_count)]
+                == ["rokproj1", "rokproj2"])  # flytesnacks/development before ml/staging

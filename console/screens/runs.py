@@ -1,7 +1,7 @@
 """The runs screen: one table keyed by run id, updated in place when the change feed says runs changed.
 
 Columns give way by priority on a narrow terminal: RUN, PHASE, DURATION and ERROR stay; TASK, STARTED and
-ATTEMPTS come back as the width allows.
+ATTEMPTS come back as the width allows, and PROJECT (project/domain) once the runs span more than one.
 """
 
 from __future__ import annotations
@@ -20,25 +20,28 @@ from console.state import REFRESH_HZ, duration_text, first_error_line, phase_mar
 from engine.client import Action, ActionPhase, Change
 
 # (key, narrowest, widest): fixed widths, since a narrowing update_width=True cell re-measures the column.
-COLUMN_ORDER = ("run", "task", "phase", "started", "duration", "attempts", "error")
+COLUMN_ORDER = ("run", "project", "task", "phase", "started", "duration", "attempts", "error")
 ESSENTIAL = {"run": (21, 22), "phase": (11, 14), "duration": (8, 9), "error": (24, 60)}
 OPTIONAL = (("task", (12, 28)), ("started", (15, 15)), ("attempts", (8, 8)))  # in the order they come back
+PROJECT_COLUMN = ("project", (14, 30))  # only while the runs span several projects or domains
 CELL_PADDING = 2
 RELIST_SECONDS = 2.0  # runs are re-read at least this often (a condition starting to wait is not a run's change)
 COUNTED = (ActionPhase.RUNNING, ActionPhase.QUEUED, ActionPhase.PAUSED, ActionPhase.SUCCEEDED, ActionPhase.FAILED,
            ActionPhase.TIMED_OUT, ActionPhase.ABORTED)
 
 
-def column_layout(width: int) -> dict[str, int]:
-    """The columns that fit in ``width`` cells, with their widths (see the module docstring)."""
+def column_layout(width: int, projects: bool = False) -> dict[str, int]:
+    """The columns that fit in ``width`` cells, with their widths (see the module docstring); ``projects``:
+    the runs span several projects, so PROJECT competes for the space too, after the others."""
+    optional = (*OPTIONAL, PROJECT_COLUMN) if projects else OPTIONAL
     widths = {key: low for key, (low, _) in ESSENTIAL.items()}
     spare = width - sum(widths.values()) - CELL_PADDING * len(widths) - 2  # the scrollbar's gutter
-    for key, (low, _) in OPTIONAL:
+    for key, (low, _) in optional:
         if spare >= low + CELL_PADDING:
             widths[key] = low
             spare -= low + CELL_PADDING
     for key, (low, high) in (("run", ESSENTIAL["run"]), ("phase", ESSENTIAL["phase"]),
-                             ("duration", ESSENTIAL["duration"]), *OPTIONAL, ("error", ESSENTIAL["error"])):
+                             ("duration", ESSENTIAL["duration"]), *optional, ("error", ESSENTIAL["error"])):
         if key in widths and spare > 0:
             grow = min(high - widths[key], spare)
             widths[key] += grow
@@ -53,7 +56,7 @@ class RunsScreen(Screen):
                 tooltip="phase:failed,paused task:name project:p/d domain:d, or any text"),
         Binding("f", "toggle_failed", "Failed"),
         Binding("s", "cycle_sort", "Sort", show=False,
-                tooltip="Sort by started, duration, phase, task, attempts, run"),
+                tooltip="Sort by started, duration, phase, task, attempts, run, project (grouped)"),
         Binding("S", "reverse_sort", "Reverse sort", key_display="S", show=False),
         Binding("r", "retry", "Retry", tooltip="Re-run a failed, aborted or timed-out run as a new attempt"),
         Binding("ctrl+d", "abort", "Abort", tooltip="Abort the selected run and all its actions (asks first)"),
@@ -99,8 +102,11 @@ class RunsScreen(Screen):
     def on_resize(self) -> None:
         self._apply_layout(self.app.size.width)
 
+    def _spans_projects(self) -> bool:
+        return len({(r.project, r.domain) for r in self.records.values()}) > 1
+
     def _apply_layout(self, width: int) -> None:
-        layout = column_layout(width)
+        layout = column_layout(width, self._spans_projects())
         if layout == self.columns_shown:
             return
         self.columns_shown = layout
@@ -121,7 +127,8 @@ class RunsScreen(Screen):
         return self.run_query.matches(record)
 
     def _row(self, record: Action) -> tuple:
-        cells = {"run": record.run_name, "task": escape(record.task_name or record.short_name or "-"),
+        cells = {"run": record.run_name, "project": escape(f"{record.project}/{record.domain}"),
+                 "task": escape(record.task_name or record.short_name or "-"),
                  "phase": self.app.themed(phase_markup(record.phase, self.app.ascii_only)),
                  "started": started_text(record), "duration": duration_text(record),
                  "attempts": str(record.attempts), "error": escape(first_error_line(record))}
@@ -154,7 +161,13 @@ class RunsScreen(Screen):
         table = self.query_one(DataTable)
         selected = self.selected_run
         if refetched:
+            spanned = self._spans_projects()
             self.records = {r.run_name: r for r in runs}
+            if self._spans_projects() != spanned:  # a second project appeared (or the last other went)
+                before = self.columns_shown
+                self._apply_layout(self.app.size.width)
+                if self.columns_shown != before:
+                    return  # the new layout rendered every row
         wanted = {name: r for name, r in self.records.items() if self._matches(r)}
         for name in [n for n in self.rows if n not in wanted]:
             table.remove_row(name)
