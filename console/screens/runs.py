@@ -23,7 +23,7 @@ from engine.client import Action, ActionPhase, Change
 COLUMN_ORDER = ("run", "project", "task", "phase", "started", "duration", "attempts", "error")
 ESSENTIAL = {"run": (21, 22), "phase": (11, 14), "duration": (8, 9), "error": (24, 60)}
 OPTIONAL = (("task", (12, 28)), ("started", (15, 15)), ("attempts", (8, 8)))  # in the order they come back
-PROJECT_COLUMN = ("project", (14, 30))  # only while the runs span several projects or domains
+PROJECT_COLUMN = ("project", (24, 30))  # only while the runs span several projects or domains
 CELL_PADDING = 2
 RELIST_SECONDS = 2.0  # runs are re-read at least this often (a condition starting to wait is not a run's change)
 COUNTED = (ActionPhase.RUNNING, ActionPhase.QUEUED, ActionPhase.PAUSED, ActionPhase.SUCCEEDED, ActionPhase.FAILED,
