@@ -15,6 +15,7 @@ before or after the command; for ``run``, before ``TASK``: after it everything i
 from __future__ import annotations
 
 import argparse
+import base64
 import asyncio
 import contextlib
 import getpass
@@ -284,19 +285,54 @@ def _prepare_run(args: argparse.Namespace) -> PreparedRun:
     return PreparedRun(task, spec.SerializeToString(), values, str(file.resolve().parent), checked)
 
 
+DEPLOYED = "deployed-task"  # `taskdeck run deployed-task NAME[@VERSION]`, as `flyte run deployed-task`
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.file == DEPLOYED:
+        return asyncio.run(_run_and_wait(args, None))
     prepared = _prepare_run(args)
     if args.tui:
         return _run_in_console(args, prepared)
     return asyncio.run(_run_and_wait(args, prepared))
 
 
-async def _run_and_wait(args: argparse.Namespace, prepared: PreparedRun) -> int:
-    async with writer(args, allow=[pathlib.Path(prepared.code_dir)]) as client:
-        inputs = await prepared.inputs(client, args.project, args.domain)
+async def _submit_deployed(args: argparse.Namespace, client: EngineClient):
+    """A run of a registered task: its inputs parsed from the registered interface, files stored first."""
+    from flyteidl2.task import task_definition_pb2
+
+    from engine.sdk import HelpRequested, InputError, deployed_task, inputs_from_values, parse_inputs
+
+    name, _, version = args.task.partition("@")
+    record = await client.get_task(name, project=args.project, domain=args.domain, version=version or None)
+    spec = task_definition_pb2.TaskSpec()
+    spec.ParseFromString(base64.b64decode(record["taskSpec"]))
+    task = deployed_task(spec)
+    task_args = [a for a in args.task_args if a != "--"] if args.task_args[:1] == ["--"] else list(args.task_args)
+    try:
+        # off the loop: the SDK reads registered defaults with asyncio.run
+        values = await asyncio.to_thread(parse_inputs, task, task_args, f"taskdeck run {DEPLOYED} {args.task}")
+        checked = inputs_from_values(task, values).SerializeToString()
+    except HelpRequested as shown:
+        print(shown.text, end="" if shown.text.endswith("\n") else "\n")
+        raise SystemExit(EXIT_OK) from None
+    except InputError as exc:
+        raise CliError(str(exc)) from None
+    prepared = PreparedRun(task, b"", values, "", checked)
+    inputs = await prepared.inputs(client, args.project, args.domain)
+    return await client.run_task(name, inputs, project=args.project, domain=args.domain,
+                                 version=record["version"], run_name=args.name)
+
+
+async def _run_and_wait(args: argparse.Namespace, prepared: PreparedRun | None) -> int:
+    async with writer(args, allow=[pathlib.Path(prepared.code_dir)] if prepared else []) as client:
         try:
-            run = await client.create_run(prepared.spec, inputs, project=args.project, domain=args.domain,
-                                          name=args.name, code_dir=prepared.code_dir, queue=prepared.queue)
+            if prepared is None:
+                run = await _submit_deployed(args, client)
+            else:
+                inputs = await prepared.inputs(client, args.project, args.domain)
+                run = await client.create_run(prepared.spec, inputs, project=args.project, domain=args.domain,
+                                              name=args.name, code_dir=prepared.code_dir, queue=prepared.queue)
         except AlreadyExistsError:
             raise CliError(f"a run named {args.name!r} already exists; choose another --run-name") from None
         if not args.json:
@@ -408,6 +444,11 @@ def cmd_get(args: argparse.Namespace) -> int:
     check_action_name(args.action)
     if args.kind == "workers":
         return asyncio.run(_get_workers(args))
+    if args.kind == "tasks":
+        return asyncio.run(_list(args, lambda client: client.list_tasks(args.project, args.domain),
+                                 ["PROJECT", "DOMAIN", "TASK", "VERSION", "DEPLOYED"],
+                                 lambda r: [r["project"], r["domain"], r["name"], r["version"],
+                                            time.strftime("%Y-%m-%d %H:%M", time.localtime(r["createdAt"]))]))
     if args.kind != "runs" and not args.run:
         raise CliError(f"usage: taskdeck get {args.kind} RUN")
     return asyncio.run(_get(args))
@@ -575,6 +616,43 @@ async def _list(args: argparse.Namespace, fetch, headers: list[str], cells) -> i
     else:
         print_table([cells(r) for r in rows], headers)
     return EXIT_OK
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    """Register a file's tasks (or one task environment's) with their code bundle, by version."""
+    import tempfile
+
+    from engine.sdk import TaskLoadError, load_tasks, serialize_task
+    from engine.tasks import make_bundle
+
+    file = pathlib.Path(args.file)
+    check_run_id(args.project, args.domain, "r")
+    try:
+        tasks = load_tasks(file, args.env)
+        root = file.resolve().parent
+        specs = [serialize_task(t, project=args.project, domain=args.domain, root_dir=root, with_defaults=True)
+                 for t in tasks]
+    except (TaskLoadError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+
+    async def go() -> int:
+        async with writer(args) as client:
+            with tempfile.TemporaryDirectory(prefix="taskdeck-bundle-") as scratch:
+                try:
+                    bundle = make_bundle(root, pathlib.Path(scratch) / "code.tar.gz")
+                except ValueError as exc:
+                    raise CliError(str(exc)) from None
+                stored = await client.stage_input(str(bundle), project=args.project, domain=args.domain)
+            rows = [await client.deploy_task(spec.SerializeToString(), project=args.project, domain=args.domain,
+                                             bundle=stored) for spec in specs]
+        if args.json:
+            print(strict_dumps(rows, indent=2))
+        else:
+            print_table([[r["name"], r["version"], "registered" if r["registered"] else "unchanged"] for r in rows],
+                        ["TASK", "VERSION", "DEPLOY"])
+        return EXIT_OK
+
+    return asyncio.run(go())
 
 
 def cmd_project(args: argparse.Namespace) -> int:
@@ -804,7 +882,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     get = command("get", help="list runs, a run's actions, an action's events (every attempt), or the engine's "
                               "reusable workers and fork servers")
-    get.add_argument("kind", choices=["runs", "actions", "events", "workers", "report"])
+    get.add_argument("kind", choices=["runs", "actions", "events", "workers", "report", "tasks"])
+    get.add_argument("--project", default=None, help="with `tasks`: only this project's (with --domain)")
+    get.add_argument("--domain", default="development")
     get.add_argument("--action", default="a0", help="with `events`: the action (default the root)")
     get.add_argument("run", nargs="?", help="the run (for `report`: RUN or RUN/ACTION)")
     get.add_argument("--limit", type=bounded(int, 1, 100_000), default=200)
@@ -826,6 +906,14 @@ def build_parser() -> argparse.ArgumentParser:
     signal_cmd.add_argument("run")
     signal_cmd.add_argument("action", help="the condition's action name, or the condition's own name")
     signal_cmd.add_argument("value")
+
+    deploy = command("deploy", help="register a file's tasks (or one environment's) with their code, by version",
+                     description="Runs of a deployed task (`taskdeck run deployed-task ENV.TASK[@VERSION]`) work "
+                                 "in its code bundle, not in your working tree.")
+    deploy.add_argument("file")
+    deploy.add_argument("env", nargs="?", default=None, help="only the tasks of this task environment")
+    deploy.add_argument("--project", default="flytesnacks")
+    deploy.add_argument("--domain", default="development")
 
     project = command("project", help="create or list projects (every run belongs to one; flytesnacks is there "
                                       "from the start)")
@@ -860,7 +948,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"token": cmd_token, "run": cmd_run, "get": cmd_get, "render": cmd_render, "abort": cmd_abort,
             "retry": cmd_retry,
-            "signal": cmd_signal, "cache": cmd_cache, "secret": cmd_secret, "project": cmd_project}
+            "signal": cmd_signal, "cache": cmd_cache, "secret": cmd_secret, "project": cmd_project,
+            "deploy": cmd_deploy}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -86,6 +86,10 @@ class TaskDeckApi:
             ("GET", re.compile(r"^/workers$"), self.list_workers),
             ("POST", re.compile(r"^/cache/evict$"), self.evict_cache),
             ("POST", re.compile(r"^/uploads$"), self.stage_input),
+            ("GET", re.compile(r"^/tasks$"), self.list_tasks),
+            ("POST", re.compile(r"^/tasks$"), self.deploy_task),
+            ("POST", re.compile(r"^/tasks/get$"), self.get_task),
+            ("POST", re.compile(r"^/tasks/run$"), self.run_task),
             ("GET", re.compile(r"^/projects$"), self.list_projects),
             ("POST", re.compile(r"^/projects$"), self.create_project),
             ("GET", re.compile(r"^/secrets$"), self.list_secrets),
@@ -274,6 +278,30 @@ class TaskDeckApi:
             spec, inputs, project=request.name("project", "flytesnacks"),
             domain=request.name("domain", "development"), name=request.name("name"),
             code_dir=code_dir, env_vars=request.body.get("envVars"), queue=request.text("queue", "", max_len=63) or "")
+        return record.to_json()
+
+    async def list_tasks(self, request: Request) -> Any:
+        project = request.query.get("project")
+        return await self.client.list_tasks(project, request.query.get("domain") if project else None)
+
+    async def deploy_task(self, request: Request) -> Any:
+        return await self.client.deploy_task(request.blob("taskSpec", required=True),
+                                             project=request.name("project", "flytesnacks"),
+                                             domain=request.name("domain", "development"),
+                                             bundle=request.text("bundle", "", max_len=4096) or "")
+
+    async def get_task(self, request: Request) -> Any:
+        return await self.client.get_task(request.text("name", "", max_len=255) or "",
+                                          project=request.name("project", "flytesnacks"),
+                                          domain=request.name("domain", "development"),
+                                          version=request.text("version", max_len=255))
+
+    async def run_task(self, request: Request) -> Any:
+        record = await self.client.run_task(request.text("name", "", max_len=255) or "", request.blob("inputs"),
+                                            project=request.name("project", "flytesnacks"),
+                                            domain=request.name("domain", "development"),
+                                            version=request.text("version", max_len=255),
+                                            run_name=request.name("runName"))
         return record.to_json()
 
     async def list_projects(self, request: Request) -> Any:

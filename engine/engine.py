@@ -25,6 +25,7 @@ from engine.plugins.k8s_config import K8sConfig
 from engine.render import KubernetesRenderer
 from engine.projects import ProjectsService
 from engine.quotas import ResourceManager
+from engine.tasks import TasksService
 from engine.secret_store import EmbeddedSecretStore
 from engine.uploads import UploadStore
 from engine.plugins.local_backend import LocalResourceBackend
@@ -147,6 +148,7 @@ class Engine:
         self.runtime_env: dict[str, str] = {}
         self.secrets = EmbeddedSecretStore(self.store, self.data_dir)
         self.projects = ProjectsService(self.store)
+        self.tasks = TasksService(self.store, self.data_dir, self.projects)
         passed_env = self._passed_env
         self.reconciler = TaskActionReconciler(
             self.store, self.registry, self.data_dir, self._enqueue,
@@ -164,7 +166,7 @@ class Engine:
                                        LogService(self.data_dir), self.data_dir, self._workers,
                                        KubernetesRenderer(self.reconciler.build_context,
                                                           self.runs.task_action_named, k8s=self.k8s).render,
-                                       UploadStore(self.data_dir).stage, self.secrets, self.projects)
+                                       UploadStore(self.data_dir).stage, self.secrets, self.projects, self.tasks)
         self.controller_services = ControllerServices(self.runs, max_body_bytes=self.config.max_body_bytes)
         self.gc = GarbageCollector(self.store, self.config.gc_ttl_seconds, self.config.gc_interval_seconds,
                                    resource_sweeps=[m.collect_garbage for m in self.resource_managers])

@@ -24,8 +24,46 @@ class TaskLoadError(Exception):
     pass
 
 
+def load_tasks(file: str | pathlib.Path, environment: str | None = None) -> list:
+    """Every task ``file`` defines (those of the task environment named ``environment``, if given)."""
+    from flyte._task import TaskTemplate
+
+    module = _load_module(file)
+    tasks = [v for v in vars(module).values() if isinstance(v, TaskTemplate)]
+    if environment is not None:
+        tasks = [t for t in tasks if getattr(t, "parent_env_name", None) == environment]
+        if not tasks:
+            envs = sorted({getattr(t, "parent_env_name", None) or "-" for t in vars(module).values()
+                           if isinstance(t, TaskTemplate)})
+            raise TaskLoadError(f"{file} has no task environment {environment!r} (environments: {', '.join(envs)})")
+    return tasks
+
+
+def deployed_task(spec: task_definition_pb2.TaskSpec):
+    """A stand-in for a registered task's Python object: what parsing its inputs needs (the SDK's guessed
+    interface from the spec, as ``flyte run deployed-task`` builds it)."""
+    import types
+
+    from flyte.types import guess_interface
+
+    return types.SimpleNamespace(name=spec.task_template.id.name, docs=None, func=None,
+                                 native_interface=guess_interface(spec.task_template.interface, spec.default_inputs))
+
+
 def load_task(file: str | pathlib.Path, task_name: str):
     """Import ``file`` as a module (its directory on sys.path, as ``flyte run`` does) and return the task."""
+    from flyte._task import TaskTemplate
+
+    module = _load_module(file)
+    task = getattr(module, task_name, None)
+    if not isinstance(task, TaskTemplate):
+        available = sorted(k for k, v in vars(module).items() if isinstance(v, TaskTemplate))
+        raise TaskLoadError(f"{file} has no task named {task_name!r}; tasks: {', '.join(available) or 'none'}")
+    return task
+
+
+def _load_module(file: str | pathlib.Path):
+    """Import ``file`` as a module (its directory on sys.path while it imports, as ``flyte run`` does)."""
     path = pathlib.Path(file).resolve()
     if not path.is_file():
         raise TaskLoadError(f"{file}: no such file")
@@ -48,13 +86,7 @@ def load_task(file: str | pathlib.Path, task_name: str):
         if added:
             with contextlib.suppress(ValueError):
                 sys.path.remove(str(path.parent))
-    from flyte._task import TaskTemplate
-
-    task = getattr(module, task_name, None)
-    if not isinstance(task, TaskTemplate):
-        available = sorted(k for k, v in vars(module).items() if isinstance(v, TaskTemplate))
-        raise TaskLoadError(f"{file} has no task named {task_name!r}; tasks: {', '.join(available) or 'none'}")
-    return task
+    return module
 
 
 def code_version(root_dir: pathlib.Path) -> str:
@@ -67,13 +99,55 @@ def code_version(root_dir: pathlib.Path) -> str:
 
 
 def serialize_task(task, *, project: str, domain: str, root_dir: pathlib.Path,
-                   version: str | None = None) -> task_definition_pb2.TaskSpec:
+                   version: str | None = None, with_defaults: bool = False) -> task_definition_pb2.TaskSpec:
+    """The task's TaskSpec; ``with_defaults``: with its inputs' default values (``default_inputs``), as
+    ``flyte deploy`` registers them, so a run of the registered task can leave them out."""
     from flyte._internal.runtime.task_serde import translate_task_to_wire
     from flyte.models import SerializationContext
 
     context = SerializationContext(
         version=version or code_version(root_dir), project=project, domain=domain, org="local", root_dir=root_dir)
-    return translate_task_to_wire(task, context)
+    defaults = _in_scratch_context(lambda: _default_inputs(task)) if with_defaults else None
+    return translate_task_to_wire(task, context, default_inputs=defaults)
+
+
+async def _default_inputs(task):
+    from flyte._internal.runtime.convert import convert_upload_default_inputs
+
+    return await convert_upload_default_inputs(task.interface)
+
+
+def _in_scratch_context(make_coroutine):
+    """Run an SDK coroutine with a throwaway raw-data path (for transformers that ask for one)."""
+    import tempfile
+
+    from flyte._context import internal_ctx, root_context_var
+    from flyte.models import RawDataPath
+
+    async def run(directory: str):
+        token = root_context_var.set(internal_ctx().new_raw_data_path(RawDataPath(path=directory)))
+        try:
+            return await make_coroutine()
+        finally:
+            root_context_var.reset(token)
+
+    def in_directory():
+        with tempfile.TemporaryDirectory(prefix="taskdeck-defaults-") as directory:
+            return asyncio.run(run(directory))
+
+    return _blocking(in_directory)
+
+
+def _blocking(work):
+    """``work()`` (which runs its own event loop) from sync code, on a thread when a loop runs here already."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return work()
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(work).result()
 
 
 class InputError(ValueError):
@@ -315,14 +389,7 @@ def inputs_from_values(task, values: dict[str, Any], scratch: str | None = None)
         with tempfile.TemporaryDirectory(prefix="taskdeck-inputs-") as directory:
             return asyncio.run(convert(directory))
 
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return run()
-    import concurrent.futures  # called from inside a loop: convert on a private loop in a thread
-
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(run).result()
+    return _blocking(run)
 
 
 def uris_under(inputs: common_pb2.Inputs, directory: str) -> list[str]:

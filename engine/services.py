@@ -31,3 +31,4 @@ class EngineServices:
     stage: Callable[[str, str, str], str] | None = None
     secrets: Any = None  # the SecretStore: values go in, never come out; logs are masked with them
     projects: Any = None  # the ProjectsService: runs are created only in projects that exist
+    tasks: Any = None  # the TasksService: registered tasks and their code bundles

@@ -99,6 +99,22 @@ class EngineClient(abc.ABC):
         """A new run of the serialized ``TaskSpec`` with the serialized ``Inputs``."""
 
     @abc.abstractmethod
+    async def deploy_task(self, task_spec: bytes, *, project: str, domain: str, bundle: str = "") -> dict[str, Any]:
+        """Register a task version (with its stored code bundle); {task..., "registered": bool}."""
+        raise NotImplementedError
+
+    async def list_tasks(self, project: str | None = None, domain: str | None = None) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    async def get_task(self, name: str, *, project: str, domain: str, version: str | None = None) -> dict[str, Any]:
+        """A registered task with its serialized spec (``taskSpec``, base64): the latest version by default."""
+        raise NotImplementedError
+
+    async def run_task(self, name: str, inputs: bytes, *, project: str, domain: str, version: str | None = None,
+                       run_name: str | None = None) -> Action:
+        """A new run of a registered task, working in its extracted code bundle."""
+        raise NotImplementedError
+
     async def create_project(self, project_id: str, *, name: str = "", description: str = "") -> dict[str, Any]:
         """Create a project with Flyte's three domains (creating one that exists is fine)."""
         raise NotImplementedError

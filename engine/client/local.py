@@ -7,6 +7,7 @@ answers), and the CLI reads a directory no engine serves through a read-only one
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 
 import contextlib
@@ -163,6 +164,32 @@ class LocalClient(EngineClient):
         self._writable()
         await self._secret_store().delete(name, project=project, domain=domain)
 
+    async def deploy_task(self, task_spec: bytes, *, project: str, domain: str, bundle: str = "") -> dict[str, Any]:
+        self._writable()
+        record, registered = await self._tasks().deploy(task_spec, project=project, domain=domain, bundle=bundle)
+        return {**record.to_json(), "registered": registered}
+
+    async def list_tasks(self, project: str | None = None, domain: str | None = None) -> list[dict[str, Any]]:
+        return [t.to_json() for t in await self._tasks().list(project, domain)]
+
+    async def get_task(self, name: str, *, project: str, domain: str, version: str | None = None) -> dict[str, Any]:
+        record = await self._tasks().get(project, domain, name, version)
+        return {**record.to_json(), "taskSpec": base64.b64encode(record.spec).decode()}
+
+    async def run_task(self, name: str, inputs: bytes, *, project: str, domain: str, version: str | None = None,
+                       run_name: str | None = None) -> Action:
+        self._writable()
+        tasks = self._tasks()
+        record = await tasks.get(project, domain, name, version)
+        code_dir = await asyncio.to_thread(tasks.code_dir, record)
+        return await self.create_run(record.spec, inputs, project=project, domain=domain, name=run_name,
+                                     code_dir=code_dir)
+
+    def _tasks(self):
+        if self.services.tasks is None:
+            raise LookupError("registered tasks need the engine: start one (taskdeck --headless)")
+        return self.services.tasks
+
     async def create_project(self, project_id: str, *, name: str = "", description: str = "") -> dict[str, Any]:
         self._writable()
         return (await self._projects().create(project_id, name=name, description=description)).to_json()
@@ -218,10 +245,11 @@ async def read_only_client(data_dir: Path):
         from engine.secret_store import EmbeddedSecretStore
 
         from engine.projects import ProjectsService
+        from engine.tasks import TasksService
 
         services = EngineServices(RunsService(store, data_dir), ChangeFeed(store, health), health,
                                   LogService(data_dir), Path(data_dir), secrets=EmbeddedSecretStore(store, data_dir),
-                                  projects=ProjectsService(store))
+                                  projects=ProjectsService(store), tasks=TasksService(store, data_dir))
         yield LocalClient(services, description=f"{data_dir} (read-only: no engine serves it)", can_write=False)
     finally:
         await store.close()

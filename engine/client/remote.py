@@ -171,6 +171,24 @@ class RemoteClient(EngineClient):
                    "queue": queue}
         return Action.from_json(await self._call("POST", "/runs", payload))
 
+    async def deploy_task(self, task_spec: bytes, *, project: str, domain: str, bundle: str = "") -> dict[str, Any]:
+        return await self._call("POST", "/tasks", {"taskSpec": base64.b64encode(task_spec).decode(),
+                                                   "project": project, "domain": domain, "bundle": bundle})
+
+    async def list_tasks(self, project: str | None = None, domain: str | None = None) -> list[dict[str, Any]]:
+        params = {"project": project, "domain": domain} if project else None
+        return await self._call("GET", "/tasks", params=params)
+
+    async def get_task(self, name: str, *, project: str, domain: str, version: str | None = None) -> dict[str, Any]:
+        return await self._call("POST", "/tasks/get", {"name": name, "project": project, "domain": domain,
+                                                       "version": version})
+
+    async def run_task(self, name: str, inputs: bytes, *, project: str, domain: str, version: str | None = None,
+                       run_name: str | None = None) -> Action:
+        return Action.from_json(await self._call("POST", "/tasks/run", {
+            "name": name, "inputs": base64.b64encode(inputs).decode(), "project": project, "domain": domain,
+            "version": version, "runName": run_name}))
+
     async def create_project(self, project_id: str, *, name: str = "", description: str = "") -> dict[str, Any]:
         return await self._call("POST", "/projects", {"id": project_id, "name": name, "description": description})
 

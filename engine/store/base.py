@@ -184,6 +184,24 @@ class ProjectRecord:
 
 
 @dataclasses.dataclass(frozen=True)
+class TaskRecord:
+    """A registered task: project → domain → name → version, its spec, and the code bundle it runs from."""
+
+    project: str
+    domain: str
+    name: str
+    version: str
+    digest: str  # of the serialized TaskSpec: one version, one spec
+    spec: bytes
+    bundle: str  # the stored code bundle (a .tar.gz in the upload store), "" for none
+    created_at: float
+
+    def to_json(self) -> dict:
+        return {"project": self.project, "domain": self.domain, "name": self.name, "version": self.version,
+                "digest": self.digest, "bundle": self.bundle or None, "createdAt": self.created_at}
+
+
+@dataclasses.dataclass(frozen=True)
 class Reservation:
     """Who may compute a serializable cache key; the owner extends it with every reconcile."""
 
@@ -398,7 +416,21 @@ class ProjectsRepository(abc.ABC):
     async def project_list(self) -> list[ProjectRecord]: ...
 
 
-class EngineStore(ResourceStore, RunsRepository, CacheStore, SecretsRepository, ProjectsRepository, abc.ABC):
+class TasksRepository(abc.ABC):
+    @abc.abstractmethod
+    async def task_register(self, task: TaskRecord) -> TaskRecord:
+        """The record stored for (project, domain, name, version): ``task`` when new, else the one there."""
+
+    @abc.abstractmethod
+    async def task_get(self, project: str, domain: str, name: str, version: str | None = None) -> TaskRecord | None:
+        """That version, or the latest registered (None: no such task)."""
+
+    @abc.abstractmethod
+    async def task_list(self, project: str | None = None, domain: str | None = None) -> list[TaskRecord]: ...
+
+
+class EngineStore(ResourceStore, RunsRepository, CacheStore, SecretsRepository, ProjectsRepository, TasksRepository,
+                  abc.ABC):
     storage_error: str | None = None  # why the last write failed, until one succeeds
 
     @abc.abstractmethod

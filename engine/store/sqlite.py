@@ -44,6 +44,7 @@ from engine.store.base import (
     NotFoundError,
     OwnerGoneError,
     ProjectRecord,
+    TaskRecord,
     Reservation,
     SecretInfo,
     StorageChanged,
@@ -110,6 +111,11 @@ CREATE TABLE IF NOT EXISTS cache_entries (
 CREATE INDEX IF NOT EXISTS cache_entries_task ON cache_entries (task_name);
 CREATE TABLE IF NOT EXISTS cache_reservations (
     key TEXT PRIMARY KEY, owner_id TEXT NOT NULL, expires_at REAL NOT NULL, heartbeat_seconds REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    project TEXT NOT NULL, domain TEXT NOT NULL, name TEXT NOT NULL, version TEXT NOT NULL,
+    digest TEXT NOT NULL, spec BLOB NOT NULL, bundle TEXT NOT NULL, created_at REAL NOT NULL,
+    PRIMARY KEY (project, domain, name, version)
 );
 CREATE TABLE IF NOT EXISTS projects (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, description TEXT NOT NULL, domains TEXT NOT NULL, created_at REAL NOT NULL
@@ -934,6 +940,35 @@ class SqliteStore(EngineStore):
             await self._submit(apply)
         return len(found)
 
+    # ----------------------------------------------------------------- registered tasks
+    async def task_register(self, task: TaskRecord) -> TaskRecord:
+        existing = await self.task_get(task.project, task.domain, task.name, task.version)
+        if existing is not None:
+            return existing
+        await self._submit(lambda batch: batch.sql(
+            "INSERT OR IGNORE INTO tasks (project, domain, name, version, digest, spec, bundle, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (task.project, task.domain, task.name, task.version, task.digest,
+                                                task.spec, task.bundle, task.created_at)))
+        return await self.task_get(task.project, task.domain, task.name, task.version) or task
+
+    async def task_get(self, project: str, domain: str, name: str, version: str | None = None) -> TaskRecord | None:
+        columns = "project, domain, name, version, digest, spec, bundle, created_at"
+        if version:
+            rows = await self._fetchall(f"SELECT {columns} FROM tasks WHERE project = ? AND domain = ? AND name = ? "
+                                        "AND version = ?", (project, domain, name, version))
+        else:
+            rows = await self._fetchall(f"SELECT {columns} FROM tasks WHERE project = ? AND domain = ? AND name = ? "
+                                        "ORDER BY created_at DESC LIMIT 1", (project, domain, name))
+        return _task(rows[0]) if rows else None
+
+    async def task_list(self, project: str | None = None, domain: str | None = None) -> list[TaskRecord]:
+        columns = "project, domain, name, version, digest, '' AS spec, bundle, created_at"
+        sql, params = f"SELECT {columns} FROM tasks", ()
+        if project is not None:
+            sql, params = sql + " WHERE project = ? AND domain = ?", (project, domain or "")
+        rows = await self._fetchall(sql + " ORDER BY project, domain, name, created_at", params)
+        return [_task(r) for r in rows]
+
     # ----------------------------------------------------------------- projects
     async def project_create(self, project: ProjectRecord) -> bool:
         if await self.project_get(project.id) is not None:
@@ -1019,3 +1054,7 @@ class SqliteStore(EngineStore):
 
 def _project(row) -> ProjectRecord:
     return ProjectRecord(row[0], row[1], row[2], tuple(json.loads(row[3])), row[4])
+
+
+def _task(row) -> TaskRecord:
+    return TaskRecord(row[0], row[1], row[2], row[3], row[4], bytes(row[5] or b""), row[6], row[7])

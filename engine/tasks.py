@@ -1,0 +1,127 @@
+"""Registered tasks (Flyte's TaskService): a task is deployed by project, domain, name and version with its
+code bundle, and runs start from it by name (the latest version, or the one asked for).
+
+Deploying the same spec under a version again is a no-op; a different spec under a version that exists is
+refused (a version names one spec). A code bundle (a .tar.gz of the task's code directory, stored in the
+upload store) is extracted once, under ``<data>/bundles/<md5>/``, and every run of the task works there:
+it does not depend on the caller's working tree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+from flyteidl2.task import task_definition_pb2
+
+from engine.errors import InvalidRunError
+from engine.names import check_run_id
+from engine.store.base import TaskRecord
+
+
+class TaskNotFoundError(LookupError):
+    pass
+
+
+class TasksService:
+    def __init__(self, repository, data_dir: Path, projects=None, clock=time.time):
+        self.repository = repository
+        self.bundles = Path(data_dir) / "bundles"
+        self.uploads = Path(data_dir) / "uploads"
+        self.projects = projects
+        self.clock = clock
+
+    async def deploy(self, spec_bytes: bytes, *, project: str, domain: str, bundle: str = "") -> tuple[TaskRecord, bool]:
+        """(the registered task, whether this call registered it)."""
+        check_run_id(project, domain, "r")
+        if self.projects is not None:
+            await self.projects.check(project, domain)
+        spec = task_definition_pb2.TaskSpec()
+        try:
+            spec.ParseFromString(spec_bytes)
+        except Exception:  # noqa: BLE001 - a client's bytes
+            raise InvalidRunError("taskSpec is not a serialized flyteidl2.task.TaskSpec", field="taskSpec") from None
+        task_id = spec.task_template.id
+        if not task_id.name or not task_id.version:
+            raise InvalidRunError("a deployed task needs a name and a version in its template id", field="taskSpec")
+        if bundle and not self._in_uploads(bundle):
+            raise InvalidRunError("bundle must be a file the engine stored (taskdeck's upload store)", field="bundle")
+        digest = hashlib.sha256(spec.SerializeToString(deterministic=True)).hexdigest()
+        record = TaskRecord(project, domain, task_id.name, task_id.version, digest,
+                            spec.SerializeToString(deterministic=True), bundle, self.clock())
+        stored = await self.repository.task_register(record)
+        if stored.digest != digest:
+            raise InvalidRunError(f"task {task_id.name} version {task_id.version} is registered with another spec: "
+                                  "deploy a new version", field="taskSpec")
+        return stored, stored.created_at == record.created_at
+
+    async def get(self, project: str, domain: str, name: str, version: str | None = None) -> TaskRecord:
+        check_run_id(project, domain, "r")
+        record = await self.repository.task_get(project, domain, name, version)
+        if record is None:
+            which = f"version {version!r} of " if version else ""
+            raise TaskNotFoundError(f"no {which}task {name!r} is deployed in {project}/{domain} (`taskdeck deploy "
+                                    "FILE` registers a file's tasks)")
+        return record
+
+    async def list(self, project: str | None = None, domain: str | None = None) -> list[TaskRecord]:
+        return await self.repository.task_list(project, domain)
+
+    def code_dir(self, record: TaskRecord) -> str | None:
+        """Where runs of the task work: its bundle, extracted once (None: it was deployed without one)."""
+        if not record.bundle:
+            return None
+        bundle = Path(record.bundle)
+        if not bundle.is_file():
+            raise InvalidRunError(f"the code bundle of {record.name} {record.version} is missing ({bundle}): deploy "
+                                  "it again", field="bundle")
+        target = self.bundles / bundle.parent.name
+        if not target.is_dir():
+            self.bundles.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=self.bundles))
+            try:
+                with tarfile.open(bundle, "r:gz") as archive:
+                    archive.extractall(staging, filter="data")  # no absolute paths, no links out, no devices
+                try:
+                    os.rename(staging, target)
+                except OSError:
+                    if not target.is_dir():  # not another extraction of the same bundle that won the race
+                        raise
+            except (OSError, tarfile.TarError) as exc:
+                raise InvalidRunError(f"the code bundle {bundle} cannot be extracted: {exc}", field="bundle") from None
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        return str(target)
+
+    def _in_uploads(self, path: str) -> bool:
+        real = os.path.realpath(path)
+        return real.startswith(os.path.realpath(self.uploads) + os.sep) and os.path.isfile(real)
+
+
+SKIPPED_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__", ".venv", "venv", ".tox", "node_modules",
+                          ".mypy_cache", ".pytest_cache", ".ruff_cache"})
+MAX_BUNDLE_BYTES = 256 * 1024 * 1024
+
+
+def make_bundle(code_dir: Path, destination: Path) -> Path:
+    """A .tar.gz of the code directory, as a cluster's fast registration ships it (without version-control,
+    virtualenv and cache directories); ValueError when it would be larger than MAX_BUNDLE_BYTES."""
+    total = 0
+    with tarfile.open(destination, "w:gz") as archive:
+        for current, dirs, files in os.walk(code_dir):
+            dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS and not d.endswith(".egg-info"))
+            for name in sorted(files):
+                path = Path(current) / name
+                if path.is_symlink() or not path.is_file():
+                    continue
+                total += path.stat().st_size
+                if total > MAX_BUNDLE_BYTES:
+                    raise ValueError(f"{code_dir} holds more than {MAX_BUNDLE_BYTES >> 20} MiB of files: too much "
+                                     "to deploy as a code bundle")
+                archive.add(path, arcname=str(path.relative_to(code_dir)), recursive=False)
+    return destination
