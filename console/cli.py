@@ -622,7 +622,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     """Register a file's tasks (or one task environment's) with their code bundle, by version."""
     import tempfile
 
-    from engine.sdk import TaskLoadError, load_tasks, serialize_task
+    from engine.sdk import TaskLoadError, load_tasks, serialize_task, task_triggers
     from engine.tasks import make_bundle
 
     file = pathlib.Path(args.file)
@@ -632,6 +632,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         root = file.resolve().parent
         specs = [serialize_task(t, project=args.project, domain=args.domain, root_dir=root, with_defaults=True)
                  for t in tasks]
+        triggers = [task_triggers(t, spec) for t, spec in zip(tasks, specs)]
     except (TaskLoadError, ValueError) as exc:
         raise CliError(str(exc)) from None
 
@@ -645,11 +646,41 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                 stored = await client.stage_input(str(bundle), project=args.project, domain=args.domain)
             rows = [await client.deploy_task(spec.SerializeToString(), project=args.project, domain=args.domain,
                                              bundle=stored) for spec in specs]
+            for row, serialized in zip(rows, triggers):
+                row["triggers"] = [(await client.deploy_trigger(t, project=args.project, domain=args.domain,
+                                                                task_name=row["name"], task_version=row["version"]))["name"]
+                                   for t in serialized]
         if args.json:
             print(strict_dumps(rows, indent=2))
         else:
-            print_table([[r["name"], r["version"], "registered" if r["registered"] else "unchanged"] for r in rows],
-                        ["TASK", "VERSION", "DEPLOY"])
+            print_table([[r["name"], r["version"], "registered" if r["registered"] else "unchanged",
+                          ", ".join(r["triggers"]) or "-"] for r in rows], ["TASK", "VERSION", "DEPLOY", "TRIGGERS"])
+        return EXIT_OK
+
+    return asyncio.run(go())
+
+
+def cmd_trigger(args: argparse.Namespace) -> int:
+    """List triggers, switch one on or off, or show its revisions and what it fired."""
+
+    async def go() -> int:
+        if args.action == "list":
+            return await _list(args, lambda client: client.list_triggers(),
+                               ["PROJECT", "DOMAIN", "TRIGGER", "TASK", "ACTIVE", "REVISION"],
+                               lambda r: [r["project"], r["domain"], r["name"], r["task"], "yes" if r["active"] else "no",
+                                          str(r["revision"])])
+        if not args.name:
+            raise CliError(f"usage: taskdeck trigger {args.action} NAME")
+        if args.action == "history":
+            return await _list(args, lambda client: client.trigger_history(args.name, project=args.project,
+                                                                           domain=args.domain),
+                               ["AT", "REVISION", "WHAT"],
+                               lambda r: [time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["at"])),
+                                          str(r["revision"] or "-"), r["text"]])
+        async with writer(args) as client:
+            record = await client.set_trigger_active(args.name, args.action == "activate", project=args.project,
+                                                     domain=args.domain)
+        say(f"trigger {record['name']} is {'active' if record['active'] else 'inactive'} (revision {record['revision']})")
         return EXIT_OK
 
     return asyncio.run(go())
@@ -915,6 +946,12 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--project", default="flytesnacks")
     deploy.add_argument("--domain", default="development")
 
+    trigger = command("trigger", help="list triggers, activate or deactivate one, or show its history")
+    trigger.add_argument("action", choices=["list", "activate", "deactivate", "history"])
+    trigger.add_argument("name", nargs="?")
+    trigger.add_argument("--project", default="flytesnacks")
+    trigger.add_argument("--domain", default="development")
+
     project = command("project", help="create or list projects (every run belongs to one; flytesnacks is there "
                                       "from the start)")
     project.add_argument("action", choices=["create", "list"])
@@ -949,7 +986,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"token": cmd_token, "run": cmd_run, "get": cmd_get, "render": cmd_render, "abort": cmd_abort,
             "retry": cmd_retry,
             "signal": cmd_signal, "cache": cmd_cache, "secret": cmd_secret, "project": cmd_project,
-            "deploy": cmd_deploy}
+            "deploy": cmd_deploy, "trigger": cmd_trigger}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -90,6 +90,10 @@ class TaskDeckApi:
             ("POST", re.compile(r"^/tasks$"), self.deploy_task),
             ("POST", re.compile(r"^/tasks/get$"), self.get_task),
             ("POST", re.compile(r"^/tasks/run$"), self.run_task),
+            ("GET", re.compile(r"^/triggers$"), self.list_triggers),
+            ("POST", re.compile(r"^/triggers$"), self.deploy_trigger),
+            ("POST", re.compile(r"^/triggers/active$"), self.set_trigger_active),
+            ("POST", re.compile(r"^/triggers/history$"), self.trigger_history),
             ("GET", re.compile(r"^/projects$"), self.list_projects),
             ("POST", re.compile(r"^/projects$"), self.create_project),
             ("GET", re.compile(r"^/secrets$"), self.list_secrets),
@@ -303,6 +307,25 @@ class TaskDeckApi:
                                             version=request.text("version", max_len=255),
                                             run_name=request.name("runName"))
         return record.to_json()
+
+    async def list_triggers(self, request: Request) -> Any:
+        return await self.client.list_triggers()
+
+    async def deploy_trigger(self, request: Request) -> Any:
+        return await self.client.deploy_trigger(
+            request.blob("trigger", required=True), project=request.name("project", "flytesnacks"),
+            domain=request.name("domain", "development"), task_name=request.text("task", "", max_len=255) or "",
+            task_version=request.text("taskVersion", "", max_len=255) or "")
+
+    async def set_trigger_active(self, request: Request) -> Any:
+        return await self.client.set_trigger_active(request.text("name", "", max_len=255) or "", request.flag("active"),
+                                                    project=request.name("project", "flytesnacks"),
+                                                    domain=request.name("domain", "development"))
+
+    async def trigger_history(self, request: Request) -> Any:
+        return await self.client.trigger_history(request.text("name", "", max_len=255) or "",
+                                                 project=request.name("project", "flytesnacks"),
+                                                 domain=request.name("domain", "development"))
 
     async def list_projects(self, request: Request) -> Any:
         return await self.client.list_projects()

@@ -4,6 +4,7 @@ all as asyncio work on one event loop. The console embeds it; ``taskdeck --headl
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -11,6 +12,8 @@ import logging
 import os
 import time
 from pathlib import Path
+
+from flyteidl2.task import task_definition_pb2
 
 from engine import pygc
 from engine.auth import Authority, endpoint_with_credential, write_private
@@ -26,6 +29,7 @@ from engine.render import KubernetesRenderer
 from engine.projects import ProjectsService
 from engine.quotas import ResourceManager
 from engine.tasks import TasksService
+from engine.triggers import TriggersService
 from engine.secret_store import EmbeddedSecretStore
 from engine.uploads import UploadStore
 from engine.plugins.local_backend import LocalResourceBackend
@@ -82,6 +86,7 @@ class EngineConfig:
     plugin_for_task_types: dict[str, str] = dataclasses.field(default_factory=dict)
     k8s_config: Path | None = None  # Flyte's k8s plugin settings (tolerations, ...), for rendered resources
     project_quotas: dict[str, int] = dataclasses.field(default_factory=dict)  # "project/domain" → running actions
+    max_catch_up: int = 10  # missed trigger occurrences fired after downtime (the most recent ones)
     queue_quotas: dict[str, int] = dataclasses.field(default_factory=dict)  # queue → running actions
     commit_in_thread: bool = False  # True: SQLite commits in a writer thread instead of on the loop
     gc_ttl_seconds: float = DEFAULT_TTL_SECONDS  # terminated TaskActions are removed after this
@@ -149,6 +154,8 @@ class Engine:
         self.secrets = EmbeddedSecretStore(self.store, self.data_dir)
         self.projects = ProjectsService(self.store)
         self.tasks = TasksService(self.store, self.data_dir, self.projects)
+        self.triggers = TriggersService(self.store, self.tasks, self._start_triggered_run,
+                                        max_catch_up=self.config.max_catch_up)
         passed_env = self._passed_env
         self.reconciler = TaskActionReconciler(
             self.store, self.registry, self.data_dir, self._enqueue,
@@ -166,7 +173,8 @@ class Engine:
                                        LogService(self.data_dir), self.data_dir, self._workers,
                                        KubernetesRenderer(self.reconciler.build_context,
                                                           self.runs.task_action_named, k8s=self.k8s).render,
-                                       UploadStore(self.data_dir).stage, self.secrets, self.projects, self.tasks)
+                                       UploadStore(self.data_dir).stage, self.secrets, self.projects, self.tasks,
+                                       self.triggers)
         self.controller_services = ControllerServices(self.runs, max_body_bytes=self.config.max_body_bytes)
         self.gc = GarbageCollector(self.store, self.config.gc_ttl_seconds, self.config.gc_interval_seconds,
                                    resource_sweeps=[m.collect_garbage for m in self.resource_managers])
@@ -176,6 +184,13 @@ class Engine:
         self.url: str | None = None
         self.started = False
         self._gc_tuned = False
+
+    async def _start_triggered_run(self, task, inputs, name: str, scheduled, annotations: dict[str, str]):
+        code_dir = await asyncio.to_thread(self.tasks.code_dir, task)
+        spec = task_definition_pb2.TaskSpec()
+        spec.ParseFromString(task.spec)
+        return await self.runs.create_run(spec, inputs, project=task.project, domain=task.domain, name=name,
+                                          code_dir=code_dir, annotations=annotations, run_start_time=scheduled)
 
     def _passed_env(self) -> frozenset[str]:
         """Engine variables task processes get (--pass-env) that are set: they stand in for missing secrets."""
@@ -229,6 +244,7 @@ class Engine:
                 self.authority.share_file(self.data_dir / ENDPOINT_FILE)
             await self.manager.start()
             await self.gc.start()
+            await self.triggers.start()
         except BaseException:
             await self._shutdown()
             raise
@@ -289,6 +305,7 @@ class Engine:
             self._server = None
             with contextlib.suppress(FileNotFoundError):
                 (self.data_dir / ENDPOINT_FILE).unlink()
+        await self.triggers.stop()
         await self.gc.stop()
         await self.manager.stop()
         await self.health.close()

@@ -212,7 +212,10 @@ class RunsService:
         labels: dict[str, str] | None = None,
         annotations: dict[str, str] | None = None,
         queue: str = "",
+        run_start_time: dt.datetime | None = None,
     ) -> ActionRecord:
+        """A new run; ``run_start_time``: when it counts as started (a trigger's scheduled time, which the SDK
+        gives its kickoff-time input), else now."""
         run_name = generate_run_name() if name is None else name
         check_run_id(project, domain, run_name, new_run=name is not None)
         env_vars = check_env_vars(env_vars)
@@ -222,7 +225,7 @@ class RunsService:
             raise InvalidRunError("the task template has no type")
         check_supported(template, self.passed_env, self.plugin_for)
         await self._check_secrets(template, project, domain)
-        started = utcnow()
+        started = run_start_time or utcnow()
         start_iso = started.isoformat()
         spec, template, spec_bytes = stamped_spec(task_spec, start_iso)
         digest = spec_digest(spec_bytes)

@@ -111,6 +111,19 @@ def serialize_task(task, *, project: str, domain: str, root_dir: pathlib.Path,
     return translate_task_to_wire(task, context, default_inputs=defaults)
 
 
+def task_triggers(task, spec: task_definition_pb2.TaskSpec) -> list[bytes]:
+    """The task's triggers (``triggers=``), serialized by the SDK's own ``to_task_trigger``."""
+    if not getattr(task, "triggers", None):
+        return []
+    from flyte._internal.runtime.trigger_serde import to_task_trigger
+
+    async def serialize():
+        return [(await to_task_trigger(t, task.name, spec.task_template.interface.inputs,
+                                       list(spec.default_inputs))).SerializeToString() for t in task.triggers]
+
+    return _in_scratch_context(serialize)
+
+
 async def _default_inputs(task):
     from flyte._internal.runtime.convert import convert_upload_default_inputs
 

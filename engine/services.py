@@ -32,3 +32,4 @@ class EngineServices:
     secrets: Any = None  # the SecretStore: values go in, never come out; logs are masked with them
     projects: Any = None  # the ProjectsService: runs are created only in projects that exist
     tasks: Any = None  # the TasksService: registered tasks and their code bundles
+    triggers: Any = None  # the TriggersService: schedules that start runs of registered tasks

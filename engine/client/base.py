@@ -115,6 +115,20 @@ class EngineClient(abc.ABC):
         """A new run of a registered task, working in its extracted code bundle."""
         raise NotImplementedError
 
+    async def deploy_trigger(self, trigger: bytes, *, project: str, domain: str, task_name: str,
+                             task_version: str) -> dict[str, Any]:
+        """Register (or update, as a new revision) a registered task's trigger: a serialized TaskTrigger."""
+        raise NotImplementedError
+
+    async def list_triggers(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    async def set_trigger_active(self, name: str, active: bool, *, project: str, domain: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def trigger_history(self, name: str, *, project: str, domain: str) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
     async def create_project(self, project_id: str, *, name: str = "", description: str = "") -> dict[str, Any]:
         """Create a project with Flyte's three domains (creating one that exists is fine)."""
         raise NotImplementedError

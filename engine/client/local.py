@@ -190,6 +190,27 @@ class LocalClient(EngineClient):
             raise LookupError("registered tasks need the engine: start one (taskdeck --headless)")
         return self.services.tasks
 
+    async def deploy_trigger(self, trigger: bytes, *, project: str, domain: str, task_name: str,
+                             task_version: str) -> dict[str, Any]:
+        self._writable()
+        return (await self._triggers().deploy(trigger, project=project, domain=domain, task_name=task_name,
+                                              task_version=task_version)).to_json()
+
+    async def list_triggers(self) -> list[dict[str, Any]]:
+        return [t.to_json() for t in await self._triggers().list()]
+
+    async def set_trigger_active(self, name: str, active: bool, *, project: str, domain: str) -> dict[str, Any]:
+        self._writable()
+        return (await self._triggers().set_active(name, active, project=project, domain=domain)).to_json()
+
+    async def trigger_history(self, name: str, *, project: str, domain: str) -> list[dict[str, Any]]:
+        return await self._triggers().history(name, project=project, domain=domain)
+
+    def _triggers(self):
+        if self.services.triggers is None:
+            raise LookupError("triggers need the engine: start one (taskdeck --headless)")
+        return self.services.triggers
+
     async def create_project(self, project_id: str, *, name: str = "", description: str = "") -> dict[str, Any]:
         self._writable()
         return (await self._projects().create(project_id, name=name, description=description)).to_json()

@@ -189,6 +189,21 @@ class RemoteClient(EngineClient):
             "name": name, "inputs": base64.b64encode(inputs).decode(), "project": project, "domain": domain,
             "version": version, "runName": run_name}))
 
+    async def deploy_trigger(self, trigger: bytes, *, project: str, domain: str, task_name: str,
+                             task_version: str) -> dict[str, Any]:
+        return await self._call("POST", "/triggers", {"trigger": base64.b64encode(trigger).decode(), "project": project,
+                                                      "domain": domain, "task": task_name, "taskVersion": task_version})
+
+    async def list_triggers(self) -> list[dict[str, Any]]:
+        return await self._call("GET", "/triggers")
+
+    async def set_trigger_active(self, name: str, active: bool, *, project: str, domain: str) -> dict[str, Any]:
+        return await self._call("POST", "/triggers/active", {"name": name, "active": active, "project": project,
+                                                             "domain": domain})
+
+    async def trigger_history(self, name: str, *, project: str, domain: str) -> list[dict[str, Any]]:
+        return await self._call("POST", "/triggers/history", {"name": name, "project": project, "domain": domain})
+
     async def create_project(self, project_id: str, *, name: str = "", description: str = "") -> dict[str, Any]:
         return await self._call("POST", "/projects", {"id": project_id, "name": name, "description": description})
 

@@ -202,6 +202,28 @@ class TaskRecord:
 
 
 @dataclasses.dataclass(frozen=True)
+class TriggerRecord:
+    """A registered task's trigger: its serialized TaskTrigger, whether it is active, its revision, and its
+    cursor (the scheduled time it has fired up to, epoch seconds)."""
+
+    project: str
+    domain: str
+    name: str
+    task_name: str
+    task_version: str
+    spec: bytes
+    active: bool
+    revision: int
+    cursor: float
+    updated_at: float
+
+    def to_json(self) -> dict:
+        return {"project": self.project, "domain": self.domain, "name": self.name, "task": self.task_name,
+                "taskVersion": self.task_version, "active": self.active, "revision": self.revision,
+                "cursor": self.cursor, "updatedAt": self.updated_at}
+
+
+@dataclasses.dataclass(frozen=True)
 class Reservation:
     """Who may compute a serializable cache key; the owner extends it with every reconcile."""
 
@@ -429,8 +451,33 @@ class TasksRepository(abc.ABC):
     async def task_list(self, project: str | None = None, domain: str | None = None) -> list[TaskRecord]: ...
 
 
+class TriggersRepository(abc.ABC):
+    @abc.abstractmethod
+    async def trigger_put(self, project: str, domain: str, name: str, task_name: str, task_version: str, spec: bytes,
+                          active: bool, now: float) -> TriggerRecord:
+        """Create (its cursor at ``now``) or update; a change is a new revision in its history."""
+
+    @abc.abstractmethod
+    async def trigger_set_active(self, project: str, domain: str, name: str, active: bool,
+                                 now: float) -> TriggerRecord | None:
+        """A new revision; activating moves the cursor to ``now`` (the inactive time is not caught up)."""
+
+    @abc.abstractmethod
+    async def trigger_list(self, project: str | None = None, domain: str | None = None) -> list[TriggerRecord]: ...
+
+    @abc.abstractmethod
+    async def trigger_advance(self, project: str, domain: str, name: str, cursor: float) -> None: ...
+
+    @abc.abstractmethod
+    async def trigger_note(self, project: str, domain: str, name: str, text: str, now: float) -> None: ...
+
+    @abc.abstractmethod
+    async def trigger_history(self, project: str, domain: str, name: str) -> list[dict]:
+        """Revisions and what the scheduler did, oldest first."""
+
+
 class EngineStore(ResourceStore, RunsRepository, CacheStore, SecretsRepository, ProjectsRepository, TasksRepository,
-                  abc.ABC):
+                  TriggersRepository, abc.ABC):
     storage_error: str | None = None  # why the last write failed, until one succeeds
 
     @abc.abstractmethod

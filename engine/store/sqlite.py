@@ -45,6 +45,7 @@ from engine.store.base import (
     OwnerGoneError,
     ProjectRecord,
     TaskRecord,
+    TriggerRecord,
     Reservation,
     SecretInfo,
     StorageChanged,
@@ -116,6 +117,15 @@ CREATE TABLE IF NOT EXISTS tasks (
     project TEXT NOT NULL, domain TEXT NOT NULL, name TEXT NOT NULL, version TEXT NOT NULL,
     digest TEXT NOT NULL, spec BLOB NOT NULL, bundle TEXT NOT NULL, created_at REAL NOT NULL,
     PRIMARY KEY (project, domain, name, version)
+);
+CREATE TABLE IF NOT EXISTS triggers (
+    project TEXT NOT NULL, domain TEXT NOT NULL, name TEXT NOT NULL, task_name TEXT NOT NULL,
+    task_version TEXT NOT NULL, spec BLOB NOT NULL, active INTEGER NOT NULL, revision INTEGER NOT NULL,
+    cursor REAL NOT NULL, updated_at REAL NOT NULL, PRIMARY KEY (project, domain, name)
+);
+CREATE TABLE IF NOT EXISTS trigger_history (
+    project TEXT NOT NULL, domain TEXT NOT NULL, name TEXT NOT NULL, at REAL NOT NULL, revision INTEGER,
+    text TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS projects (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, description TEXT NOT NULL, domains TEXT NOT NULL, created_at REAL NOT NULL
@@ -969,6 +979,77 @@ class SqliteStore(EngineStore):
         rows = await self._fetchall(sql + " ORDER BY project, domain, name, created_at", params)
         return [_task(r) for r in rows]
 
+    # ----------------------------------------------------------------- triggers
+    _TRIGGER_COLUMNS = "project, domain, name, task_name, task_version, spec, active, revision, cursor, updated_at"
+
+    async def _trigger(self, project: str, domain: str, name: str) -> TriggerRecord | None:
+        rows = await self._fetchall(f"SELECT {self._TRIGGER_COLUMNS} FROM triggers WHERE project = ? AND domain = ? "
+                                    "AND name = ?", (project, domain, name))
+        return _trigger(rows[0]) if rows else None
+
+    async def trigger_put(self, project: str, domain: str, name: str, task_name: str, task_version: str, spec: bytes,
+                          active: bool, now: float) -> TriggerRecord:
+        current = await self._trigger(project, domain, name)
+        if current is not None and (current.spec, current.task_name, current.task_version) == \
+                (spec, task_name, task_version):
+            return current  # deployed again unchanged: no new revision
+        revision = (current.revision if current else 0) + 1
+        cursor = current.cursor if current is not None and current.active else now
+        record = TriggerRecord(project, domain, name, task_name, task_version, spec, active, revision, cursor, now)
+
+        def apply(batch: _Batch) -> None:
+            batch.sql(f"INSERT INTO triggers ({self._TRIGGER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                      "ON CONFLICT(project, domain, name) DO UPDATE SET task_name = excluded.task_name, "
+                      "task_version = excluded.task_version, spec = excluded.spec, active = excluded.active, "
+                      "revision = excluded.revision, cursor = excluded.cursor, updated_at = excluded.updated_at",
+                      (project, domain, name, task_name, task_version, spec, int(active), revision, cursor, now))
+            batch.sql("INSERT INTO trigger_history (project, domain, name, at, revision, text) VALUES (?, ?, ?, ?, ?, ?)",
+                      (project, domain, name, now, revision,
+                       f"deployed for {task_name} {task_version}, {'active' if active else 'inactive'}"))
+
+        await self._submit(apply)
+        return record
+
+    async def trigger_set_active(self, project: str, domain: str, name: str, active: bool,
+                                 now: float) -> TriggerRecord | None:
+        current = await self._trigger(project, domain, name)
+        if current is None:
+            return None
+        if current.active == active:
+            return current
+        revision = current.revision + 1
+        cursor = now if active else current.cursor
+
+        def apply(batch: _Batch) -> None:
+            batch.sql("UPDATE triggers SET active = ?, revision = ?, cursor = ?, updated_at = ? WHERE project = ? AND "
+                      "domain = ? AND name = ?", (int(active), revision, cursor, now, project, domain, name))
+            batch.sql("INSERT INTO trigger_history (project, domain, name, at, revision, text) VALUES (?, ?, ?, ?, ?, ?)",
+                      (project, domain, name, now, revision, "activated" if active else "deactivated"))
+
+        await self._submit(apply)
+        return dataclasses.replace(current, active=active, revision=revision, cursor=cursor, updated_at=now)
+
+    async def trigger_list(self, project: str | None = None, domain: str | None = None) -> list[TriggerRecord]:
+        sql, params = f"SELECT {self._TRIGGER_COLUMNS} FROM triggers", ()
+        if project is not None:
+            sql, params = sql + " WHERE project = ? AND domain = ?", (project, domain or "")
+        return [_trigger(r) for r in await self._fetchall(sql + " ORDER BY project, domain, name", params)]
+
+    async def trigger_advance(self, project: str, domain: str, name: str, cursor: float) -> None:
+        await self._submit(lambda batch: batch.sql(
+            "UPDATE triggers SET cursor = MAX(cursor, ?) WHERE project = ? AND domain = ? AND name = ?",
+            (cursor, project, domain, name)))
+
+    async def trigger_note(self, project: str, domain: str, name: str, text: str, now: float) -> None:
+        await self._submit(lambda batch: batch.sql(
+            "INSERT INTO trigger_history (project, domain, name, at, revision, text) VALUES (?, ?, ?, ?, NULL, ?)",
+            (project, domain, name, now, text)))
+
+    async def trigger_history(self, project: str, domain: str, name: str) -> list[dict]:
+        rows = await self._fetchall("SELECT at, revision, text FROM trigger_history WHERE project = ? AND domain = ? "
+                                    "AND name = ? ORDER BY rowid", (project, domain, name))
+        return [{"at": r[0], "revision": r[1], "text": r[2]} for r in rows]
+
     # ----------------------------------------------------------------- projects
     async def project_create(self, project: ProjectRecord) -> bool:
         if await self.project_get(project.id) is not None:
@@ -1058,3 +1139,7 @@ def _project(row) -> ProjectRecord:
 
 def _task(row) -> TaskRecord:
     return TaskRecord(row[0], row[1], row[2], row[3], row[4], bytes(row[5] or b""), row[6], row[7])
+
+
+def _trigger(row) -> TriggerRecord:
+    return TriggerRecord(row[0], row[1], row[2], row[3], row[4], bytes(row[5]), bool(row[6]), row[7], row[8], row[9])
