@@ -243,6 +243,12 @@ class TaskDeckApp(App):
         if not isinstance(self.screen, WorkersScreen):
             self.push_screen(WorkersScreen())
 
+    def action_triggers(self) -> None:
+        from console.screens.triggers import TriggersScreen
+
+        if not isinstance(self.screen, TriggersScreen):
+            self.push_screen(TriggersScreen())
+
     def action_jump(self) -> None:
         async def jump(value: str | None) -> None:
             run, _, action = (value or "").strip().partition("/")
@@ -250,6 +256,9 @@ class TaskDeckApp(App):
                 return
             if run in ("workers", "pools"):  # k9s-style: a view by name
                 self.action_workers()
+                return
+            if run in ("triggers", "schedules"):
+                self.action_triggers()
                 return
             try:
                 run = await self.resolve_run(run)
@@ -259,7 +268,7 @@ class TaskDeckApp(App):
             self.open_run(run, action or None)
 
         self.push_screen(InputScreen("Jump to a run or an action (RUN or RUN/ACTION; a unique prefix will do), or "
-                                     "`workers`:",
+                                     "`workers` or `triggers`:",
                                      "r…/a0"), jump)
 
     async def resolve_run(self, text: str) -> str:

@@ -141,3 +141,31 @@ async def test_a_run_created_before_the_cursor_moved_is_not_started_again(tmp_pa
         assert len(await _fired(engine)) == 1
     finally:
         await engine.stop()
+
+
+async def test_the_console_lists_triggers_and_a_switches_one(tmp_path):
+    from console.app import TaskDeckApp
+    from console.screens.triggers import TriggersScreen
+    from helpers import until
+
+    clock = Clock(T0)
+    engine, code = await _deploy(tmp_path, clock)
+    try:
+        assert (await cli(engine.data_dir, "deploy", str(code / "scheduled.py")))[0] == 0
+        app = TaskDeckApp(engine)
+        async with app.run_test(size=(160, 45)) as pilot:
+            app.action_triggers()
+            await until(pilot, lambda: isinstance(app.screen, TriggersScreen) and len(app.screen.rows) == 2)
+            rows = app.screen.rows
+            assert rows["flytesnacks/development/every-minute"][3] == "yes"
+            assert rows["flytesnacks/development/every-five"][3] == "no"
+            table = app.screen.query_one("DataTable")
+            index = table.get_row_index("flytesnacks/development/every-minute")
+            table.move_cursor(row=index)
+            await pilot.press("a")
+            await until(pilot, lambda: app.screen.rows["flytesnacks/development/every-minute"][3] == "no")
+            trigger = next(t for t in await engine.triggers.list() if t.name == "every-minute")
+            assert not trigger.active and trigger.revision == 2
+    finally:
+        if engine.started:
+            await engine.stop()
