@@ -267,10 +267,12 @@ async def read_only_client(data_dir: Path):
 
         from engine.projects import ProjectsService
         from engine.tasks import TasksService
+        from engine.triggers import TriggersService
 
         services = EngineServices(RunsService(store, data_dir), ChangeFeed(store, health), health,
                                   LogService(data_dir), Path(data_dir), secrets=EmbeddedSecretStore(store, data_dir),
-                                  projects=ProjectsService(store), tasks=TasksService(store, data_dir))
+                                  projects=ProjectsService(store), tasks=TasksService(store, data_dir),
+                                  triggers=TriggersService(store, None, start_run=None))  # reads only
         yield LocalClient(services, description=f"{data_dir} (read-only: no engine serves it)", can_write=False)
     finally:
         await store.close()
