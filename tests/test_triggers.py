@@ -169,3 +169,19 @@ async def test_the_console_lists_triggers_and_a_switches_one(tmp_path):
     finally:
         if engine.started:
             await engine.stop()
+
+
+async def test_an_older_database_read_without_an_engine_has_no_triggers_rather_than_an_error(tmp_path):
+    import sqlite3
+
+    from engine.client.local import read_only_client
+
+    engine = Engine(EngineConfig(data_dir=tmp_path / "data", serve=False))
+    await engine.start()
+    await engine.stop()
+    with sqlite3.connect(tmp_path / "data" / "taskdeck.db") as conn:  # as an engine before these tables made it
+        for table in ("triggers", "trigger_history", "tasks", "secrets"):
+            conn.execute(f"DROP TABLE {table}")
+    async with read_only_client(tmp_path / "data") as client:
+        assert await client.list_triggers() == [] and await client.list_tasks() == []
+        assert await client.list_secrets() == []

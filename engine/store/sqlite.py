@@ -837,7 +837,12 @@ class SqliteStore(EngineStore):
             raise StorageUnavailableError("the store is closed")
         # One hop: execute and fetch in the same job. Two hops let another read run while this statement is
         # still active, and it would then share this statement's (older) snapshot: a missed write.
-        return list(await self._read_conn.execute_fetchall(sql, params))
+        try:
+            return list(await self._read_conn.execute_fetchall(sql, params))
+        except sqlite3.OperationalError as exc:
+            if self.read_only and "no such table" in str(exc):
+                return []  # a database an older engine made, read without migrating it: that table is empty
+            raise
 
     async def get_action(self, key: ActionKey) -> ActionRecord | None:
         rows = await self._fetchall(
