@@ -1020,6 +1020,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - a bug of ours: one line, the traceback with --verbose
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        print(f"taskdeck: internal error: {type(exc).__name__}: {exc} (--verbose shows where)", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":
