@@ -106,7 +106,9 @@ class LocalRayOperator(LocalOperator):
             cluster.note(f"attempt {tctx.metadata.attempt}: local Ray node at {address} with {max(cpus, 1)} logical "
                          f"CPU(s){' (the worker groups, on this one machine)' if spec.get('workerGroupSpecs') else ''}"
                          f"; dashboard {url}")
-            code = await cluster.run_job({"RAY_ADDRESS": address, **auth})
+            # every line the job's workers print reaches the action's log (Ray folds lines that differ only
+            # in numbers into "[repeated Nx]" by default)
+            code = await cluster.run_job({"RAY_ADDRESS": address, "RAY_DEDUP_LOGS": "0", **auth})
             if code == 0:
                 final = {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}
             else:
