@@ -249,6 +249,12 @@ class TaskDeckApp(App):
         if not isinstance(self.screen, TriggersScreen):
             self.push_screen(TriggersScreen())
 
+    def action_tasks(self) -> None:
+        from console.screens.tasks import TasksScreen
+
+        if not isinstance(self.screen, TasksScreen):
+            self.push_screen(TasksScreen())
+
     def action_jump(self) -> None:
         async def jump(value: str | None) -> None:
             run, _, action = (value or "").strip().partition("/")
@@ -260,6 +266,9 @@ class TaskDeckApp(App):
             if run in ("triggers", "schedules"):
                 self.action_triggers()
                 return
+            if run in ("tasks", "deployed"):
+                self.action_tasks()
+                return
             try:
                 run = await self.resolve_run(run)
             except (LookupError, ValueError, EngineUnavailableError) as exc:
@@ -268,7 +277,7 @@ class TaskDeckApp(App):
             self.open_run(run, action or None)
 
         self.push_screen(InputScreen("Jump to a run or an action (RUN or RUN/ACTION; a unique prefix will do), or "
-                                     "`workers` or `triggers`:",
+                                     "`workers`, `tasks` or `triggers`:",
                                      "r…/a0"), jump)
 
     async def resolve_run(self, text: str) -> str:

@@ -305,7 +305,7 @@ class TaskDeckApi:
                                             project=request.name("project", "flytesnacks"),
                                             domain=request.name("domain", "development"),
                                             version=request.text("version", max_len=255),
-                                            run_name=request.name("runName"))
+                                            run_name=request.name("runName"), args=request.texts("args"))
         return record.to_json()
 
     async def list_triggers(self, request: Request) -> Any:

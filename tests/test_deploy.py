@@ -95,3 +95,26 @@ async def test_a_version_names_one_spec(engine):
                                  bundle=str(Path("/etc/passwd")))
     with pytest.raises(InvalidRunError, match="does not exist"):
         await client.deploy_task(spec.SerializeToString(), project="nowhere", domain="development")
+
+
+async def test_the_console_starts_a_registered_task_with_its_inputs(engine):
+    from console.app import TaskDeckApp
+    from console.screens.dialogs import InputScreen
+    from console.screens.run import RunScreen
+    from console.screens.tasks import TasksScreen
+    from helpers import until
+
+    assert (await cli(engine.data_dir, "deploy", str(engine.code / "deploy_tasks.py")))[0] == 0
+    app = TaskDeckApp(engine)
+    async with app.run_test(size=(160, 45)) as pilot:
+        app.action_tasks()
+        await until(pilot, lambda: isinstance(app.screen, TasksScreen) and len(app.screen.rows) == 2)
+        table = app.screen.query_one("DataTable")
+        table.move_cursor(row=table.get_row_index("flytesnacks/development/deployed.read_notes"))
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, InputScreen))
+        await pilot.press(*"--suffix ...", "enter")
+        await until(pilot, lambda: isinstance(app.screen, RunScreen), timeout=30)
+        run = app.screen.run_name
+        result = await engine.runs.wait_for_run(run, timeout=120)
+        assert result.outputs == {"o0": "from the bundle..."}

@@ -110,9 +110,10 @@ class EngineClient(abc.ABC):
         """A registered task with its serialized spec (``taskSpec``, base64): the latest version by default."""
         raise NotImplementedError
 
-    async def run_task(self, name: str, inputs: bytes, *, project: str, domain: str, version: str | None = None,
-                       run_name: str | None = None) -> Action:
-        """A new run of a registered task, working in its extracted code bundle."""
+    async def run_task(self, name: str, inputs: bytes = b"", *, project: str, domain: str, version: str | None = None,
+                       run_name: str | None = None, args: list[str] | None = None) -> Action:
+        """A new run of a registered task, working in its extracted code bundle; its inputs serialized, or
+        ``args`` (``--name value``, parsed by the engine as `flyte run` parses them)."""
         raise NotImplementedError
 
     async def deploy_trigger(self, trigger: bytes, *, project: str, domain: str, task_name: str,

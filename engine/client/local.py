@@ -176,14 +176,40 @@ class LocalClient(EngineClient):
         record = await self._tasks().get(project, domain, name, version)
         return {**record.to_json(), "taskSpec": base64.b64encode(record.spec).decode()}
 
-    async def run_task(self, name: str, inputs: bytes, *, project: str, domain: str, version: str | None = None,
-                       run_name: str | None = None) -> Action:
+    async def run_task(self, name: str, inputs: bytes = b"", *, project: str, domain: str, version: str | None = None,
+                       run_name: str | None = None, args: list[str] | None = None) -> Action:
         self._writable()
         tasks = self._tasks()
         record = await tasks.get(project, domain, name, version)
+        if args is not None:
+            inputs = await asyncio.to_thread(self._inputs_from_args, record, args, project, domain)
         code_dir = await asyncio.to_thread(tasks.code_dir, record)
         return await self.create_run(record.spec, inputs, project=project, domain=domain, name=run_name,
                                      code_dir=code_dir)
+
+    def _inputs_from_args(self, record, args: list[str], project: str, domain: str) -> bytes:
+        """A registered task's inputs from ``--name value`` arguments (files stored in the upload store)."""
+        from flyteidl2.task import task_definition_pb2
+
+        from engine.sdk import HelpRequested, InputError, deployed_task, inputs_from_values, local_files, \
+            parse_inputs, with_staged_files
+
+        spec = task_definition_pb2.TaskSpec()
+        spec.ParseFromString(record.spec)
+        task = deployed_task(spec)
+        try:
+            values = parse_inputs(task, [str(a) for a in args], record.name)
+        except HelpRequested as shown:
+            raise InvalidRunError(shown.text.strip(), field="args") from None
+        except InputError as exc:
+            raise InvalidRunError(str(exc), field="args") from None
+        stage = self.services.stage
+        staged = {p: stage(str(Path(p.removeprefix("file://")).resolve()), project, domain) for p in local_files(values)
+                  if stage is not None}
+        try:
+            return inputs_from_values(task, with_staged_files(values, staged)).SerializeToString()
+        except InputError as exc:
+            raise InvalidRunError(str(exc), field="args") from None
 
     def _tasks(self):
         if self.services.tasks is None:

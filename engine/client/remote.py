@@ -183,11 +183,11 @@ class RemoteClient(EngineClient):
         return await self._call("POST", "/tasks/get", {"name": name, "project": project, "domain": domain,
                                                        "version": version})
 
-    async def run_task(self, name: str, inputs: bytes, *, project: str, domain: str, version: str | None = None,
-                       run_name: str | None = None) -> Action:
+    async def run_task(self, name: str, inputs: bytes = b"", *, project: str, domain: str, version: str | None = None,
+                       run_name: str | None = None, args: list[str] | None = None) -> Action:
         return Action.from_json(await self._call("POST", "/tasks/run", {
             "name": name, "inputs": base64.b64encode(inputs).decode(), "project": project, "domain": domain,
-            "version": version, "runName": run_name}))
+            "version": version, "runName": run_name, "args": args}))
 
     async def deploy_trigger(self, trigger: bytes, *, project: str, domain: str, task_name: str,
                              task_version: str) -> dict[str, Any]:
