@@ -102,12 +102,17 @@ async def serve(engine: Engine, *, idle_exit: float | None = None, say: Callable
     return 0
 
 
+async def active_triggers(engine: Engine) -> bool:
+    """An active trigger keeps the engine serving: it has runs to start."""
+    return any(t.active for t in await engine.triggers.list())
+
+
 async def _idle_watch(engine: Engine, idle_exit: float, stop: asyncio.Event, say) -> None:
     idle_since = time.monotonic()
     while not stop.is_set():
         await asyncio.sleep(IDLE_CHECK_SECONDS)
         busy = (engine.services.feed.followers or engine.last_request_age() < IDLE_CHECK_SECONDS * 2
-                or await active_runs(engine))
+                or await active_runs(engine) or await active_triggers(engine))
         if busy:
             idle_since = time.monotonic()
         elif time.monotonic() - idle_since >= idle_exit:

@@ -185,3 +185,24 @@ async def test_an_older_database_read_without_an_engine_has_no_triggers_rather_t
     async with read_only_client(tmp_path / "data") as client:
         assert await client.list_triggers() == [] and await client.list_tasks() == []
         assert await client.list_secrets() == []
+
+
+async def test_an_active_trigger_keeps_an_idle_engine_serving(tmp_path, monkeypatch):
+    import asyncio
+
+    from engine import headless
+
+    monkeypatch.setattr(headless, "IDLE_CHECK_SECONDS", 0.05)
+    clock = Clock(T0)
+    engine, code = await _deploy(tmp_path, clock)
+    try:
+        assert (await cli(engine.data_dir, "deploy", str(code / "scheduled.py")))[0] == 0
+        stop = asyncio.Event()
+        watch = asyncio.ensure_future(headless._idle_watch(engine, 0.2, stop, lambda text: None))
+        await asyncio.sleep(0.6)
+        assert not stop.is_set()  # every-minute is active: there are runs to start
+        await engine.triggers.set_active("every-minute", False, project="flytesnacks", domain="development")
+        await asyncio.wait_for(stop.wait(), 5)  # nothing left to do: idle, it stops
+        await watch
+    finally:
+        await engine.stop()
