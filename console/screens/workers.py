@@ -4,10 +4,8 @@ client."""
 from __future__ import annotations
 
 from rich.markup import escape
-from textual.app import ComposeResult
-from textual.binding import Binding
-from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+
+from console.screens.table_view import RefreshedTableScreen
 
 REFRESH_SECONDS = 1.0
 COLUMNS = ("environment", "pool", "worker", "pid", "state", "running", "served", "cpu s", "idle s")
@@ -54,49 +52,19 @@ def pool_summary(listing: dict) -> str:
     return "\n".join(lines)
 
 
-class WorkersScreen(Screen):
-    BINDINGS = [Binding("escape", "back", "Back")]
+class WorkersScreen(RefreshedTableScreen):
     DEFAULT_CSS = """
     #pools { height: auto; padding: 0 1; background: $panel; }
     """
+    COLUMNS = COLUMNS
+    REFRESH_SECONDS = REFRESH_SECONDS
+    STATUS_ID, TABLE_ID, WHAT = "pools", "workers", "workers"
 
-    def compose(self) -> ComposeResult:
-        yield Static("", id="pools")
-        yield DataTable(id="workers", cursor_type="row", zebra_stripes=True)
-        yield Footer()
+    async def fetch(self) -> dict:
+        return await self.app.client.list_workers()
 
-    def on_mount(self) -> None:
-        table = self.query_one(DataTable)
-        for column in COLUMNS:
-            table.add_column(column, key=column)
-        self.rows: dict[str, tuple[str, ...]] = {}
-        self.set_interval(REFRESH_SECONDS, self.refresh_workers)
-        self.call_later(self.refresh_workers)
+    def rows_of(self, listing: dict) -> dict[str, tuple[str, ...]]:
+        return worker_rows(listing)
 
-    async def refresh_workers(self) -> None:
-        try:
-            listing = await self.app.client.list_workers()
-        except Exception as exc:  # noqa: BLE001 - a lost engine: say so, keep the last rows
-            self.query_one("#pools", Static).update(f"[$warning]workers unavailable: {escape(str(exc))}[/]")
-            return
-        self.apply(listing)
-
-    def apply(self, listing: dict) -> None:
-        """Render only what changed: rows added, removed, or cells that differ."""
-        self.query_one("#pools", Static).update(pool_summary(listing))
-        table = self.query_one(DataTable)
-        rows = worker_rows(listing)
-        for key in [k for k in self.rows if k not in rows]:
-            table.remove_row(key)
-        for key, row in rows.items():
-            old = self.rows.get(key)
-            if old is None:
-                table.add_row(*row, key=key)
-            elif old != row:
-                for column, before, after in zip(COLUMNS, old, row):
-                    if before != after:
-                        table.update_cell(key, column, after)
-        self.rows = rows
-
-    def action_back(self) -> None:
-        self.app.pop_screen()
+    def status_of(self, listing: dict, rows) -> str:
+        return pool_summary(listing)
