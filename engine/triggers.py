@@ -171,8 +171,10 @@ class TriggersService:
     async def _fire(self, trigger: TriggerRecord, spec: task_definition_pb2.TaskTrigger, scheduled: dt.datetime) -> int:
         try:
             task = await self.tasks.get(trigger.project, trigger.domain, trigger.task_name, trigger.task_version)
-        except LookupError as exc:
+        except LookupError as exc:  # its task version is gone: the occurrence is recorded as not run
             log.warning("trigger %s: %s", trigger.name, exc)
+            await self.repository.trigger_note(trigger.project, trigger.domain, trigger.name,
+                                               f"did not run {scheduled.isoformat()}: {exc}", self.clock().timestamp())
             return 0
         annotations = {ANNOTATION_TRIGGER: trigger.name, ANNOTATION_SCHEDULED: scheduled.isoformat()}
         name = run_name_for(trigger, scheduled)
