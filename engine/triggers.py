@@ -39,23 +39,25 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+def _rate_window(schedule: common_pb2.Schedule, after: dt.datetime,
+                 until: dt.datetime) -> tuple[dt.datetime, dt.timedelta, int]:
+    """(the first fixed-rate time after ``after``, the step, how many fall in (after, until])."""
+    step = dt.timedelta(minutes=max(schedule.rate.value, 0))
+    if schedule.rate.value <= 0:
+        return after, dt.timedelta(minutes=1), 0
+    start = schedule.rate.start_time.ToDatetime(dt.timezone.utc) if schedule.rate.HasField("start_time") else None
+    anchor = start or after
+    first = anchor if anchor > after else anchor + step * (int((after - anchor) / step) + 1)
+    return first, step, (int((until - first) / step) + 1 if until >= first else 0)
+
+
 def occurrences(schedule: common_pb2.Schedule, after: dt.datetime, until: dt.datetime,
                 limit: int = 100_000) -> list[dt.datetime]:
     """The schedule's times in (after, until], oldest first (at most ``limit``, the most recent ones)."""
     out: list[dt.datetime] = []
     if schedule.HasField("rate"):
-        minutes = schedule.rate.value
-        if minutes <= 0:
-            return []
-        step = dt.timedelta(minutes=minutes)
-        start = schedule.rate.start_time.ToDatetime(dt.timezone.utc) if schedule.rate.HasField("start_time") else None
-        anchor = start or after
-        if until < anchor:
-            return []
-        first = anchor if anchor > after else anchor + step * (int((after - anchor) / step) + 1)
-        count = int((until - first) / step) + 1 if until >= first else 0
-        skip = max(0, count - limit)
-        return [first + step * i for i in range(skip, count)]
+        first, step, count = _rate_window(schedule, after, until)
+        return [first + step * i for i in range(max(0, count - limit), count)]
     expression = schedule.cron.expression if schedule.HasField("cron") else schedule.cron_expression
     if not expression:
         return []
@@ -73,6 +75,45 @@ def occurrences(schedule: common_pb2.Schedule, after: dt.datetime, until: dt.dat
         if len(out) > limit:
             out.pop(0)  # keep the most recent ``limit``
     return out
+
+
+SKIP_COUNT_CAP = 100_000  # missed cron occurrences counted one by one for the history note, at most
+
+
+def due_occurrences(schedule: common_pb2.Schedule, after: dt.datetime, until: dt.datetime,
+                    keep: int) -> tuple[list[dt.datetime], int]:
+    """(the most recent ``keep`` occurrences in (after, until], oldest first; how many older ones there are),
+    without walking every missed occurrence of a long downtime (a cron's are found backwards from ``until``)."""
+    if schedule.HasField("rate"):
+        first, step, count = _rate_window(schedule, after, until)
+        older = max(0, count - keep)
+        return [first + step * i for i in range(older, count)], older
+    expression = schedule.cron.expression if schedule.HasField("cron") else schedule.cron_expression
+    if not expression:
+        return [], 0
+    from zoneinfo import ZoneInfo
+
+    from croniter import croniter
+
+    zone = ZoneInfo(schedule.cron.timezone or "UTC") if schedule.HasField("cron") else dt.timezone.utc
+    backwards = croniter(expression, (until + dt.timedelta(microseconds=1)).astimezone(zone))
+    kept: list[dt.datetime] = []
+    while len(kept) < keep:
+        when = backwards.get_prev(dt.datetime).astimezone(dt.timezone.utc)
+        if when <= after:
+            break
+        kept.append(when)
+    kept.reverse()
+    if len(kept) < keep or not kept:
+        return kept, 0
+    older = 0
+    forwards = croniter(expression, after.astimezone(zone))
+    while older < SKIP_COUNT_CAP:
+        when = forwards.get_next(dt.datetime).astimezone(dt.timezone.utc)
+        if when >= kept[0]:
+            break
+        older += 1
+    return kept, older
 
 
 def check_schedule(schedule: common_pb2.Schedule) -> None:
@@ -153,19 +194,17 @@ class TriggersService:
             spec = task_definition_pb2.TaskTrigger()
             spec.ParseFromString(trigger.spec)
             after = dt.datetime.fromtimestamp(trigger.cursor, dt.timezone.utc)
-            due = occurrences(spec.automation_spec.schedule, after, now, limit=10 ** 6)
-            skipped = max(0, len(due) - self.max_catch_up)
+            due, skipped = due_occurrences(spec.automation_spec.schedule, after, now, self.max_catch_up)
             if skipped:
+                count = f"more than {SKIP_COUNT_CAP}" if skipped >= SKIP_COUNT_CAP else str(skipped)
                 await self.repository.trigger_note(trigger.project, trigger.domain, trigger.name,
-                                                   f"skipped {skipped} missed occurrence(s) before "
-                                                   f"{due[skipped].isoformat()} (at most {self.max_catch_up} are "
+                                                   f"skipped {count} missed occurrence(s) before "
+                                                   f"{due[0].isoformat()} (at most {self.max_catch_up} are "
                                                    "caught up)", now.timestamp())
-            for scheduled in due[skipped:]:
+            for scheduled in due:
                 fired += await self._fire(trigger, spec, scheduled)
                 await self.repository.trigger_advance(trigger.project, trigger.domain, trigger.name,
                                                       scheduled.timestamp())
-            if skipped and not due[skipped:]:
-                await self.repository.trigger_advance(trigger.project, trigger.domain, trigger.name, now.timestamp())
         return fired
 
     async def _fire(self, trigger: TriggerRecord, spec: task_definition_pb2.TaskTrigger, scheduled: dt.datetime) -> int:

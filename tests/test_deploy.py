@@ -118,3 +118,13 @@ async def test_the_console_starts_a_registered_task_with_its_inputs(engine):
         run = app.screen.run_name
         result = await engine.runs.wait_for_run(run, timeout=120)
         assert result.outputs == {"o0": "from the bundle..."}
+
+
+async def test_a_missing_bundle_fails_the_run_saying_so(engine):
+    import shutil as shutil_module
+
+    assert (await cli(engine.data_dir, "deploy", str(engine.code / "deploy_tasks.py"), "deployed"))[0] == 0
+    shutil_module.rmtree(engine.data_dir / "uploads")
+    client = LocalClient(engine.services)
+    with pytest.raises(InvalidRunError, match="the code bundle of deployed.read_notes .* is missing .*deploy it again"):
+        await client.run_task("deployed.read_notes", project="flytesnacks", domain="development", args=[])

@@ -56,6 +56,15 @@ def test_cron_and_fixed_rate_occurrences():
         dt.timedelta(minutes=20), dt.timedelta(minutes=40), dt.timedelta(minutes=60)]
     assert len(occurrences(cron, T0, T0 + dt.timedelta(days=1), limit=10)) == 10  # the most recent ten
 
+    from engine.triggers import due_occurrences
+
+    hourly = common_pb2.Schedule(cron=common_pb2.Cron(expression="0 * * * *"))
+    year = T0 + dt.timedelta(days=365)
+    kept, older = due_occurrences(hourly, T0, year, keep=10)  # found backwards: no walk through the year
+    assert len(kept) == 10 and kept[-1] <= year and kept == sorted(kept) and older == 365 * 24 - 10
+    kept, older = due_occurrences(rate, T0, T0 + dt.timedelta(hours=1), keep=2)
+    assert [k - T0 for k in kept] == [dt.timedelta(minutes=40), dt.timedelta(minutes=60)] and older == 1
+
 
 async def _deploy(tmp_path, clock, **config):
     code = tmp_path / "code"
