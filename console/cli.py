@@ -225,32 +225,22 @@ class PreparedRun:
         self.queue = getattr(task, "queue", None) or ""  # the task's queue=, for queue limits
 
     async def inputs(self, client: EngineClient, project: str, domain: str) -> bytes:
-        """The inputs, with each local File/Dir/DataFrame path stored in the engine's upload store first, and
-        whatever the SDK wrote while converting (a DataFrame's copy) stored there too."""
-        import tempfile
+        """The inputs, with each local File/Dir/DataFrame path stored in the engine's upload store first."""
+        from engine.sdk import InputError, local_files, stored_inputs
 
-        from engine.sdk import InputError, inputs_from_values, local_files, uris_under, with_staged_files, \
-            with_uris_replaced
-
-        paths = local_files(self.values)
-        if not paths:
+        if not local_files(self.values):
             return self.checked
 
         async def stage(path: str) -> str:
             try:
-                local = pathlib.Path(path.removeprefix("file://")).resolve()
-                return await client.stage_input(str(local), project=project, domain=domain)
+                return await client.stage_input(path, project=project, domain=domain)
             except InvalidRunError as exc:
                 raise CliError(f"input file {path}: {exc}") from None
 
-        staged = {path: await stage(path) for path in paths}
-        with tempfile.TemporaryDirectory(prefix="taskdeck-inputs-") as scratch:
-            try:
-                inputs = inputs_from_values(self.task, with_staged_files(self.values, staged), scratch)
-            except InputError as exc:
-                raise CliError(str(exc)) from None
-            written = {uri: await stage(uri) for uri in uris_under(inputs, scratch)}
-        return with_uris_replaced(inputs, written).SerializeToString()
+        try:
+            return (await stored_inputs(self.task, self.values, stage)).SerializeToString()
+        except InputError as exc:
+            raise CliError(str(exc)) from None
 
 
 def _prepare_run(args: argparse.Namespace) -> PreparedRun:

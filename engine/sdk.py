@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import inspect
@@ -130,8 +131,9 @@ async def _default_inputs(task):
     return await convert_upload_default_inputs(task.interface)
 
 
-def _in_scratch_context(make_coroutine):
-    """Run an SDK coroutine with a throwaway raw-data path (for transformers that ask for one)."""
+def _in_scratch_context(make_coroutine, directory: str | None = None):
+    """Run an SDK coroutine with ``directory`` as its raw-data path (for transformers that ask for one), or a
+    throwaway one."""
     import tempfile
 
     from flyte._context import internal_ctx, root_context_var
@@ -145,8 +147,10 @@ def _in_scratch_context(make_coroutine):
             root_context_var.reset(token)
 
     def in_directory():
-        with tempfile.TemporaryDirectory(prefix="taskdeck-defaults-") as directory:
+        if directory is not None:
             return asyncio.run(run(directory))
+        with tempfile.TemporaryDirectory(prefix="taskdeck-scratch-") as scratch:
+            return asyncio.run(run(scratch))
 
     return _blocking(in_directory)
 
@@ -199,7 +203,7 @@ def inputs_command(task, prog: str):
         default = _resolve_default_val(task.native_interface, entry.key, marker, python_type)
         option = to_click_option(entry.key, entry.value, python_type, default)
         if not isinstance(option.type, click.types.BoolParamType):  # click reads flags off the type itself
-            option.type = _NamingErrors(option.type)
+            option.type = _naming_errors_type()(option.type)
         params.append(option)
     summary, described = docstring_help(task)
     for option in params:
@@ -259,6 +263,7 @@ def docstring_help(task) -> tuple[str | None, dict[str, str]]:
     return text or None, {k: v for k, v in params.items() if v}
 
 
+@functools.cache
 def _naming_errors_type():
     import click
 
@@ -287,10 +292,6 @@ def _naming_errors_type():
             return getattr(self.inner, name)
 
     return NamingErrors
-
-
-def _NamingErrors(inner):
-    return _naming_errors_type()(inner)
 
 
 def parse_inputs(task, argv: list[str], prog: str) -> dict[str, Any]:
@@ -382,27 +383,13 @@ def inputs_from_values(task, values: dict[str, Any], scratch: str | None = None)
 
     interface = task.native_interface
 
-    async def convert(directory: str) -> common_pb2.Inputs:
-        from flyte._context import internal_ctx, root_context_var
-        from flyte.models import RawDataPath
-
-        token = root_context_var.set(internal_ctx().new_raw_data_path(RawDataPath(path=directory)))
+    async def convert() -> common_pb2.Inputs:
         try:
             return (await convert_from_native_to_inputs(interface, **values)).proto_inputs
         except (TypeError, ValueError, AssertionError, RecursionError) as exc:  # the SDK's type checks
             raise InputError("; ".join(line.strip() for line in str(exc).splitlines() if line.strip())) from None
-        finally:
-            root_context_var.reset(token)
 
-    def run() -> common_pb2.Inputs:
-        if scratch is not None:
-            return asyncio.run(convert(scratch))
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="taskdeck-inputs-") as directory:
-            return asyncio.run(convert(directory))
-
-    return _blocking(run)
+    return _in_scratch_context(convert, scratch)
 
 
 def uris_under(inputs: common_pb2.Inputs, directory: str) -> list[str]:
@@ -438,6 +425,20 @@ def _each_uri(inputs: common_pb2.Inputs, swap, directory: str) -> None:
 
     for named in inputs.literals:
         literal(named.value)
+
+
+async def stored_inputs(task, values: dict[str, Any], stage) -> common_pb2.Inputs:
+    """The task's Inputs with each local File/Dir/DataFrame path stored first (``await stage(absolute path)``
+    returns where the engine keeps it), and whatever the SDK writes while converting (a DataFrame's copy)
+    stored the same way, so no input names a file that goes away."""
+    import tempfile
+
+    staged = {path: await stage(str(pathlib.Path(path.removeprefix("file://")).resolve()))
+              for path in local_files(values)}
+    with tempfile.TemporaryDirectory(prefix="taskdeck-inputs-") as scratch:
+        inputs = inputs_from_values(task, with_staged_files(values, staged), scratch)
+        written = {uri: await stage(uri) for uri in uris_under(inputs, scratch)}
+    return with_uris_replaced(inputs, written)
 
 
 def inputs_from_strings(task, raw: dict[str, str]) -> common_pb2.Inputs:

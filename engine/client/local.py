@@ -182,32 +182,34 @@ class LocalClient(EngineClient):
         tasks = self._tasks()
         record = await tasks.get(project, domain, name, version)
         if args is not None:
-            inputs = await asyncio.to_thread(self._inputs_from_args, record, args, project, domain)
+            inputs = await self._inputs_from_args(record, args, project, domain)
         code_dir = await asyncio.to_thread(tasks.code_dir, record)
         return await self.create_run(record.spec, inputs, project=project, domain=domain, name=run_name,
                                      code_dir=code_dir)
 
-    def _inputs_from_args(self, record, args: list[str], project: str, domain: str) -> bytes:
+    async def _inputs_from_args(self, record, args: list[str], project: str, domain: str) -> bytes:
         """A registered task's inputs from ``--name value`` arguments (files stored in the upload store)."""
         from flyteidl2.task import task_definition_pb2
 
-        from engine.sdk import HelpRequested, InputError, deployed_task, inputs_from_values, local_files, \
-            parse_inputs, with_staged_files
+        from engine.sdk import HelpRequested, InputError, deployed_task, parse_inputs, stored_inputs
 
         spec = task_definition_pb2.TaskSpec()
         spec.ParseFromString(record.spec)
         task = deployed_task(spec)
-        try:
-            values = parse_inputs(task, [str(a) for a in args], record.name)
+        try:  # off the loop: the SDK reads registered defaults with asyncio.run
+            values = await asyncio.to_thread(parse_inputs, task, [str(a) for a in args], record.name)
         except HelpRequested as shown:
             raise InvalidRunError(shown.text.strip(), field="args") from None
         except InputError as exc:
             raise InvalidRunError(str(exc), field="args") from None
-        stage = self.services.stage
-        staged = {p: stage(str(Path(p.removeprefix("file://")).resolve()), project, domain) for p in local_files(values)
-                  if stage is not None}
+        if self.services.stage is None:
+            raise LookupError("storing input files needs the engine: start one (taskdeck --headless)")
+
+        async def stage(path: str) -> str:
+            return await asyncio.to_thread(self.services.stage, path, project, domain)
+
         try:
-            return inputs_from_values(task, with_staged_files(values, staged)).SerializeToString()
+            return (await stored_inputs(task, values, stage)).SerializeToString()
         except InputError as exc:
             raise InvalidRunError(str(exc), field="args") from None
 
