@@ -47,8 +47,20 @@ def deployed_task(spec: task_definition_pb2.TaskSpec):
 
     from flyte.types import guess_interface
 
+    _register_dataframe_handlers()  # a DataFrame input's type is known only once pandas/pyarrow handlers are
     return types.SimpleNamespace(name=spec.task_template.id.name, docs=None, func=None,
                                  native_interface=guess_interface(spec.task_template.interface, spec.default_inputs))
+
+
+def _register_dataframe_handlers() -> None:
+    """The SDK registers its pandas and pyarrow DataFrame handlers only once those libraries are imported
+    (a task module does that); a registered task's interface is read without its module."""
+    for library in ("pandas", "pyarrow"):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(library)
+    from flyte.io._dataframe import lazy_import_dataframe_handler
+
+    lazy_import_dataframe_handler()
 
 
 def load_task(file: str | pathlib.Path, task_name: str):

@@ -128,3 +128,18 @@ async def test_a_missing_bundle_fails_the_run_saying_so(engine):
     client = LocalClient(engine.services)
     with pytest.raises(InvalidRunError, match="the code bundle of deployed.read_notes .* is missing .*deploy it again"):
         await client.run_task("deployed.read_notes", project="flytesnacks", domain="development", args=[])
+
+
+async def test_a_dataframe_input_given_as_args_to_a_registered_task_is_stored(engine, tmp_path):
+    pytest.importorskip("pandas")
+    import shutil as shutil_module
+
+    shutil_module.copy(Path(__file__).parent / "compat" / "frames.py", engine.code / "frames.py")
+    csv = tmp_path / "t.csv"
+    csv.write_text("a,b\n1,2\n3,4\n")
+    assert (await cli(engine.data_dir, "deploy", str(engine.code / "frames.py")))[0] == 0
+    client = LocalClient(engine.services)
+    run = await client.run_task("compat_frames.describe", project="flytesnacks", domain="development",
+                                args=["--df", str(csv)])  # the SDK copies the CSV while converting
+    result = await engine.runs.wait_for_run(run.run_name, timeout=120)
+    assert result.phase.name == "SUCCEEDED", result.error
