@@ -105,3 +105,25 @@ def primitive_literal(value: Any) -> literals_pb2.Literal:
     else:
         raise TypeError(f"not a primitive: {type(value).__name__}")
     return literals_pb2.Literal(scalar=literals_pb2.Scalar(primitive=primitive))
+
+
+def rewrite_uris(literal: literals_pb2.Literal, swap, binary=None) -> None:
+    """Every blob and DataFrame URI in ``literal`` (through collections, maps and unions) set to
+    ``swap(uri)``; ``binary(scalar.binary)`` for msgpack values, whose File/Dir fields are not literals."""
+    kind = literal.WhichOneof("value")
+    if kind == "collection":
+        for item in literal.collection.literals:
+            rewrite_uris(item, swap, binary)
+    elif kind == "map":
+        for item in literal.map.literals.values():
+            rewrite_uris(item, swap, binary)
+    elif kind == "scalar":
+        scalar = literal.scalar
+        which = scalar.WhichOneof("value")
+        if which == "union":
+            rewrite_uris(scalar.union.value, swap, binary)
+        elif which in ("blob", "structured_dataset"):
+            holder = getattr(scalar, which)
+            holder.uri = swap(holder.uri)
+        elif which == "binary" and binary is not None:
+            binary(scalar.binary)

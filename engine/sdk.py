@@ -417,26 +417,11 @@ def with_uris_replaced(inputs: common_pb2.Inputs, mapping: dict[str, str]) -> co
 
 
 def _each_uri(inputs: common_pb2.Inputs, swap, directory: str) -> None:
-    def literal(value) -> None:
-        kind = value.WhichOneof("value")
-        if kind == "collection":
-            for item in value.collection.literals:
-                literal(item)
-        elif kind == "map":
-            for item in value.map.literals.values():
-                literal(item)
-        elif kind == "scalar":
-            scalar = value.scalar
-            which = scalar.WhichOneof("value")
-            if which == "union":
-                literal(scalar.union.value)
-            elif which in ("blob", "structured_dataset"):
-                holder = getattr(scalar, which)
-                if not directory or holder.uri.startswith(directory.rstrip("/") + "/"):
-                    holder.uri = swap(holder.uri)
+    from engine.literals import rewrite_uris
 
+    inside = directory.rstrip("/") + "/"
     for named in inputs.literals:
-        literal(named.value)
+        rewrite_uris(named.value, lambda uri: swap(uri) if not directory or uri.startswith(inside) else uri)
 
 
 async def stored_inputs(task, values: dict[str, Any], stage) -> common_pb2.Inputs:

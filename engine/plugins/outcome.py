@@ -76,7 +76,7 @@ def read_outcome(tctx: TaskExecutionContext, exit_code: int | None, info: TaskIn
                 "IncompleteOutputs", f"outputs.pb ({outputs_file.stat().st_size} bytes) lacks the declared "
                 f"output(s) {', '.join(missing)}: a truncated or empty file (full disk?)", info)
         try:
-            store_output_files(outputs_file, tctx.storage_root)
+            store_output_files(outputs_file, tctx.storage_root, outputs)
         except OutputFileGone as exc:
             return PhaseInfo.failure("OutputFileGone", str(exc), info)
         except OSError as exc:

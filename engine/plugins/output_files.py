@@ -18,6 +18,8 @@ from pathlib import Path
 from flyteidl2.core import literals_pb2
 from flyteidl2.task import common_pb2
 
+from engine.literals import rewrite_uris
+
 MSGPACK = "msgpack"
 FILES_DIR = "_files"
 
@@ -67,37 +69,23 @@ class _Keeper:
 
     # ------------------------------------------------------------------ literals
     def literal(self, literal: literals_pb2.Literal) -> None:
-        kind = literal.WhichOneof("value")
-        if kind == "scalar":
-            self.scalar(literal.scalar)
-        elif kind == "collection":
-            for item in literal.collection.literals:
-                self.literal(item)
-        elif kind == "map":
-            for item in literal.map.literals.values():
-                self.literal(item)
+        rewrite_uris(literal, self.keep, self.binary)
 
-    def scalar(self, scalar: literals_pb2.Scalar) -> None:
-        kind = scalar.WhichOneof("value")
-        if kind == "blob":
-            scalar.blob.uri = self.keep(scalar.blob.uri)
-        elif kind == "structured_dataset":
-            scalar.structured_dataset.uri = self.keep(scalar.structured_dataset.uri)
-        elif kind == "union":
-            self.literal(scalar.union.value)
-        elif kind == "binary" and scalar.binary.tag == MSGPACK:
-            import msgpack
+    def binary(self, binary: literals_pb2.Binary) -> None:
+        if binary.tag != MSGPACK:
+            return
+        import msgpack
 
-            try:
-                value = msgpack.unpackb(scalar.binary.value, strict_map_key=False)
-            except Exception:  # noqa: BLE001 - not ours to judge: the SDK decodes it
-                return
-            before = self.changed
-            self.changed = False
-            value = self.native(value)
-            if self.changed:
-                scalar.binary.value = msgpack.packb(value, use_bin_type=True)
-            self.changed = self.changed or before
+        try:
+            value = msgpack.unpackb(binary.value, strict_map_key=False)
+        except Exception:  # noqa: BLE001 - not ours to judge: the SDK decodes it
+            return
+        before = self.changed
+        self.changed = False
+        value = self.native(value)
+        if self.changed:
+            binary.value = msgpack.packb(value, use_bin_type=True)
+        self.changed = self.changed or before
 
     def native(self, value):
         """File/Dir (``path``) and DataFrame (``uri``) values inside a dataclass or model, as msgpack maps."""
@@ -119,11 +107,13 @@ def _looks_like_io(value: dict) -> bool:
         ("uri" in keys and keys <= {"uri", "format", "hash"})
 
 
-def store_output_files(outputs_file: Path, storage_root: str) -> bool:
+def store_output_files(outputs_file: Path, storage_root: str, outputs: common_pb2.Outputs | None = None) -> bool:
     """Copy what the outputs name from outside the data directory beside them, and rewrite outputs.pb
-    (atomically) to name the copies; True when it changed. OutputFileGone when a named path is gone."""
-    outputs = common_pb2.Outputs()
-    outputs.ParseFromString(outputs_file.read_bytes())
+    (atomically) to name the copies; True when it changed. OutputFileGone when a named path is gone.
+    ``outputs``: the file's contents, when the caller has parsed them already."""
+    if outputs is None:
+        outputs = common_pb2.Outputs()
+        outputs.ParseFromString(outputs_file.read_bytes())
     keeper = _Keeper(storage_root, str(outputs_file.parent))
     for named in outputs.literals:
         keeper.output = named.name
