@@ -322,8 +322,8 @@ class TaskActionReconciler:
             elif waiting is not None:
                 info = PhaseInfo.waiting_for_resources(reason=waiting)  # over a quota: nothing launches
             else:
-                if template.security_context.secrets:
-                    try:
+                if template.security_context.secrets and task_action.status.plugin_state is None:
+                    try:  # about to launch: the task's environment gets them
                         tctx.secret_env = await self._secret_env(task_action, template)
                     except SecretNotFoundError as exc:  # deleted since the run was created
                         return await self.finalize_permanent_failure(
@@ -338,9 +338,9 @@ class TaskActionReconciler:
                 except Exception as exc:  # noqa: BLE001 - any plugin exception is a system failure
                     return await self.record_system_error(task_action, original, plugin.id, exc)
                 info = transition.info
-                if info.err is not None and tctx.secret_env:  # a task's own error text may quote a secret
-                    info.err = dataclasses.replace(info.err, message=mask(info.err.message,
-                                                                          list(tctx.secret_env.values())))
+                if info.err is not None and template.security_context.secrets:  # its error text may quote one
+                    values = list((tctx.secret_env or await self._secret_env_or_none(task_action, template)).values())
+                    info.err = dataclasses.replace(info.err, message=mask(info.err.message, values))
                 self._storage_waits.pop(task_action.name, None)
                 if cache is not None:
                     await self.finish_cache(cache, info, tctx)
@@ -420,9 +420,14 @@ class TaskActionReconciler:
         return self.quotas.allocate(name, spec.run_name, parent, spec.project, spec.domain, queue,
                                     wake=lambda: self.enqueue(name))
 
+    async def _secret_env_or_none(self, task_action: TaskAction, template: tasks_pb2.TaskTemplate) -> dict[str, str]:
+        try:
+            return await self._secret_env(task_action, template)
+        except SecretNotFoundError:
+            return {}  # deleted since the launch: nothing left to mask with
+
     async def _secret_env(self, task_action: TaskAction, template: tasks_pb2.TaskTemplate) -> dict[str, str]:
-        """The secrets the task asks for (resolved at every reconcile, so error texts can be masked; a launch
-        takes them into the task's environment)."""
+        """The secrets the task asks for: read when an attempt launches, and when its error is masked."""
         if self.secrets is None:
             return {}
         return await secret_env(self.secrets, template, task_action.spec.project, task_action.spec.domain,
