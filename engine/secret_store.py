@@ -102,6 +102,7 @@ class EmbeddedSecretStore(SecretStore):
         self.key_file = Path(data_dir) / KEY_FILE
         self.clock = clock or time.time
         self._fernet = None
+        self._masks: dict[tuple[str, str], list[str]] = {}  # values_for, by scope, until a secret changes
 
     def _cipher(self):
         if self._fernet is None:
@@ -128,12 +129,21 @@ class EmbeddedSecretStore(SecretStore):
             raise SecretInputError("a secret value is text (UTF-8, no NUL): tasks get it as an environment "
                                    "variable", field="value") from None
         now = self.clock()
+        self._masks.clear()
         return await self.repository.secret_put(project, domain, name, self._cipher().encrypt(value), now)
 
     async def delete(self, name: str, *, project: str = "", domain: str = "") -> None:
         check_secret_scope(name, project, domain)
+        self._masks.clear()
         if not await self.repository.secret_delete(project, domain, name):
             raise SecretNotFoundError(f"no secret {name!r} in {_scope_text(project, domain)}")
+
+    async def values_for(self, project: str, domain: str) -> list[str]:
+        """As the base class, kept until a secret changes: a followed log asks for them at every read."""
+        key = (project, domain)
+        if key not in self._masks:
+            self._masks[key] = await super().values_for(project, domain)
+        return self._masks[key]
 
     async def list(self, *, project: str | None = None, domain: str | None = None) -> list[SecretInfo]:
         """All secrets, or those a task of ``project``/``domain`` can see (its scope and the wider ones)."""
