@@ -223,8 +223,7 @@ class RunsService:
         template.CopyFrom(task_spec.task_template)
         if not template.type:
             raise InvalidRunError("the task template has no type")
-        check_supported(template, self.passed_env, self.plugin_for)
-        await self._check_secrets(template, project, domain)
+        await self._check_supported(template, project, domain)
         started = run_start_time or utcnow()
         start_iso = started.isoformat()
         spec, template, spec_bytes = stamped_spec(task_spec, start_iso)
@@ -318,8 +317,7 @@ class RunsService:
         project, domain = parent.spec.project, parent.spec.domain
         spec, template, spec_bytes = stamped_spec(
             task_spec, parent.metadata.annotations.get(ANNOTATION_RUN_START_TIME, ""))
-        check_supported(template, self.passed_env, self.plugin_for)
-        await self._check_secrets(template, project, domain)
+        await self._check_supported(template, project, domain)
         output_base = run_output_base or parent.spec.run_output_base
         self.check_inside_run(project, domain, run_name, inputUri=input_uri, runOutputBase=output_base)
         labels = {k: v for k, v in parent.metadata.labels.items() if not k.startswith("flyte.org/")}
@@ -364,7 +362,9 @@ class RunsService:
             raise ParentGoneError(f"parent action {parent_action_name!r} of run {run_name!r} is being aborted") from None
         return record
 
-    async def _check_secrets(self, template, project: str, domain: str) -> None:
+    async def _check_supported(self, template, project: str, domain: str) -> None:
+        """What the task needs that this engine cannot give is refused before anything is written."""
+        check_supported(template, self.passed_env, self.plugin_for)
         if template.security_context.secrets:
             await check_secrets(template, project, domain, self.secrets or _NoSecrets(), self.passed_env)
 
