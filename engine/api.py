@@ -388,17 +388,25 @@ class _Server(uvicorn.Server):
 
 
 class ApiServer:
+    """The engine's listeners: plain HTTP (TaskDeck's clients, task processes, signed upload URLs) and,
+    when given a certificate, TLS for the stock flyte CLI (``engine/tls.py`` says why). One app serves both."""
+
     def __init__(self, api: TaskDeckApi, connect_apps: list, authority: Authority, host: str, port: int, *,
-                 max_body_bytes: int, advertise_host: str | None = None):
+                 max_body_bytes: int, advertise_host: str | None = None, routes: list | None = None,
+                 tls: tuple[Path, Path] | None = None, tls_port: int = 0):
         self.host = host
         self.port = port
         self.api = api
         self.mounts: list[tuple[str, ASGIApp]] = [(TaskDeckApi.prefix, api), ("/health", api)]
+        self.mounts += list(routes or [])
         self.mounts += [(app.path, app) for app in connect_apps]
         self.gate = Gate(authority, max_body_bytes=max_body_bytes, advertise_host=advertise_host,
-                         connect_prefixes=[app.path for app in connect_apps])
-        self._server: _Server | None = None
-        self._task: asyncio.Task | None = None
+                         connect_prefixes=[app.path for app in connect_apps],
+                         self_checking_prefixes=[prefix for prefix, _ in routes or []])
+        self.tls = tls
+        self.tls_port = tls_port
+        self.tls_url: str | None = None
+        self._servers: list[tuple[_Server, asyncio.Task]] = []
 
     async def app(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -413,24 +421,36 @@ class ApiServer:
         await send_json(send, 404, {"error": f"not found: {scope['path']}", "field": None})
 
     async def start(self) -> str:
-        config = uvicorn.Config(self.app, host=self.host, port=self.port, lifespan="off", log_level="warning",
+        host, port = await self._listen(self.port)
+        self.gate.port = port
+        if self.tls is not None:
+            try:
+                tls_host, tls_port = await self._listen(self.tls_port, self.tls)
+            except BaseException:
+                await self.stop()
+                raise
+            self.gate.tls_port = tls_port
+            self.tls_url = f"https://{tls_host}:{tls_port}"
+        return f"http://{host}:{port}"
+
+    async def _listen(self, port: int, tls: tuple[Path, Path] | None = None) -> tuple[str, int]:
+        extra = {"ssl_certfile": str(tls[0]), "ssl_keyfile": str(tls[1])} if tls else {}
+        config = uvicorn.Config(self.app, host=self.host, port=port, lifespan="off", log_level="warning",
                                 interface="asgi3", timeout_graceful_shutdown=2, access_log=False,
-                                h11_max_incomplete_event_size=64 * 1024)
-        self._server = _Server(config)
-        self._task = asyncio.create_task(self._server.serve(), name="api-server")
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()  # re-raise why it could not start
+                                h11_max_incomplete_event_size=64 * 1024, **extra)
+        server = _Server(config)
+        task = asyncio.create_task(server.serve(), name="api-server-tls" if tls else "api-server")
+        self._servers.append((server, task))
+        while not server.started:
+            if task.done():
+                task.result()  # re-raise why it could not start
                 raise RuntimeError("the API server stopped while starting")
             await asyncio.sleep(0.01)
-        sock = self._server.servers[0].sockets[0]
-        host, port = sock.getsockname()[:2]
-        self.gate.port = port
-        return f"http://{host}:{port}"
+        return server.servers[0].sockets[0].getsockname()[:2]
 
     async def stop(self) -> None:
         self.api.closing.set()
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
+        for server, _ in self._servers:
+            server.should_exit = True
+        await asyncio.gather(*(task for _, task in self._servers), return_exceptions=True)
+        self._servers.clear()

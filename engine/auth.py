@@ -208,12 +208,15 @@ class Authority:
             raise ValueError(f"worker id {worker!r} is not alphanumeric")
         return f"{WORKER_PREFIX}{worker}.{self._sign('worker', worker)}"
 
-    def sign_path(self, path: str, expires_in: float, now: float | None = None) -> str:
-        """``path`` with an expiry and an HMAC over both, as a query string: an upload URL's credential."""
+    def sign_path(self, path: str, expires_in: float, now: float | None = None, bound: str = "") -> str:
+        """``path`` with an expiry and an HMAC over both (and ``bound``, e.g. the MD5 the upload must have),
+        as a query string: an upload URL's credential."""
         expires = int((now or time.time()) + expires_in)
-        return f"{path}?expires={expires}&signature={self._sign('path', path, str(expires))}"
+        extra = f"&md5={bound}" if bound else ""
+        return f"{path}?expires={expires}{extra}&signature={self._sign('path', path, str(expires), bound)}"
 
-    def verify_path(self, path: str, expires: str, signature: str, now: float | None = None) -> bool:
+    def verify_path(self, path: str, expires: str, signature: str, now: float | None = None,
+                    bound: str = "") -> bool:
         if not expires.isdigit() or int(expires) < (now or time.time()):
             return False
-        return hmac.compare_digest(signature, self._sign("path", path, expires))
+        return hmac.compare_digest(signature, self._sign("path", path, expires, bound))

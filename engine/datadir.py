@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 LOCK_FILE = "engine.lock"
 PORT_FILE = "engine.port"  # kept across restarts: running tasks hold this port in _U_EP_OVERRIDE
 ENDPOINT_FILE = "engine.json"
+FLYTE_PORT_FILE = "flyte.port"  # the TLS listener's port, kept across restarts: the flyte CLI's config names it
 DB_FILE = "taskdeck.db"
 SHARED_FILES = frozenset({"token", ENDPOINT_FILE, LOCK_FILE})  # readable by a --share-group group
 

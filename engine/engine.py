@@ -18,7 +18,8 @@ from flyteidl2.task import task_definition_pb2
 from engine import pygc
 from engine.auth import Authority, endpoint_with_credential, write_private
 from engine.connect import ControllerServices
-from engine.datadir import DB_FILE, ENDPOINT_FILE, PORT_FILE, DataDirLock, default_data_dir, prepare_data_dir
+from engine.tls import CA_FILE, ensure_certificate, loopback_names
+from engine.datadir import DB_FILE, ENDPOINT_FILE, FLYTE_PORT_FILE, PORT_FILE, DataDirLock, default_data_dir, prepare_data_dir
 from engine.feed import ChangeFeed
 from engine.controller import ControllerManager
 from engine.gc import DEFAULT_INTERVAL_SECONDS, DEFAULT_TTL_SECONDS, GarbageCollector
@@ -96,6 +97,7 @@ class EngineConfig:
     tune_python_gc: bool = True  # see engine/pygc.py
     host: str = "127.0.0.1"
     port: int = 0
+    flyte_port: int | None = 0  # the TLS listener for the stock flyte CLI (0: the port it had, else any; None: none)
     advertise_host: str | None = None  # a host name clients may use besides the loopback names
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # larger request bodies are refused with 413
     share_group: str | None = None  # a Unix group that may read the token (and so drive the engine)
@@ -180,6 +182,7 @@ class Engine:
                                    resource_sweeps=[m.collect_garbage for m in self.resource_managers])
         self._lock = DataDirLock(self.data_dir)
         self._server = None
+        self._control_plane = None
         self._private = False
         self.url: str | None = None
         self.started = False
@@ -240,7 +243,10 @@ class Engine:
                 self.runtime_env["_U_INSECURE"] = "true"
                 if self.config.use_actions_service:
                     self.runtime_env["_U_USE_ACTIONS"] = "1"
-                write_private(self.data_dir / ENDPOINT_FILE, json.dumps({"pid": os.getpid(), "url": self.url}))
+                endpoint = {"pid": os.getpid(), "url": self.url}
+                if self._server.tls_url:
+                    endpoint.update(flyteUrl=self._server.tls_url, caFile=str(self.data_dir / "tls" / CA_FILE))
+                write_private(self.data_dir / ENDPOINT_FILE, json.dumps(endpoint))
                 self.authority.share_file(self.data_dir / ENDPOINT_FILE)
             await self.manager.start()
             await self.gc.start()
@@ -255,33 +261,50 @@ class Engine:
         log.info("engine started on %s (data dir %s)", self.url or "no API", self.data_dir)
 
     async def _start_server(self) -> str:
-        """Serve on the port this data directory used before when possible, so task processes that
-        outlived the previous engine (and hold its address) reach this one."""
+        """Serve on the ports this data directory used before when possible, so task processes that
+        outlived the previous engine (and hold its address) reach this one, and the flyte CLI's config
+        stays right."""
         from engine.api import ApiServer, TaskDeckApi
         from engine.client.local import LocalClient
+        from engine.control_plane import ControlPlane
 
-        port_file = self.data_dir / PORT_FILE
-        candidates = [self.config.port]
-        if not self.config.port and port_file.exists():
-            try:
-                candidates.insert(0, int(port_file.read_text().strip()))
-            except ValueError:
-                pass
+        candidates = [(self.config.port or self._remembered(PORT_FILE), self.config.flyte_port or
+                       self._remembered(FLYTE_PORT_FILE))]
+        if candidates[0] != (self.config.port, self.config.flyte_port or 0):
+            candidates.append((self.config.port, self.config.flyte_port or 0))
         last_error: Exception | None = None
-        api = TaskDeckApi(LocalClient(self.services), self._allowed_code_dirs())
-        for port in candidates:
-            self._server = ApiServer(api, self.controller_services.apps(), self.authority, self.config.host, port,
+        client = LocalClient(self.services)
+        api = TaskDeckApi(client, self._allowed_code_dirs())
+        self._control_plane = ControlPlane(client, self.authority, self.data_dir, self.config.max_body_bytes)
+        tls = None
+        if self.config.flyte_port is not None:
+            _, cert, key = await asyncio.to_thread(ensure_certificate, self.data_dir / "tls",
+                                                   loopback_names(self.config.advertise_host))
+            tls = (cert, key)
+        for port, flyte_port in candidates:
+            self._server = ApiServer(api, self.controller_services.apps() + self._control_plane.apps(),
+                                     self.authority, self.config.host, port,
                                      max_body_bytes=self.config.max_body_bytes,
-                                     advertise_host=self.config.advertise_host)
+                                     advertise_host=self.config.advertise_host, routes=self._control_plane.routes(),
+                                     tls=tls, tls_port=flyte_port)
             try:
                 url = await self._server.start()
             except (OSError, SystemExit, RuntimeError) as exc:  # uvicorn exits when the port is taken
                 last_error = exc
                 self._server = None
                 continue
-            write_private(port_file, url.rsplit(":", 1)[1])
+            write_private(self.data_dir / PORT_FILE, url.rsplit(":", 1)[1])
+            if self._server.tls_url:
+                write_private(self.data_dir / FLYTE_PORT_FILE, self._server.tls_url.rsplit(":", 1)[1])
+            self._control_plane.set_plain_url(url)
             return url
         raise RuntimeError(f"could not start the engine's server: {last_error}")
+
+    def _remembered(self, name: str) -> int:
+        try:
+            return int((self.data_dir / name).read_text().strip())
+        except (OSError, ValueError):
+            return 0
 
     def last_request_age(self) -> float:
         """Seconds since the API last received a request (infinite when it does not serve)."""
@@ -300,6 +323,8 @@ class Engine:
     async def _shutdown(self) -> None:
         self.started = False
         self.controller_services.closing.set()  # end the SDK's watch streams so the server can stop
+        if self._control_plane is not None:
+            self._control_plane.close()
         if self._server is not None:
             await self._server.stop()
             self._server = None

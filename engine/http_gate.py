@@ -4,7 +4,8 @@ Every request passes here before a route or a Connect service sees it, in this o
 1. ``Host`` must name this machine (loopback names, or the configured advertise host): a foreign Host is
    DNS rebinding. ``Origin``, when a browser sends one, must be this server itself, and
    ``Sec-Fetch-Site: cross-site`` is refused: a page the user visits cannot drive the engine.
-2. Only ``/health`` is open. Everything else needs a credential (``engine/auth.py``: a bearer header, or
+2. Only ``/health`` is open, and the routes whose URLs are signed (uploads, the run page) check their own
+   credential. Everything else needs a credential (``engine/auth.py``: a bearer header, or
    a ``/c/<token>/`` path prefix, which is stripped here); a run's task credential reaches only the
    SDK's controller services, whose handlers then check the run.
 3. Methods and content types are the ones a route speaks (JSON for the API, Connect's for the services).
@@ -171,12 +172,17 @@ class Gate:
     """Wraps the server's dispatcher; see the module docstring for the order of the checks."""
 
     def __init__(self, authority: Authority, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-                 advertise_host: str | None = None, connect_prefixes: Iterable[str] = ()):
+                 advertise_host: str | None = None, connect_prefixes: Iterable[str] = (),
+                 self_checking_prefixes: Iterable[str] = ()):
         self.authority = authority
         self.max_body_bytes = max_body_bytes
         self.hosts = set(LOOPBACK_HOSTS) | ({advertise_host.lower()} if advertise_host else set())
         self.connect_prefixes = tuple(connect_prefixes)
+        # Routes that check who asks themselves (a signed upload URL) or tell anyone nothing private (the
+        # run page a browser opens); they read their own bodies.
+        self.self_checking_prefixes = tuple(self_checking_prefixes)
         self.port: int | None = None  # set once the server listens; Origin must carry it
+        self.tls_port: int | None = None
         self.last_request = time.monotonic()  # an engine that serves nobody for a while may stop
 
     def _is_connect(self, path: str) -> bool:
@@ -212,6 +218,9 @@ class Gate:
         origin = headers.get("origin")
         if origin is not None and not self._own_origin(origin) or headers.get("sec-fetch-site") == "cross-site":
             return await refuse(403, "permission_denied", "cross-origin requests are refused")
+
+        if path_principal is None and any(path == p or path.startswith(p + "/") for p in self.self_checking_prefixes):
+            return await dispatch(scope, receive, send)  # the route checks for itself
 
         principal = path_principal or self.authority.authenticate(headers)
         if principal is _NOBODY:
@@ -255,6 +264,7 @@ class Gate:
     def _own_origin(self, origin: str) -> bool:
         try:
             parts = urlsplit(origin)
-            return parts.scheme == "http" and (parts.hostname or "") in self.hosts and parts.port == self.port
+            own = {("http", self.port), ("https", self.tls_port)}
+            return (parts.scheme, parts.port) in own and (parts.hostname or "") in self.hosts
         except ValueError:
             return False

@@ -680,6 +680,34 @@ class RunsService:
 
         return await asyncio.to_thread(read)
 
+    async def action_data(self, run_name: str, action_name: str) -> tuple[common_pb2.Inputs, common_pb2.Outputs,
+                                                                          str, str]:
+        """(inputs, outputs, inputs URI, outputs URI) of an action as messages (outputs empty until it succeeded),
+        read off the event loop: what Flyte's GetActionData answers."""
+        record = await self.find_action(run_name, action_name)
+        if record is None:
+            raise RunNotFoundError(f"action {action_name!r} not found in run {run_name!r}")
+        inputs_uri = ""
+        if record.input_uri:
+            inputs_uri = local_path(record.input_uri)
+            inputs_uri = inputs_uri if inputs_uri.endswith(".pb") else f"{inputs_uri}/inputs.pb"
+        outputs_uri = ""
+        if record.action_type != ACTION_TYPE_CONDITION and record.run_output_base:
+            outputs_uri = f"{self.attempt_prefix_of(record, record.attempts or 1)}/outputs.pb"
+
+        def read() -> tuple[common_pb2.Inputs, common_pb2.Outputs]:
+            inputs, outputs = common_pb2.Inputs(), common_pb2.Outputs()
+            with contextlib.suppress(OSError, ValueError, DecodeError):
+                if inputs_uri:
+                    inputs = inputs_message(inputs_uri)
+            if outputs_uri and ActionPhase(record.phase) == ActionPhase.SUCCEEDED:
+                with contextlib.suppress(OSError, DecodeError), open(outputs_uri, "rb") as f:
+                    outputs.ParseFromString(f.read())
+            return inputs, outputs
+
+        inputs, outputs = await asyncio.to_thread(read)
+        return inputs, outputs, inputs_uri, outputs_uri
+
     def condition_of(self, run_name: str, action_name: str) -> run_definition_pb2.ConditionAction:
         """What a condition asks (its name, prompt, description and type); NotFound once it is cleaned up."""
         obj = self.task_action_named(run_name, action_name)

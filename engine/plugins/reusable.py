@@ -178,7 +178,7 @@ class ReusableTaskPlugin(Plugin):
     async def _launch(self, tctx: TaskExecutionContext, spec: PoolSpec, argv: list[str], interpreter: str,
                       shared: dict, own: dict) -> PhaseInfo:
         name = tctx.metadata.generated_name
-        cwd = self.setup.code_dir(tctx)
+        cwd = self.setup.code_dir(tctx, per_attempt=False)
         pool = self._pool(tctx, spec, interpreter, shared, cwd)
         worker = pool.acquire(name, tctx.enqueue_owner)  # claimed before any await
         if worker is None:
@@ -202,7 +202,7 @@ class ReusableTaskPlugin(Plugin):
 
     async def _send(self, tctx, pool: WorkerPool, worker: WorkerProcess, argv, own, name) -> PhaseInfo:
         md = tctx.metadata
-        cwd = self.setup.prepare(tctx, make_dirs=False)  # the worker makes the directories it writes to
+        cwd = self.setup.prepare(tctx, make_dirs=False, per_attempt=False)  # the worker makes the directories it writes to
         if isinstance(cwd, PhaseInfo):
             pool.release(worker)
             return cwd

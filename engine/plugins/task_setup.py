@@ -24,6 +24,9 @@ SDK_DEFAULTS = {"_F_MAX_QPS": "5000"}
 # Left by a previous try of the same attempt (a relaunch after a system failure): never read as this one's.
 STALE_FILES = ("outputs.pb", "error.pb")
 
+# The SDK entrypoint's options naming the code bundle it fetches and unpacks into --dest (`.`: its cwd).
+BUNDLE_OPTIONS = ("--tgz", "--pkl")
+
 _TEMPLATE_VAR = re.compile(r"\{\{\s*[.$]([A-Za-z0-9_]+)\s*\}\}")
 
 
@@ -52,6 +55,19 @@ def template_values(tctx: TaskExecutionContext) -> dict[str, str]:
         "namespace": md.namespace,
         "tasktemplatepath": "inline://taskTemplate",
     }
+
+
+def code_bundle(argv: list[str]) -> str | None:
+    """The code bundle an ``a0`` command line fetches (``--tgz``/``--pkl``, as a cluster's fast registration
+    ships code), or None: it runs from a code directory."""
+    for i, arg in enumerate(argv[:-1]):
+        if arg in BUNDLE_OPTIONS:
+            return argv[i + 1]
+    for arg in argv:
+        option, _, value = arg.partition("=")
+        if option in BUNDLE_OPTIONS and value:
+            return value
+    return None
 
 
 class TaskProcessSetup:
@@ -98,15 +114,29 @@ class TaskProcessSetup:
         own.update(tctx.secret_env)  # the secrets it asks for, as the SDK's Secret names their variables
         return shared, own
 
-    @staticmethod
-    def code_dir(tctx: TaskExecutionContext) -> str:
-        return tctx.metadata.annotations.get(ANNOTATION_CODE_DIR) or tctx.output_prefix
+    def code_dir(self, tctx: TaskExecutionContext, per_attempt: bool = True) -> str:
+        """Where the task runs: its code directory; for a task that fetches a code bundle, a directory of the
+        attempt's own (``per_attempt``: a fresh process), else one per bundle (a pool of reusable workers)."""
+        annotated = tctx.metadata.annotations.get(ANNOTATION_CODE_DIR)
+        if annotated:
+            return annotated
+        bundle = code_bundle(self.argv(tctx))
+        if bundle is None:
+            return tctx.output_prefix
+        return os.path.join(tctx.output_prefix, "code") if per_attempt else f"{bundle}.code"
 
-    def prepare(self, tctx: TaskExecutionContext, make_dirs: bool = True) -> str | PhaseInfo:
+    def prepare(self, tctx: TaskExecutionContext, make_dirs: bool = True, per_attempt: bool = True) -> str | PhaseInfo:
         """Make the attempt's directories (``make_dirs``; else whoever writes there makes them) and clear a
-        previous try's files; the working directory, or a failure when the task's code directory is gone."""
-        cwd = self.code_dir(tctx)
-        for path in (tctx.output_prefix, tctx.checkpoint_prefix, tctx.log_path.parent) if make_dirs else ():
+        previous try's files; the working directory, or a failure when the task's code (its directory or its
+        bundle) is gone."""
+        cwd = self.code_dir(tctx, per_attempt)
+        bundle = None if tctx.metadata.annotations.get(ANNOTATION_CODE_DIR) else code_bundle(self.argv(tctx))
+        if bundle is not None and not os.path.isfile(bundle):
+            where = "not a local file" if "://" in bundle else "missing"
+            return PhaseInfo.failure("CodeBundleMissing", f"the task's code bundle {bundle} is {where}: upload it "
+                                     "again (run or deploy the task again)")
+        dirs = (tctx.output_prefix, tctx.checkpoint_prefix, tctx.log_path.parent) if make_dirs else ()
+        for path in (*dirs, *((cwd,) if bundle is not None else ())):
             try:
                 Path(path).mkdir(parents=True, exist_ok=True)
             except OSError as exc:
