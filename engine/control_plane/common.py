@@ -14,6 +14,7 @@ from connectrpc.errors import ConnectError
 from flyteidl2.task import common_pb2, task_definition_pb2
 from flyteidl2.workflow import run_definition_pb2
 
+from engine.action_types import ACTION_TYPE_CONDITION
 from engine.auth import Authority
 from engine.client.local import LocalClient
 from engine.control_plane import messages
@@ -128,7 +129,16 @@ class ControlPlaneContext:
 
         present = await asyncio.to_thread(log_exists)
         return messages.action_details(record, events, lambda n: self.runs.attempt_prefix_of(record, n),
-                                       lambda n: present.get(n, False))
+                                       lambda n: present.get(n, False), self.condition_of(record))
+
+    def condition_of(self, record: ActionRecord):
+        """A condition action's ConditionAction while the engine keeps it (None for other actions)."""
+        if record.action_type != ACTION_TYPE_CONDITION:
+            return None
+        try:
+            return self.runs.condition_of(record.run_name, record.name)
+        except LookupError:
+            return None
 
     # ------------------------------------------------------------------ what a new run is made of
     def inputs_path(self, project: str, domain: str, digest: str) -> Path:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from flyteidl2.common import identifier_pb2
+from flyteidl2.common import identifier_pb2, list_pb2
 from flyteidl2.logs.dataplane import payload_pb2
 from flyteidl2.task import common_pb2, run_pb2, task_definition_pb2
 from flyteidl2.workflow import run_definition_pb2
 
+from engine.action_types import ACTION_TYPE_CONDITION
 from engine.phases import ActionPhase
 from engine.store.base import ActionRecord, EventRecord
 
@@ -34,7 +35,7 @@ def action_id(record: ActionRecord) -> identifier_pb2.ActionIdentifier:
         name=record.name)
 
 
-def _metadata(record: ActionRecord) -> run_definition_pb2.ActionMetadata:
+def _metadata(record: ActionRecord, condition=None) -> run_definition_pb2.ActionMetadata:
     metadata = run_definition_pb2.ActionMetadata(
         parent=record.parent_action_name or "", group=record.action_group or "", action_type=record.action_type,
         environment_name=record.environment_name or "", funtion_name=record.function_name or "")
@@ -44,6 +45,10 @@ def _metadata(record: ActionRecord) -> run_definition_pb2.ActionMetadata:
                                               name=record.task_name or record.function_name,
                                               version=record.task_version or ""),
         task_type=record.task_type, short_name=record.short_name or record.function_name))
+    if record.action_type == ACTION_TYPE_CONDITION:
+        metadata.condition.name = record.function_name or record.short_name or record.name
+        if condition is not None:
+            metadata.condition.type.CopyFrom(condition.type)
     return metadata
 
 
@@ -56,11 +61,15 @@ def _status(record: ActionRecord) -> run_definition_pb2.ActionStatus:
         status.end_time.CopyFrom(end)
     if record.duration_ms is not None:
         status.duration_ms = record.duration_ms
+    elif ActionPhase(record.phase).is_terminal and record.ended_at and record.created_at:
+        status.duration_ms = max(int((record.ended_at - record.created_at) * 1000), 0)
     return status
 
 
-def action(record: ActionRecord) -> run_definition_pb2.Action:
-    return run_definition_pb2.Action(id=action_id(record), metadata=_metadata(record), status=_status(record))
+def action(record: ActionRecord, condition=None) -> run_definition_pb2.Action:
+    """``condition``: what a condition action asks (its ConditionAction), while the engine still has it."""
+    return run_definition_pb2.Action(id=action_id(record), metadata=_metadata(record, condition),
+                                     status=_status(record))
 
 
 def run(record: ActionRecord) -> run_definition_pb2.Run:
@@ -72,11 +81,13 @@ def error_info(kind: str | None, code: str | None, message: str | None) -> run_d
                                         code=code or "", message=message or "")
 
 
-def action_details(record: ActionRecord, events: list[EventRecord], attempt_prefix, log_exists
-                   ) -> run_definition_pb2.ActionDetails:
+def action_details(record: ActionRecord, events: list[EventRecord], attempt_prefix, log_exists,
+                   condition=None) -> run_definition_pb2.ActionDetails:
     """``attempt_prefix(n)``: where attempt n writes its outputs; ``log_exists(n)``: it has a log to tail."""
-    details = run_definition_pb2.ActionDetails(id=action_id(record), metadata=_metadata(record),
+    details = run_definition_pb2.ActionDetails(id=action_id(record), metadata=_metadata(record, condition),
                                                status=_status(record))
+    if condition is not None:
+        details.condition.CopyFrom(condition)
     phase = ActionPhase(record.phase)
     if record.error_message or phase in (ActionPhase.FAILED, ActionPhase.TIMED_OUT):
         details.error_info.CopyFrom(error_info(record.error_kind, record.error_code, record.error_message))
@@ -137,3 +148,35 @@ def log_kind(text: str) -> int:
     """Who wrote a log line: the engine's own lines (``[taskdeck] ...``) are SYSTEM, what the task printed USER."""
     return payload_pb2.LogLineOriginator.SYSTEM if text.startswith("[taskdeck]") else payload_pb2.LogLineOriginator.USER
 
+
+
+# What a ListRequest filter may name, and the record's value it compares (as text).
+_FILTER_FIELDS = {
+    "action_type": lambda r: str(r.action_type),
+    "parent_name": lambda r: r.parent_action_name or "",
+    "phase": lambda r: str(r.phase),
+    "name": lambda r: r.name,
+    "task_name": lambda r: r.task_name or "",
+}
+
+
+def matches(record: ActionRecord, filters) -> bool:
+    """A record against a ListRequest's filters (EQUAL, NOT_EQUAL, VALUE_IN, VALUE_NOT_IN, CONTAINS on the
+    fields above; a filter on another field is refused: ValueError)."""
+    for rule in filters:
+        read = _FILTER_FIELDS.get(rule.field)
+        if read is None:
+            raise ValueError(f"cannot filter on {rule.field!r} (only {', '.join(_FILTER_FIELDS)})")
+        value, wanted = read(record), list(rule.values)
+        function = list_pb2.Filter.Function
+        if rule.function in (function.EQUAL, function.VALUE_IN):
+            ok = value in wanted
+        elif rule.function in (function.NOT_EQUAL, function.VALUE_NOT_IN):
+            ok = value not in wanted
+        elif rule.function == function.CONTAINS:
+            ok = any(w in value for w in wanted)
+        else:
+            raise ValueError(f"filter function {function.Name(rule.function)} is not supported")
+        if not ok:
+            return False
+    return True

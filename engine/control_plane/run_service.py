@@ -84,7 +84,12 @@ class RunServiceImpl(RunService):
         with translate_errors():
             record = await self.ctx.run_record(request.run_id)
             actions = await self.runs.list_actions(record.run_name)
-        return run_service_pb2.ListActionsResponse(actions=[messages.action(a) for a in actions])
+            try:
+                actions = [a for a in actions if messages.matches(a, request.request.filters)]
+            except ValueError as exc:
+                raise ConnectError(Code.INVALID_ARGUMENT, str(exc)) from None
+        return run_service_pb2.ListActionsResponse(actions=[messages.action(a, self.ctx.condition_of(a))
+                                                            for a in actions])
 
     # ------------------------------------------------------------------ watch
     def watch_action_details(self, request, ctx) -> AsyncIterator:
