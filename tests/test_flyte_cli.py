@@ -301,3 +301,68 @@ def test_upload_urls_are_signed_for_one_path_one_body_and_a_time(deck):
     assert httpx.put(f"{url}{signed}", content=body, headers=headers).status_code == 201
     assert stored.read_bytes() == body
     assert httpx.put(f"{url}{signed}", content=body).status_code == 200  # the same again: stored already
+
+
+SECRET_TASK = '''
+import os
+import flyte
+
+env = flyte.TaskEnvironment(name="sec", secrets=[flyte.Secret(key="cli-canary", as_env_var="API_KEY")])
+
+
+@env.task
+def peek() -> int:
+    print("the key is", os.environ["API_KEY"], flush=True)
+    return len(os.environ["API_KEY"])
+'''
+
+TRIGGER_TASK = '''
+from datetime import datetime
+import flyte
+
+env = flyte.TaskEnvironment(name="trig")
+
+
+@env.task(triggers=flyte.Trigger("nightly", flyte.Cron("0 3 * * *")))
+def tick(trigger_time: datetime, n: int = 1) -> str:
+    return f"{trigger_time.isoformat()} {n}"
+'''
+
+
+def test_secrets_created_with_the_cli_reach_tasks_and_never_come_back(deck):
+    canary = "cAnArY-7f3a9c1e-from-the-flyte-cli"
+    (deck.project / "sec.py").write_text(SECRET_TASK)
+    created = deck.flyte("create", "secret", "cli-canary", "--value", canary)
+    assert created.returncode == 0, created.stdout + created.stderr
+    listed = deck.flyte("get", "secret")
+    assert "cli-canary" in listed.stdout and canary not in listed.stdout, listed.stdout + listed.stderr
+    shown = deck.flyte("get", "secret", "cli-canary")
+    assert shown.returncode == 0 and canary not in shown.stdout
+    assert "cli-canary" in deck.taskdeck("secret", "list").stdout
+    out = deck.flyte("run", "--follow", "sec.py", "peek")
+    assert out.returncode == 0, out.stdout + out.stderr
+    name = created_run(out.stdout)
+    assert deck.wait_for(name)["phase"] == "SUCCEEDED"
+    assert f"o0={len(canary)}" in deck.flyte("get", "io", name).stdout.replace(" ", "")
+    logs = deck.flyte("get", "logs", name)
+    assert "the key is" in logs.stdout and canary not in logs.stdout + out.stdout  # masked when shown
+    deleted = deck.flyte("delete", "secret", "cli-canary")
+    assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+    assert "cli-canary" not in deck.taskdeck("secret", "list").stdout
+
+
+def test_triggers_deployed_created_and_deactivated_with_the_cli(deck):
+    (deck.project / "trig.py").write_text(TRIGGER_TASK)
+    deployed = deck.flyte("deploy", "trig.py", "env")
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    created = deck.flyte("create", "trigger", "trig.tick", "hourly", "--schedule", "0 * * * *")
+    assert created.returncode == 0, created.stdout + created.stderr
+    listed = deck.flyte("get", "trigger")
+    assert "nightly" in listed.stdout and "hourly" in listed.stdout, listed.stdout + listed.stderr
+    updated = deck.flyte("update", "trigger", "nightly", "trig.tick", "--deactivate")
+    assert updated.returncode == 0, updated.stdout + updated.stderr
+    rows = {line.split()[2]: line.split() for line in deck.taskdeck("trigger", "list").stdout.splitlines()[1:]}
+    assert rows["nightly"][4] == "no" and rows["nightly"][5] == "2"  # a revision per change
+    assert rows["hourly"][4] == "yes"
+    history = deck.taskdeck("trigger", "history", "nightly")
+    assert history.returncode == 0 and "deactivat" in history.stdout.lower(), history.stdout + history.stderr

@@ -1,5 +1,6 @@
 """Flyte's control plane, served so the stock ``flyte`` CLI and ``flyte.init(endpoint=...)`` use this engine:
-RunService, DataProxyService, ClusterService, TaskService, ProjectService and IdentityService (Connect,
+RunService, DataProxyService, ClusterService, TaskService, ProjectService, SecretService,
+TriggerService and IdentityService (Connect,
 flyteidl2's generated ASGI apps), the signed upload route and the run page the CLI's run URL opens.
 
 Only the owner's credential reaches them (a task's run credential reaches only the SDK's controller
@@ -18,16 +19,19 @@ from flyteidl2.auth.identity_connect import IdentityServiceASGIApplication
 from flyteidl2.cluster.service_connect import ClusterServiceASGIApplication
 from flyteidl2.dataproxy.dataproxy_service_connect import DataProxyServiceASGIApplication
 from flyteidl2.project.project_service_connect import ProjectServiceASGIApplication
+from flyteidl2.secret.secret_connect import SecretServiceASGIApplication
 from flyteidl2.task.task_service_connect import TaskServiceASGIApplication
+from flyteidl2.trigger.trigger_service_connect import TriggerServiceASGIApplication
 from flyteidl2.workflow.run_service_connect import RunServiceASGIApplication
 
 from engine.auth import Authority
 from engine.client.local import LocalClient
 from engine.connect import disconnect_aware
-from engine.control_plane.catalog import IdentityServiceImpl, ProjectServiceImpl, TaskServiceImpl
+from engine.control_plane.catalog import IdentityServiceImpl, ProjectServiceImpl, SecretServiceImpl, TaskServiceImpl
 from engine.control_plane.common import ControlPlaneContext, OwnerOnly
 from engine.control_plane.data_proxy import ClusterServiceImpl, DataProxyServiceImpl
 from engine.control_plane.run_service import RunServiceImpl
+from engine.control_plane.trigger_service import TriggerServiceImpl
 from engine.control_plane.upload_route import UPLOAD_PREFIX, UploadRoute
 from engine.http_gate import BoundedGzip, harden_connect_app
 
@@ -48,13 +52,16 @@ class ControlPlane:
     def apps(self) -> list:
         options = {"read_max_bytes": self.max_body_bytes, "compressions": [BoundedGzip(self.max_body_bytes)]}
         ctx = self.context
+        triggers = TriggerServiceImpl(ctx)
         services = [
             (RunServiceASGIApplication, RunServiceImpl(ctx)),
             (DataProxyServiceASGIApplication, DataProxyServiceImpl(ctx)),
             (ClusterServiceASGIApplication, ClusterServiceImpl()),
-            (TaskServiceASGIApplication, TaskServiceImpl(ctx)),
+            (TaskServiceASGIApplication, TaskServiceImpl(ctx, triggers.deploy)),
+            (TriggerServiceASGIApplication, triggers),
             (ProjectServiceASGIApplication, ProjectServiceImpl(ctx)),
             (IdentityServiceASGIApplication, IdentityServiceImpl()),
+            (SecretServiceASGIApplication, SecretServiceImpl(ctx)),
         ]
         return [disconnect_aware(harden_connect_app(app(OwnerOnly(service), **options))) for app, service in services]
 

@@ -14,6 +14,9 @@ from flyteidl2.auth import identity_pb2
 from flyteidl2.auth.identity_connect import IdentityService
 from flyteidl2.project import project_service_pb2 as pp
 from flyteidl2.project.project_service_connect import ProjectService
+from flyteidl2.secret import definition_pb2 as sd
+from flyteidl2.secret import payload_pb2 as sp
+from flyteidl2.secret.secret_connect import SecretService
 from flyteidl2.task import task_definition_pb2 as td
 from flyteidl2.task import task_service_pb2 as ts
 from flyteidl2.task.task_service_connect import TaskService
@@ -44,8 +47,9 @@ def _spec(record: TaskRecord) -> td.TaskSpec:
 
 
 class TaskServiceImpl(TaskService):
-    def __init__(self, context: ControlPlaneContext):
+    def __init__(self, context: ControlPlaneContext, deploy_trigger):
         self.ctx = context
+        self.deploy_trigger = deploy_trigger  # (TaskTrigger, project, domain, task name, version) → its record
 
     @property
     def tasks(self):
@@ -65,9 +69,8 @@ class TaskServiceImpl(TaskService):
         with translate_errors():
             await self.tasks.deploy(spec.SerializeToString(deterministic=True), project=task_id.project,
                                     domain=task_id.domain)
-        if request.triggers:
-            raise ConnectError(Code.UNIMPLEMENTED, "triggers deployed with `flyte deploy` are not served yet: "
-                                                   "deploy them with `taskdeck deploy`")
+        for trigger in request.triggers:
+            await self.deploy_trigger(trigger, task_id.project, task_id.domain, task_id.name, task_id.version)
         return ts.DeployTaskResponse()
 
     async def get_task_details(self, request, ctx):
@@ -85,6 +88,14 @@ class TaskServiceImpl(TaskService):
             if project:
                 check_run_id(project, domain or "development", "r")
             records = await self.tasks.list(project, domain)
+        try:
+            records = [r for r in records if messages.matches(r, request.request.filters, messages.TASK_FIELDS)]
+        except ValueError as exc:
+            raise ConnectError(Code.INVALID_ARGUMENT, str(exc)) from None
+        sort = request.request.sort_by
+        if sort.key in ("created_at", "deployed_at", "name", "version"):
+            field = sort.key if sort.key in ("name", "version") else "created_at"
+            records.sort(key=lambda r: getattr(r, field), reverse=sort.direction == sort.DESCENDING)
         limit = request.request.limit or len(records)
         return ts.ListTasksResponse(tasks=[td.Task(task_id=_task_id(r), metadata=_task_metadata(r, _spec(r)))
                                            for r in records[:limit]])
@@ -141,3 +152,65 @@ class IdentityServiceImpl(IdentityService):
         user = getpass.getuser()
         return identity_pb2.UserInfoResponse(subject=user, name=user, preferred_username=user,
                                              additional_claims=None)
+
+
+def _secret(info) -> sd.Secret:
+    secret = sd.Secret(id=sd.SecretIdentifier(name=info.name, project=info.project, domain=info.domain),
+                       secret_metadata=sd.SecretMetadata(
+                           type=sd.SecretType.SECRET_TYPE_GENERIC,
+                           secret_status=sd.SecretStatus(overall_status=sd.OverallStatus.FULLY_PRESENT)))
+    if (stamp := messages.timestamp(info.created_at)) is not None:
+        secret.secret_metadata.created_time.CopyFrom(stamp)
+    return secret
+
+
+class SecretServiceImpl(SecretService):
+    """Secrets by scope (project and domain, a project, or global); values go in and never come out."""
+
+    def __init__(self, context: ControlPlaneContext):
+        self.ctx = context
+
+    @property
+    def store(self):
+        return self.ctx.client.services.secrets
+
+    async def create_secret(self, request, ctx):
+        return await self._put(request, sp.CreateSecretResponse())
+
+    async def update_secret(self, request, ctx):
+        return await self._put(request, sp.UpdateSecretResponse())
+
+    async def _put(self, request, response):
+        spec = request.secret_spec
+        if spec.type == sd.SecretType.SECRET_TYPE_IMAGE_PULL_SECRET:
+            raise ConnectError(Code.INVALID_ARGUMENT, "image pull secrets have no use here: this engine pulls no "
+                                                      "images (tasks run from the local environment)")
+        value = spec.binary_value or spec.string_value.encode()
+        ident = request.id
+        with translate_errors():
+            await self.store.put(ident.name, value, project=ident.project, domain=ident.domain)
+        return response
+
+    async def get_secret(self, request, ctx):
+        ident = request.id
+        with translate_errors():
+            for info in await self.store.list():
+                if (info.name, info.project, info.domain) == (ident.name, ident.project, ident.domain):
+                    return sp.GetSecretResponse(secret=_secret(info))
+        raise ConnectError(Code.NOT_FOUND, f"no secret {ident.name!r} in "
+                                           f"{'/'.join(p for p in (ident.project, ident.domain) if p) or 'the global scope'}")
+
+    async def delete_secret(self, request, ctx):
+        ident = request.id
+        with translate_errors():
+            await self.store.delete(ident.name, project=ident.project, domain=ident.domain)
+        return sp.DeleteSecretResponse()
+
+    async def list_secrets(self, request, ctx):
+        with translate_errors():
+            infos = await self.store.list()
+        if request.project:
+            infos = [i for i in infos if i.project in ("", request.project)]
+        if request.domain:
+            infos = [i for i in infos if i.domain in ("", request.domain)]
+        return sp.ListSecretsResponse(secrets=[_secret(i) for i in infos[:request.limit or None]])

@@ -151,7 +151,7 @@ def log_kind(text: str) -> int:
 
 
 # What a ListRequest filter may name, and the record's value it compares (as text).
-_FILTER_FIELDS = {
+ACTION_FIELDS = {
     "action_type": lambda r: str(r.action_type),
     "parent_name": lambda r: r.parent_action_name or "",
     "phase": lambda r: str(r.phase),
@@ -160,13 +160,19 @@ _FILTER_FIELDS = {
 }
 
 
-def matches(record: ActionRecord, filters) -> bool:
+TASK_FIELDS = {
+    "name": lambda r: r.name,
+    "version": lambda r: r.version,
+}
+
+
+def matches(record, filters, fields=ACTION_FIELDS) -> bool:
     """A record against a ListRequest's filters (EQUAL, NOT_EQUAL, VALUE_IN, VALUE_NOT_IN, CONTAINS on the
-    fields above; a filter on another field is refused: ValueError)."""
+    ``fields`` named; a filter on another field is refused: ValueError)."""
     for rule in filters:
-        read = _FILTER_FIELDS.get(rule.field)
+        read = fields.get(rule.field)
         if read is None:
-            raise ValueError(f"cannot filter on {rule.field!r} (only {', '.join(_FILTER_FIELDS)})")
+            raise ValueError(f"cannot filter on {rule.field!r} (only {', '.join(fields)})")
         value, wanted = read(record), list(rule.values)
         function = list_pb2.Filter.Function
         if rule.function in (function.EQUAL, function.VALUE_IN):
