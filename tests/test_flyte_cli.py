@@ -366,3 +366,21 @@ def test_triggers_deployed_created_and_deactivated_with_the_cli(deck):
     assert rows["hourly"][4] == "yes"
     history = deck.taskdeck("trigger", "history", "nightly")
     assert history.returncode == 0 and "deactivat" in history.stdout.lower(), history.stdout + history.stderr
+
+
+def test_a_fan_out_unpacks_its_bundle_once_and_each_action_works_in_its_own_directory(deck):
+    out = deck.flyte("run", "fanout.py", "sum_of_squares", "--n", "4")
+    assert out.returncode == 0, out.stdout + out.stderr
+    name = created_run(out.stdout)
+    assert deck.wait_for(name)["phase"] == "SUCCEEDED"
+    actions = deck.result(name)
+    assert len(actions) == 5, actions
+    unpacked = list((deck.data / "uploads").rglob("*.tar.gz.code"))
+    marker = [u for u in unpacked if (u / "fanout.py").exists()]
+    assert len(marker) == 1, unpacked
+    shared = marker[0] / "fanout.py"
+    run_dir = deck.data / "data" / "flytesnacks" / "development" / name
+    working = sorted(run_dir.glob("*/1/code/fanout.py"))
+    assert len(working) == 5  # the parent and four children, each in a directory of its own ...
+    assert all(p.stat().st_ino == shared.stat().st_ino for p in working)  # ... of links, not unpackings
+    assert "o0=14" in deck.flyte("get", "io", name).stdout.replace(" ", "")  # 0 + 1 + 4 + 9

@@ -120,7 +120,10 @@ class LocalContainerPlugin(Plugin):
         argv = self.setup.argv(tctx)
         shared, own = self.setup.environment(tctx)
         env = {**shared, **own}
-        cwd = self.setup.prepare(tctx)
+        if self.setup.needs_files(tctx):  # a code bundle to unpack (once) and link: not on the event loop
+            cwd = await asyncio.to_thread(self.setup.prepare, tctx)
+        else:
+            cwd = self.setup.prepare(tctx)
         if isinstance(cwd, PhaseInfo):
             return cwd
         interpreter = self._fork_interpreter(argv, shared)

@@ -178,6 +178,10 @@ class ReusableTaskPlugin(Plugin):
     async def _launch(self, tctx: TaskExecutionContext, spec: PoolSpec, argv: list[str], interpreter: str,
                       shared: dict, own: dict) -> PhaseInfo:
         name = tctx.metadata.generated_name
+        if self.setup.needs_files(tctx):  # the pool's workers start in the unpacked bundle: unpack it (once) first
+            unpacked = await asyncio.to_thread(self.setup.prepare, tctx, False, False)
+            if isinstance(unpacked, PhaseInfo):
+                return unpacked
         cwd = self.setup.code_dir(tctx, per_attempt=False)
         pool = self._pool(tctx, spec, interpreter, shared, cwd)
         worker = pool.acquire(name, tctx.enqueue_owner)  # claimed before any await

@@ -5,10 +5,13 @@ attempt's directories, with the last try's files gone.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
 import sys
+import tarfile
+import tempfile
 from pathlib import Path
 
 from engine.plugins.core import PhaseInfo, PluginError, StorageFaultError, TaskExecutionContext
@@ -70,6 +73,51 @@ def code_bundle(argv: list[str]) -> str | None:
     return None
 
 
+def unpack_once(bundle: str) -> str:
+    """``<bundle>.code``: the bundle unpacked once (under a lock), with the SDK's own completion marker, so
+    the ``a0`` of every attempt finds its code there and fetches nothing (``flyte._code_bundle``)."""
+    target = f"{bundle}.code"
+    name = os.path.basename(bundle)
+    marker = os.path.join(target, f".{name}.extracted" if bundle.endswith((".tar.gz", ".tgz")) else f".{name}.done")
+    if os.path.exists(marker):
+        return target
+    with open(f"{bundle}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.exists(marker):
+            return target
+        staging = tempfile.mkdtemp(prefix=".unpack-", dir=os.path.dirname(bundle))
+        try:
+            if marker.endswith(".extracted"):
+                with tarfile.open(bundle, "r:*") as archive:
+                    archive.extractall(staging, filter="data")  # no absolute paths, no links out, no devices
+            else:  # a pickled bundle: a0 loads the file itself
+                shutil.copyfile(bundle, os.path.join(staging, name))
+            Path(staging, os.path.basename(marker)).touch()
+            shutil.rmtree(target, ignore_errors=True)
+            os.rename(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def link_tree(source: str, destination: str) -> None:
+    """``destination``: a tree of hard links to ``source``'s files (copies where links cannot be made): each
+    attempt its own working directory, for the cost of a link per file, not an unpacking."""
+    if os.path.isdir(destination) and os.listdir(destination):
+        return  # this attempt's, from a try before
+    for current, dirs, files in os.walk(source):
+        relative = os.path.relpath(current, source)
+        target = os.path.normpath(os.path.join(destination, relative))
+        os.makedirs(target, exist_ok=True)
+        for file in files:
+            try:
+                os.link(os.path.join(current, file), os.path.join(target, file))
+            except FileExistsError:
+                pass
+            except OSError:
+                shutil.copy2(os.path.join(current, file), os.path.join(target, file))
+
+
 class TaskProcessSetup:
     def __init__(self, bin_dir: str | None = None, pass_env: tuple[str, ...] = ()):
         self.bin_dir = bin_dir or str(Path(sys.executable).parent)
@@ -125,6 +173,10 @@ class TaskProcessSetup:
             return tctx.output_prefix
         return os.path.join(tctx.output_prefix, "code") if per_attempt else f"{bundle}.code"
 
+    def needs_files(self, tctx: TaskExecutionContext) -> bool:
+        """Whether preparing this action unpacks or links a code bundle (file work to do off the event loop)."""
+        return not tctx.metadata.annotations.get(ANNOTATION_CODE_DIR) and code_bundle(self.argv(tctx)) is not None
+
     def prepare(self, tctx: TaskExecutionContext, make_dirs: bool = True, per_attempt: bool = True) -> str | PhaseInfo:
         """Make the attempt's directories (``make_dirs``; else whoever writes there makes them) and clear a
         previous try's files; the working directory, or a failure when the task's code (its directory or its
@@ -136,11 +188,19 @@ class TaskProcessSetup:
             return PhaseInfo.failure("CodeBundleMissing", f"the task's code bundle {bundle} is {where}: upload it "
                                      "again (run or deploy the task again)")
         dirs = (tctx.output_prefix, tctx.checkpoint_prefix, tctx.log_path.parent) if make_dirs else ()
-        for path in (*dirs, *((cwd,) if bundle is not None else ())):
+        for path in dirs:
             try:
                 Path(path).mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StorageFaultError(str(path), exc) from exc
+        if bundle is not None:
+            try:
+                unpacked = unpack_once(bundle)
+                if cwd != unpacked:
+                    link_tree(unpacked, cwd)
+            except (OSError, tarfile.TarError) as exc:
+                return PhaseInfo.failure("CodeBundleUnreadable", f"the task's code bundle {bundle} cannot be "
+                                         f"unpacked: {exc}")
         if not os.path.isdir(cwd):
             return PhaseInfo.failure("BadTaskSpecification", f"code directory {cwd} does not exist")
         if not make_dirs and not os.path.isdir(tctx.output_prefix):
