@@ -278,8 +278,9 @@ class Engine:
         self._control_plane = ControlPlane(client, self.authority, self.data_dir, self.config.max_body_bytes)
         tls = None
         if self.config.flyte_port is not None:
-            _, cert, key = await asyncio.to_thread(ensure_certificate, self.data_dir / "tls",
-                                                   loopback_names(self.config.advertise_host))
+            ca, cert, key = await asyncio.to_thread(ensure_certificate, self.data_dir / "tls",
+                                                    loopback_names(self.config.advertise_host))
+            self.authority.share_file(ca)  # a --share-group group's flyte CLI must trust the listener
             tls = (cert, key)
         for port, flyte_port in candidates:
             self._server = ApiServer(api, self.controller_services.apps() + self._control_plane.apps(),

@@ -39,8 +39,8 @@ def ensure_certificate(tls_dir: Path, hosts: list[str], now: dt.datetime | None 
     if not _still_good(cert, key, ca, hosts, now):
         ca_pem, cert_pem, key_pem = _issue(hosts, now)
         write_private(key, key_pem.decode())
-        write_private(cert, cert_pem.decode(), mode=0o644)
-        write_private(ca, ca_pem.decode(), mode=0o644)
+        write_private(cert, cert_pem.decode())  # not secret, but the data directory is private throughout
+        write_private(ca, ca_pem.decode())
     return ca, cert, key
 
 
