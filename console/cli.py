@@ -220,10 +220,30 @@ def say(text: str) -> None:
 class PreparedRun:
     """A task loaded and serialized, and its inputs parsed (files not yet stored)."""
 
-    def __init__(self, task, spec: bytes, values: dict, code_dir: str, checked: bytes):
+    def __init__(self, task, spec: bytes, values: dict, code_dir: str, checked: bytes, task_file: str = ""):
         self.task, self.spec, self.values, self.code_dir = task, spec, values, code_dir
         self.checked = checked  # the inputs as given: converted once up front, so a bad one starts nothing
         self.queue = getattr(task, "queue", None) or ""  # the task's queue=, for queue limits
+        self.task_file = task_file
+
+    async def bundled_spec(self, client: EngineClient, project: str, domain: str) -> bytes:
+        """The task's spec with its code bundle (the modules it loaded from its directory) stored in the engine
+        first: its actions fetch the bundle (``--tgz``) and work in their own directories, as on a cluster."""
+        import tempfile
+
+        from engine.code_bundle import loaded_files, make_bundle
+        from engine.sdk import serialize_task
+
+        root = pathlib.Path(self.code_dir)
+        with tempfile.TemporaryDirectory(prefix="taskdeck-bundle-") as scratch:
+            try:
+                bundle, digest = make_bundle(loaded_files(root, pathlib.Path(self.task_file)), root,
+                                             pathlib.Path(scratch))
+            except (OSError, ValueError) as exc:
+                raise CliError(f"cannot bundle the task's code: {exc}") from None
+            stored = await client.stage_input(str(bundle), project=project, domain=domain)
+        spec = serialize_task(self.task, project=project, domain=domain, root_dir=root, bundle=(stored, digest))
+        return spec.SerializeToString()
 
     async def inputs(self, client: EngineClient, project: str, domain: str) -> bytes:
         """The inputs, with each local File/Dir/DataFrame path stored in the engine's upload store first."""
@@ -273,7 +293,7 @@ def _prepare_run(args: argparse.Namespace) -> PreparedRun:
         raise SystemExit(EXIT_OK) from None
     except (TaskLoadError, ValueError) as exc:
         raise CliError(str(exc)) from None
-    return PreparedRun(task, spec.SerializeToString(), values, str(file.resolve().parent), checked)
+    return PreparedRun(task, spec.SerializeToString(), values, str(file.resolve().parent), checked, str(file))
 
 
 DEPLOYED = "deployed-task"  # `taskdeck run deployed-task NAME[@VERSION]`, as `flyte run deployed-task`
@@ -322,8 +342,9 @@ async def _run_and_wait(args: argparse.Namespace, prepared: PreparedRun | None) 
                 run = await _submit_deployed(args, client)
             else:
                 inputs = await prepared.inputs(client, args.project, args.domain)
-                run = await client.create_run(prepared.spec, inputs, project=args.project, domain=args.domain,
-                                              name=args.name, code_dir=prepared.code_dir, queue=prepared.queue)
+                spec = await prepared.bundled_spec(client, args.project, args.domain)
+                run = await client.create_run(spec, inputs, project=args.project, domain=args.domain,
+                                              name=args.name, queue=prepared.queue)
         except AlreadyExistsError:
             raise CliError(f"a run named {args.name!r} already exists; choose another --run-name") from None
         if not args.json:
@@ -395,8 +416,9 @@ def _run_in_console(args: argparse.Namespace, prepared: PreparedRun) -> int:
 
     async def submit(client: EngineClient) -> str:
         inputs = await prepared.inputs(client, args.project, args.domain)
-        run = await client.create_run(prepared.spec, inputs, project=args.project, domain=args.domain,
-                                      name=args.name, code_dir=prepared.code_dir, queue=prepared.queue)
+        spec = await prepared.bundled_spec(client, args.project, args.domain)
+        run = await client.create_run(spec, inputs, project=args.project, domain=args.domain, name=args.name,
+                                      queue=prepared.queue)
         return run.run_name
 
     code, app = _console(args, submit)

@@ -112,14 +112,18 @@ def code_version(root_dir: pathlib.Path) -> str:
 
 
 def serialize_task(task, *, project: str, domain: str, root_dir: pathlib.Path,
-                   version: str | None = None, with_defaults: bool = False) -> task_definition_pb2.TaskSpec:
+                   version: str | None = None, with_defaults: bool = False,
+                   bundle: tuple[str, str] | None = None) -> task_definition_pb2.TaskSpec:
     """The task's TaskSpec; ``with_defaults``: with its inputs' default values (``default_inputs``), as
-    ``flyte deploy`` registers them, so a run of the registered task can leave them out."""
+    ``flyte deploy`` registers them, so a run of the registered task can leave them out; ``bundle``: (the
+    stored code bundle, its digest) its ``a0`` fetches (``--tgz``), as a cluster's fast registration."""
     from flyte._internal.runtime.task_serde import translate_task_to_wire
-    from flyte.models import SerializationContext
+    from flyte.models import CodeBundle, SerializationContext
 
+    code_bundle = CodeBundle(computed_version=bundle[1], tgz=bundle[0], destination=".") if bundle else None
     context = SerializationContext(
-        version=version or code_version(root_dir), project=project, domain=domain, org="local", root_dir=root_dir)
+        version=version or (bundle[1] if bundle else code_version(root_dir)), project=project, domain=domain,
+        org="local", root_dir=root_dir, code_bundle=code_bundle)
     defaults = _in_scratch_context(lambda: _default_inputs(task)) if with_defaults else None
     return translate_task_to_wire(task, context, default_inputs=defaults)
 

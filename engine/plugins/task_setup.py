@@ -5,6 +5,7 @@ attempt's directories, with the last try's files gone.
 
 from __future__ import annotations
 
+import compileall
 import fcntl
 import os
 import re
@@ -90,6 +91,8 @@ def unpack_once(bundle: str) -> str:
             if marker.endswith(".extracted"):
                 with tarfile.open(bundle, "r:*") as archive:
                     archive.extractall(staging, filter="data")  # no absolute paths, no links out, no devices
+                # compiled once here: every attempt's tree links the .pyc files too (same source times)
+                compileall.compile_dir(staging, quiet=2, workers=1)
             else:  # a pickled bundle: a0 loads the file itself
                 shutil.copyfile(bundle, os.path.join(staging, name))
             Path(staging, os.path.basename(marker)).touch()
