@@ -8,9 +8,12 @@ x 64), on reusable workers. The engine runs in this process and is warmed
 by a first round; figures are medians of rounds 2..R. Each round runs TaskDeck then local mode, so both
 see the same machine noise. Also printed: the engine's CPU per child, the task processes' CPU per child
 on each path, the fork path's floor (a forked child's CPU), reconciles per child, the engine's RSS across
-repeated runs, and a leaf `taskdeck run` through a running engine against `flyte run --local`.
+repeated runs, and a leaf `taskdeck run` through a running engine against `flyte run --local`. The code
+reaches the actions as `taskdeck run` ships it, a code bundle each action fetches and works on in its own
+directory (``--code bundle``, the default), or as a code directory they share (``--code dir``).
 
-    python bench/fanout.py [--sizes 100 1000] [--rounds 5] [--paths fork reusable] [--rss-runs 20] [--leaf-rounds 5]
+    python bench/fanout.py [--sizes 100 1000] [--rounds 5] [--paths fork reusable] [--code bundle dir]
+                           [--rss-runs 20] [--leaf-rounds 5]
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from engine.code_bundle import loaded_files, make_bundle  # noqa: E402
 from engine.engine import Engine, EngineConfig  # noqa: E402
 from engine.phases import ActionPhase  # noqa: E402
 from engine.sdk import inputs_from_strings, load_task, serialize_task  # noqa: E402
+from engine.uploads import UploadStore  # noqa: E402
 
 EXAMPLES = ROOT / "examples"
 # the same fan-out: children as task processes (forked, or fresh) or on reusable workers (ReusePolicy)
@@ -54,14 +59,20 @@ def rss_mib() -> float:
 class TaskDeck:
     """An engine in this process, with a reconcile counter."""
 
-    def __init__(self, data_dir: Path, path: str, max_processes: int | None):
+    def __init__(self, data_dir: Path, path: str, max_processes: int | None, code: str = "bundle"):
         overrides = {"max_processes": max_processes} if max_processes else {}
         start = "exec" if path == "exec" else "fork"
         self.engine = Engine(EngineConfig(data_dir=data_dir, task_start=start, **overrides))
         self.reconciles: collections.Counter[str] = collections.Counter()
         task = load_task(EXAMPLES / EXAMPLE[path], "sum_of_squares")
         self.task = task
-        self.spec = serialize_task(task, project="bench", domain="dev", root_dir=EXAMPLES)
+        self.code_dir: str | None = str(EXAMPLES)
+        bundle = None
+        if code == "bundle":  # as `taskdeck run` ships it: every action fetches it and works in its own directory
+            data_dir.mkdir(parents=True, exist_ok=True)
+            packed, digest = make_bundle(loaded_files(EXAMPLES, EXAMPLES / EXAMPLE[path]), EXAMPLES, data_dir.parent)
+            bundle, self.code_dir = (UploadStore(data_dir).stage(str(packed), "bench", "dev"), digest), None
+        self.spec = serialize_task(task, project="bench", domain="dev", root_dir=EXAMPLES, bundle=bundle)
 
     async def start(self) -> None:
         await self.engine.start()
@@ -91,7 +102,7 @@ class TaskDeck:
         engine_cpu, task_cpu, forked = time.process_time(), children_cpu(), self.forked_cpu()
         started = time.perf_counter()
         run = await self.engine.runs.create_run(self.spec, inputs_from_strings(self.task, {"n": str(n)}),
-                                                project="bench", domain="dev", code_dir=str(EXAMPLES))
+                                                project="bench", domain="dev", code_dir=self.code_dir)
         result = await self.engine.runs.wait_for_run(run.run_name, timeout=3600)
         wall = time.perf_counter() - started
         assert result.phase == ActionPhase.SUCCEEDED, result.to_json()
@@ -127,9 +138,9 @@ def local(n: int, example: str = "fanout.py") -> dict:
     return {"wall": wall, "cpu": children_cpu() - cpu}
 
 
-async def fan_out_rounds(n: int, rounds: int, start: str, max_processes: int | None) -> None:
+async def fan_out_rounds(n: int, rounds: int, start: str, max_processes: int | None, code: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        deck = TaskDeck(Path(tmp) / "data", start, max_processes)
+        deck = TaskDeck(Path(tmp) / "data", start, max_processes, code)
         await deck.start()
         ours, theirs = [], []
         try:
@@ -142,7 +153,7 @@ async def fan_out_rounds(n: int, rounds: int, start: str, max_processes: int | N
     ours, theirs = ours[1:] or ours, theirs[1:] or theirs  # round 1 warms the pools
     wall = statistics.median(r["wall"] for r in ours)
     local_wall = statistics.median(r["wall"] for r in theirs)
-    tag = f"fanout_{n}_{start}"
+    tag = f"fanout_{n}_{start}" + ("_codedir" if code == "dir" else "")
     print(f"{tag}_wall_seconds: {wall:.2f}")
     print(f"{tag}_local_wall_seconds: {local_wall:.2f}")
     print(f"{tag}_ratio_to_local: {wall / local_wall:.2f}")
@@ -211,13 +222,16 @@ def main() -> None:
     parser.add_argument("--max-processes", type=int, default=None, help="default: the engine's default")
     parser.add_argument("--rss-runs", type=int, default=20, help="fan(100) runs for the RSS figure (0: skip)")
     parser.add_argument("--leaf-rounds", type=int, default=5, help="0: skip the leaf comparison")
+    parser.add_argument("--code", nargs="+", default=["bundle"], choices=["bundle", "dir"],
+                        help="how the tasks' code reaches them: a code bundle (as `taskdeck run`), or a code directory")
     args = parser.parse_args()
     if shutil.which("flyte", path=str(BIN)) is None:
         sys.exit("flyte is not installed next to this Python")
     print(f"cores: {os.cpu_count()}")
     for start in args.paths:
         for n in args.sizes:
-            asyncio.run(fan_out_rounds(n, args.rounds, start, args.max_processes))
+            for code in args.code:
+                asyncio.run(fan_out_rounds(n, args.rounds, start, args.max_processes, code))
     if args.rss_runs:
         asyncio.run(rss_over_runs(100, args.rss_runs))
     if args.leaf_rounds:
