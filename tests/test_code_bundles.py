@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine.code_bundle import loaded_files, make_bundle
-from tests.helpers import cli
+from helpers import cli
 
 HELPER = "FACTOR = 3\n"
 TASK = '''
