@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
 import sys
 import tarfile
 from pathlib import Path
@@ -21,11 +22,15 @@ from engine.tasks import MAX_BUNDLE_BYTES, SKIPPED_DIRS
 def loaded_files(root_dir: Path, task_file: Path) -> list[Path]:
     """The task's file and every loaded module's source under ``root_dir`` (not in virtualenvs or caches)."""
     root = root_dir.resolve()
+    prefixes = tuple({str(root_dir) + os.sep, str(root) + os.sep})
     files = {task_file.resolve()}
     for module in list(sys.modules.values()):
-        source = getattr(module, "__file__", None)
-        if not source or not source.endswith(".py"):
+        try:  # not getattr: that would load every lazily imported module (half a second of the SDK's)
+            source = object.__getattribute__(module, "__dict__").get("__file__")
+        except (AttributeError, TypeError):
             continue
+        if not source or not source.endswith(".py") or not source.startswith(prefixes):
+            continue  # by its name first: resolving every loaded module's path costs more than the rest
         path = Path(source).resolve()
         try:
             parts = path.relative_to(root).parts
