@@ -16,7 +16,10 @@ import sys
 import tarfile
 from pathlib import Path
 
-from engine.tasks import MAX_BUNDLE_BYTES, SKIPPED_DIRS
+# What no bundle holds (taskdeck deploy's code-directory bundles too), and the most it may hold.
+SKIPPED_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__", ".venv", "venv", ".tox", "node_modules",
+                          ".mypy_cache", ".pytest_cache", ".ruff_cache"})
+MAX_BUNDLE_BYTES = 256 * 1024 * 1024
 
 
 def loaded_files(root_dir: Path, task_file: Path) -> list[Path]:

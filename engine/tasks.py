@@ -19,6 +19,7 @@ from pathlib import Path
 
 from flyteidl2.task import task_definition_pb2
 
+from engine.code_bundle import MAX_BUNDLE_BYTES, SKIPPED_DIRS
 from engine.errors import InvalidRunError
 from engine.names import check_run_id
 from engine.store.base import TaskRecord
@@ -103,9 +104,6 @@ class TasksService:
         return real.startswith(os.path.realpath(self.uploads) + os.sep) and os.path.isfile(real)
 
 
-SKIPPED_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__", ".venv", "venv", ".tox", "node_modules",
-                          ".mypy_cache", ".pytest_cache", ".ruff_cache"})
-MAX_BUNDLE_BYTES = 256 * 1024 * 1024
 
 
 def make_bundle(code_dir: Path, destination: Path) -> Path:

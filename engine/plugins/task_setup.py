@@ -171,21 +171,31 @@ class TaskProcessSetup:
         annotated = tctx.metadata.annotations.get(ANNOTATION_CODE_DIR)
         if annotated:
             return annotated
-        bundle = code_bundle(self.argv(tctx))
+        bundle = self.bundle_of(tctx)
         if bundle is None:
             return tctx.output_prefix
         return os.path.join(tctx.output_prefix, "code") if per_attempt else f"{bundle}.code"
 
+    @staticmethod
+    def bundle_of(tctx: TaskExecutionContext) -> str | None:
+        """The code bundle the task's command line fetches (its path holds no template variable)."""
+        container = primary_container(tctx.task_template)
+        return code_bundle(list(container.args)) or code_bundle(list(container.command))
+
     def needs_files(self, tctx: TaskExecutionContext) -> bool:
-        """Whether preparing this action unpacks or links a code bundle (file work to do off the event loop)."""
-        return not tctx.metadata.annotations.get(ANNOTATION_CODE_DIR) and code_bundle(self.argv(tctx)) is not None
+        """Whether preparing this action unpacks a code bundle (file work to do off the event loop); linking
+        an unpacked one into an attempt's directory is a few calls, done in place."""
+        if tctx.metadata.annotations.get(ANNOTATION_CODE_DIR):
+            return False
+        bundle = self.bundle_of(tctx)
+        return bundle is not None and not os.path.isdir(f"{bundle}.code")
 
     def prepare(self, tctx: TaskExecutionContext, make_dirs: bool = True, per_attempt: bool = True) -> str | PhaseInfo:
         """Make the attempt's directories (``make_dirs``; else whoever writes there makes them) and clear a
         previous try's files; the working directory, or a failure when the task's code (its directory or its
         bundle) is gone."""
         cwd = self.code_dir(tctx, per_attempt)
-        bundle = None if tctx.metadata.annotations.get(ANNOTATION_CODE_DIR) else code_bundle(self.argv(tctx))
+        bundle = None if tctx.metadata.annotations.get(ANNOTATION_CODE_DIR) else self.bundle_of(tctx)
         if bundle is not None and not os.path.isfile(bundle):
             where = "not a local file" if "://" in bundle else "missing"
             return PhaseInfo.failure("CodeBundleMissing", f"the task's code bundle {bundle} is {where}: upload it "
