@@ -149,6 +149,12 @@ class Authority:
         self.share_file(self.token_path)
         log.warning("sharing the engine's token with Unix group %s (%s)", self.share_group, self.token_path)
 
+    def share_dir(self, path: Path) -> None:
+        """Let the shared group open the files it is given inside ``path`` (not list it)."""
+        if self._gid is not None:
+            os.chown(path, -1, self._gid)
+            os.chmod(path, 0o710)
+
     def share_file(self, path: Path) -> None:
         """Let the shared group read ``path`` (nothing happens unless the engine shares its token)."""
         if self._gid is not None:

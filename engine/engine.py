@@ -280,7 +280,8 @@ class Engine:
         if self.config.flyte_port is not None:
             ca, cert, key = await asyncio.to_thread(ensure_certificate, self.data_dir / "tls",
                                                     loopback_names(self.config.advertise_host))
-            self.authority.share_file(ca)  # a --share-group group's flyte CLI must trust the listener
+            self.authority.share_dir(ca.parent)  # a --share-group group's flyte CLI must trust the listener
+            self.authority.share_file(ca)
             tls = (cert, key)
         for port, flyte_port in candidates:
             self._server = ApiServer(api, self.controller_services.apps() + self._control_plane.apps(),

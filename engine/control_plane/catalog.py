@@ -22,7 +22,7 @@ from flyteidl2.task import task_service_pb2 as ts
 from flyteidl2.task.task_service_connect import TaskService
 
 from engine.control_plane import messages
-from engine.control_plane.common import ControlPlaneContext, translate_errors
+from engine.control_plane.common import ContextService, ControlPlaneContext, translate_errors
 from engine.names import check_run_id
 from engine.store.base import ProjectRecord, TaskRecord
 
@@ -46,14 +46,14 @@ def _spec(record: TaskRecord) -> td.TaskSpec:
     return spec
 
 
-class TaskServiceImpl(TaskService):
+class TaskServiceImpl(ContextService, TaskService):
     def __init__(self, context: ControlPlaneContext, deploy_trigger):
-        self.ctx = context
+        super().__init__(context)
         self.deploy_trigger = deploy_trigger  # (TaskTrigger, project, domain, task name, version) → its record
 
     @property
     def tasks(self):
-        return self.ctx.client.services.tasks
+        return self.services.tasks
 
     async def deploy_task(self, request, ctx):
         task_id = request.task_id
@@ -114,13 +114,10 @@ def _project(record: ProjectRecord) -> pp.Project:
                       domains=[pp.Domain(id=d, name=d) for d in record.domains])
 
 
-class ProjectServiceImpl(ProjectService):
-    def __init__(self, context: ControlPlaneContext):
-        self.ctx = context
-
+class ProjectServiceImpl(ContextService, ProjectService):
     @property
     def projects(self):
-        return self.ctx.client.services.projects
+        return self.services.projects
 
     async def create_project(self, request, ctx):
         project = request.project
@@ -164,15 +161,12 @@ def _secret(info) -> sd.Secret:
     return secret
 
 
-class SecretServiceImpl(SecretService):
+class SecretServiceImpl(ContextService, SecretService):
     """Secrets by scope (project and domain, a project, or global); values go in and never come out."""
-
-    def __init__(self, context: ControlPlaneContext):
-        self.ctx = context
 
     @property
     def store(self):
-        return self.ctx.client.services.secrets
+        return self.services.secrets
 
     async def create_secret(self, request, ctx):
         return await self._put(request, sp.CreateSecretResponse())

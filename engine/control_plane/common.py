@@ -88,6 +88,17 @@ def project_of(request) -> tuple[str, str]:
     raise ConnectError(Code.INVALID_ARGUMENT, "the request names no run, project or task")
 
 
+class ContextService:
+    """A control-plane service: it reaches the engine through the context's client and services."""
+
+    def __init__(self, context: ControlPlaneContext):
+        self.ctx = context
+
+    @property
+    def services(self):
+        return self.ctx.client.services
+
+
 @dataclasses.dataclass
 class ControlPlaneContext:
     client: LocalClient

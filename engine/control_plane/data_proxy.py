@@ -23,7 +23,7 @@ from flyteidl2.logs.dataplane import payload_pb2 as log_pb2
 from flyteidl2.common import run_pb2
 
 from engine.control_plane import messages
-from engine.control_plane.common import ControlPlaneContext, project_of, translate_errors
+from engine.control_plane.common import ContextService, project_of, translate_errors
 from engine.control_plane.upload_route import UPLOAD_PREFIX, check_upload_name
 from engine.phases import ActionPhase
 
@@ -38,13 +38,10 @@ class ClusterServiceImpl(ClusterService):
         return cluster_payload_pb2.SelectClusterResponse()  # empty: this endpoint is the cluster
 
 
-class DataProxyServiceImpl(DataProxyService):
-    def __init__(self, context: ControlPlaneContext):
-        self.ctx = context
-
+class DataProxyServiceImpl(ContextService, DataProxyService):
     async def create_upload_location(self, request, ctx):
         with translate_errors():
-            await self.ctx.client.services.projects.check(request.project, request.domain)
+            await self.services.projects.check(request.project, request.domain)
         if len(request.content_md5) != 16:
             raise ConnectError(Code.INVALID_ARGUMENT, "content_md5 must be the 16-byte MD5 digest of the file")
         md5 = request.content_md5.hex()
@@ -64,7 +61,7 @@ class DataProxyServiceImpl(DataProxyService):
     async def upload_inputs(self, request, ctx):
         project, domain = project_of(request)
         with translate_errors():
-            await self.ctx.client.services.projects.check(project, domain)
+            await self.services.projects.check(project, domain)
         data = request.inputs.SerializeToString(deterministic=True)
         digest = hashlib.sha256(data).hexdigest()
         path = self.ctx.inputs_path(project, domain, digest)

@@ -15,7 +15,7 @@ from flyteidl2.workflow import run_service_pb2
 from flyteidl2.workflow.run_service_connect import RunService
 
 from engine.control_plane import messages
-from engine.control_plane.common import ControlPlaneContext, project_of, translate_errors
+from engine.control_plane.common import ContextService, ControlPlaneContext, project_of, translate_errors
 from engine.phases import ActionPhase
 from engine.store.base import ActionsChanged
 
@@ -23,9 +23,9 @@ LIST_LIMIT = 1000
 WATCH_RESYNC_SECONDS = 5.0
 
 
-class RunServiceImpl(RunService):
+class RunServiceImpl(ContextService, RunService):
     def __init__(self, context: ControlPlaneContext):
-        self.ctx = context
+        super().__init__(context)
         self.client = context.client
         self.runs = context.client.runs
 

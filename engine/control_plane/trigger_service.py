@@ -14,7 +14,7 @@ from flyteidl2.trigger import trigger_service_pb2 as tsv
 from flyteidl2.trigger.trigger_service_connect import TriggerService
 
 from engine.control_plane import messages
-from engine.control_plane.common import ControlPlaneContext, translate_errors
+from engine.control_plane.common import ContextService, translate_errors
 from engine.names import check_run_id
 from engine.store.base import TriggerRecord
 
@@ -44,13 +44,10 @@ def _trigger(record: TriggerRecord) -> tg.Trigger:
                       automation_spec=details.automation_spec)
 
 
-class TriggerServiceImpl(TriggerService):
-    def __init__(self, context: ControlPlaneContext):
-        self.ctx = context
-
+class TriggerServiceImpl(ContextService, TriggerService):
     @property
     def triggers(self):
-        return self.ctx.client.services.triggers
+        return self.services.triggers
 
     async def deploy(self, trigger: td.TaskTrigger, project: str, domain: str, task_name: str,
                      task_version: str) -> TriggerRecord:
@@ -58,7 +55,7 @@ class TriggerServiceImpl(TriggerService):
         with translate_errors():
             check_run_id(project, domain, "r")
             if not task_version:
-                task_version = (await self.ctx.client.services.tasks.get(project, domain, task_name)).version
+                task_version = (await self.services.tasks.get(project, domain, task_name)).version
             if trigger.spec.HasField("offloaded_input_data") and not trigger.spec.inputs.literals:
                 trigger.spec.inputs.CopyFrom(await self.ctx.inputs_of(trigger.spec, project, domain))
                 trigger.spec.ClearField("offloaded_input_data")
