@@ -384,3 +384,28 @@ def test_a_fan_out_unpacks_its_bundle_once_and_each_action_works_in_its_own_dire
     assert len(working) == 5  # the parent and four children, each in a directory of its own ...
     assert all(p.stat().st_ino == shared.stat().st_ino for p in working)  # ... of links, not unpackings
     assert "o0=14" in deck.flyte("get", "io", name).stdout.replace(" ", "")  # 0 + 1 + 4 + 9
+
+
+def test_the_sdk_over_plain_http_with_the_credential_in_its_endpoint(deck):
+    """`flyte.init(endpoint=..., insecure=True)` sends no credential header; the endpoint's path can carry it."""
+    script = deck.project / "plain_init.py"
+    script.write_text("import json, pathlib, sys\n"
+                      "import flyte, basics\n"
+                      "data = pathlib.Path(sys.argv[1])\n"
+                      "url = json.loads((data / 'engine.json').read_text())['url']\n"
+                      "token = (data / 'token').read_text().strip() if sys.argv[2] == 'with' else ''\n"
+                      "flyte.init(endpoint=f'{url}/c/{token}' if token else url, insecure=True,\n"
+                      "           project='flytesnacks', domain='development')\n"
+                      "run = flyte.run(basics.add, x=20, y=22)\n"
+                      "run.wait()\n"
+                      "print('RUN', run.name, 'OUTPUT', run.outputs()[0], 'URL', run.url)\n")
+    token = (deck.data / "token").read_text().strip()
+    out = subprocess.run([sys.executable, str(script), str(deck.data), "with"], cwd=deck.project,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    name, output, url = re.search(r"RUN (\S+) OUTPUT (\S+) URL (\S+)", out.stdout).groups()
+    assert output == "42" and deck.run_of(name)["phase"] == "SUCCEEDED"
+    assert token not in url  # the run URL the SDK prints does not carry the credential
+    refused = subprocess.run([sys.executable, str(script), str(deck.data), "without"], cwd=deck.project,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "credential" in refused.stdout + refused.stderr
