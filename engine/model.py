@@ -208,8 +208,8 @@ class TaskAction(CrdModel):
         return self.metadata.name
 
     @property
-    def resource_version(self) -> int:
-        return int(self.metadata.resource_version or 0)
+    def resource_version(self) -> str:
+        return self.metadata.resource_version
 
     @property
     def is_condition(self) -> bool:

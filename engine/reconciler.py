@@ -186,12 +186,12 @@ class TaskActionReconciler:
         self.cluster = cluster
         self.clock: Callable[[], dt.datetime] = utcnow
         self.cache = TaskCache(store, on_released=enqueue)
-        self._own_writes: dict[str, int] = {}  # TaskAction name → the resourceVersion we last wrote
+        self._own_writes: dict[str, str] = {}  # TaskAction name → the resourceVersion we last wrote
 
     # ------------------------------------------------------------------ own writes
     def _wrote(self, task_action: TaskAction) -> None:
         """Remember a status this reconciler wrote: its watch event is an echo, not news."""
-        self._own_writes[task_action.name] = int(task_action.metadata.resource_version)
+        self._own_writes[task_action.name] = task_action.metadata.resource_version
         if len(self._own_writes) > OWN_WRITES_KEPT:
             self._own_writes.pop(next(iter(self._own_writes)))
 

@@ -47,7 +47,7 @@ WatchEventType = Literal["ADDED", "MODIFIED", "DELETED"]
 class WatchEvent:
     type: WatchEventType
     object: TaskAction
-    resource_version: int
+    resource_version: str  # opaque, as on Kubernetes: compared for equality, or given back to resume a watch
 
 
 # (project, domain, run_name, action_name)
@@ -299,7 +299,7 @@ class ResourceStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def patch_labels(self, name: str, labels: dict[str, str]) -> int:
+    async def patch_labels(self, name: str, labels: dict[str, str]) -> str:
         """Merge-patch labels; no resourceVersion check. Returns the new resourceVersion."""
 
     @abc.abstractmethod
@@ -307,12 +307,14 @@ class ResourceStore(abc.ABC):
         """Set deletionTimestamp (or remove at once when there is no finalizer); cascades to dependents."""
 
     @abc.abstractmethod
-    def watch(self, since_resource_version: int | None = None) -> AsyncIterator[WatchEvent]:
-        """Changes after ``since_resource_version`` (None: from now). Raises GoneError if too old."""
+    def watch(self, since_resource_version: str | None = None) -> AsyncIterator[WatchEvent]:
+        """Changes after ``since_resource_version`` (None: from now). Raises GoneError if too old (or not one
+        this store gave out): list again."""
 
     @property
     @abc.abstractmethod
-    def resource_version(self) -> int: ...
+    def resource_version(self) -> str:
+        """The store's latest resourceVersion: opaque (a Kubernetes API server's is), to resume a watch from."""
 
 
 class RunsRepository(abc.ABC):

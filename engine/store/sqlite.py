@@ -266,7 +266,7 @@ class _Batch:
         self.rv += 1
         obj.metadata.resource_version = str(self.rv)
         self.staged[obj.name] = obj
-        self.watch_events.append(WatchEvent(event_type, obj, self.rv))  # type: ignore[arg-type]
+        self.watch_events.append(WatchEvent(event_type, obj, str(self.rv)))  # type: ignore[arg-type]
         return obj
 
     def stage_removal(self, obj: TaskAction) -> None:
@@ -362,7 +362,7 @@ class SqliteStore(EngineStore):
             else:
                 self._objects[obj.name] = obj
             self._index(obj)
-            self._rv = max(self._rv, obj.resource_version)
+            self._rv = max(self._rv, int(obj.metadata.resource_version or 0))
         self._action_keys = keys
         self._history_floor = self._rv
         self._read_conn = await aiosqlite.connect(self.path, isolation_level=None)
@@ -487,7 +487,7 @@ class SqliteStore(EngineStore):
         for name, obj in batch.staged.items():
             if obj is not None:
                 body = batch.bodies[id(obj)] = obj.to_json()
-                upserts.append((name, obj.metadata.namespace, obj.resource_version, body))
+                upserts.append((name, obj.metadata.namespace, int(obj.metadata.resource_version or 0), body))
         removals = [(name,) for name, obj in batch.staged.items() if obj is None]
         if not statements and not upserts and not removals:
             return
@@ -546,7 +546,7 @@ class SqliteStore(EngineStore):
             body = batch.bodies.get(id(event.object))
             if body is None:
                 body = event.object.to_json()
-            self._history.append((event.type, event.resource_version, body))
+            self._history.append((event.type, int(event.resource_version), body))
             self._history_bytes += len(body)
             while len(self._history) > 1 and (len(self._history) > self._history_size
                                               or self._history_bytes > self._history_bytes_cap):
@@ -587,8 +587,8 @@ class SqliteStore(EngineStore):
 
     # ----------------------------------------------------------------- resources
     @property
-    def resource_version(self) -> int:
-        return self._rv
+    def resource_version(self) -> str:
+        return str(self._rv)  # a counter inside; opaque outside, as the Kubernetes store's
 
     async def get(self, name: str) -> TaskAction:
         obj = self._lookup(name)
@@ -688,7 +688,7 @@ class SqliteStore(EngineStore):
             new.metadata.labels.update(labels)
         return batch.stage(new, "MODIFIED")
 
-    async def patch_labels(self, name: str, labels: dict[str, str]) -> int:
+    async def patch_labels(self, name: str, labels: dict[str, str]) -> str:
         return (await self._submit(lambda batch: self._op_patch_labels(batch, name, labels))).resource_version
 
     def _op_patch_labels(self, batch: _Batch, name: str, labels: dict[str, str]) -> TaskAction:
@@ -728,17 +728,23 @@ class SqliteStore(EngineStore):
             if child_obj is not None and child_obj.metadata.deletion_timestamp is None:
                 self._op_delete(batch, child, must_exist=False)
 
-    def watch(self, since_resource_version: int | None = None) -> AsyncIterator[WatchEvent]:
-        if since_resource_version is not None and since_resource_version < self._history_floor:
+    def watch(self, since_resource_version: str | None = None) -> AsyncIterator[WatchEvent]:
+        since = None
+        if since_resource_version is not None:
+            text = str(since_resource_version)
+            if not text.isdigit() or len(text) > 19:
+                raise GoneError(f"resourceVersion {text!r} is not one this store gave out; list again")
+            since = int(text)
+        if since is not None and since < self._history_floor:
             raise GoneError(
-                f"resourceVersion {since_resource_version} is older than the retained history "
+                f"resourceVersion {since} is older than the retained history "
                 f"({self._history_floor}); list again"
             )
         watch = _Watch(self)
-        if since_resource_version is not None:
+        if since is not None:
             for event_type, rv, body in self._history:
-                if rv > since_resource_version:
-                    watch.queue.put_nowait(WatchEvent(event_type, TaskAction.from_json(body), rv))  # type: ignore[arg-type]
+                if rv > since:
+                    watch.queue.put_nowait(WatchEvent(event_type, TaskAction.from_json(body), str(rv)))  # type: ignore[arg-type]
         self._watches.add(watch)
         return watch
 
