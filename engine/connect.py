@@ -6,8 +6,8 @@ Abort, Signal) that the SDK uses with ``_U_USE_ACTIONS=1``. They are thin: every
 engine's runs service, so a parent's children are ordinary TaskActions reconciled like any other.
 
 Watch semantics (what the SDK's informer needs): the parent's known children first, then a sentinel,
-then live updates; a terminal update carries ``output_uri`` (the attempt prefix holding outputs.pb, or the
-trace's output file) or the ``ExecutionError``; a signalled condition carries its value.
+then live updates; a task's update carries ``output_uri`` (its attempt's prefix, where outputs.pb is once it
+succeeded; a trace's, its output file), a failed one the ``ExecutionError``; a signalled condition its value.
 
 Every request's identifiers are checked against flyteidl2's rules (``engine/names.py``) and against the
 caller's credential: a task process holds its run's token and reaches nothing outside that run.
@@ -250,7 +250,9 @@ class ControllerServices:
             spec = run_definition_pb2.ActionSpec()
             spec.ParseFromString(record.action_spec or b"")
             update.output_uri = spec.trace.outputs.output_uri
-        elif phase == ActionPhase.SUCCEEDED and record.action_type != ACTION_TYPE_CONDITION:
+        elif record.action_type != ACTION_TYPE_CONDITION:
+            # Every update names where the attempt writes its outputs (read only once it succeeded), as
+            # Flyte's do: the SDK's informer warns at each update without one.
             update.output_uri = f"{record.run_output_base.rstrip('/')}/{record.name}/{record.attempts or 1}"
         if phase in (ActionPhase.FAILED, ActionPhase.TIMED_OUT):
             update.error.CopyFrom(execution_pb2.ExecutionError(

@@ -84,6 +84,7 @@ async def test_enqueue_is_idempotent_and_watch_sends_snapshot_sentinel_then_live
     assert [u.phase for u in c2] == sorted(u.phase for u in c2)
     assert c2[-1].phase == phase_pb2.ACTION_PHASE_SUCCEEDED
     assert c2[-1].output_uri.endswith(f"/{run.run_name}/c2/1")  # the attempt prefix holding outputs.pb
+    assert all(u.output_uri for u in c2)  # in every phase, as Flyte's: the SDK's informer warns without one
     child = engine.store.peek(task_action_name(run.run_name, "c2"))
     assert child.metadata.owner_references[0].name == task_action_name(run.run_name, "a0")
     assert child.spec.run_output_base == run.run_output_base
