@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import os
 import sys
 import tarfile
@@ -44,22 +43,49 @@ def loaded_files(root_dir: Path, task_file: Path) -> list[Path]:
     return sorted(files)
 
 
+def directory_files(code_dir: Path) -> list[Path]:
+    """Every regular file under ``code_dir`` (not symlinks, nor version-control, virtualenv and cache
+    directories), in order: what a deployed task's bundle holds."""
+    found = []
+    for current, dirs, files in os.walk(code_dir):
+        dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS and not d.endswith(".egg-info"))
+        for name in sorted(files):
+            path = Path(current) / name
+            if not path.is_symlink() and path.is_file():
+                found.append(path)
+    return found
+
+
+def pack(files: list[Path], root_dir: Path, destination: Path, purpose: str) -> str:
+    """Write ``files`` (by their paths under ``root_dir``) to ``destination`` as a reproducible .tar.gz (sorted
+    as given, zero times and owners, executable or not); its md5. ValueError, naming ``purpose``, past
+    MAX_BUNDLE_BYTES."""
+    total = 0
+    with open(destination, "wb") as out, gzip.GzipFile(fileobj=out, mode="wb", mtime=0, filename="") as zipped, \
+            tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for path in files:
+            stat = path.stat()
+            total += stat.st_size
+            if total > MAX_BUNDLE_BYTES:
+                raise ValueError(f"{root_dir} holds more than {MAX_BUNDLE_BYTES >> 20} MiB of files: too much "
+                                 f"{purpose}")
+            info = tarfile.TarInfo(str(path.relative_to(root_dir)))
+            info.size, info.mtime = stat.st_size, 0
+            info.mode = 0o755 if stat.st_mode & 0o111 else 0o644
+            with open(path, "rb") as source:
+                archive.addfile(info, source)
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(destination, "rb") as written:
+        while chunk := written.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def make_bundle(files: list[Path], root_dir: Path, out_dir: Path) -> tuple[Path, str]:
     """(``out_dir/fast<md5>.tar.gz``, its md5): ``files`` by their paths under ``root_dir``."""
     root = root_dir.resolve()
-    raw = io.BytesIO()
-    total = 0
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        for path in files:
-            data = path.read_bytes()
-            total += len(data)
-            if total > MAX_BUNDLE_BYTES:
-                raise ValueError(f"the task's modules under {root} hold more than {MAX_BUNDLE_BYTES >> 20} MiB")
-            info = tarfile.TarInfo(str(path.relative_to(root)))
-            info.size, info.mode, info.mtime = len(data), 0o644, 0
-            archive.addfile(info, io.BytesIO(data))
-    packed = gzip.compress(raw.getvalue(), mtime=0)
-    digest = hashlib.md5(packed, usedforsecurity=False).hexdigest()
+    staging = Path(out_dir) / ".bundle.tar.gz"
+    digest = pack([f.resolve() for f in files], root, staging, "to ship as a code bundle")
     out = Path(out_dir) / f"fast{digest}.tar.gz"
-    out.write_bytes(packed)
+    staging.replace(out)
     return out, digest

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import tarfile
-import tempfile
 import time
 from pathlib import Path
 
 from flyteidl2.task import task_definition_pb2
 
-from engine.code_bundle import MAX_BUNDLE_BYTES, SKIPPED_DIRS
+from engine.code_bundle import directory_files, pack
 from engine.errors import InvalidRunError
 from engine.names import check_run_id
+from engine.plugins.task_setup import unpack_once
 from engine.store.base import TaskRecord
 
 
@@ -81,23 +80,10 @@ class TasksService:
         if not bundle.is_file():
             raise InvalidRunError(f"the code bundle of {record.name} {record.version} is missing ({bundle}): deploy "
                                   "it again", field="bundle")
-        target = self.bundles / bundle.parent.name
-        if not target.is_dir():
-            self.bundles.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=self.bundles))
-            try:
-                with tarfile.open(bundle, "r:gz") as archive:
-                    archive.extractall(staging, filter="data")  # no absolute paths, no links out, no devices
-                try:
-                    os.rename(staging, target)
-                except OSError:
-                    if not target.is_dir():  # not another extraction of the same bundle that won the race
-                        raise
-            except (OSError, tarfile.TarError) as exc:
-                raise InvalidRunError(f"the code bundle {bundle} cannot be extracted: {exc}", field="bundle") from None
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-        return str(target)
+        try:
+            return unpack_once(str(bundle), str(self.bundles / bundle.parent.name))
+        except (OSError, tarfile.TarError) as exc:
+            raise InvalidRunError(f"the code bundle {bundle} cannot be extracted: {exc}", field="bundle") from None
 
     def _in_uploads(self, path: str) -> bool:
         real = os.path.realpath(path)
@@ -109,17 +95,5 @@ class TasksService:
 def make_bundle(code_dir: Path, destination: Path) -> Path:
     """A .tar.gz of the code directory, as a cluster's fast registration ships it (without version-control,
     virtualenv and cache directories); ValueError when it would be larger than MAX_BUNDLE_BYTES."""
-    total = 0
-    with tarfile.open(destination, "w:gz") as archive:
-        for current, dirs, files in os.walk(code_dir):
-            dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS and not d.endswith(".egg-info"))
-            for name in sorted(files):
-                path = Path(current) / name
-                if path.is_symlink() or not path.is_file():
-                    continue
-                total += path.stat().st_size
-                if total > MAX_BUNDLE_BYTES:
-                    raise ValueError(f"{code_dir} holds more than {MAX_BUNDLE_BYTES >> 20} MiB of files: too much "
-                                     "to deploy as a code bundle")
-                archive.add(path, arcname=str(path.relative_to(code_dir)), recursive=False)
+    pack(directory_files(code_dir), code_dir, destination, "to deploy as a code bundle")
     return destination

@@ -61,7 +61,7 @@ def template_values(tctx: TaskExecutionContext) -> dict[str, str]:
     }
 
 
-def code_bundle(argv: list[str]) -> str | None:
+def bundle_in_argv(argv: list[str]) -> str | None:
     """The code bundle an ``a0`` command line fetches (``--tgz``/``--pkl``, as a cluster's fast registration
     ships code), or None: it runs from a code directory."""
     for i, arg in enumerate(argv[:-1]):
@@ -74,29 +74,31 @@ def code_bundle(argv: list[str]) -> str | None:
     return None
 
 
-def unpack_once(bundle: str) -> str:
-    """``<bundle>.code``: the bundle unpacked once (under a lock), with the SDK's own completion marker, so
-    the ``a0`` of every attempt finds its code there and fetches nothing (``flyte._code_bundle``)."""
-    target = f"{bundle}.code"
-    name = os.path.basename(bundle)
-    marker = os.path.join(target, f".{name}.extracted" if bundle.endswith((".tar.gz", ".tgz")) else f".{name}.done")
-    if os.path.exists(marker):
+def unpack_once(bundle: str, target: str | None = None) -> str:
+    """``target`` (default ``<bundle>.code``): the bundle unpacked once, under a lock, and compiled, with the
+    SDK's own completion marker so the ``a0`` of every attempt finds its code there and fetches nothing
+    (``flyte._code_bundle``). It appears whole (a rename), so a directory there is a finished one."""
+    target = target or f"{bundle}.code"
+    if os.path.isdir(target):
         return target
+    name = os.path.basename(bundle)
+    tarball = bundle.endswith((".tar.gz", ".tgz"))
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
     with open(f"{bundle}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if os.path.exists(marker):
+        if os.path.isdir(target):
             return target
-        staging = tempfile.mkdtemp(prefix=".unpack-", dir=os.path.dirname(bundle))
+        staging = tempfile.mkdtemp(prefix=".unpack-", dir=parent)
         try:
-            if marker.endswith(".extracted"):
+            if tarball:
                 with tarfile.open(bundle, "r:*") as archive:
                     archive.extractall(staging, filter="data")  # no absolute paths, no links out, no devices
                 # compiled once here: every attempt's tree links the .pyc files too (same source times)
                 compileall.compile_dir(staging, quiet=2, workers=1)
             else:  # a pickled bundle: a0 loads the file itself
                 shutil.copyfile(bundle, os.path.join(staging, name))
-            Path(staging, os.path.basename(marker)).touch()
-            shutil.rmtree(target, ignore_errors=True)
+            Path(staging, f".{name}.extracted" if tarball else f".{name}.done").touch()
             os.rename(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -168,34 +170,35 @@ class TaskProcessSetup:
     def code_dir(self, tctx: TaskExecutionContext, per_attempt: bool = True) -> str:
         """Where the task runs: its code directory; for a task that fetches a code bundle, a directory of the
         attempt's own (``per_attempt``: a fresh process), else one per bundle (a pool of reusable workers)."""
-        annotated = tctx.metadata.annotations.get(ANNOTATION_CODE_DIR)
-        if annotated:
-            return annotated
-        bundle = self.bundle_of(tctx)
+        return self._code_dir(tctx, self._bundle(tctx), per_attempt)
+
+    @staticmethod
+    def _code_dir(tctx: TaskExecutionContext, bundle: str | None, per_attempt: bool) -> str:
         if bundle is None:
-            return tctx.output_prefix
+            return tctx.metadata.annotations.get(ANNOTATION_CODE_DIR) or tctx.output_prefix
         return os.path.join(tctx.output_prefix, "code") if per_attempt else f"{bundle}.code"
 
     @staticmethod
-    def bundle_of(tctx: TaskExecutionContext) -> str | None:
-        """The code bundle the task's command line fetches (its path holds no template variable)."""
+    def _bundle(tctx: TaskExecutionContext) -> str | None:
+        """The code bundle the task's command line fetches (its path holds no template variable), unless it
+        runs from a code directory."""
+        if tctx.metadata.annotations.get(ANNOTATION_CODE_DIR):
+            return None
         container = primary_container(tctx.task_template)
-        return code_bundle(list(container.args)) or code_bundle(list(container.command))
+        return bundle_in_argv(list(container.args)) or bundle_in_argv(list(container.command))
 
     def needs_files(self, tctx: TaskExecutionContext) -> bool:
         """Whether preparing this action unpacks a code bundle (file work to do off the event loop); linking
         an unpacked one into an attempt's directory is a few calls, done in place."""
-        if tctx.metadata.annotations.get(ANNOTATION_CODE_DIR):
-            return False
-        bundle = self.bundle_of(tctx)
+        bundle = self._bundle(tctx)
         return bundle is not None and not os.path.isdir(f"{bundle}.code")
 
     def prepare(self, tctx: TaskExecutionContext, make_dirs: bool = True, per_attempt: bool = True) -> str | PhaseInfo:
         """Make the attempt's directories (``make_dirs``; else whoever writes there makes them) and clear a
         previous try's files; the working directory, or a failure when the task's code (its directory or its
         bundle) is gone."""
-        cwd = self.code_dir(tctx, per_attempt)
-        bundle = None if tctx.metadata.annotations.get(ANNOTATION_CODE_DIR) else self.bundle_of(tctx)
+        bundle = self._bundle(tctx)
+        cwd = self._code_dir(tctx, bundle, per_attempt)
         if bundle is not None and not os.path.isfile(bundle):
             where = "not a local file" if "://" in bundle else "missing"
             return PhaseInfo.failure("CodeBundleMissing", f"the task's code bundle {bundle} is {where}: upload it "
