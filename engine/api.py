@@ -393,7 +393,7 @@ class ApiServer:
 
     def __init__(self, api: TaskDeckApi, connect_apps: list, authority: Authority, host: str, port: int, *,
                  max_body_bytes: int, advertise_host: str | None = None, routes: list | None = None,
-                 tls: tuple[Path, Path] | None = None, tls_port: int = 0):
+                 tls: tuple[Path, Path, Path] | None = None, tls_port: int = 0):
         self.host = host
         self.port = port
         self.api = api
@@ -403,7 +403,7 @@ class ApiServer:
         self.gate = Gate(authority, max_body_bytes=max_body_bytes, advertise_host=advertise_host,
                          connect_prefixes=[app.path for app in connect_apps],
                          self_checking_prefixes=[prefix for prefix, _ in routes or []])
-        self.tls = tls
+        self.tls = tls  # (the CA that signed the certificate, the certificate, its key)
         self.tls_port = tls_port
         self.tls_url: str | None = None
         self._servers: list[tuple[_Server, asyncio.Task]] = []
@@ -425,7 +425,7 @@ class ApiServer:
         self.gate.port = port
         if self.tls is not None:
             try:
-                tls_host, tls_port = await self._listen(self.tls_port, self.tls)
+                tls_host, tls_port = await self._listen(self.tls_port, self.tls[1:])
             except BaseException:
                 await self.stop()
                 raise

@@ -18,7 +18,7 @@ from flyteidl2.task import task_definition_pb2
 from engine import pygc
 from engine.auth import Authority, endpoint_with_credential, write_private
 from engine.connect import ControllerServices
-from engine.tls import CA_FILE, ensure_certificate, loopback_names
+from engine.tls import ensure_certificate, loopback_names
 from engine.datadir import DB_FILE, ENDPOINT_FILE, FLYTE_PORT_FILE, PORT_FILE, DataDirLock, default_data_dir, prepare_data_dir
 from engine.feed import ChangeFeed
 from engine.controller import ControllerManager
@@ -245,7 +245,7 @@ class Engine:
                     self.runtime_env["_U_USE_ACTIONS"] = "1"
                 endpoint = {"pid": os.getpid(), "url": self.url}
                 if self._server.tls_url:
-                    endpoint.update(flyteUrl=self._server.tls_url, caFile=str(self.data_dir / "tls" / CA_FILE))
+                    endpoint.update(flyteUrl=self._server.tls_url, caFile=str(self._server.tls[0]))
                 write_private(self.data_dir / ENDPOINT_FILE, json.dumps(endpoint))
                 self.authority.share_file(self.data_dir / ENDPOINT_FILE)
             await self.manager.start()
@@ -278,11 +278,10 @@ class Engine:
         self._control_plane = ControlPlane(client, self.authority, self.data_dir, self.config.max_body_bytes)
         tls = None
         if self.config.flyte_port is not None:
-            ca, cert, key = await asyncio.to_thread(ensure_certificate, self.data_dir / "tls",
-                                                    loopback_names(self.config.advertise_host))
-            self.authority.share_dir(ca.parent)  # a --share-group group's flyte CLI must trust the listener
-            self.authority.share_file(ca)
-            tls = (cert, key)
+            tls = await asyncio.to_thread(ensure_certificate, self.data_dir / "tls",
+                                          loopback_names(self.config.advertise_host))
+            self.authority.share_dir(tls[0].parent)  # a --share-group group's flyte CLI must trust the listener
+            self.authority.share_file(tls[0])
         for port, flyte_port in candidates:
             self._server = ApiServer(api, self.controller_services.apps() + self._control_plane.apps(),
                                      self.authority, self.config.host, port,
