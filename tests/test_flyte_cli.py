@@ -409,3 +409,14 @@ def test_the_sdk_over_plain_http_with_the_credential_in_its_endpoint(deck):
     refused = subprocess.run([sys.executable, str(script), str(deck.data), "without"], cwd=deck.project,
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0 and "credential" in refused.stdout + refused.stderr
+
+
+def test_the_run_page_echoes_only_a_run_name(deck):
+    import ssl
+
+    import httpx
+
+    url = json.loads((deck.data / "engine.json").read_text())["flyteUrl"]
+    context = ssl.create_default_context(cafile=str(deck.data / "tls" / "ca.pem"))
+    page = httpx.get(f"{url}/v2/domain/development/project/flytesnacks/runs/%3Cscript%3E", verify=context)
+    assert page.status_code == 404 and "script" not in page.text

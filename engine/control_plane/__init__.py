@@ -34,6 +34,7 @@ from engine.control_plane.run_service import RunServiceImpl
 from engine.control_plane.trigger_service import TriggerServiceImpl
 from engine.control_plane.upload_route import UPLOAD_PREFIX, UploadRoute
 from engine.http_gate import BoundedGzip, harden_connect_app
+from engine.names import InvalidNameError, check_run_name
 
 RUN_PAGE_PREFIX = "/v2"
 
@@ -74,7 +75,11 @@ class ControlPlane:
 async def run_page(scope, receive, send) -> None:
     """What the run URL the CLI prints opens: where to look at the run (no data of it: anyone may open it)."""
     parts = scope["path"].strip("/").split("/")  # v2/domain/D/project/P/runs/NAME
-    name = parts[6] if len(parts) >= 7 and parts[5] == "runs" else ""
+    name = parts[6] if len(parts) == 7 and parts[5] == "runs" else ""
+    try:
+        check_run_name(name)
+    except InvalidNameError:
+        name = ""  # not a run's name: nothing of it is echoed
     title = f"Run {name}" if name else "TaskDeck"
     body = (f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title>"
             f"<h1>{html.escape(title)}</h1><p>This engine has no web console. Watch the run in the terminal:</p>"
