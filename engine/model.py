@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 from engine.action_types import ACTION_TYPE_CONDITION, ACTION_TYPE_TASK, ACTION_TYPE_TRACE, ROOT_ACTION_NAME  # noqa: F401
@@ -97,7 +97,7 @@ class TaskActionSpec(CrdModel):
     domain: str = Field(min_length=1, max_length=63)
     action_name: str = Field(min_length=1, max_length=30)
     parent_action_name: str | None = Field(default=None, min_length=1, max_length=30)
-    action_type: Literal["", "task", "condition"] = ""
+    action_type: Literal["task", "condition"] | None = None  # omitted when unset (the CRD enum has no "")
     condition_spec: bytes | None = None
     input_uri: str = ""
     run_output_base: str = ""
@@ -108,6 +108,11 @@ class TaskActionSpec(CrdModel):
     env_vars: dict[str, str] | None = None
     interruptible: bool | None = None
     group: str = Field(default="", max_length=256)
+
+    @field_validator("action_type", mode="before")
+    @classmethod
+    def _unset_action_type(cls, value):
+        return None if value == "" else value  # stored by earlier versions as ""
 
 
 class Condition(CrdModel):

@@ -273,7 +273,7 @@ class _Batch:
         self._derive_actions(obj, None)
         self.rv += 1
         self.staged[obj.name] = None
-        self.watch_events.append(WatchEvent("DELETED", obj, self.rv))
+        self.watch_events.append(WatchEvent("DELETED", obj, str(self.rv)))
 
     def sql(self, statement: str, params: Any) -> None:
         self.statements.append((statement, params))
