@@ -1,0 +1,386 @@
+"""TaskActions as ``flyte.org/v1`` custom resources on a Kubernetes API server, behind the store interface.
+
+The official ``kubernetes`` client is synchronous; its calls run off the event loop (``asyncio.to_thread``)
+and one informer thread lists and watches the namespace, as client-go's reflector does: it resumes from the
+last resourceVersion it saw (bookmarks included) when a watch ends, and when the server answers 410 Gone
+it lists again and turns the difference into events, so watchers miss nothing and see nothing twice.
+
+Reads (``peek``, ``get``, ``list``) come from the informer's cache, with one addition: an object this store
+wrote is read back as the write returned it until the informer has seen that write (read-your-writes,
+without ordering resourceVersions, which stay opaque). Watchers see only what the informer saw, in the
+server's order. ``delete`` cascades through owner references at once, as the SQLite store does (the
+cluster's garbage collector would do it only after the owner is gone); the collector stays the backstop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+
+from engine.errors import AlreadyExistsError, StorageUnavailableError
+from engine.model import API_VERSION, KIND, TaskAction
+from engine.store.base import (
+    ConflictError,
+    EventRecord,
+    GoneError,
+    NotFoundError,
+    OwnerGoneError,
+    ResourceStore,
+    WatchEvent,
+)
+
+log = logging.getLogger(__name__)
+
+GROUP, VERSION = API_VERSION.split("/")
+PLURAL = "taskactions"
+WATCH_SECONDS = 30  # a server-side timeout per watch request: the informer resumes after it
+META_FIELDS = ("name", "namespace", "uid", "resourceVersion", "generation", "creationTimestamp", "deletionTimestamp",
+               "labels", "annotations", "finalizers", "ownerReferences")
+_GONE = object()  # a tombstone in the overlay: deleted by this store, the informer has not seen it yet
+
+
+def from_api(body: dict) -> TaskAction:
+    """The API's object as a TaskAction: fields the server adds (managedFields, ...) are left out."""
+    meta = {k: v for k, v in (body.get("metadata") or {}).items() if k in META_FIELDS}
+    owners = [{k: v for k, v in ref.items() if k in ("apiVersion", "kind", "name", "uid", "controller",
+                                                      "blockOwnerDeletion")} for ref in meta.get("ownerReferences", [])]
+    if owners:
+        meta["ownerReferences"] = owners
+    return TaskAction.from_json(json.dumps({"apiVersion": API_VERSION, "kind": KIND, "metadata": meta,
+                                            "spec": body.get("spec") or {}, "status": body.get("status") or {}}))
+
+
+def to_api(obj: TaskAction, namespace: str) -> dict:
+    body = obj.to_dict()
+    meta = body["metadata"]
+    meta["namespace"] = namespace
+    for server_set in ("uid", "creationTimestamp", "deletionTimestamp", "generation"):
+        meta.pop(server_set, None)
+    if not meta.get("resourceVersion"):
+        meta.pop("resourceVersion", None)
+    return body
+
+
+def _refresh(target: TaskAction, written: TaskAction) -> TaskAction:
+    """The caller's object takes the server-set fields and the stored status, as controller-runtime's."""
+    target.metadata = written.metadata.copy_deep()
+    target.status = written.status.copy_deep()
+    return target
+
+
+def _matches(labels: dict[str, str], selector: dict[str, str | None] | None) -> bool:
+    return not selector or all((k in labels) if v is None else labels.get(k) == v for k, v in selector.items())
+
+
+class _Watch:
+    def __init__(self, store: KubernetesResourceStore):
+        self._store = store
+        self.queue: asyncio.Queue[WatchEvent | None] = asyncio.Queue()
+
+    def __aiter__(self) -> _Watch:
+        return self
+
+    async def __anext__(self) -> WatchEvent:
+        event = await self.queue.get()
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+    async def aclose(self) -> None:
+        self._store._watches.discard(self)
+
+
+class KubernetesResourceStore(ResourceStore):
+    """TaskActions in ``namespace`` through ``api_client`` (a ``kubernetes.client.ApiClient``)."""
+
+    def __init__(self, api_client, namespace: str, *, history_size: int = 50_000, watch_seconds: int = WATCH_SECONDS):
+        from kubernetes import client  # imported here: the embedded default never loads it
+
+        self._api_client = api_client
+        self._api = client.CustomObjectsApi(api_client)
+        self.namespace = namespace
+        self._watch_seconds = watch_seconds
+        self._cache: dict[str, TaskAction] = {}  # what the informer has seen
+        self._overlay: dict[str, object] = {}  # name → (rv, TaskAction | _GONE) written here, not yet seen
+        self._dependents: dict[str, set[str]] = {}  # owner uid → names
+        self._rv = ""
+        self._history: collections.deque[WatchEvent] = collections.deque(maxlen=history_size)
+        self._watches: set[_Watch] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._synced = asyncio.Event()
+        self.relists = 0  # how often a 410 made the informer list again
+        self.on_status_write: Callable[[list[EventRecord]], object] | None = None  # runs data first (events)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        items, rv = await asyncio.to_thread(self._list_all)
+        self._replace(items, rv, initial=True)
+        self._thread = threading.Thread(target=self._inform, name="taskaction-informer", daemon=True)
+        self._thread.start()
+
+    async def close(self) -> None:
+        self._stopping.set()
+        pool = getattr(self._api_client.rest_client, "pool_manager", None)
+        if pool is not None:
+            pool.clear()  # ends the informer's blocked read
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 5)
+        for watch in list(self._watches):
+            watch.queue.put_nowait(None)
+
+    # ------------------------------------------------------------------ the informer (its own thread)
+    def _list_all(self) -> tuple[list[dict], str]:
+        listed = self._call(self._api.list_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL)
+        return listed.get("items") or [], str((listed.get("metadata") or {}).get("resourceVersion") or "")
+
+    def _inform(self) -> None:
+        from kubernetes import watch
+        from kubernetes.client.rest import ApiException
+
+        rv = self._rv
+        while not self._stopping.is_set():
+            stream = watch.Watch()
+            try:
+                for event in stream.stream(self._api.list_namespaced_custom_object, GROUP, VERSION, self.namespace,
+                                           PLURAL, resource_version=rv, timeout_seconds=self._watch_seconds,
+                                           allow_watch_bookmarks=True,
+                                           _request_timeout=self._watch_seconds + 10):
+                    if self._stopping.is_set():
+                        return
+                    body = event["raw_object"]
+                    rv = str((body.get("metadata") or {}).get("resourceVersion") or rv)
+                    if event["type"] == "ERROR":
+                        if body.get("code") == 410:
+                            raise ApiException(status=410, reason="Expired")
+                        continue
+                    self._post(self._apply_event, event["type"], body, rv)
+            except ApiException as exc:
+                if self._stopping.is_set():
+                    return
+                if exc.status == 410:
+                    log.info("the TaskAction watch from resourceVersion %s expired: listing again", rv)
+                    try:
+                        items, rv = self._list_all()
+                    except StorageUnavailableError as err:
+                        log.warning("could not list TaskActions: %s", err)
+                        self._stopping.wait(1)
+                        continue
+                    self._post(self._replace, items, rv)
+                else:
+                    log.warning("the TaskAction watch failed (%s): resuming", exc.status)
+                    self._stopping.wait(1)
+            except Exception as exc:  # a dropped connection, a timeout: resume from the last version seen
+                if self._stopping.is_set():
+                    return
+                log.debug("the TaskAction watch ended (%s): resuming from %s", exc, rv)
+                self._stopping.wait(0.2)
+
+    def _post(self, fn, *args) -> None:
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop is closed: the engine is gone
+            self._stopping.set()
+
+    # ------------------------------------------------------------------ the cache (on the event loop)
+    def _apply_event(self, event_type: str, body: dict, rv: str) -> None:
+        if event_type == "BOOKMARK":
+            self._rv = rv
+            return
+        obj = from_api(body)
+        self._rv = rv
+        self._see(obj, event_type == "DELETED")
+        self._emit(WatchEvent(event_type, obj, rv))  # type: ignore[arg-type]
+
+    def _see(self, obj: TaskAction, deleted: bool) -> None:
+        name = obj.name
+        pending = self._overlay.get(name)
+        if pending is not None and (pending[0] == obj.resource_version or (deleted and pending[1] is _GONE)):
+            del self._overlay[name]  # the informer caught up with this store's write
+        if deleted:
+            old = self._cache.pop(name, None)
+            if old is not None:
+                self._unindex(old)
+        else:
+            old = self._cache.get(name)
+            if old is not None:
+                self._unindex(old)
+            self._cache[name] = obj
+            for ref in obj.metadata.owner_references:
+                self._dependents.setdefault(ref.uid, set()).add(name)
+
+    def _unindex(self, obj: TaskAction) -> None:
+        for ref in obj.metadata.owner_references:
+            names = self._dependents.get(ref.uid)
+            if names is not None:
+                names.discard(obj.name)
+                if not names:
+                    del self._dependents[ref.uid]
+
+    def _replace(self, items: list[dict], rv: str, initial: bool = False) -> None:
+        """A fresh list: what changed since the cache's state becomes events (client-go's Replace)."""
+        listed = {obj.name: obj for obj in map(from_api, items)}
+        if not initial:
+            self.relists += 1
+            for name, old in list(self._cache.items()):
+                if name not in listed:
+                    self._see(old, deleted=True)
+                    self._emit(WatchEvent("DELETED", old, rv))
+        self._overlay.clear()  # every write made before this list is in it
+        for name, obj in listed.items():
+            old = self._cache.get(name)
+            self._see(obj, deleted=False)
+            if not initial and (old is None or old.resource_version != obj.resource_version):
+                self._emit(WatchEvent("ADDED" if old is None else "MODIFIED", obj, rv))
+        self._rv = rv
+        self._synced.set()
+
+    def _emit(self, event: WatchEvent) -> None:
+        self._history.append(event)
+        for watch in self._watches:
+            watch.queue.put_nowait(event)
+
+    def _written(self, obj: TaskAction) -> TaskAction:
+        if self._cache.get(obj.name) is None or self._cache[obj.name].resource_version != obj.resource_version:
+            self._overlay[obj.name] = (obj.resource_version, obj)
+        return obj
+
+    def _lookup(self, name: str) -> TaskAction | None:
+        pending = self._overlay.get(name)
+        if pending is not None:
+            return None if pending[1] is _GONE else pending[1]
+        return self._cache.get(name)
+
+    # ------------------------------------------------------------------ API calls
+    def _call(self, fn, *args, **kwargs):
+        from kubernetes.client.rest import ApiException
+
+        try:
+            return fn(*args, **kwargs)
+        except ApiException as exc:
+            raise self._translate(exc) from None
+        except Exception as exc:  # connection refused, timeouts: the cluster cannot be reached
+            raise StorageUnavailableError(f"the Kubernetes API server cannot be reached: {exc}") from exc
+
+    @staticmethod
+    def _translate(exc) -> Exception:
+        try:
+            message = json.loads(exc.body or "{}").get("message") or exc.reason
+        except ValueError:
+            message = exc.reason
+        if exc.status == 404:
+            return NotFoundError(message)
+        if exc.status == 409:
+            reason = ""
+            try:
+                reason = json.loads(exc.body or "{}").get("reason", "")
+            except ValueError:
+                pass
+            return AlreadyExistsError(message) if reason == "AlreadyExists" else ConflictError(message)
+        if exc.status == 410:
+            return GoneError(message)
+        if exc.status in (400, 422):
+            return ValueError(f"the API server refused the TaskAction: {message}")
+        return StorageUnavailableError(f"the Kubernetes API server answered {exc.status}: {message}")
+
+    async def _run(self, fn, *args, **kwargs):
+        return await asyncio.to_thread(self._call, fn, *args, **kwargs)
+
+    # ------------------------------------------------------------------ the store interface
+    @property
+    def resource_version(self) -> str:
+        return self._rv
+
+    def peek(self, name: str) -> TaskAction | None:
+        return self._lookup(name)
+
+    async def get(self, name: str) -> TaskAction:
+        obj = self._lookup(name)
+        if obj is None:
+            raise NotFoundError(f"taskaction {name!r} not found")
+        return obj.copy_deep()
+
+    async def list(self, selector: dict[str, str | None] | None = None) -> list[TaskAction]:
+        names = set(self._cache) | set(self._overlay)
+        objects = (self._lookup(name) for name in sorted(names))
+        return [obj.copy_deep() for obj in objects if obj is not None and _matches(obj.metadata.labels, selector)]
+
+    async def create(self, obj: TaskAction) -> TaskAction:
+        for ref in obj.metadata.owner_references:
+            owner = self._lookup(ref.name)
+            if owner is None or owner.metadata.uid != ref.uid or owner.metadata.deletion_timestamp is not None:
+                raise OwnerGoneError(f"owner {ref.name!r} of {obj.name!r} is missing or being deleted")
+        body = await self._run(self._api.create_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL,
+                               to_api(obj, self.namespace))
+        return _refresh(obj, self._written(from_api(body)))
+
+    async def update(self, obj: TaskAction) -> TaskAction:
+        body = await self._run(self._api.replace_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL,
+                               obj.name, to_api(obj, self.namespace))
+        written = from_api(body)
+        if written.metadata.deletion_timestamp is not None and not written.metadata.finalizers:
+            self._overlay[obj.name] = (written.resource_version, _GONE)  # its last finalizer went: it is gone
+            return _refresh(obj, written)
+        return _refresh(obj, self._written(written))
+
+    async def update_status(self, obj: TaskAction, events: list[EventRecord] | None = None,
+                            labels: dict[str, str] | None = None) -> TaskAction:
+        if events:
+            if self.on_status_write is None:
+                raise ValueError("this store records no events: give it an on_status_write")
+            await self.on_status_write(events)  # type: ignore[misc]
+        body = await self._run(self._api.replace_namespaced_custom_object_status, GROUP, VERSION, self.namespace,
+                               PLURAL, obj.name, to_api(obj, self.namespace))
+        written = _refresh(obj, self._written(from_api(body)))
+        if labels:
+            obj.metadata.resource_version = await self.patch_labels(obj.name, labels)
+            obj.metadata.labels.update(labels)
+        return written
+
+    async def patch_labels(self, name: str, labels: dict[str, str]) -> str:
+        body = await self._run(self._api.patch_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL,
+                               name, {"metadata": {"labels": labels}})
+        return self._written(from_api(body)).resource_version
+
+    async def delete(self, name: str) -> None:
+        current = self._lookup(name)
+        body = await self._run(self._api.delete_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL,
+                               name)
+        if isinstance(body, dict) and body.get("kind") == KIND:
+            gone = from_api(body)
+            if gone.metadata.finalizers and gone.metadata.deletion_timestamp is not None:
+                self._written(gone)
+            else:
+                self._overlay[name] = (gone.resource_version, _GONE)
+        else:
+            self._overlay[name] = ("", _GONE)
+        if current is not None:
+            await self._cascade(current.metadata.uid)
+
+    async def _cascade(self, owner_uid: str) -> None:
+        for child in sorted(self._dependents.get(owner_uid, set())):
+            obj = self._lookup(child)
+            if obj is not None and obj.metadata.deletion_timestamp is None:
+                try:
+                    await self.delete(child)
+                except NotFoundError:
+                    pass
+
+    def watch(self, since_resource_version: str | None = None) -> AsyncIterator[WatchEvent]:
+        watch = _Watch(self)
+        if since_resource_version is not None and since_resource_version != self._rv:
+            history = list(self._history)
+            seen = [i for i, e in enumerate(history) if e.resource_version == since_resource_version]
+            if not seen:
+                raise GoneError(f"resourceVersion {since_resource_version!r} is not in this store's history; "
+                                "list again")
+            for event in history[seen[-1] + 1:]:  # a relist's events share its version: after the last of them
+                watch.queue.put_nowait(event)
+        self._watches.add(watch)
+        return watch

@@ -1,0 +1,208 @@
+"""The TaskAction store over the Kubernetes API (engine/store/kubernetes.py), against the API server emulator
+with the official client: the store interface's semantics, and what only a remote store has to get right
+(an informer that resumes and relists, writes from other clients, an unreachable server)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+
+import pytest
+from kubernetes import client
+
+from engine.model import FINALIZER
+from engine.store.base import AlreadyExistsError, ConflictError, GoneError, NotFoundError, OwnerGoneError
+from engine.store.kubernetes import GROUP, PLURAL, VERSION, KubernetesResourceStore, to_api
+from engine.errors import StorageUnavailableError
+from helpers import make_task_action
+from kube_apiserver import ApiServer, EmulatorThread
+
+NS = "flyte"
+
+
+@pytest.fixture
+def emulator():
+    with EmulatorThread(ApiServer(history=200)) as running:
+        yield running
+
+
+@pytest.fixture
+async def store(emulator):
+    api_client = client.ApiClient(client.Configuration(host=emulator.url))
+    s = KubernetesResourceStore(api_client, NS, watch_seconds=1)
+    await s.start()
+    yield s
+    await s.close()
+    api_client.close()
+
+
+async def next_event(watch, timeout: float = 5):
+    return await asyncio.wait_for(watch.__anext__(), timeout)
+
+
+async def settled(store, predicate, timeout: float = 5):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "the informer did not catch up"
+        await asyncio.sleep(0.02)
+
+
+def custom(emulator) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(client.ApiClient(client.Configuration(host=emulator.url)))
+
+
+async def test_create_assigns_identity_reads_its_own_writes_and_rejects_duplicates(store):
+    created = await store.create(make_task_action())
+    assert created.metadata.uid and created.metadata.creation_timestamp is not None and created.resource_version
+    assert store.peek(created.name).metadata.uid == created.metadata.uid  # before the informer saw it
+    with pytest.raises(AlreadyExistsError):
+        await store.create(make_task_action())
+
+
+async def test_stale_writes_conflict_and_status_is_a_subresource(store):
+    obj = await store.create(make_task_action())
+    first, second = await store.get(obj.name), await store.get(obj.name)
+    first.status.attempts = 2
+    await store.update_status(first)
+    second.status.attempts = 5
+    with pytest.raises(ConflictError):
+        await store.update_status(second)
+    with pytest.raises(ConflictError):
+        await store.update(second)
+    current = await store.get(obj.name)
+    assert current.status.attempts == 2
+    current.status.attempts = 9
+    current.metadata.labels["x"] = "y"
+    updated = await store.update(current)
+    assert updated.status.attempts == 2 and updated.metadata.labels["x"] == "y"
+    updated.spec.short_name = "changed"
+    updated.status.attempts = 3
+    await store.update_status(updated)
+    await settled(store, lambda: store._overlay == {})
+    saved = await store.get(obj.name)
+    assert saved.spec.short_name == "" and saved.status.attempts == 3
+
+
+async def test_writes_refresh_the_callers_object_and_keep_their_own_copy(store):
+    obj = make_task_action()
+    await store.create(obj)
+    first = obj.resource_version
+    assert obj.metadata.uid and first
+    obj.status.attempts = 4
+    await store.update_status(obj)
+    assert obj.resource_version != first
+    obj.status.attempts = 99
+    assert (await store.get(obj.name)).status.attempts == 4
+
+
+async def test_list_by_label_selector(store):
+    root = await store.create(make_task_action(run="r1", action="a0"))
+    await store.create(make_task_action(run="r1", action="b1", parent=root))
+    await store.create(make_task_action(run="r2", action="a0"))
+    assert {o.name for o in await store.list({"flyte.org/run": "r1"})} == {"r1-a0", "r1-b1"}
+    assert {o.name for o in await store.list({"flyte.org/is-root": "true"})} == {"r1-a0", "r2-a0"}
+    await store.patch_labels("r2-a0", {"flyte.org/termination-status": "terminated"})
+    assert [o.name for o in await store.list({"flyte.org/termination-status": None})] == ["r2-a0"]
+
+
+async def test_watch_delivers_changes_in_order_and_resumes_from_a_version(store):
+    watch = store.watch(store.resource_version)
+    obj = await store.create(make_task_action())
+    obj.status.attempts = 2
+    await store.update_status(obj)
+    seen = [await next_event(watch) for _ in range(2)]
+    assert [e.type for e in seen] == ["ADDED", "MODIFIED"]
+    assert seen[1].object.status.attempts == 2
+    await watch.aclose()
+    resumed = store.watch(seen[0].resource_version)
+    event = await next_event(resumed)
+    assert event.type == "MODIFIED" and event.resource_version == seen[1].resource_version
+    await resumed.aclose()
+    with pytest.raises(GoneError):
+        store.watch("not-one-of-ours")
+
+
+async def test_finalizers_cascade_and_a_deleting_owner_takes_no_children(store):
+    root = await store.create(make_task_action(finalizers=[FINALIZER]))
+    child = await store.create(make_task_action(action="c1", parent=root, finalizers=[FINALIZER]))
+    grandchild = await store.create(make_task_action(action="g1", parent=child))
+    other = await store.create(make_task_action(run="other"))
+    await settled(store, lambda: grandchild.name in store._cache)  # the dependents index is the informer's
+    await store.delete(root.name)
+    assert (await store.get(root.name)).metadata.deletion_timestamp is not None
+    assert (await store.get(child.name)).metadata.deletion_timestamp is not None
+    with pytest.raises(NotFoundError):
+        await store.get(grandchild.name)
+    assert (await store.get(other.name)).metadata.deletion_timestamp is None
+    with pytest.raises(OwnerGoneError):
+        await store.create(make_task_action(action="late", parent=root))
+    await store.delete(root.name)  # deleting again is harmless
+    held = await store.get(root.name)
+    held.metadata.finalizers = []
+    await store.update(held)
+    with pytest.raises(NotFoundError):
+        await store.get(root.name)
+    await settled(store, lambda: root.name not in store._cache)
+
+
+async def test_writes_of_other_clients_reach_the_cache_and_the_watch(store, emulator):
+    watch = store.watch(store.resource_version)
+    other = custom(emulator)
+    body = to_api(make_task_action(action="x1"), NS)
+    await asyncio.to_thread(other.create_namespaced_custom_object, GROUP, VERSION, NS, PLURAL, body)
+    event = await next_event(watch)
+    assert event.type == "ADDED" and store.peek("rtest-x1") is not None
+    await asyncio.to_thread(other.delete_namespaced_custom_object, GROUP, VERSION, NS, PLURAL, "rtest-x1")
+    assert (await next_event(watch)).type == "DELETED" and store.peek("rtest-x1") is None
+
+
+async def test_an_expired_watch_relists_and_turns_the_difference_into_events(store, emulator):
+    kept = await store.create(make_task_action(action="kept"))
+    lost = await store.create(make_task_action(action="lost"))
+    await settled(store, lambda: store._overlay == {})
+    watch = store.watch(store.resource_version)
+
+    def behind_the_informers_back(server):
+        """Changes whose events the informer never gets (compacted away), then a 410 on its next watch."""
+        objects = server.store.objects
+        del objects[(PLURAL, NS, lost.name)]
+        added = copy.deepcopy(objects[(PLURAL, NS, kept.name)])
+        added["metadata"].update(name="rtest-new", uid="uid-new", resourceVersion=server.store.bump())
+        added["spec"]["actionName"] = "new"
+        objects[(PLURAL, NS, "rtest-new")] = added
+        objects[(PLURAL, NS, kept.name)]["metadata"]["labels"]["moved"] = "yes"
+        objects[(PLURAL, NS, kept.name)]["metadata"]["resourceVersion"] = server.store.bump()
+        server.fail_next("GET", PLURAL, 410)
+
+    emulator.call(behind_the_informers_back)
+    events = sorted([(e.type, e.object.name) for e in [await next_event(watch, 10) for _ in range(3)]])
+    assert events == [("ADDED", "rtest-new"), ("DELETED", lost.name), ("MODIFIED", kept.name)]
+    assert store.relists == 1 and store.peek(lost.name) is None
+    assert store.peek(kept.name).metadata.labels["moved"] == "yes"
+
+
+async def test_a_second_store_lists_what_the_first_wrote(store, emulator):
+    obj = await store.create(make_task_action())
+    obj.status.attempts = 3
+    await store.update_status(obj)
+    api_client = client.ApiClient(client.Configuration(host=emulator.url))
+    again = KubernetesResourceStore(api_client, NS, watch_seconds=1)
+    await again.start()
+    try:
+        loaded = await again.get(obj.name)
+        assert loaded.status.attempts == 3 and loaded.metadata.uid == obj.metadata.uid
+        assert loaded.resource_version == obj.resource_version
+    finally:
+        started = time.monotonic()
+        await again.close()
+        assert time.monotonic() - started < 3  # the informer's open watch does not hold the engine's stop
+        api_client.close()
+
+
+async def test_an_unreachable_api_server_is_a_storage_fault(emulator):
+    api_client = client.ApiClient(client.Configuration(host="http://127.0.0.1:9"))
+    s = KubernetesResourceStore(api_client, NS)
+    with pytest.raises(StorageUnavailableError):
+        await s.start()
+    api_client.close()
