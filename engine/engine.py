@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -50,9 +51,13 @@ from engine.logs import LogService
 from engine.runs import RunsService
 from engine.services import EngineServices
 from engine.storage_health import StorageHealth
+from engine.store.base import EngineStore
 from engine.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
+
+BACKENDS = ("embedded", "kubernetes")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 class _PrivateFiles:
     """While an engine runs, what it (and every task process it starts) creates is private: umask 077."""
@@ -103,6 +108,13 @@ class EngineConfig:
     share_group: str | None = None  # a Unix group that may read the token (and so drive the engine)
     pass_env: tuple[str, ...] = ()  # engine environment variables task processes also get
     allowed_code_dirs: tuple[Path, ...] | None = None  # where a submitted codeDir may be (None: home)
+    # "embedded": everything in the data directory's SQLite database; "kubernetes": TaskActions as custom
+    # resources on a cluster (kubeconfig, its context, the namespace; in_cluster: a pod's service account)
+    backend: str = "embedded"
+    kubeconfig: Path | None = None
+    kube_context: str | None = None
+    namespace: str | None = None
+    in_cluster: bool = False
 
     def __post_init__(self) -> None:
         for name in ("workers", "max_processes", "max_body_bytes"):
@@ -115,6 +127,10 @@ class EngineConfig:
                 raise ValueError(f"{name} must be a finite number of seconds, not {value!r}")
         if self.task_start not in ("fork", "exec"):
             raise ValueError(f"task_start must be 'fork' or 'exec', not {self.task_start!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
+        if self.namespace is not None and not _DNS_LABEL.fullmatch(self.namespace):
+            raise ValueError(f"namespace must be a DNS label (lowercase letters, digits, '-'), not {self.namespace!r}")
         if not isinstance(self.max_system_failures, int) or not 0 <= self.max_system_failures <= 1000:
             raise ValueError(f"max_system_failures must be from 0 to 1000, not {self.max_system_failures!r}")
 
@@ -123,7 +139,7 @@ class Engine:
     def __init__(self, config: EngineConfig | None = None):
         self.config = config or EngineConfig()
         self.data_dir = Path(self.config.data_dir).expanduser().resolve()
-        self.store = SqliteStore(self.data_dir / DB_FILE, inline_commits=not self.config.commit_in_thread)
+        self.store = self._make_store()
         self.health = StorageHealth(self.store, self.data_dir)
         self.authority = Authority(self.data_dir, share_group=self.config.share_group)
         self.registry = PluginRegistry()
@@ -223,6 +239,17 @@ class Engine:
     @property
     def token_path(self) -> Path:
         return self.authority.token_path
+
+    def _make_store(self) -> EngineStore:
+        database = SqliteStore(self.data_dir / DB_FILE, inline_commits=not self.config.commit_in_thread)
+        if self.config.backend == "embedded":
+            return database
+        from engine.store.cluster import ClusterStore
+        from engine.store.kubernetes import KubernetesResourceStore, connect
+
+        api_client, namespace = connect(self.config.kubeconfig, self.config.kube_context, self.config.namespace,
+                                        in_cluster=self.config.in_cluster)
+        return ClusterStore(KubernetesResourceStore(api_client, namespace), database)
 
     async def start(self) -> None:
         prepare_data_dir(self.data_dir, shared=self.config.share_group is not None)

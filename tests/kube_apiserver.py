@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import copy
 import dataclasses
 import datetime as dt
@@ -676,3 +677,14 @@ class EmulatorThread:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def backend_config(backend: str, tmp_path: Path):
+    """EngineConfig fields for ``backend``: nothing for the embedded default; for "kubernetes", an emulator
+    serving for the duration and a kubeconfig pointing at it."""
+    if backend == "embedded":
+        yield {}
+        return
+    with EmulatorThread() as emulator:
+        yield {"backend": "kubernetes", "kubeconfig": emulator.kubeconfig(tmp_path / "kubeconfig", "flyte")}

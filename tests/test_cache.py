@@ -18,6 +18,7 @@ from engine.phases import ActionPhase
 from engine.plugins.core import PhaseInfo
 from engine.store.sqlite import SqliteStore
 from helpers import ScriptedPlugin, cached_spec, eventually, int_inputs, run_sdk_task
+from kube_apiserver import backend_config
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -46,15 +47,17 @@ class Behaviour:
         return PhaseInfo.success()
 
 
-@pytest.fixture
-async def setup(tmp_path):
-    engine = Engine(EngineConfig(data_dir=tmp_path, serve=False, requeue_after=1.0, gc_interval_seconds=0))
-    behaviour = Behaviour()
-    plugin = ScriptedPlugin(behaviour)
-    engine.registry.register(plugin)
-    await engine.start()
-    yield engine, plugin, behaviour
-    await engine.stop()
+@pytest.fixture(params=["embedded", "kubernetes"])
+async def setup(tmp_path, request):
+    with backend_config(request.param, tmp_path) as backend:
+        engine = Engine(EngineConfig(data_dir=tmp_path / "data", serve=False, requeue_after=1.0,
+                                     gc_interval_seconds=0, **backend))
+        behaviour = Behaviour()
+        plugin = ScriptedPlugin(behaviour)
+        engine.registry.register(plugin)
+        await engine.start()
+        yield engine, plugin, behaviour
+        await engine.stop()
 
 
 def ran(plugin: ScriptedPlugin, run_name: str) -> bool:

@@ -17,6 +17,7 @@ from engine.reconciler import TaskActionReconciler
 from engine.store.base import NotFoundError
 from engine.store.sqlite import SqliteStore
 from helpers import ScriptedPlugin, eventually, make_task_action, task_spec
+from kube_apiserver import backend_config
 
 
 # ----------------------------------------------------------------------------- step-by-step harness
@@ -302,15 +303,18 @@ async def test_a_status_is_never_saved_without_its_event(harness):
 
 
 # ----------------------------------------------------------------------------- through the engine
-@pytest.fixture
-async def engine(tmp_path):
+@pytest.fixture(params=["embedded", "kubernetes"])
+async def engine(tmp_path, request):
+    """The engine on each backend: the embedded store, and TaskActions on the API server emulator."""
     plugin = ScriptedPlugin()
-    engine = Engine(EngineConfig(data_dir=tmp_path / "data", serve=False, requeue_after=0.05, workers=8))
-    engine.registry.register(plugin)
-    await engine.start()
-    engine.test_plugin = plugin
-    yield engine
-    await engine.stop()
+    with backend_config(request.param, tmp_path) as backend:
+        engine = Engine(EngineConfig(data_dir=tmp_path / "data", serve=False, requeue_after=0.05, workers=8,
+                                     **backend))
+        engine.registry.register(plugin)
+        await engine.start()
+        engine.test_plugin = plugin
+        yield engine
+        await engine.stop()
 
 
 async def test_run_reaches_succeeded_in_the_actions_table(engine):

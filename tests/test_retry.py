@@ -15,18 +15,20 @@ from engine.phases import ActionPhase
 from engine.plugins.core import PhaseInfo
 from engine.runs import InvalidRunError
 from helpers import ScriptedPlugin, eventually, task_spec
+from kube_apiserver import backend_config
 
 ROOT = Path(__file__).parent.parent
 
 
-@pytest.fixture
-async def engine(tmp_path):
-    engine = Engine(EngineConfig(data_dir=tmp_path, serve=False, requeue_after=1.0))
-    engine.test_plugin = ScriptedPlugin()
-    engine.registry.register(engine.test_plugin)
-    await engine.start()
-    yield engine
-    await engine.stop()
+@pytest.fixture(params=["embedded", "kubernetes"])
+async def engine(tmp_path, request):
+    with backend_config(request.param, tmp_path) as backend:
+        engine = Engine(EngineConfig(data_dir=tmp_path / "data", serve=False, requeue_after=1.0, **backend))
+        engine.test_plugin = ScriptedPlugin()
+        engine.registry.register(engine.test_plugin)
+        await engine.start()
+        yield engine
+        await engine.stop()
 
 
 def by_attempt(tctx, index, outcomes):

@@ -478,6 +478,30 @@ class TriggersRepository(abc.ABC):
         """Revisions and what the scheduler did, oldest first."""
 
 
+class ResourceOutbox(abc.ABC):
+    """For TaskActions kept in another store (a Kubernetes API server): the runs database records the
+    resource it still has to create in the same transaction as the action row, so a crash between the
+    two writes loses neither (the outbox is drained at start)."""
+
+    @abc.abstractmethod
+    async def outbox_create_run_action(self, record: ActionRecord, resource: TaskAction | None,
+                                       task_spec: tuple[str, bytes] | None) -> None:
+        """The action row, its task spec and (if any) its resource to create, atomically. Raises
+        AlreadyExistsError when the row exists."""
+
+    @abc.abstractmethod
+    async def outbox_restart_action(self, key: ActionKey, attempts: int, resource: TaskAction,
+                                    events: list[EventRecord]) -> None:
+        """An operator retry: the row reset to QUEUED, ``events`` and the resource to create, atomically."""
+
+    @abc.abstractmethod
+    async def outbox_pending(self) -> list[TaskAction]:
+        """Resources recorded and not yet marked created, oldest first."""
+
+    @abc.abstractmethod
+    async def outbox_done(self, name: str) -> None: ...
+
+
 class EngineStore(ResourceStore, RunsRepository, CacheStore, SecretsRepository, ProjectsRepository, TasksRepository,
                   TriggersRepository, abc.ABC):
     storage_error: str | None = None  # why the last write failed, until one succeeds

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import dataclasses
 import json
 import logging
+import socket
 import threading
 from collections.abc import AsyncIterator, Callable
 
 from engine.errors import AlreadyExistsError, StorageUnavailableError
-from engine.model import API_VERSION, KIND, TaskAction
+from engine.model import API_VERSION, DEFAULT_NAMESPACE, KIND, TaskAction, TaskActionStatus
 from engine.store.base import (
     ConflictError,
     EventRecord,
@@ -40,24 +43,54 @@ PLURAL = "taskactions"
 WATCH_SECONDS = 30  # a server-side timeout per watch request: the informer resumes after it
 META_FIELDS = ("name", "namespace", "uid", "resourceVersion", "generation", "creationTimestamp", "deletionTimestamp",
                "labels", "annotations", "finalizers", "ownerReferences")
-_GONE = object()  # a tombstone in the overlay: deleted by this store, the informer has not seen it yet
+INITIAL_STATUS = "taskdeck.flyte.org/initial-status"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pending:
+    """A write of this store the informer has not seen yet: the object as written, or (``obj`` None) a
+    tombstone for the incarnation ``uid`` of the name, deleted."""
+
+    rv: str
+    obj: TaskAction | None
+    uid: str
+
+    def seen(self, obj: TaskAction, deleted: bool) -> bool:
+        """Whether the informer's ``obj`` makes this write old news."""
+        if self.obj is not None:
+            return obj.resource_version == self.rv
+        if deleted:
+            return obj.metadata.uid == self.uid
+        return obj.metadata.uid != self.uid  # a new incarnation, created after the deletion
 
 
 def from_api(body: dict) -> TaskAction:
-    """The API's object as a TaskAction: fields the server adds (managedFields, ...) are left out."""
+    """The API's object as a TaskAction: fields the server adds (managedFields, ...) are left out; a status
+    never written yet is the one it was created with (see ``to_api``)."""
     meta = {k: v for k, v in (body.get("metadata") or {}).items() if k in META_FIELDS}
     owners = [{k: v for k, v in ref.items() if k in ("apiVersion", "kind", "name", "uid", "controller",
                                                       "blockOwnerDeletion")} for ref in meta.get("ownerReferences", [])]
     if owners:
         meta["ownerReferences"] = owners
+    status = body.get("status") or {}
+    if not status and INITIAL_STATUS in (meta.get("annotations") or {}):
+        try:
+            status = json.loads(meta["annotations"][INITIAL_STATUS])
+        except ValueError:
+            status = {}
     return TaskAction.from_json(json.dumps({"apiVersion": API_VERSION, "kind": KIND, "metadata": meta,
-                                            "spec": body.get("spec") or {}, "status": body.get("status") or {}}))
+                                            "spec": body.get("spec") or {}, "status": status}))
 
 
-def to_api(obj: TaskAction, namespace: str) -> dict:
+def to_api(obj: TaskAction, namespace: str, initial_status: bool = False) -> dict:
+    """The TaskAction as the API takes it. ``initial_status``: a create, whose status the server drops (it is
+    a subresource); a status other than the empty one (an operator retry's attempt count) travels in an
+    annotation instead, read as the status until the first status write, so no reader sees it without."""
     body = obj.to_dict()
     meta = body["metadata"]
     meta["namespace"] = namespace
+    if initial_status and obj.status != TaskActionStatus():
+        meta.setdefault("annotations", {})[INITIAL_STATUS] = json.dumps(body["status"], separators=(",", ":"))
     for server_set in ("uid", "creationTimestamp", "deletionTimestamp", "generation"):
         meta.pop(server_set, None)
     if not meta.get("resourceVersion"):
@@ -105,17 +138,20 @@ class KubernetesResourceStore(ResourceStore):
         self.namespace = namespace
         self._watch_seconds = watch_seconds
         self._cache: dict[str, TaskAction] = {}  # what the informer has seen
-        self._overlay: dict[str, object] = {}  # name → (rv, TaskAction | _GONE) written here, not yet seen
+        self._overlay: dict[str, _Pending] = {}  # name → what this store wrote there, until the informer sees it
         self._dependents: dict[str, set[str]] = {}  # owner uid → names
         self._rv = ""
         self._history: collections.deque[WatchEvent] = collections.deque(maxlen=history_size)
         self._watches: set[_Watch] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._stream = None  # the informer's current watch
         self._stopping = threading.Event()
         self._synced = asyncio.Event()
         self.relists = 0  # how often a 410 made the informer list again
         self.on_status_write: Callable[[list[EventRecord]], object] | None = None  # runs data first (events)
+        # (old, new) for every change the informer sees (new None: deleted), the first list included
+        self.on_change: Callable[[TaskAction | None, TaskAction | None], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -127,13 +163,20 @@ class KubernetesResourceStore(ResourceStore):
 
     async def close(self) -> None:
         self._stopping.set()
-        pool = getattr(self._api_client.rest_client, "pool_manager", None)
-        if pool is not None:
-            pool.clear()  # ends the informer's blocked read
+        self._interrupt_watch()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 5)
         for watch in list(self._watches):
             watch.queue.put_nowait(None)
+
+    def _interrupt_watch(self) -> None:
+        """End the informer's blocked read of its open watch at once (a stop need not wait for its timeout)."""
+        response = getattr(self._stream, "_resp", None)
+        connection = getattr(response, "connection", None) or getattr(response, "_connection", None)
+        sock = getattr(connection, "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     # ------------------------------------------------------------------ the informer (its own thread)
     def _list_all(self) -> tuple[list[dict], str]:
@@ -146,7 +189,7 @@ class KubernetesResourceStore(ResourceStore):
 
         rv = self._rv
         while not self._stopping.is_set():
-            stream = watch.Watch()
+            stream = self._stream = watch.Watch()
             try:
                 for event in stream.stream(self._api.list_namespaced_custom_object, GROUP, VERSION, self.namespace,
                                            PLURAL, resource_version=rv, timeout_seconds=self._watch_seconds,
@@ -201,7 +244,7 @@ class KubernetesResourceStore(ResourceStore):
     def _see(self, obj: TaskAction, deleted: bool) -> None:
         name = obj.name
         pending = self._overlay.get(name)
-        if pending is not None and (pending[0] == obj.resource_version or (deleted and pending[1] is _GONE)):
+        if pending is not None and pending.seen(obj, deleted):
             del self._overlay[name]  # the informer caught up with this store's write
         if deleted:
             old = self._cache.pop(name, None)
@@ -214,6 +257,8 @@ class KubernetesResourceStore(ResourceStore):
             self._cache[name] = obj
             for ref in obj.metadata.owner_references:
                 self._dependents.setdefault(ref.uid, set()).add(name)
+        if self.on_change is not None:
+            self.on_change(old, None if deleted else obj)
 
     def _unindex(self, obj: TaskAction) -> None:
         for ref in obj.metadata.owner_references:
@@ -248,14 +293,32 @@ class KubernetesResourceStore(ResourceStore):
 
     def _written(self, obj: TaskAction) -> TaskAction:
         if self._cache.get(obj.name) is None or self._cache[obj.name].resource_version != obj.resource_version:
-            self._overlay[obj.name] = (obj.resource_version, obj)
+            self._overlay[obj.name] = _Pending(obj.resource_version, obj, obj.metadata.uid)
         return obj
+
+    def _gone(self, name: str, uid: str) -> None:
+        """The incarnation ``uid`` of ``name`` is deleted: read as gone until the informer says so."""
+        cached = self._cache.get(name)
+        if cached is not None and cached.metadata.uid == uid:
+            self._overlay[name] = _Pending("", None, uid)
+        elif name in self._overlay and self._overlay[name].uid == uid:
+            del self._overlay[name]
 
     def _lookup(self, name: str) -> TaskAction | None:
         pending = self._overlay.get(name)
         if pending is not None:
-            return None if pending[1] is _GONE else pending[1]
+            return pending.obj
         return self._cache.get(name)
+
+    async def _write(self, name: str, fn, *args):
+        """An API write of the object ``name``; a 404 means the incarnation this store knows is gone."""
+        known = self._lookup(name)
+        try:
+            return await self._run(fn, *args)
+        except NotFoundError:
+            if known is not None:
+                self._gone(name, known.metadata.uid)
+            raise
 
     # ------------------------------------------------------------------ API calls
     def _call(self, fn, *args, **kwargs):
@@ -317,15 +380,15 @@ class KubernetesResourceStore(ResourceStore):
             if owner is None or owner.metadata.uid != ref.uid or owner.metadata.deletion_timestamp is not None:
                 raise OwnerGoneError(f"owner {ref.name!r} of {obj.name!r} is missing or being deleted")
         body = await self._run(self._api.create_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL,
-                               to_api(obj, self.namespace))
+                               to_api(obj, self.namespace, initial_status=True))
         return _refresh(obj, self._written(from_api(body)))
 
     async def update(self, obj: TaskAction) -> TaskAction:
-        body = await self._run(self._api.replace_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL,
-                               obj.name, to_api(obj, self.namespace))
+        body = await self._write(obj.name, self._api.replace_namespaced_custom_object, GROUP, VERSION,
+                                 self.namespace, PLURAL, obj.name, to_api(obj, self.namespace))
         written = from_api(body)
         if written.metadata.deletion_timestamp is not None and not written.metadata.finalizers:
-            self._overlay[obj.name] = (written.resource_version, _GONE)  # its last finalizer went: it is gone
+            self._gone(obj.name, written.metadata.uid)  # its last finalizer went: it is gone
             return _refresh(obj, written)
         return _refresh(obj, self._written(written))
 
@@ -335,8 +398,8 @@ class KubernetesResourceStore(ResourceStore):
             if self.on_status_write is None:
                 raise ValueError("this store records no events: give it an on_status_write")
             await self.on_status_write(events)  # type: ignore[misc]
-        body = await self._run(self._api.replace_namespaced_custom_object_status, GROUP, VERSION, self.namespace,
-                               PLURAL, obj.name, to_api(obj, self.namespace))
+        body = await self._write(obj.name, self._api.replace_namespaced_custom_object_status, GROUP, VERSION,
+                                 self.namespace, PLURAL, obj.name, to_api(obj, self.namespace))
         written = _refresh(obj, self._written(from_api(body)))
         if labels:
             obj.metadata.resource_version = await self.patch_labels(obj.name, labels)
@@ -344,22 +407,27 @@ class KubernetesResourceStore(ResourceStore):
         return written
 
     async def patch_labels(self, name: str, labels: dict[str, str]) -> str:
-        body = await self._run(self._api.patch_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL,
-                               name, {"metadata": {"labels": labels}})
+        body = await self._write(name, self._api.patch_namespaced_custom_object, GROUP, VERSION, self.namespace,
+                                 PLURAL, name, {"metadata": {"labels": labels}})
         return self._written(from_api(body)).resource_version
 
     async def delete(self, name: str) -> None:
         current = self._lookup(name)
-        body = await self._run(self._api.delete_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL,
-                               name)
+        try:
+            body = await self._write(name, self._api.delete_namespaced_custom_object, GROUP, VERSION, self.namespace,
+                                     PLURAL, name)
+        except NotFoundError:
+            if current is None:
+                raise
+            body = None  # gone already (the cluster's collector was first): its dependents may not be
         if isinstance(body, dict) and body.get("kind") == KIND:
             gone = from_api(body)
             if gone.metadata.finalizers and gone.metadata.deletion_timestamp is not None:
                 self._written(gone)
             else:
-                self._overlay[name] = (gone.resource_version, _GONE)
-        else:
-            self._overlay[name] = ("", _GONE)
+                self._gone(name, gone.metadata.uid)
+        elif current is not None:
+            self._gone(name, current.metadata.uid)
         if current is not None:
             await self._cascade(current.metadata.uid)
 
@@ -384,3 +452,33 @@ class KubernetesResourceStore(ResourceStore):
                 watch.queue.put_nowait(event)
         self._watches.add(watch)
         return watch
+
+
+def connect(kubeconfig=None, context: str | None = None, namespace: str | None = None, *,
+            in_cluster: bool = False):
+    """(an ApiClient, the namespace): from a kubeconfig (``KUBECONFIG`` or ~/.kube/config when none is given)
+    and its context, or from a pod's service account; the namespace defaults to the context's, else flyte."""
+    from kubernetes import client, config
+
+    try:
+        if in_cluster:
+            configuration = client.Configuration()
+            config.load_incluster_config(client_configuration=configuration)
+            if namespace is None:
+                try:
+                    with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
+                        namespace = f.read().strip() or None
+                except OSError:
+                    pass
+            return client.ApiClient(configuration), namespace or DEFAULT_NAMESPACE
+        path = str(kubeconfig) if kubeconfig is not None else None
+        api_client = config.new_client_from_config(config_file=path, context=context)
+        if namespace is None:
+            _, active = config.list_kube_config_contexts(config_file=path)
+            if context:
+                contexts, _ = config.list_kube_config_contexts(config_file=path)
+                active = next((c for c in contexts if c.get("name") == context), active)
+            namespace = (active or {}).get("context", {}).get("namespace")
+        return api_client, namespace or DEFAULT_NAMESPACE
+    except (config.ConfigException, OSError, ValueError) as exc:
+        raise ValueError(f"cannot reach a Kubernetes cluster with that configuration: {exc}") from None

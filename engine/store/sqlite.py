@@ -44,6 +44,7 @@ from engine.store.base import (
     NotFoundError,
     OwnerGoneError,
     ProjectRecord,
+    ResourceOutbox,
     TaskRecord,
     TriggerRecord,
     Reservation,
@@ -130,6 +131,9 @@ CREATE TABLE IF NOT EXISTS trigger_history (
 CREATE TABLE IF NOT EXISTS projects (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, description TEXT NOT NULL, domains TEXT NOT NULL, created_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS resource_outbox (
+    name TEXT PRIMARY KEY, body TEXT NOT NULL, created_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS secrets (
     project TEXT NOT NULL, domain TEXT NOT NULL, name TEXT NOT NULL,
     ciphertext BLOB NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL,
@@ -143,6 +147,7 @@ _ACTION_COLUMNS = [f.name for f in dataclasses.fields(ActionRecord)]
 _INSERT_ACTION = (
     f"INSERT OR IGNORE INTO actions ({', '.join(_ACTION_COLUMNS)}) VALUES ({', '.join('?' * len(_ACTION_COLUMNS))})"
 )
+_OUTBOX_PUT = "INSERT OR REPLACE INTO resource_outbox (name, body, created_at) VALUES (?, ?, ?)"
 _EVENT_COLUMNS = [f.name for f in dataclasses.fields(EventRecord)]
 _CACHE_COLUMNS = [f.name for f in dataclasses.fields(CacheEntry)]
 _INSERT_CACHE_ENTRY = (
@@ -311,7 +316,7 @@ class _Watch:
         self._store._watches.discard(self)
 
 
-class SqliteStore(EngineStore):
+class SqliteStore(EngineStore, ResourceOutbox):
     def __init__(self, path: str | Path, *, max_batch: int = 500, history_size: int = 50_000,
                  history_bytes: int = 8 << 20, read_only: bool = False, inline_commits: bool = True):
         self.path = str(path)
@@ -785,19 +790,52 @@ class SqliteStore(EngineStore):
         new = task_action.copy_deep()
 
         def apply(batch: _Batch) -> TaskAction:
-            if not batch.action_exists(key):
-                raise NotFoundError(f"action {'/'.join(key)} does not exist")
-            batch.sql(
-                "UPDATE actions SET phase = ?, attempts = ?, updated_at = ?, ended_at = NULL, duration_ms = NULL, "
-                "error_kind = NULL, error_code = NULL, error_message = NULL, abort_requested_at = NULL, "
-                "abort_reason = NULL WHERE project = ? AND domain = ? AND run_name = ? AND name = ?",
-                (int(ActionPhase.QUEUED), attempts, time.time(), *key))
-            batch.changed_actions[key] = None
+            self._op_reset_action(batch, key, attempts)
             created = self._op_create(batch, new)
             self._op_record_events(batch, events)
             return created
 
         _refresh(task_action, await self._submit(apply))
+
+    def _op_reset_action(self, batch: _Batch, key: ActionKey, attempts: int) -> None:
+        if not batch.action_exists(key):
+            raise NotFoundError(f"action {'/'.join(key)} does not exist")
+        batch.sql(
+            "UPDATE actions SET phase = ?, attempts = ?, updated_at = ?, ended_at = NULL, duration_ms = NULL, "
+            "error_kind = NULL, error_code = NULL, error_message = NULL, abort_requested_at = NULL, "
+            "abort_reason = NULL WHERE project = ? AND domain = ? AND run_name = ? AND name = ?",
+            (int(ActionPhase.QUEUED), attempts, time.time(), *key))
+        batch.changed_actions[key] = None
+
+    # ----------------------------------------------------------------- the outbox (resources kept elsewhere)
+    async def outbox_create_run_action(self, record: ActionRecord, resource: TaskAction | None,
+                                       task_spec: tuple[str, bytes] | None) -> None:
+        body = resource.to_json() if resource is not None else None
+
+        def apply(batch: _Batch) -> None:
+            self._op_create_run_action(batch, record, None, task_spec)
+            if body is not None:
+                batch.sql(_OUTBOX_PUT, (resource.name, body, time.time()))
+
+        await self._submit(apply)
+
+    async def outbox_restart_action(self, key: ActionKey, attempts: int, resource: TaskAction,
+                                    events: list[EventRecord]) -> None:
+        body = resource.to_json()
+
+        def apply(batch: _Batch) -> None:
+            self._op_reset_action(batch, key, attempts)
+            self._op_record_events(batch, events)
+            batch.sql(_OUTBOX_PUT, (resource.name, body, time.time()))
+
+        await self._submit(apply)
+
+    async def outbox_pending(self) -> list[TaskAction]:
+        rows = await self._fetchall("SELECT body FROM resource_outbox ORDER BY created_at, name")
+        return [TaskAction.from_json(row["body"]) for row in rows]
+
+    async def outbox_done(self, name: str) -> None:
+        await self._submit(lambda batch: batch.sql("DELETE FROM resource_outbox WHERE name = ?", (name,)))
 
     async def update_action_status(self, update: ActionStatusUpdate) -> None:
         await self._submit(lambda batch: self._op_update_action_status(batch, update))
