@@ -206,3 +206,69 @@ async def test_an_unreachable_api_server_is_a_storage_fault(emulator):
     with pytest.raises(StorageUnavailableError):
         await s.start()
     api_client.close()
+
+
+# ----------------------------------------------------------------------------- with the runs database
+def cluster_store(emulator, tmp_path):
+    from engine.store.cluster import ClusterStore
+    from engine.store.sqlite import SqliteStore
+
+    api_client = client.ApiClient(client.Configuration(host=emulator.url))
+    return ClusterStore(KubernetesResourceStore(api_client, NS, watch_seconds=1), SqliteStore(tmp_path / "db.sqlite"))
+
+
+def run_record(action="a0", parent=None):
+    from engine.store.base import ActionRecord
+
+    return ActionRecord(project="p", domain="d", run_name="rtest", name=action, parent_action_name=parent,
+                        created_at=1.0, updated_at=1.0)
+
+
+async def test_an_engine_killed_between_the_row_and_the_resource_creates_it_at_its_next_start(emulator, tmp_path):
+    first = cluster_store(emulator, tmp_path)
+    await first.start()
+    try:  # what create_run_action writes before the resource: the row, with the resource in the outbox
+        await first.runs.outbox_create_run_action(run_record(), make_task_action(), None)
+        assert first.peek("rtest-a0") is None
+    finally:
+        await first.close()
+    second = cluster_store(emulator, tmp_path)
+    await second.start()
+    try:
+        created = second.peek("rtest-a0")
+        assert created is not None and created.metadata.uid
+        assert await second.runs.outbox_pending() == []
+        assert (await second.get_action(("p", "d", "rtest", "a0"))).phase == 1  # QUEUED, one row
+    finally:
+        await second.close()
+    third = cluster_store(emulator, tmp_path)  # a start with nothing pending creates nothing twice
+    await third.start()
+    try:
+        assert [o.metadata.uid for o in await third.list()] == [created.metadata.uid]
+    finally:
+        await third.close()
+
+
+async def test_the_actions_table_catches_up_with_changes_made_while_the_engine_was_down(emulator, tmp_path):
+    from engine.phases import ActionPhase, ConditionType
+
+    store = cluster_store(emulator, tmp_path)
+    await store.start()
+    obj = make_task_action()
+    await store.create_run_action(run_record(), obj, None)
+    await store.close()
+    done = await asyncio.to_thread(custom(emulator).get_namespaced_custom_object, GROUP, VERSION, NS, PLURAL,
+                                   obj.name)  # another engine (the leader before a failover) finished it
+    done["status"] = {"attempts": 1, "conditions": [
+        {"type": ConditionType.SUCCEEDED, "status": "True", "reason": "Succeeded", "message": "",
+         "lastTransitionTime": "2026-12-02T10:00:00Z"}]}
+    await asyncio.to_thread(custom(emulator).replace_namespaced_custom_object_status, GROUP, VERSION, NS, PLURAL,
+                            obj.name, done)
+    again = cluster_store(emulator, tmp_path)
+    await again.start()
+    try:
+        await again.settled()
+        row = await again.get_action(("p", "d", "rtest", "a0"))
+        assert ActionPhase(row.phase) == ActionPhase.SUCCEEDED and row.ended_at is not None
+    finally:
+        await again.close()
