@@ -101,7 +101,8 @@ ENGINE_OPTIONS = (  # (dest, flag): options a command passes on to an engine it 
     ("max_system_failures", "--max-system-failures"), ("max_processes", "--max-processes"),
     ("gc_ttl", "--gc-ttl"), ("share_group", "--share-group"), ("advertise_host", "--advertise-host"),
     ("max_body_bytes", "--max-body-bytes"), ("task_start", "--task-start"), ("reuse", "--reuse"),
-    ("max_clusters", "--max-clusters"), ("k8s_config", "--k8s-config"),
+    ("max_clusters", "--max-clusters"), ("k8s_config", "--k8s-config"), ("backend", "--backend"),
+    ("kubeconfig", "--kubeconfig"), ("context", "--context"), ("namespace", "--namespace"),
 )
 REPEATED_ENGINE_OPTIONS = (("quota", "--quota"), ("queue_limit", "--queue-limit"))
 
@@ -112,6 +113,8 @@ def engine_args(args: argparse.Namespace, allow: list[pathlib.Path] = ()) -> lis
         value = getattr(args, dest, None)
         if value is not None and value != DEFAULTS.get(dest):
             out += [flag, str(value)]
+    if getattr(args, "in_cluster", False):
+        out.append("--in-cluster")
     for name in args.pass_env or ():
         out += ["--pass-env", name]
     for task_type, plugin_id in args.plugin_for or ():
@@ -137,7 +140,9 @@ def engine_config(args: argparse.Namespace):
                         queue_quotas=parse_limits(args.queue_limit or (), "--queue-limit"),
                         max_body_bytes=args.max_body_bytes, share_group=args.share_group,
                         pass_env=tuple(args.pass_env or ()), advertise_host=args.advertise_host,
-                        allowed_code_dirs=tuple(args.allow_dir) if args.allow_dir else None)
+                        allowed_code_dirs=tuple(args.allow_dir) if args.allow_dir else None,
+                        backend=args.backend, kubeconfig=args.kubeconfig, kube_context=args.context,
+                        namespace=args.namespace, in_cluster=args.in_cluster)
 
 
 def parse_limits(items, flag: str) -> dict[str, int]:
@@ -158,6 +163,8 @@ def build_engine(engine_class, args: argparse.Namespace):
         raise CliError(f"--plugin-for: {exc}") from None
     except ConfigFileError as exc:
         raise CliError(f"--k8s-config: {exc}") from None
+    except ValueError as exc:  # a setting the engine refuses (--namespace), or a cluster it cannot configure
+        raise CliError(str(exc)) from None
 
 
 def plugin_for(text: str) -> tuple[str, str]:
@@ -832,7 +839,8 @@ DEFAULTS: dict[str, Any] = {
     "read_only": False, "ascii": False, "max_system_failures": 3, "max_processes": None, "gc_ttl": 3600.0,
     "share_group": None, "pass_env": [], "allow_dir": [], "advertise_host": None, "max_body_bytes": 8 * 1024 * 1024,
     "idle_exit": None, "task_start": "fork", "reuse": "on", "plugin_for": [], "max_clusters": None,
-    "k8s_config": None, "quota": [], "queue_limit": [],
+    "k8s_config": None, "quota": [], "queue_limit": [], "backend": "embedded", "kubeconfig": None, "context": None,
+    "namespace": None, "in_cluster": False,
 }
 
 
@@ -899,6 +907,16 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
                help="a host name clients may address the engine by, besides the loopback names")
     add_engine("--max-body-bytes", type=bounded(int, 1024, 2 ** 31),
                help="larger request bodies are refused (default 8 MiB)")
+    add_engine("--backend", choices=("embedded", "kubernetes"),
+               help="where TaskActions live: the data directory's SQLite database (embedded, the default), or "
+                    "a Kubernetes cluster as flyte.org/v1 custom resources (the runs data stays in the database)")
+    add_engine("--kubeconfig", type=existing_file, metavar="FILE",
+               help="with --backend kubernetes: the kubeconfig (default: $KUBECONFIG, else ~/.kube/config)")
+    add_engine("--context", metavar="NAME", help="with --backend kubernetes: the kubeconfig context to use")
+    add_engine("--namespace", metavar="NS",
+               help="with --backend kubernetes: the namespace of the TaskActions (default: the context's, else flyte)")
+    add_engine("--in-cluster", action="store_true",
+               help="with --backend kubernetes: use the pod's service account instead of a kubeconfig")
     add_engine("--idle-exit", type=bounded(float, 0.1, 10 ** 6), metavar="SECONDS",
                help="with --headless: stop after this long with nothing to do")
 
@@ -1016,6 +1034,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # the Kubernetes client's retries of one request: the engine reports the outcome once
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     try:
         if args.command in COMMANDS:
             return COMMANDS[args.command](args)

@@ -129,6 +129,8 @@ class EngineConfig:
             raise ValueError(f"task_start must be 'fork' or 'exec', not {self.task_start!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
+        if self.backend == "embedded" and (self.kubeconfig or self.kube_context or self.namespace or self.in_cluster):
+            raise ValueError("--kubeconfig, --context, --namespace and --in-cluster are for --backend kubernetes")
         if self.namespace is not None and not _DNS_LABEL.fullmatch(self.namespace):
             raise ValueError(f"namespace must be a DNS label (lowercase letters, digits, '-'), not {self.namespace!r}")
         if not isinstance(self.max_system_failures, int) or not 0 <= self.max_system_failures <= 1000:

@@ -329,7 +329,10 @@ class KubernetesResourceStore(ResourceStore):
         except ApiException as exc:
             raise self._translate(exc) from None
         except Exception as exc:  # connection refused, timeouts: the cluster cannot be reached
-            raise StorageUnavailableError(f"the Kubernetes API server cannot be reached: {exc}") from exc
+            reason = getattr(exc, "reason", None) or exc  # urllib3's MaxRetryError: why the last try failed
+            where = self._api_client.configuration.host
+            raise StorageUnavailableError(f"the Kubernetes API server at {where} cannot be reached: "
+                                          f"{str(reason).split(': ')[-1]}") from exc
 
     @staticmethod
     def _translate(exc) -> Exception:
