@@ -28,6 +28,12 @@ from engine.client import Change, EngineClient, EngineUnavailableError, RunNotFo
 _VARIABLE = re.compile(r"\$([a-z][a-z0-9-]*)")
 
 
+def backend_label(backend: dict | None) -> str:
+    """The header's word on where the TaskActions live: nothing on the embedded default."""
+    if not backend or backend.get("kind") != "kubernetes":
+        return ""
+    return f" · kubernetes {backend.get('cluster')} namespace {backend.get('namespace')}"
+
 class TaskDeckApp(App):
     TITLE = "TaskDeck"
     CSS = """
@@ -80,12 +86,13 @@ class TaskDeckApp(App):
             if self.submit is not None:
                 self.submitted_run = await self.submit(self.client)
                 self.open_run_name = self.submitted_run
-            self.storage_error = (await self.client.health()).get("storageError")
+            health = await self.client.health()
+            self.storage_error = health.get("storageError")
         except Exception as exc:  # noqa: BLE001 - e.g. another engine serves the directory, or bad input
             self.startup_error = str(exc)
             self.exit(return_code=2, message=f"taskdeck: {exc}")
             return
-        self.sub_title = self.client.description
+        self.sub_title = self.client.description + backend_label(health.get("backend"))
         if self.engine is None:  # attached: a big run's views are many long-lived objects (see engine/pygc.py)
             pygc.hold()
             self._gc_held = True

@@ -194,7 +194,7 @@ class Engine:
                                        KubernetesRenderer(self.reconciler.build_context,
                                                           self.runs.task_action_named, k8s=self.k8s).render,
                                        UploadStore(self.data_dir).stage, self.secrets, self.projects, self.tasks,
-                                       self.triggers)
+                                       self.triggers, self._backend)
         self.controller_services = ControllerServices(self.runs, max_body_bytes=self.config.max_body_bytes)
         self.gc = GarbageCollector(self.store, self.config.gc_ttl_seconds, self.config.gc_interval_seconds,
                                    resource_sweeps=[m.collect_garbage for m in self.resource_managers])
@@ -241,6 +241,10 @@ class Engine:
     @property
     def token_path(self) -> Path:
         return self.authority.token_path
+
+    def _backend(self) -> dict:
+        describe = getattr(self.store, "describe", None)
+        return describe() if describe is not None else {"kind": "embedded"}
 
     def _make_store(self) -> EngineStore:
         database = SqliteStore(self.data_dir / DB_FILE, inline_commits=not self.config.commit_in_thread)

@@ -33,3 +33,5 @@ class EngineServices:
     projects: Any = None  # the ProjectsService: runs are created only in projects that exist
     tasks: Any = None  # the TasksService: registered tasks and their code bundles
     triggers: Any = None  # the TriggersService: schedules that start runs of registered tasks
+    # where the TaskActions live: {"kind": "embedded"} or {"kind": "kubernetes", "cluster": URL, "namespace": NS}
+    backend: Callable[[], dict[str, Any]] = lambda: {"kind": "embedded"}

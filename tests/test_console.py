@@ -534,3 +534,23 @@ async def test_a_project_column_appears_once_runs_span_projects_and_sorting_grou
         await pilot.press("s")
     await until(pilot, lambda: [t.coordinate_to_cell_key((i, 0)).row_key.value for i in range(t.row_count)]
                 == ["rokproj1", "rokproj2"])  # flytesnacks/development before ml/staging
+
+
+async def test_on_the_kubernetes_backend_the_console_names_the_cluster_and_drives_runs_unchanged(tmp_path):
+    from kube_apiserver import backend_config
+
+    with backend_config("kubernetes", tmp_path) as backend:
+        engine = Engine(EngineConfig(data_dir=tmp_path / "data", serve=False, requeue_after=1.0, **backend))
+        engine.registry.register(ScriptedPlugin(outcome))
+        app = TaskDeckApp(engine)
+        try:
+            async with app.run_test(size=(160, 45)) as pilot:
+                assert "kubernetes http://127.0.0.1:" in app.sub_title and "namespace flyte" in app.sub_title
+                await engine.runs.create_run(task_spec("scripted"), name="rslow9")
+                await until(pilot, lambda: visible_runs(app) == {"rslow9"})
+                await pilot.press("ctrl+d", "y")  # abort, as on the embedded default
+                result = await engine.runs.wait_for_run("rslow9", timeout=10)
+                assert result.phase == ActionPhase.ABORTED
+        finally:
+            if engine.started:
+                await engine.stop()

@@ -121,7 +121,7 @@ class LocalClient(EngineClient):
     async def health(self) -> dict[str, Any]:
         error = self.services.health.error
         return {"status": "degraded" if error else "ok", "storage": "unavailable" if error else "ok",
-                "storageError": error}
+                "storageError": error, "backend": self.services.backend()}
 
     async def render(self, run: str, action: str = "a0") -> dict[str, Any]:
         if self.services.render is None:

@@ -64,6 +64,11 @@ class ClusterStore(EngineStore):
     def namespace(self) -> str:
         return self.resources.namespace
 
+    def describe(self) -> dict:
+        """Where the TaskActions are, for the console's header and `taskdeck get health`."""
+        return {"kind": "kubernetes", "cluster": self.resources.cluster, "namespace": self.namespace,
+                "relists": self.resources.relists}
+
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         await self.runs.start()

@@ -360,6 +360,10 @@ class KubernetesResourceStore(ResourceStore):
 
     # ------------------------------------------------------------------ the store interface
     @property
+    def cluster(self) -> str:
+        return self._api_client.configuration.host
+
+    @property
     def resource_version(self) -> str:
         return self._rv
 
