@@ -50,7 +50,7 @@ from engine.client import (
     strict_dumps,
 )
 from engine.client.remote import RemoteClient
-from console import flyte_config
+from console import flyte_config, k8s_command
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -933,6 +933,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("token", help="print the credential that drives the engine (Authorization: Bearer TOKEN)")
     flyte_config.add_parser(command)
+    k8s_command.add_parser(command)
     run = command("run", help="run a flyte task through the engine",
                   description="Run FILE's TASK; task inputs follow as --name value (after TASK, or after --).")
     run.add_argument("--project", default="flytesnacks")
@@ -1018,7 +1019,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"token": cmd_token, "flyte-config": flyte_config.cmd_flyte_config, "run": cmd_run, "get": cmd_get, "render": cmd_render, "abort": cmd_abort,
             "retry": cmd_retry,
             "signal": cmd_signal, "cache": cmd_cache, "secret": cmd_secret, "project": cmd_project,
-            "deploy": cmd_deploy, "trigger": cmd_trigger}
+            "deploy": cmd_deploy, "trigger": cmd_trigger, "k8s": k8s_command.cmd_k8s}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1043,7 +1044,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_headless(args))
         return cmd_console(args)
     except (CliError, InvalidRunError, DataDirError, EngineAlreadyRunningError, RunNotFoundError, LookupError,
-            CredentialError, PermissionDeniedError, flyte_config.FlyteConfigError) as exc:
+            CredentialError, PermissionDeniedError, flyte_config.FlyteConfigError,
+            k8s_command.K8sCommandError) as exc:
         print(f"taskdeck: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (EngineUnavailableError, EngineGone) as exc:

@@ -63,15 +63,12 @@ class Kind:
     status_subresource: bool = True
     schema: dict | None = None  # an OpenAPI v3 structural schema (CRDs): validated and pruned
     short_names: tuple[str, ...] = ()
+    builtin: bool = True  # a kind of Kubernetes itself (strategic merge patches), not a custom resource
     validator: jsonschema.Draft202012Validator | None = None
 
     @property
     def api_version(self) -> str:
         return f"{self.group}/{self.version}" if self.group else self.version
-
-    @property
-    def core(self) -> bool:
-        return self.group in ("", "coordination.k8s.io")
 
 
 def _json_schema(s):
@@ -120,12 +117,21 @@ def taskaction_kind() -> Kind:
     version = next(v for v in crd["spec"]["versions"] if v.get("storage"))
     return Kind("flyte.org", version["name"], crd["spec"]["names"]["plural"], crd["spec"]["names"]["kind"],
                 status_subresource="status" in version.get("subresources", {}),
-                schema=version["schema"]["openAPIV3Schema"])
+                schema=version["schema"]["openAPIV3Schema"], builtin=False)
 
 
 def core_kinds() -> list[Kind]:
-    return [Kind("", "v1", "pods", "Pod", short_names=("po",)), Kind("", "v1", "events", "Event",
-                                                                       status_subresource=False),
+    """Kubernetes' own kinds the backend and its installer use (not schema-checked here: the tests check what
+    they build with kubernetes-validate)."""
+    return [Kind("", "v1", "pods", "Pod", short_names=("po",)),
+            Kind("", "v1", "events", "Event", status_subresource=False),
+            Kind("", "v1", "serviceaccounts", "ServiceAccount", status_subresource=False),
+            Kind("", "v1", "services", "Service"),
+            Kind("apps", "v1", "deployments", "Deployment"),
+            Kind("rbac.authorization.k8s.io", "v1", "roles", "Role", status_subresource=False),
+            Kind("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", status_subresource=False),
+            Kind("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",
+                 namespaced=False),
             Kind("coordination.k8s.io", "v1", "leases", "Lease", status_subresource=False)]
 
 
@@ -252,8 +258,18 @@ class ApiServer:
         self.store = Store(history)
         self.faults: list[tuple[str, str, int]] = []
         self.requests: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.verbs: collections.Counter[tuple[str, str]] = collections.Counter()  # (RBAC verb, resource)
         self.app = web.Application()
         self.app.router.add_route("*", "/{tail:.*}", self.dispatch)
+
+    @staticmethod
+    def _verb(request: web.Request, name: str) -> str:
+        """The RBAC verb a request needs, as the API server's authorizer names it."""
+        if request.method == "GET":
+            if name:
+                return "get"
+            return "watch" if request.query.get("watch", "").lower() in ("true", "1", "t") else "list"
+        return {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(request.method, "?")
 
     def fail_next(self, method: str, plural: str, code: int) -> None:
         self.faults.append((method.upper(), plural, code))
@@ -296,6 +312,7 @@ class ApiServer:
         if subresource and (subresource != "status" or not kind.status_subresource):
             raise ApiError(404, "NotFound", f"no subresource {subresource!r} on {kind.plural}")
         self.requests[(request.method, kind.plural)] += 1
+        self.verbs[(self._verb(request, name), f"{kind.plural}/{subresource}" if subresource else kind.plural)] += 1
         for fault in self.faults:
             if fault[:2] == (request.method, kind.plural):
                 self.faults.remove(fault)
@@ -321,10 +338,12 @@ class ApiServer:
             content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
             body = await self._body(request)
             if content_type == "application/merge-patch+json" or (
-                    content_type == "application/strategic-merge-patch+json" and kind.core):
+                    content_type == "application/strategic-merge-patch+json" and kind.builtin):
                 if not isinstance(body, dict):
                     raise ApiError(400, "BadRequest", "a merge patch must be a JSON object")
                 return web.json_response(await self._write(kind, namespace, name, subresource, None, body))
+            if content_type == "application/json-patch+json" and not isinstance(body, list):
+                raise ApiError(400, "BadRequest", "json: cannot unmarshal object into Go value of type jsonpatch.Patch")
             raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - "
                            f"accepted media types include: application/merge-patch+json (got {content_type!r})")
         if request.method == "DELETE":

@@ -310,11 +310,11 @@ class KubernetesResourceStore(ResourceStore):
             return pending.obj
         return self._cache.get(name)
 
-    async def _write(self, name: str, fn, *args):
+    async def _write(self, name: str, fn, *args, **kwargs):
         """An API write of the object ``name``; a 404 means the incarnation this store knows is gone."""
         known = self._lookup(name)
         try:
-            return await self._run(fn, *args)
+            return await self._run(fn, *args, **kwargs)
         except NotFoundError:
             if known is not None:
                 self._gone(name, known.metadata.uid)
@@ -415,7 +415,8 @@ class KubernetesResourceStore(ResourceStore):
 
     async def patch_labels(self, name: str, labels: dict[str, str]) -> str:
         body = await self._write(name, self._api.patch_namespaced_custom_object, GROUP, VERSION, self.namespace,
-                                 PLURAL, name, {"metadata": {"labels": labels}})
+                                 PLURAL, name, {"metadata": {"labels": labels}},
+                                 _content_type="application/merge-patch+json")
         return self._written(from_api(body)).resource_version
 
     async def delete(self, name: str) -> None:

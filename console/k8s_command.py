@@ -1,0 +1,44 @@
+"""``taskdeck k8s install|uninstall``: put on a cluster (or print, ``--dry-run``) what the Kubernetes backend
+needs: the TaskAction CRD, a ServiceAccount with exactly the RBAC the engine uses, and with ``--in-cluster`` a
+Deployment and Service for the engine itself."""
+
+from __future__ import annotations
+
+import argparse
+
+from engine.k8s_install import InstallError, cluster_client, manifests, remove, render, apply
+
+
+def add_parser(command) -> None:
+    k8s = command("k8s", help="install the Kubernetes backend's CRD and RBAC on a cluster (or print them), or "
+                              "remove them",
+                  description="Applies with your kubeconfig (--kubeconfig, --context); --namespace is where the "
+                              "engine's TaskActions will live (default flyte).")
+    k8s.add_argument("action", choices=["install", "uninstall"])
+    k8s.add_argument("--dry-run", action="store_true", help="print the manifests as YAML instead of applying them")
+    k8s.add_argument("--image", default="python:3.11-slim",
+                     help="with --in-cluster: the engine's image (one with taskdeck installed)")
+    k8s.add_argument("--delete-namespace", action="store_true", help="with uninstall: the namespace too")
+
+
+def cmd_k8s(args: argparse.Namespace) -> int:
+    try:
+        objects = manifests(args.namespace or "flyte", in_cluster=args.in_cluster, image=args.image)
+        if args.dry_run:
+            print(render(objects), end="")
+            return 0
+        api_client, _ = cluster_client(args.kubeconfig, args.context)
+        with api_client:
+            if args.action == "install":
+                lines = apply(api_client, objects)
+            else:
+                lines = remove(api_client, objects, keep_namespace=not args.delete_namespace)
+    except InstallError as exc:
+        raise K8sCommandError(str(exc)) from None
+    for line in lines:
+        print(line)
+    return 0
+
+
+class K8sCommandError(Exception):
+    pass

@@ -1,0 +1,156 @@
+"""What `taskdeck k8s install` puts on a cluster for the Kubernetes backend, and how it applies or removes it.
+
+The TaskAction CRD (engine/crd), a ServiceAccount with a Role allowing exactly the verbs the engine's
+TaskAction store uses (engine/store/kubernetes.py: list, watch, create, update, patch, delete on taskactions;
+update on their status), its RoleBinding, and, for an engine that runs in the
+cluster, a Deployment of one replica and a Service in front of its API.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import yaml
+
+CRD_FILE = Path(__file__).parent / "crd" / "flyte.org_taskactions.yaml"
+NAME = "taskdeck-engine"
+API_PORT = 8080
+# The typed clients' patch calls default to JSON Patch, which a dict body is not: say what it is.
+MERGE_PATCH = "application/merge-patch+json"
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+# What engine/store/kubernetes.py calls, and nothing more.
+RULES = [  # reads come from the informer (list, watch); no single get
+    {"apiGroups": ["flyte.org"], "resources": ["taskactions"],
+     "verbs": ["list", "watch", "create", "update", "patch", "delete"]},
+    {"apiGroups": ["flyte.org"], "resources": ["taskactions/status"], "verbs": ["update"]},
+]
+
+
+class InstallError(Exception):
+    pass
+
+
+def manifests(namespace: str, *, in_cluster: bool = False, image: str = "python:3.11-slim") -> list[dict]:
+    """The objects, in the order they are applied (uninstall removes them in reverse)."""
+    if not _DNS_LABEL.fullmatch(namespace or ""):
+        raise InstallError(f"the namespace must be a DNS label (lowercase letters, digits, '-'), not {namespace!r}")
+    labels = {"app.kubernetes.io/name": "taskdeck", "app.kubernetes.io/component": "engine"}
+    meta = {"name": NAME, "namespace": namespace, "labels": labels}
+    objects = [
+        yaml.safe_load(CRD_FILE.read_text()),
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": labels}},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": copy.deepcopy(meta)},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": copy.deepcopy(meta),
+         "rules": copy.deepcopy(RULES)},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": copy.deepcopy(meta),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": NAME},
+         "subjects": [{"kind": "ServiceAccount", "name": NAME, "namespace": namespace}]},
+    ]
+    if in_cluster:
+        container = {
+            "name": "engine", "image": image,
+            "command": ["taskdeck", "--headless", "--backend", "kubernetes", "--in-cluster", "--namespace",
+                        namespace, "--data-dir", "/var/lib/taskdeck"],
+            "ports": [{"name": "api", "containerPort": API_PORT}],
+            "volumeMounts": [{"name": "data", "mountPath": "/var/lib/taskdeck"}],
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "allowPrivilegeEscalation": False},
+        }
+        objects += [
+            {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": copy.deepcopy(meta),
+             "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                      "strategy": {"type": "Recreate"},  # one engine holds the data directory at a time
+                      "template": {"metadata": {"labels": labels},
+                                   "spec": {"serviceAccountName": NAME, "containers": [container],
+                                            "volumes": [{"name": "data", "emptyDir": {}}]}}}},
+            {"apiVersion": "v1", "kind": "Service", "metadata": copy.deepcopy(meta),
+             "spec": {"selector": labels, "ports": [{"name": "api", "port": API_PORT, "targetPort": "api"}]}},
+        ]
+    return objects
+
+
+def render(objects: list[dict]) -> str:
+    return yaml.safe_dump_all(objects, sort_keys=False)
+
+
+def _calls(api_client, obj: dict):
+    """(create, patch, delete) for ``obj`` through the official client's typed APIs."""
+    from kubernetes import client
+
+    kind, meta = obj["kind"], obj["metadata"]
+    name, namespace = meta["name"], meta.get("namespace")
+    if kind == "CustomResourceDefinition":
+        api = client.ApiextensionsV1Api(api_client)
+        return (lambda: api.create_custom_resource_definition(obj),
+                lambda: api.patch_custom_resource_definition(name, obj, _content_type=MERGE_PATCH),
+                lambda: api.delete_custom_resource_definition(name))
+    if kind == "Namespace":
+        api = client.CoreV1Api(api_client)
+        return (lambda: api.create_namespace(obj), lambda: api.patch_namespace(name, obj, _content_type=MERGE_PATCH),
+                lambda: api.delete_namespace(name))
+    typed = {"ServiceAccount": (client.CoreV1Api, "service_account"), "Service": (client.CoreV1Api, "service"),
+             "Role": (client.RbacAuthorizationV1Api, "role"),
+             "RoleBinding": (client.RbacAuthorizationV1Api, "role_binding"),
+             "Deployment": (client.AppsV1Api, "deployment")}
+    api_class, noun = typed[kind]
+    api = api_class(api_client)
+    return (lambda: getattr(api, f"create_namespaced_{noun}")(namespace, obj),
+            lambda: getattr(api, f"patch_namespaced_{noun}")(name, namespace, obj, _content_type=MERGE_PATCH),
+            lambda: getattr(api, f"delete_namespaced_{noun}")(name, namespace))
+
+
+def describe(obj: dict) -> str:
+    namespace = obj["metadata"].get("namespace")
+    return f"{obj['kind'].lower()}/{obj['metadata']['name']}" + (f" in {namespace}" if namespace else "")
+
+
+def apply(api_client, objects: list[dict]) -> list[str]:
+    """Create each object, or patch it where it exists; what was done, a line each."""
+    from kubernetes.client.rest import ApiException
+
+    done = []
+    for obj in objects:
+        create, patch, _ = _calls(api_client, obj)
+        try:
+            create()
+            done.append(f"{describe(obj)} created")
+        except ApiException as exc:
+            if exc.status != 409:
+                raise InstallError(f"{describe(obj)}: the API server answered {exc.status} {exc.reason}") from None
+            try:
+                patch()
+            except ApiException as again:
+                raise InstallError(f"{describe(obj)}: the API server answered {again.status} "
+                                   f"{again.reason}") from None
+            done.append(f"{describe(obj)} configured")
+    return done
+
+
+def remove(api_client, objects: list[dict], keep_namespace: bool = True) -> list[str]:
+    """Delete the objects in reverse order (a missing one is fine)."""
+    from kubernetes.client.rest import ApiException
+
+    done = []
+    for obj in reversed(objects):
+        if obj["kind"] == "Namespace" and keep_namespace:
+            continue
+        _, _, delete = _calls(api_client, obj)
+        try:
+            delete()
+            done.append(f"{describe(obj)} deleted")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise InstallError(f"{describe(obj)}: the API server answered {exc.status} {exc.reason}") from None
+            done.append(f"{describe(obj)} not found")
+    return done
+
+
+def cluster_client(kubeconfig=None, context: str | None = None, in_cluster: bool = False):
+    """An ApiClient for the cluster (as the engine's own), and the namespace its context names."""
+    from engine.store.kubernetes import connect
+
+    try:
+        return connect(kubeconfig, context, None, in_cluster=in_cluster)
+    except ValueError as exc:
+        raise InstallError(str(exc)) from None

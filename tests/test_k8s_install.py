@@ -1,0 +1,84 @@
+"""`taskdeck k8s install|uninstall`: the manifests against the Kubernetes OpenAPI schema (kubernetes-validate),
+the Role against what the engine's store really calls, and applying them through the emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes import client
+
+from engine.k8s_install import RULES, manifests
+from engine.model import FINALIZER
+from engine.store.kubernetes import KubernetesResourceStore
+from helpers import make_task_action
+from kube_apiserver import ApiServer, EmulatorThread
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("in_cluster", [False, True])
+def test_every_manifest_is_valid_kubernetes(in_cluster):
+    objects = manifests("team-a", in_cluster=in_cluster)
+    kinds = [o["kind"] for o in objects]
+    assert kinds[:5] == ["CustomResourceDefinition", "Namespace", "ServiceAccount", "Role", "RoleBinding"]
+    assert (kinds[5:] == ["Deployment", "Service"]) == in_cluster
+    for obj in objects:
+        kubernetes_validate.validate(obj, "1.32", strict=True)  # raises on an unknown field or a wrong type
+    with pytest.raises(Exception):
+        kubernetes_validate.validate({**objects[3], "rules": [{"verbs": "get"}]}, "1.32", strict=True)
+
+
+async def test_the_role_grants_exactly_what_the_store_uses():
+    """Every call of the store's whole repertoire, counted by the emulator as the API server's authorizer
+    would name it, against the Role's rules: nothing missing, nothing extra."""
+    with EmulatorThread(ApiServer()) as emulator:
+        api_client = client.ApiClient(client.Configuration(host=emulator.url))
+        store = KubernetesResourceStore(api_client, "flyte", watch_seconds=1)
+        await store.start()
+        try:
+            root = await store.create(make_task_action(finalizers=[FINALIZER]))
+            root.status.attempts = 1
+            await store.update_status(root, labels={"x": "1"})
+            current = await store.get(root.name)
+            current.metadata.finalizers = []
+            await store.update(current)
+            await store.delete(root.name)
+            await asyncio.sleep(1.5)  # the informer's watch ends (timeoutSeconds) and resumes: list + watch again
+        finally:
+            await store.close()
+            api_client.close()
+        used = {(verb, resource) for verb, resource in emulator.server.verbs}
+    granted = {(verb, resource) for rule in RULES for resource in rule["resources"] for verb in rule["verbs"]}
+    assert used == granted, (sorted(used - granted), sorted(granted - used))
+
+
+def taskdeck(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "console.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_install_applies_idempotently_and_uninstall_removes(tmp_path):
+    printed = taskdeck("k8s", "install", "--dry-run", "--namespace", "team-a", "--in-cluster")
+    assert printed.returncode == 0, printed.stderr
+    assert [o["kind"] for o in yaml.safe_load_all(printed.stdout)][-2:] == ["Deployment", "Service"]
+    with EmulatorThread() as emulator:
+        kubeconfig = str(emulator.kubeconfig(tmp_path / "kubeconfig"))
+        first = taskdeck("k8s", "install", "--kubeconfig", kubeconfig, "--namespace", "team-a")
+        assert first.returncode == 0, first.stderr
+        assert "customresourcedefinition/taskactions.flyte.org created" in first.stdout
+        assert "role/taskdeck-engine in team-a created" in first.stdout
+        again = taskdeck("k8s", "install", "--kubeconfig", kubeconfig, "--namespace", "team-a")
+        assert again.returncode == 0 and "role/taskdeck-engine in team-a configured" in again.stdout, again.stderr
+        rbac = client.RbacAuthorizationV1Api(client.ApiClient(client.Configuration(host=emulator.url)))
+        assert rbac.read_namespaced_role("taskdeck-engine", "team-a").rules[0].resources == ["taskactions"]
+        removed = taskdeck("k8s", "uninstall", "--kubeconfig", kubeconfig, "--namespace", "team-a")
+        assert removed.returncode == 0 and "rolebinding/taskdeck-engine in team-a deleted" in removed.stdout
+        assert rbac.list_namespaced_role("team-a").items == []
+    refused = taskdeck("k8s", "install", "--dry-run", "--namespace", "Team_A")
+    assert refused.returncode == 2 and "DNS label" in refused.stderr
