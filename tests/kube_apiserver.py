@@ -30,6 +30,7 @@ Faults can be injected: ``server.fail_next(method, plural, code)`` answers the n
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import contextlib
 import copy
@@ -234,7 +235,8 @@ class Store:
     def __init__(self, history: int):
         self.objects: dict[tuple[str, str, str], dict] = {}
         self.rv = 0
-        self.log: collections.deque[tuple[int, str, str, dict, dict | None]] = collections.deque(maxlen=history)
+        self.log: list[tuple[int, str, str, dict, dict | None]] = []  # by resourceVersion, the last `history`
+        self.history = history
         self.changed = asyncio.Condition()
 
     def bump(self) -> str:
@@ -243,6 +245,8 @@ class Store:
 
     async def record(self, plural: str, event: str, obj: dict, before: dict | None = None) -> None:
         self.log.append((self.rv, plural, event, copy.deepcopy(obj), before))
+        if len(self.log) > self.history:  # a list, not a deque: a watcher's position is found by bisection
+            del self.log[:len(self.log) - self.history]
         async with self.changed:
             self.changed.notify_all()
 
@@ -599,7 +603,8 @@ class ApiServer:
         async def pump() -> None:
             nonlocal last
             while True:
-                snapshot = list(store.log)  # events recorded while this sends are in the next round
+                start = bisect.bisect_right(store.log, last, key=lambda entry: entry[0])
+                snapshot = store.log[start:]  # events recorded while this sends are in the next round
                 for rv, plural, event, obj, before in snapshot:
                     if rv <= last or plural != kind.plural:
                         continue
@@ -707,3 +712,27 @@ def backend_config(backend: str, tmp_path: Path):
         return
     with EmulatorThread() as emulator:
         yield {"backend": "kubernetes", "kubeconfig": emulator.kubeconfig(tmp_path / "kubeconfig", "flyte")}
+
+
+def main() -> None:
+    """``python tests/kube_apiserver.py [--port N] [--history N]``: serve until interrupted; prints its URL."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description="The Kubernetes API server emulator of TaskDeck's tests.")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--history", type=int, default=1000, help="watch events kept for resuming")
+    args = parser.parse_args()
+    emulator = EmulatorThread(ApiServer(history=args.history), port=args.port).start()
+    print(emulator.url, flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    emulator.stop()
+
+
+if __name__ == "__main__":
+    main()
