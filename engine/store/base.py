@@ -8,6 +8,7 @@ references are all Kubernetes concepts) and the runs half against a database.
 from __future__ import annotations
 
 import abc
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Callable
 from typing import Literal
@@ -48,6 +49,26 @@ class WatchEvent:
     type: WatchEventType
     object: TaskAction
     resource_version: str  # opaque, as on Kubernetes: compared for equality, or given back to resume a watch
+
+
+class QueueWatch:
+    """A store's watch: the events put on its queue, until None; closing it tells the store to stop."""
+
+    def __init__(self, watches: set):
+        self._watches = watches
+        self.queue: asyncio.Queue[WatchEvent | None] = asyncio.Queue()
+
+    def __aiter__(self) -> QueueWatch:
+        return self
+
+    async def __anext__(self) -> WatchEvent:
+        event = await self.queue.get()
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+    async def aclose(self) -> None:
+        self._watches.discard(self)
 
 
 # (project, domain, run_name, action_name)

@@ -30,6 +30,7 @@ from engine.store.base import (
     ConflictError,
     EventRecord,
     GoneError,
+    QueueWatch,
     NotFoundError,
     OwnerGoneError,
     ResourceStore,
@@ -109,24 +110,6 @@ def _matches(labels: dict[str, str], selector: dict[str, str | None] | None) -> 
     return not selector or all((k in labels) if v is None else labels.get(k) == v for k, v in selector.items())
 
 
-class _Watch:
-    def __init__(self, store: KubernetesResourceStore):
-        self._store = store
-        self.queue: asyncio.Queue[WatchEvent | None] = asyncio.Queue()
-
-    def __aiter__(self) -> _Watch:
-        return self
-
-    async def __anext__(self) -> WatchEvent:
-        event = await self.queue.get()
-        if event is None:
-            raise StopAsyncIteration
-        return event
-
-    async def aclose(self) -> None:
-        self._store._watches.discard(self)
-
-
 class KubernetesResourceStore(ResourceStore):
     """TaskActions in ``namespace`` through ``api_client`` (a ``kubernetes.client.ApiClient``)."""
 
@@ -142,7 +125,7 @@ class KubernetesResourceStore(ResourceStore):
         self._dependents: dict[str, set[str]] = {}  # owner uid → names
         self._rv = ""
         self._history: collections.deque[WatchEvent] = collections.deque(maxlen=history_size)
-        self._watches: set[_Watch] = set()
+        self._watches: set[QueueWatch] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stream = None  # the informer's current watch
@@ -449,7 +432,7 @@ class KubernetesResourceStore(ResourceStore):
                     pass
 
     def watch(self, since_resource_version: str | None = None) -> AsyncIterator[WatchEvent]:
-        watch = _Watch(self)
+        watch = QueueWatch(self._watches)
         if since_resource_version is not None and since_resource_version != self._rv:
             history = list(self._history)
             seen = [i for i, e in enumerate(history) if e.resource_version == since_resource_version]

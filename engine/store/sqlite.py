@@ -41,6 +41,7 @@ from engine.store.base import (
     EventRecord,
     EventsRecorded,
     GoneError,
+    QueueWatch,
     NotFoundError,
     OwnerGoneError,
     ProjectRecord,
@@ -298,24 +299,6 @@ class _Op:
     future: asyncio.Future
 
 
-class _Watch:
-    def __init__(self, store: SqliteStore):
-        self._store = store
-        self.queue: asyncio.Queue[WatchEvent | None] = asyncio.Queue()
-
-    def __aiter__(self) -> _Watch:
-        return self
-
-    async def __anext__(self) -> WatchEvent:
-        event = await self.queue.get()
-        if event is None:
-            raise StopAsyncIteration
-        return event
-
-    async def aclose(self) -> None:
-        self._store._watches.discard(self)
-
-
 class SqliteStore(EngineStore, ResourceOutbox):
     def __init__(self, path: str | Path, *, max_batch: int = 500, history_size: int = 50_000,
                  history_bytes: int = 8 << 20, read_only: bool = False, inline_commits: bool = True):
@@ -336,7 +319,7 @@ class SqliteStore(EngineStore, ResourceOutbox):
         self._history_bytes_cap = history_bytes  # bodies carry task templates: a count alone let it reach ~140 MiB
         self._history_bytes = 0
         self._history_floor = 0
-        self._watches: set[_Watch] = set()
+        self._watches: set[QueueWatch] = set()
         self._subscribers: list[Callable[[Change], None]] = []
         self._action_keys: set[ActionKey] = set()
         self._reservations: dict[str, Reservation] = {}  # authoritative: only this engine writes the database
@@ -745,7 +728,7 @@ class SqliteStore(EngineStore, ResourceOutbox):
                 f"resourceVersion {since} is older than the retained history "
                 f"({self._history_floor}); list again"
             )
-        watch = _Watch(self)
+        watch = QueueWatch(self._watches)
         if since is not None:
             for event_type, rv, body in self._history:
                 if rv > since:
