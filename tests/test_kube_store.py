@@ -1,6 +1,8 @@
 """The TaskAction store over the Kubernetes API (engine/store/kubernetes.py), against the API server emulator
-with the official client: the store interface's semantics, and what only a remote store has to get right
-(an informer that resumes and relists, writes from other clients, an unreachable server)."""
+with the official client: what only a remote store has to get right (read-your-writes before the informer,
+an informer that resumes and relists, writes from other clients, an unreachable server, the runs database
+beside it). The interface's shared semantics (conflicts, the status subresource, selectors, finalizers,
+cascade) run on both stores in tests/test_store.py."""
 
 from __future__ import annotations
 
@@ -11,8 +13,7 @@ import time
 import pytest
 from kubernetes import client
 
-from engine.model import FINALIZER
-from engine.store.base import AlreadyExistsError, ConflictError, GoneError, NotFoundError, OwnerGoneError
+from engine.store.base import AlreadyExistsError, GoneError
 from engine.store.kubernetes import GROUP, PLURAL, VERSION, KubernetesResourceStore, to_api
 from engine.errors import StorageUnavailableError
 from helpers import make_task_action
@@ -60,30 +61,6 @@ async def test_create_assigns_identity_reads_its_own_writes_and_rejects_duplicat
         await store.create(make_task_action())
 
 
-async def test_stale_writes_conflict_and_status_is_a_subresource(store):
-    obj = await store.create(make_task_action())
-    first, second = await store.get(obj.name), await store.get(obj.name)
-    first.status.attempts = 2
-    await store.update_status(first)
-    second.status.attempts = 5
-    with pytest.raises(ConflictError):
-        await store.update_status(second)
-    with pytest.raises(ConflictError):
-        await store.update(second)
-    current = await store.get(obj.name)
-    assert current.status.attempts == 2
-    current.status.attempts = 9
-    current.metadata.labels["x"] = "y"
-    updated = await store.update(current)
-    assert updated.status.attempts == 2 and updated.metadata.labels["x"] == "y"
-    updated.spec.short_name = "changed"
-    updated.status.attempts = 3
-    await store.update_status(updated)
-    await settled(store, lambda: store._overlay == {})
-    saved = await store.get(obj.name)
-    assert saved.spec.short_name == "" and saved.status.attempts == 3
-
-
 async def test_writes_refresh_the_callers_object_and_keep_their_own_copy(store):
     obj = make_task_action()
     await store.create(obj)
@@ -94,16 +71,6 @@ async def test_writes_refresh_the_callers_object_and_keep_their_own_copy(store):
     assert obj.resource_version != first
     obj.status.attempts = 99
     assert (await store.get(obj.name)).status.attempts == 4
-
-
-async def test_list_by_label_selector(store):
-    root = await store.create(make_task_action(run="r1", action="a0"))
-    await store.create(make_task_action(run="r1", action="b1", parent=root))
-    await store.create(make_task_action(run="r2", action="a0"))
-    assert {o.name for o in await store.list({"flyte.org/run": "r1"})} == {"r1-a0", "r1-b1"}
-    assert {o.name for o in await store.list({"flyte.org/is-root": "true"})} == {"r1-a0", "r2-a0"}
-    await store.patch_labels("r2-a0", {"flyte.org/termination-status": "terminated"})
-    assert [o.name for o in await store.list({"flyte.org/termination-status": None})] == ["r2-a0"]
 
 
 async def test_watch_delivers_changes_in_order_and_resumes_from_a_version(store):
@@ -121,29 +88,6 @@ async def test_watch_delivers_changes_in_order_and_resumes_from_a_version(store)
     await resumed.aclose()
     with pytest.raises(GoneError):
         store.watch("not-one-of-ours")
-
-
-async def test_finalizers_cascade_and_a_deleting_owner_takes_no_children(store):
-    root = await store.create(make_task_action(finalizers=[FINALIZER]))
-    child = await store.create(make_task_action(action="c1", parent=root, finalizers=[FINALIZER]))
-    grandchild = await store.create(make_task_action(action="g1", parent=child))
-    other = await store.create(make_task_action(run="other"))
-    await settled(store, lambda: grandchild.name in store._cache)  # the dependents index is the informer's
-    await store.delete(root.name)
-    assert (await store.get(root.name)).metadata.deletion_timestamp is not None
-    assert (await store.get(child.name)).metadata.deletion_timestamp is not None
-    with pytest.raises(NotFoundError):
-        await store.get(grandchild.name)
-    assert (await store.get(other.name)).metadata.deletion_timestamp is None
-    with pytest.raises(OwnerGoneError):
-        await store.create(make_task_action(action="late", parent=root))
-    await store.delete(root.name)  # deleting again is harmless
-    held = await store.get(root.name)
-    held.metadata.finalizers = []
-    await store.update(held)
-    with pytest.raises(NotFoundError):
-        await store.get(root.name)
-    await settled(store, lambda: root.name not in store._cache)
 
 
 async def test_writes_of_other_clients_reach_the_cache_and_the_watch(store, emulator):

@@ -34,6 +34,38 @@ async def store(tmp_path):
     await s.close()
 
 
+@pytest.fixture(params=["sqlite", "kubernetes"])
+async def any_store(tmp_path, request):
+    """The resource half of the store interface on each backend: SQLite, and TaskActions on the API server
+    emulator (engine/store/kubernetes.py)."""
+    if request.param == "sqlite":
+        s = SqliteStore(tmp_path / "db.sqlite")
+        await s.start()
+        yield s
+        await s.close()
+        return
+    from kubernetes import client
+
+    from engine.store.kubernetes import KubernetesResourceStore
+    from kube_apiserver import ApiServer, EmulatorThread
+
+    with EmulatorThread(ApiServer()) as emulator:
+        api_client = client.ApiClient(client.Configuration(host=emulator.url))
+        s = KubernetesResourceStore(api_client, "flyte", watch_seconds=1)
+        await s.start()
+        yield s
+        await s.close()
+        api_client.close()
+
+
+async def caught_up(store) -> None:
+    """Until the store has seen its own writes come back (the Kubernetes store's informer; SQLite at once)."""
+    deadline = time.monotonic() + 5
+    while getattr(store, "_overlay", None):
+        assert time.monotonic() < deadline, "the informer did not catch up"
+        await asyncio.sleep(0.01)
+
+
 async def test_create_assigns_identity_and_rejects_duplicates(store):
     created = await store.create(make_task_action())
     assert created.metadata.uid and created.metadata.creation_timestamp is not None
@@ -42,7 +74,8 @@ async def test_create_assigns_identity_and_rejects_duplicates(store):
         await store.create(make_task_action())
 
 
-async def test_stale_write_is_refused_with_conflict(store):
+async def test_stale_write_is_refused_with_conflict(any_store):
+    store = any_store
     obj = await store.create(make_task_action())
     first, second = await store.get(obj.name), await store.get(obj.name)
     first.status.attempts = 2
@@ -64,7 +97,8 @@ async def test_conflicting_writes_in_one_batch_refuse_only_the_stale_one(store):
     assert (await store.get(obj.name)).status.attempts in (3, 4)
 
 
-async def test_update_does_not_touch_status_and_update_status_does_not_touch_spec(store):
+async def test_update_does_not_touch_status_and_update_status_does_not_touch_spec(any_store):
+    store = any_store
     obj = await store.create(make_task_action())
     obj.status.attempts = 9
     obj.metadata.labels["x"] = "y"
@@ -108,7 +142,8 @@ async def test_objects_survive_a_restart(tmp_path):
         await s2.close()
 
 
-async def test_list_by_label_selector(store):
+async def test_list_by_label_selector(any_store):
+    store = any_store
     root = await store.create(make_task_action(run="r1", action="a0"))
     await store.create(make_task_action(run="r1", action="b1", parent=root))
     await store.create(make_task_action(run="r2", action="a0"))
@@ -168,16 +203,19 @@ async def test_watch_from_a_version_older_than_history_is_gone(tmp_path):
         await s.close()
 
 
-async def test_delete_without_finalizer_removes_at_once(store):
+async def test_delete_without_finalizer_removes_at_once(any_store):
+    store = any_store
     obj = await store.create(make_task_action())
+    await caught_up(store)
     watch = store.watch(store.resource_version)
     await store.delete(obj.name)
     with pytest.raises(NotFoundError):
         await store.get(obj.name)
-    assert (await asyncio.wait_for(watch.__anext__(), 1)).type == "DELETED"
+    assert (await asyncio.wait_for(watch.__anext__(), 5)).type == "DELETED"
 
 
-async def test_finalizer_holds_deletion_until_removed(store):
+async def test_finalizer_holds_deletion_until_removed(any_store):
+    store = any_store
     obj = await store.create(make_task_action(finalizers=[FINALIZER]))
     await store.delete(obj.name)
     held = await store.get(obj.name)
@@ -190,11 +228,13 @@ async def test_finalizer_holds_deletion_until_removed(store):
         await store.get(obj.name)
 
 
-async def test_cascade_delete_through_owner_references(store):
+async def test_cascade_delete_through_owner_references(any_store):
+    store = any_store
     root = await store.create(make_task_action(finalizers=[FINALIZER]))
     child = await store.create(make_task_action(action="c1", parent=root, finalizers=[FINALIZER]))
     grandchild = await store.create(make_task_action(action="g1", parent=child))
     other = await store.create(make_task_action(run="other"))
+    await caught_up(store)  # a remote store knows dependents from what its informer has seen
     await store.delete(root.name)
     assert (await store.get(root.name)).metadata.deletion_timestamp is not None
     assert (await store.get(child.name)).metadata.deletion_timestamp is not None
@@ -203,7 +243,8 @@ async def test_cascade_delete_through_owner_references(store):
     assert (await store.get(other.name)).metadata.deletion_timestamp is None
 
 
-async def test_child_of_a_deleting_owner_is_refused(store):
+async def test_child_of_a_deleting_owner_is_refused(any_store):
+    store = any_store
     root = await store.create(make_task_action(finalizers=[FINALIZER]))
     await store.delete(root.name)
     with pytest.raises(OwnerGoneError):
