@@ -28,11 +28,11 @@ from engine.client import Change, EngineClient, EngineUnavailableError, RunNotFo
 _VARIABLE = re.compile(r"\$([a-z][a-z0-9-]*)")
 
 
-def backend_label(backend: dict | None) -> str:
+def cluster_label(backend: dict | None) -> str:
     """The header's word on where the TaskActions live: nothing on the embedded default."""
     if not backend or backend.get("kind") != "kubernetes":
         return ""
-    return f" · kubernetes {backend.get('cluster')} namespace {backend.get('namespace')}"
+    return f"kubernetes {backend.get('cluster')} namespace {backend.get('namespace')}"
 
 class TaskDeckApp(App):
     TITLE = "TaskDeck"
@@ -66,6 +66,7 @@ class TaskDeckApp(App):
         self.engine_args = list(engine_args)
         self.connected = True
         self.storage_error: str | None = None
+        self.cluster_label = ""  # on the Kubernetes backend: its cluster and namespace, for the header
         self.startup_error: str | None = None
         self._listeners: list[Callable[[Change], None]] = []
         self._palette_cache: tuple[str, dict[str, str]] | None = None
@@ -92,7 +93,8 @@ class TaskDeckApp(App):
             self.startup_error = str(exc)
             self.exit(return_code=2, message=f"taskdeck: {exc}")
             return
-        self.sub_title = self.client.description + backend_label(health.get("backend"))
+        self.cluster_label = cluster_label(health.get("backend"))
+        self.sub_title = self.client.description + (f" · {self.cluster_label}" if self.cluster_label else "")
         if self.engine is None:  # attached: a big run's views are many long-lived objects (see engine/pygc.py)
             pygc.hold()
             self._gc_held = True

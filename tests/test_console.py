@@ -548,6 +548,8 @@ async def test_on_the_kubernetes_backend_the_console_names_the_cluster_and_drive
                 assert "kubernetes http://127.0.0.1:" in app.sub_title and "namespace flyte" in app.sub_title
                 await engine.runs.create_run(task_spec("scripted"), name="rslow9")
                 await until(pilot, lambda: visible_runs(app) == {"rslow9"})
+                header = str(app.screen.query_one("#counters", Static).render())
+                assert "kubernetes http://127.0.0.1:" in header and "namespace flyte" in header
                 await pilot.press("ctrl+d", "y")  # abort, as on the embedded default
                 result = await engine.runs.wait_for_run("rslow9", timeout=10)
                 assert result.phase == ActionPhase.ABORTED

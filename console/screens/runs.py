@@ -193,6 +193,9 @@ class RunsScreen(Screen):
             if index != table.cursor_row:
                 table.move_cursor(row=index, animate=False)
         parts = [f"[b]TaskDeck[/]  runs {sum(counts.values())}"]
+        if self.app.cluster_label:  # the Kubernetes backend: which cluster and namespace
+            parts.insert(0, f"[b]TaskDeck[/]  [$accent]{escape(self.app.cluster_label)}[/]")
+            parts[1] = f"runs {sum(counts.values())}"
         for phase in COUNTED:
             if counts.get(int(phase)):
                 parts.append(f"{phase_markup(phase, self.app.ascii_only, with_name=False)} "
