@@ -6,7 +6,7 @@ import pytest
 from textual.widgets import DataTable, RichLog, Static
 
 from console.app import TaskDeckApp
-from console.screens.dialogs import ConfirmScreen
+from console.screens.dialogs import ConfirmScreen, YamlScreen
 from console.screens.run import RunScreen
 from console.tree_model import group_key
 from console.widgets.action_tree import ActionTree
@@ -550,9 +550,24 @@ async def test_on_the_kubernetes_backend_the_console_names_the_cluster_and_drive
                 await until(pilot, lambda: visible_runs(app) == {"rslow9"})
                 header = str(app.screen.query_one("#counters", Static).render())
                 assert "kubernetes http://127.0.0.1:" in header and "namespace flyte" in header
-                await pilot.press("ctrl+d", "y")  # abort, as on the embedded default
+                app.open_run("rslow9")
+                await until(pilot, lambda: isinstance(app.screen, RunScreen))
+                await pilot.press("y")  # the action's resources as YAML
+                await until(pilot, lambda: isinstance(app.screen, YamlScreen))
+                shown = str(app.screen.query_one(Static).render())
+                assert "kind: TaskAction" in shown and "name: rslow9-a0" in shown and "namespace flyte" in shown
+                assert "no Kubernetes object" in shown and "'scripted'" in shown  # no resource plugin builds it
+                await pilot.press("escape", "ctrl+d", "y")  # abort, as on the embedded default
                 result = await engine.runs.wait_for_run("rslow9", timeout=10)
                 assert result.phase == ActionPhase.ABORTED
         finally:
             if engine.started:
                 await engine.stop()
+
+
+def test_long_strings_in_the_yaml_view_are_cut_with_their_length():
+    from console.screens.run import _shortened
+
+    cut = _shortened({"spec": {"taskTemplate": "A" * 5000, "args": ["x", "B" * 200]}, "n": 3})
+    assert cut["spec"]["taskTemplate"].endswith("… (5000 characters)") and len(cut["spec"]["taskTemplate"]) < 200
+    assert cut["spec"]["args"][0] == "x" and cut["spec"]["args"][1].endswith("(200 characters)") and cut["n"] == 3

@@ -1,4 +1,5 @@
-"""Modal dialogs: confirm a destructive action, type a value, show the keys of the current view."""
+"""Modal dialogs: confirm a destructive action, type a value, show the keys of the current view, show a
+resource as YAML."""
 
 from __future__ import annotations
 
@@ -108,6 +109,29 @@ class HelpScreen(ModalScreen[None]):
         text.append("\nesc closes", "dim")
         with VerticalScroll():
             yield Static(text)
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+class YamlScreen(ModalScreen[None]):
+    """Objects as YAML, scrollable (`y` on an action: its TaskAction and what its plugin creates)."""
+
+    BINDINGS = [Binding("escape,y,q", "close", "Close")]
+    DEFAULT_CSS = """
+    YamlScreen { align: center middle; }
+    YamlScreen > VerticalScroll { width: 90%; height: 90%; border: thick $accent; background: $surface;
+                                  padding: 0 1; }
+    """
+
+    def __init__(self, title: str, text: str):
+        super().__init__()
+        self.title_text = title
+        self.text = text
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll():  # Text, not markup: YAML is full of brackets
+            yield Static(Text.assemble((self.title_text, "bold"), "\n\n", self.text, ("\nesc closes", "dim")))
 
     def action_close(self) -> None:
         self.dismiss(None)

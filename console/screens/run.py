@@ -12,6 +12,7 @@ import re
 import time
 from pathlib import Path
 
+import yaml
 from rich.markup import escape
 from rich.text import Text
 from textual.app import ComposeResult
@@ -20,7 +21,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, RichLog, Static, TabbedContent, TabPane
 
-from console.screens.dialogs import InputScreen
+from console.screens.dialogs import InputScreen, YamlScreen
 from console.state import PHASE_STYLE, REFRESH_HZ, duration_text, first_error_line, phase_markup, show
 from console.tree_model import ActionTreeModel
 from console.widgets.action_tree import ActionTree
@@ -70,6 +71,8 @@ class RunScreen(Screen):
         Binding("ctrl+d", "abort", "Abort", tooltip="Abort the selected action and its subtree (asks first)"),
         Binding("s", "signal", "Signal", tooltip="Answer the selected condition (bool, int, float or str)"),
         Binding("c", "copy_id", "Copy id", show=False),
+        Binding("y", "show_yaml", "YAML", show=False,
+                tooltip="The action's TaskAction and the Kubernetes object its plugin creates, as YAML"),
         Binding("o", "open_report", "Report", show=False,
                 tooltip="Open the attempt's report (flyte.report) in a browser, or say where it is"),
         Binding("x", "evict_cache", "Evict cache", show=False,
@@ -544,6 +547,27 @@ class RunScreen(Screen):
             self.app.copy_to_clipboard(path)
             self.notify(f"no browser here; the report is {path} (copied)", timeout=10)
 
+    async def action_show_yaml(self) -> None:
+        node = self.model.nodes.get(self.selected)
+        if node is None or node.record is None:
+            return
+        record, client = node.record, self.app.client
+        try:
+            task_action = await client.task_action(record.run_name, record.name)
+        except Exception as exc:  # noqa: BLE001 - the engine went away: say so, keep the screen
+            self.notify(str(exc), severity="error")
+            return
+        parts = []
+        if task_action is not None:
+            parts.append("# the TaskAction" + (f" ({self.app.cluster_label})" if self.app.cluster_label else "")
+                         + "\n" + yaml.safe_dump(_shortened(task_action), sort_keys=False))
+        try:
+            created = await client.render(record.run_name, record.name)
+            parts.append("# what its plugin creates on a cluster\n" + yaml.safe_dump(_shortened(created), sort_keys=False))
+        except Exception as exc:  # noqa: BLE001 - a trace, a condition, a type no resource plugin builds
+            parts.append(f"# no Kubernetes object: {exc}\n")
+        self.app.push_screen(YamlScreen(f"{record.run_name}/{record.name}", "\n".join(parts)))
+
     def action_copy_id(self) -> None:
         text = f"{self.run_name}/{self.selected}"
         self.app.copy_to_clipboard(text)
@@ -617,3 +641,14 @@ def _short(values: dict) -> str:
 
 def _parse_time(text: str | None) -> float | None:
     return dt.datetime.fromisoformat(text).timestamp() if text else None
+
+
+def _shortened(value, limit: int = 160):
+    """Long strings (a base64 task template) cut, with their length: the rest of the object stays readable."""
+    if isinstance(value, dict):
+        return {k: _shortened(v, limit) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shortened(v, limit) for v in value]
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]}… ({len(value)} characters)"
+    return value
