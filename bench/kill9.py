@@ -55,12 +55,13 @@ PARENT_OUTPUT = sum(i * i for i in range(PARENT_N)) + 3
 
 
 class HeadlessEngine:
-    def __init__(self, data_dir: Path, die_after_spawn: bool = False):
+    def __init__(self, data_dir: Path, die_after_spawn: bool = False, engine_args: tuple[str, ...] = ()):
         self.data_dir = data_dir
         self.lines: list[str] = []
         command = [sys.executable, str(Path(__file__).resolve()), "--serve", str(data_dir)]
         if die_after_spawn:
             command.append("--die-after-spawn")
+        command += [f"--engine-arg={arg}" for arg in engine_args]
         self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         text=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -118,11 +119,11 @@ def flyte_parent(ledger: Path, reusable: bool = False) -> tuple[str, str]:
 
 
 def trial(data_dir: Path, rng: random.Random, kills: int = 2, sleeps: int = 10, die_after_spawn: bool = False,
-          reusable: bool = False) -> dict:
+          reusable: bool = False, engine_args: tuple[str, ...] = ()) -> dict:
     """One trial; returns its counts (raises AssertionError when an invariant fails). ``reusable``: the
-    parent's children run on reusable workers."""
+    parent's children run on reusable workers; ``engine_args``: more options for each engine (a backend)."""
     ledger = data_dir.parent / f"{data_dir.name}.ledger"
-    engine = HeadlessEngine(data_dir, die_after_spawn=die_after_spawn)
+    engine = HeadlessEngine(data_dir, die_after_spawn=die_after_spawn, engine_args=engine_args)
     task_spec, task_inputs = flyte_parent(ledger, reusable)
     engine.call("POST", "/projects", {"id": "crash"})  # runs go only to projects that exist
     runs = [engine.call("POST", "/runs", {"taskSpec": task_spec, "inputs": task_inputs, "project": "crash",
@@ -133,7 +134,7 @@ def trial(data_dir: Path, rng: random.Random, kills: int = 2, sleeps: int = 10, 
     if die_after_spawn:
         engine.wait_dead()  # it kills itself inside the parent's launch
         acknowledged |= engine.acknowledged_events()
-        engine = HeadlessEngine(data_dir)
+        engine = HeadlessEngine(data_dir, engine_args=engine_args)
     for _ in range(sleeps):
         inputs = base64.b64encode(sleep_inputs(round(rng.uniform(0, 0.6), 3)).SerializeToString()).decode()
         runs.append(engine.call("POST", "/runs", {"taskSpec": spec, "inputs": inputs})["run"])
@@ -142,7 +143,7 @@ def trial(data_dir: Path, rng: random.Random, kills: int = 2, sleeps: int = 10, 
         time.sleep(kill_times[-1])
         acknowledged |= engine.acknowledged_events()
         engine.stop(signal.SIGKILL)
-        engine = HeadlessEngine(data_dir)
+        engine = HeadlessEngine(data_dir, engine_args=engine_args)
     deadline = time.time() + 180
     while True:
         listed = {r["run"]: r["phase"] for r in engine.call("GET", "/runs?limit=1000")}
@@ -190,7 +191,7 @@ async def _check(data_dir: Path, runs: list[str], acknowledged: set, parent_resu
         await store.close()
 
 
-def serve(data_dir: str, die_after_spawn: bool) -> int:
+def serve(data_dir: str, die_after_spawn: bool, engine_args: list[str] = ()) -> int:
     """The headless engine, optionally made to die right after its first task process is spawned."""
     from console.cli import main as taskdeck
     from engine.plugins import container
@@ -205,7 +206,7 @@ def serve(data_dir: str, die_after_spawn: bool) -> int:
             return start_then_die
 
         plugin._fork, plugin._exec = then_die(plugin._fork), then_die(plugin._exec)  # both start paths
-    return taskdeck(["--data-dir", data_dir, "--allow-dir", str(ROOT), "--headless"])
+    return taskdeck(["--data-dir", data_dir, "--allow-dir", str(ROOT), "--headless", *engine_args])
 
 
 def main() -> None:
@@ -215,9 +216,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--die-after-spawn", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--engine-arg", action="append", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        sys.exit(serve(args.serve, args.die_after_spawn))
+        sys.exit(serve(args.serve, args.die_after_spawn, args.engine_arg))
     rng = random.Random(args.seed)
     totals = collections.Counter()
     for i in range(args.trials):

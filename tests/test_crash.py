@@ -36,3 +36,16 @@ def test_an_engine_killed_inside_a_launch_never_runs_that_task_twice(tmp_path):
     next engine relaunches, and each attempt's body starts exactly once."""
     result = kill9.trial(tmp_path / "data", random.Random(3), kills=0, sleeps=0, die_after_spawn=True)
     assert result["double_starts"] == 0 and result["lost_events"] == 0
+
+
+def test_kill_9_on_the_kubernetes_backend_loses_nothing_and_starts_no_task_twice(tmp_path):
+    """The same trial with the TaskActions on the API server emulator: an engine killed between an action's
+    row and its resource, or between a status and its labels, leaves nothing the next one cannot finish."""
+    from kube_apiserver import EmulatorThread
+
+    with EmulatorThread() as emulator:
+        kubeconfig = emulator.kubeconfig(tmp_path / "kubeconfig", "flyte")
+        result = kill9.trial(tmp_path / "data", random.Random(31), kills=2, sleeps=4,
+                             engine_args=("--backend", "kubernetes", "--kubeconfig", str(kubeconfig)))
+    assert result["lost_events"] == 0 and result["recorded"] >= result["acknowledged"]
+    assert result["double_starts"] == 0 and result["body_starts"] >= kill9.PARENT_N + 3

@@ -8,7 +8,7 @@ A headless engine (a subprocess, default 8 MiB cap) is sent:
 For each, the median over ``--repeat`` tries of the wall time to the answer and of the engine's own CPU
 time (from /proc/PID/task/*/schedstat), so the client's sending is not counted as the engine's work.
 
-    python bench/requests.py [--repeat 5]
+    python bench/request_bodies.py [--repeat 5]
 """
 
 from __future__ import annotations
