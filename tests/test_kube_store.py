@@ -216,3 +216,25 @@ async def test_the_actions_table_catches_up_with_changes_made_while_the_engine_w
         assert ActionPhase(row.phase) == ActionPhase.SUCCEEDED and row.ended_at is not None
     finally:
         await again.close()
+
+
+async def test_a_cluster_without_the_crd_says_how_to_install_it():
+    from kube_apiserver import core_kinds
+
+    with EmulatorThread(ApiServer(kinds=core_kinds())) as emulator:
+        api_client = client.ApiClient(client.Configuration(host=emulator.url))
+        s = KubernetesResourceStore(api_client, "team-a")
+        with pytest.raises(StorageUnavailableError, match="taskdeck k8s install --namespace team-a"):
+            await s.start()
+        api_client.close()
+
+
+async def test_the_informer_outlives_a_relist_that_fails(store, emulator):
+    watch = store.watch(store.resource_version)
+    emulator.call(lambda server: (server.fail_next("GET", PLURAL, 410), server.fail_next("GET", PLURAL, 500)))
+    await asyncio.sleep(2.5)  # the watch ends (1 s), is refused (410), the relist fails (500), and again
+    other = custom(emulator)
+    await asyncio.to_thread(other.create_namespaced_custom_object, GROUP, VERSION, NS, PLURAL,
+                            to_api(make_task_action(action="late"), NS))
+    event = await next_event(watch, 10)
+    assert event.object.name == "rtest-late" and store.peek("rtest-late") is not None

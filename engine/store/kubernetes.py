@@ -139,7 +139,12 @@ class KubernetesResourceStore(ResourceStore):
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        items, rv = await asyncio.to_thread(self._list_all)
+        try:
+            items, rv = await asyncio.to_thread(self._list_all)
+        except NotFoundError:
+            raise StorageUnavailableError(
+                f"the cluster at {self.cluster} has no TaskAction resource (taskactions.flyte.org): install it "
+                f"with `taskdeck k8s install --namespace {self.namespace}`") from None
         self._replace(items, rv, initial=True)
         self._thread = threading.Thread(target=self._inform, name="taskaction-informer", daemon=True)
         self._thread.start()
@@ -193,11 +198,12 @@ class KubernetesResourceStore(ResourceStore):
                 if exc.status == 410:
                     log.info("the TaskAction watch from resourceVersion %s expired: listing again", rv)
                     try:
-                        items, rv = self._list_all()
-                    except StorageUnavailableError as err:
+                        items, listed_rv = self._list_all()
+                    except Exception as err:  # noqa: BLE001 - the informer never dies: it lists again later
                         log.warning("could not list TaskActions: %s", err)
                         self._stopping.wait(1)
                         continue
+                    rv = listed_rv
                     self._post(self._replace, items, rv)
                 else:
                     log.warning("the TaskAction watch failed (%s): resuming", exc.status)
