@@ -32,7 +32,8 @@ def cluster_label(backend: dict | None) -> str:
     """The header's word on where the TaskActions live: nothing on the embedded default."""
     if not backend or backend.get("kind") != "kubernetes":
         return ""
-    return f"kubernetes {backend.get('cluster')} namespace {backend.get('namespace')}"
+    role = f" ({backend['role']})" if backend.get("role") else ""
+    return f"kubernetes {backend.get('cluster')} namespace {backend.get('namespace')}{role}"
 
 class TaskDeckApp(App):
     TITLE = "TaskDeck"

@@ -11,6 +11,8 @@ import json
 import logging
 import os
 import re
+import secrets
+import socket
 import time
 from pathlib import Path
 
@@ -115,6 +117,7 @@ class EngineConfig:
     kube_context: str | None = None
     namespace: str | None = None
     in_cluster: bool = False
+    lease_seconds: float = 15.0  # the Kubernetes backend's leader lease: a dead leader's successor waits this long
 
     def __post_init__(self) -> None:
         for name in ("workers", "max_processes", "max_body_bytes"):
@@ -127,6 +130,8 @@ class EngineConfig:
                 raise ValueError(f"{name} must be a finite number of seconds, not {value!r}")
         if self.task_start not in ("fork", "exec"):
             raise ValueError(f"task_start must be 'fork' or 'exec', not {self.task_start!r}")
+        if not isinstance(self.lease_seconds, (int, float)) or not 0.5 <= self.lease_seconds <= 3600:
+            raise ValueError(f"lease_seconds must be from 0.5 to 3600, not {self.lease_seconds!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
         if self.backend == "embedded" and (self.kubeconfig or self.kube_context or self.namespace or self.in_cluster):
@@ -141,6 +146,9 @@ class Engine:
     def __init__(self, config: EngineConfig | None = None):
         self.config = config or EngineConfig()
         self.data_dir = Path(self.config.data_dir).expanduser().resolve()
+        self.elector = None  # the Kubernetes backend's leader election (engine/leader.py)
+        self._lease_task: asyncio.Task | None = None
+        self._step_down: asyncio.Task | None = None
         self.store = self._make_store()
         self.health = StorageHealth(self.store, self.data_dir)
         self.authority = Authority(self.data_dir, share_group=self.config.share_group)
@@ -244,7 +252,18 @@ class Engine:
 
     def _backend(self) -> dict:
         describe = getattr(self.store, "describe", None)
-        return describe() if describe is not None else {"kind": "embedded"}
+        backend = describe() if describe is not None else {"kind": "embedded"}
+        if self.elector is not None:
+            backend.update(role=self.elector.role, leader=self.elector.holder)
+        return backend
+
+    def _lease_lost(self) -> None:
+        """Another engine leads now: this one stops reconciling, collecting and firing triggers at once."""
+        async def step_down() -> None:
+            await self.triggers.stop()
+            await self.gc.stop()
+            await self.manager.stop()
+        self._step_down = asyncio.get_running_loop().create_task(step_down(), name="lease-lost")
 
     def _make_store(self) -> EngineStore:
         database = SqliteStore(self.data_dir / DB_FILE, inline_commits=not self.config.commit_in_thread)
@@ -253,8 +272,14 @@ class Engine:
         from engine.store.cluster import ClusterStore
         from engine.store.kubernetes import KubernetesResourceStore, connect
 
+        from engine.leader import LeaseElector
+
         api_client, namespace = connect(self.config.kubeconfig, self.config.kube_context, self.config.namespace,
                                         in_cluster=self.config.in_cluster)
+        identity = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        lease = self.config.lease_seconds
+        self.elector = LeaseElector(api_client, namespace, identity, lease_seconds=lease,
+                                    renew_seconds=max(lease / 3, 0.2), retry_seconds=max(lease / 7, 0.1))
         return ClusterStore(KubernetesResourceStore(api_client, namespace), database)
 
     async def start(self) -> None:
@@ -281,6 +306,9 @@ class Engine:
                     endpoint.update(flyteUrl=self._server.tls_url, caFile=str(self._server.tls[0]))
                 write_private(self.data_dir / ENDPOINT_FILE, json.dumps(endpoint))
                 self.authority.share_file(self.data_dir / ENDPOINT_FILE)
+            if self.elector is not None:  # one engine reconciles a namespace: wait for the lease
+                await self.elector.acquire()
+                self._lease_task = asyncio.create_task(self.elector.hold(self._lease_lost), name="lease")
             await self.manager.start()
             await self.gc.start()
             await self.triggers.start()
@@ -367,6 +395,11 @@ class Engine:
         await self.triggers.stop()
         await self.gc.stop()
         await self.manager.stop()
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+            self._lease_task = None
+        if self.elector is not None:
+            await self.elector.release()
         await self.health.close()
         for plugin in self.registry.plugins:
             await plugin.close()

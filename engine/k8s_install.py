@@ -2,7 +2,8 @@
 
 The TaskAction CRD (engine/crd), a ServiceAccount with a Role allowing exactly the verbs the engine's
 TaskAction store uses (engine/store/kubernetes.py: list, watch, create, update, patch, delete on taskactions;
-update on their status), its RoleBinding, and, for an engine that runs in the
+update on their status) and its leader election (engine/leader.py: get, create, update on leases), its
+RoleBinding, and, for an engine that runs in the
 cluster, a Deployment of one replica and a Service in front of its API.
 """
 
@@ -25,6 +26,7 @@ RULES = [  # reads come from the informer (list, watch); no single get
     {"apiGroups": ["flyte.org"], "resources": ["taskactions"],
      "verbs": ["list", "watch", "create", "update", "patch", "delete"]},
     {"apiGroups": ["flyte.org"], "resources": ["taskactions/status"], "verbs": ["update"]},
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},  # leader
 ]
 
 

@@ -549,7 +549,7 @@ async def test_on_the_kubernetes_backend_the_console_names_the_cluster_and_drive
                 await engine.runs.create_run(task_spec("scripted"), name="rslow9")
                 await until(pilot, lambda: visible_runs(app) == {"rslow9"})
                 header = str(app.screen.query_one("#counters", Static).render())
-                assert "kubernetes http://127.0.0.1:" in header and "namespace flyte" in header
+                assert "kubernetes http://127.0.0.1:" in header and "namespace flyte (leader)" in header
                 app.open_run("rslow9")
                 await until(pilot, lambda: isinstance(app.screen, RunScreen))
                 await pilot.press("y")  # the action's resources as YAML

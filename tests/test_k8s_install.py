@@ -14,6 +14,7 @@ import yaml
 from kubernetes import client
 
 from engine.k8s_install import RULES, manifests
+from engine.leader import LeaseElector
 from engine.model import FINALIZER
 from engine.store.kubernetes import KubernetesResourceStore
 from helpers import make_task_action
@@ -35,7 +36,7 @@ def test_every_manifest_is_valid_kubernetes(in_cluster):
 
 
 async def test_the_role_grants_exactly_what_the_store_uses():
-    """Every call of the store's whole repertoire, counted by the emulator as the API server's authorizer
+    """Every call of the store's and the leader election's whole repertoire, counted by the emulator as the API server's authorizer
     would name it, against the Role's rules: nothing missing, nothing extra."""
     with EmulatorThread(ApiServer()) as emulator:
         api_client = client.ApiClient(client.Configuration(host=emulator.url))
@@ -49,6 +50,10 @@ async def test_the_role_grants_exactly_what_the_store_uses():
             current.metadata.finalizers = []
             await store.update(current)
             await store.delete(root.name)
+            elector = LeaseElector(api_client, "flyte", "engine-a", lease_seconds=1, renew_seconds=0.2)
+            await elector.acquire()  # create
+            await elector._try()  # read, renew
+            await elector.release()
             await asyncio.sleep(1.5)  # the informer's watch ends (timeoutSeconds) and resumes: list + watch again
         finally:
             await store.close()
