@@ -107,45 +107,39 @@ def describe(obj: dict) -> str:
     return f"{obj['kind'].lower()}/{obj['metadata']['name']}" + (f" in {namespace}" if namespace else "")
 
 
-def apply(api_client, objects: list[dict]) -> list[str]:
-    """Create each object, or patch it where it exists; what was done, a line each."""
+def _attempt(obj: dict, call, done: str, tolerated: int, otherwise) -> str:
+    """``call()``; on the ``tolerated`` status, ``otherwise()`` (a line, or None to report it); any other
+    refusal is an InstallError naming the object."""
     from kubernetes.client.rest import ApiException
 
-    done = []
+    try:
+        call()
+        return f"{describe(obj)} {done}"
+    except ApiException as exc:
+        if exc.status == tolerated:
+            return otherwise()
+        raise InstallError(f"{describe(obj)}: the API server answered {exc.status} {exc.reason}") from None
+
+
+def apply(api_client, objects: list[dict]) -> list[str]:
+    """Create each object, or patch it where it exists; what was done, a line each."""
+    lines = []
     for obj in objects:
         create, patch, _ = _calls(api_client, obj)
-        try:
-            create()
-            done.append(f"{describe(obj)} created")
-        except ApiException as exc:
-            if exc.status != 409:
-                raise InstallError(f"{describe(obj)}: the API server answered {exc.status} {exc.reason}") from None
-            try:
-                patch()
-            except ApiException as again:
-                raise InstallError(f"{describe(obj)}: the API server answered {again.status} "
-                                   f"{again.reason}") from None
-            done.append(f"{describe(obj)} configured")
-    return done
+        lines.append(_attempt(obj, create, "created", 409,
+                              lambda: _attempt(obj, patch, "configured", -1, None)))
+    return lines
 
 
 def remove(api_client, objects: list[dict], keep_namespace: bool = True) -> list[str]:
     """Delete the objects in reverse order (a missing one is fine)."""
-    from kubernetes.client.rest import ApiException
-
-    done = []
+    lines = []
     for obj in reversed(objects):
         if obj["kind"] == "Namespace" and keep_namespace:
             continue
         _, _, delete = _calls(api_client, obj)
-        try:
-            delete()
-            done.append(f"{describe(obj)} deleted")
-        except ApiException as exc:
-            if exc.status != 404:
-                raise InstallError(f"{describe(obj)}: the API server answered {exc.status} {exc.reason}") from None
-            done.append(f"{describe(obj)} not found")
-    return done
+        lines.append(_attempt(obj, delete, "deleted", 404, lambda: f"{describe(obj)} not found"))
+    return lines
 
 
 def cluster_client(kubeconfig=None, context: str | None = None, in_cluster: bool = False):
