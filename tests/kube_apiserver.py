@@ -261,7 +261,6 @@ class ApiServer:
                 kind.validator = jsonschema.Draft202012Validator(_json_schema(kind.schema))
         self.store = Store(history)
         self.faults: list[tuple[str, str, int]] = []
-        self.requests: collections.Counter[tuple[str, str]] = collections.Counter()
         self.verbs: collections.Counter[tuple[str, str]] = collections.Counter()  # (RBAC verb, resource)
         self.app = web.Application()
         self.app.router.add_route("*", "/{tail:.*}", self.dispatch)
@@ -315,7 +314,6 @@ class ApiServer:
         subresource = rest[2] if len(rest) == 3 else ""
         if subresource and (subresource != "status" or not kind.status_subresource):
             raise ApiError(404, "NotFound", f"no subresource {subresource!r} on {kind.plural}")
-        self.requests[(request.method, kind.plural)] += 1
         self.verbs[(self._verb(request, name), f"{kind.plural}/{subresource}" if subresource else kind.plural)] += 1
         for fault in self.faults:
             if fault[:2] == (request.method, kind.plural):

@@ -71,6 +71,18 @@ class QueueWatch:
         self._watches.discard(self)
 
 
+def labels_match(labels: dict[str, str], selector: dict[str, str | None] | None) -> bool:
+    """Whether ``labels`` satisfy a store selector (a None value: the label only has to exist)."""
+    if not selector:
+        return True
+    for key, value in selector.items():
+        if key not in labels:
+            return False
+        if value is not None and labels[key] != value:
+            return False
+    return True
+
+
 # (project, domain, run_name, action_name)
 ActionKey = tuple[str, str, str, str]
 

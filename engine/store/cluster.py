@@ -116,9 +116,8 @@ class ClusterStore(EngineStore):
         try:
             created = await self.resources.create(obj)
         except AlreadyExistsError:
-            created = await self.resources.get(obj.name)  # a retry of a create that landed
-            obj.metadata = created.metadata.copy_deep()
-            obj.status = created.status.copy_deep()
+            created = await self.resources.get(obj.name)  # a retry of a create that landed (get gives a copy)
+            obj.metadata, obj.status = created.metadata, created.status
         await self.runs.outbox_done(obj.name)  # type: ignore[attr-defined]
         return created
 

@@ -35,6 +35,7 @@ from engine.store.base import (
     OwnerGoneError,
     ResourceStore,
     WatchEvent,
+    labels_match,
 )
 
 log = logging.getLogger(__name__)
@@ -106,10 +107,6 @@ def _refresh(target: TaskAction, written: TaskAction) -> TaskAction:
     return target
 
 
-def _matches(labels: dict[str, str], selector: dict[str, str | None] | None) -> bool:
-    return not selector or all((k in labels) if v is None else labels.get(k) == v for k, v in selector.items())
-
-
 class KubernetesResourceStore(ResourceStore):
     """TaskActions in ``namespace`` through ``api_client`` (a ``kubernetes.client.ApiClient``)."""
 
@@ -130,7 +127,6 @@ class KubernetesResourceStore(ResourceStore):
         self._thread: threading.Thread | None = None
         self._stream = None  # the informer's current watch
         self._stopping = threading.Event()
-        self._synced = asyncio.Event()
         self.relists = 0  # how often a 410 made the informer list again
         self.on_status_write: Callable[[list[EventRecord]], object] | None = None  # runs data first (events)
         # (old, new) for every change the informer sees (new None: deleted), the first list included
@@ -273,7 +269,6 @@ class KubernetesResourceStore(ResourceStore):
             if not initial and (old is None or old.resource_version != obj.resource_version):
                 self._emit(WatchEvent("ADDED" if old is None else "MODIFIED", obj, rv))
         self._rv = rv
-        self._synced.set()
 
     def _emit(self, event: WatchEvent) -> None:
         self._history.append(event)
@@ -319,25 +314,20 @@ class KubernetesResourceStore(ResourceStore):
             raise self._translate(exc) from None
         except Exception as exc:  # connection refused, timeouts: the cluster cannot be reached
             reason = getattr(exc, "reason", None) or exc  # urllib3's MaxRetryError: why the last try failed
-            where = self._api_client.configuration.host
-            raise StorageUnavailableError(f"the Kubernetes API server at {where} cannot be reached: "
+            raise StorageUnavailableError(f"the Kubernetes API server at {self.cluster} cannot be reached: "
                                           f"{str(reason).split(': ')[-1]}") from exc
 
     @staticmethod
     def _translate(exc) -> Exception:
         try:
-            message = json.loads(exc.body or "{}").get("message") or exc.reason
+            status = json.loads(exc.body or "{}")  # the API server's Status object
         except ValueError:
-            message = exc.reason
+            status = {}
+        message = status.get("message") or exc.reason
         if exc.status == 404:
             return NotFoundError(message)
         if exc.status == 409:
-            reason = ""
-            try:
-                reason = json.loads(exc.body or "{}").get("reason", "")
-            except ValueError:
-                pass
-            return AlreadyExistsError(message) if reason == "AlreadyExists" else ConflictError(message)
+            return AlreadyExistsError(message) if status.get("reason") == "AlreadyExists" else ConflictError(message)
         if exc.status == 410:
             return GoneError(message)
         if exc.status in (400, 422):
@@ -368,7 +358,7 @@ class KubernetesResourceStore(ResourceStore):
     async def list(self, selector: dict[str, str | None] | None = None) -> list[TaskAction]:
         names = set(self._cache) | set(self._overlay)
         objects = (self._lookup(name) for name in sorted(names))
-        return [obj.copy_deep() for obj in objects if obj is not None and _matches(obj.metadata.labels, selector)]
+        return [obj.copy_deep() for obj in objects if obj is not None and labels_match(obj.metadata.labels, selector)]
 
     async def create(self, obj: TaskAction) -> TaskAction:
         for ref in obj.metadata.owner_references:
@@ -471,9 +461,8 @@ def connect(kubeconfig=None, context: str | None = None, namespace: str | None =
         path = str(kubeconfig) if kubeconfig is not None else None
         api_client = config.new_client_from_config(config_file=path, context=context)
         if namespace is None:
-            _, active = config.list_kube_config_contexts(config_file=path)
+            contexts, active = config.list_kube_config_contexts(config_file=path)
             if context:
-                contexts, _ = config.list_kube_config_contexts(config_file=path)
                 active = next((c for c in contexts if c.get("name") == context), active)
             namespace = (active or {}).get("context", {}).get("namespace")
         return api_client, namespace or DEFAULT_NAMESPACE

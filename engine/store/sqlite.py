@@ -53,6 +53,7 @@ from engine.store.base import (
     StorageChanged,
     StorageUnavailableError,
     WatchEvent,
+    labels_match,
 )
 
 log = logging.getLogger(__name__)
@@ -213,17 +214,6 @@ def _refresh(obj: TaskAction, committed: TaskAction) -> TaskAction:
     meta.creation_timestamp = done.creation_timestamp
     meta.deletion_timestamp = done.deletion_timestamp
     return obj
-
-
-def _matches(labels: dict[str, str], selector: dict[str, str | None] | None) -> bool:
-    if not selector:
-        return True
-    for key, value in selector.items():
-        if key not in labels:
-            return False
-        if value is not None and labels[key] != value:
-            return False
-    return True
 
 
 class _Batch:
@@ -588,9 +578,9 @@ class SqliteStore(EngineStore, ResourceOutbox):
         return self._lookup(name)
 
     async def list(self, selector: dict[str, str | None] | None = None) -> list[TaskAction]:
-        live = [obj.copy_deep() for obj in self._objects.values() if _matches(obj.metadata.labels, selector)]
+        live = [obj.copy_deep() for obj in self._objects.values() if labels_match(obj.metadata.labels, selector)]
         resting = [self._resting.get(name) for name in
-                   self._resting.names_matching(lambda labels: _matches(labels, selector))]
+                   self._resting.names_matching(lambda labels: labels_match(labels, selector))]
         return live + [obj.copy_deep() for obj in resting if obj is not None]
 
     @property
