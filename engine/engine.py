@@ -10,7 +10,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import secrets
 import socket
 import time
@@ -50,6 +49,7 @@ from engine.plugins.sleep import SleepPlugin
 from engine.reconciler import DEFAULT_MAX_SYSTEM_FAILURES, DEFAULT_REQUEUE_SECONDS, TaskActionReconciler
 from engine.http_gate import DEFAULT_MAX_BODY_BYTES
 from engine.logs import LogService
+from engine.names import check_namespace
 from engine.runs import RunsService
 from engine.services import EngineServices
 from engine.storage_health import StorageHealth
@@ -59,7 +59,6 @@ from engine.store.sqlite import SqliteStore
 log = logging.getLogger(__name__)
 
 BACKENDS = ("embedded", "kubernetes")
-_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 class _PrivateFiles:
     """While an engine runs, what it (and every task process it starts) creates is private: umask 077."""
@@ -136,8 +135,8 @@ class EngineConfig:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
         if self.backend == "embedded" and (self.kubeconfig or self.kube_context or self.namespace or self.in_cluster):
             raise ValueError("--kubeconfig, --context, --namespace and --in-cluster are for --backend kubernetes")
-        if self.namespace is not None and not _DNS_LABEL.fullmatch(self.namespace):
-            raise ValueError(f"namespace must be a DNS label (lowercase letters, digits, '-'), not {self.namespace!r}")
+        if self.namespace is not None:
+            check_namespace(self.namespace)
         if not isinstance(self.max_system_failures, int) or not 0 <= self.max_system_failures <= 1000:
             raise ValueError(f"max_system_failures must be from 0 to 1000, not {self.max_system_failures!r}")
 

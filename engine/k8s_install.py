@@ -10,17 +10,17 @@ cluster, a Deployment of one replica and a Service in front of its API.
 from __future__ import annotations
 
 import copy
-import re
 from pathlib import Path
 
 import yaml
+
+from engine.names import InvalidNameError, check_namespace
 
 CRD_FILE = Path(__file__).parent / "crd" / "flyte.org_taskactions.yaml"
 NAME = "taskdeck-engine"
 API_PORT = 8080
 # The typed clients' patch calls default to JSON Patch, which a dict body is not: say what it is.
 MERGE_PATCH = "application/merge-patch+json"
-_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 # What engine/store/kubernetes.py calls, and nothing more.
 RULES = [  # reads come from the informer (list, watch); no single get
     {"apiGroups": ["flyte.org"], "resources": ["taskactions"],
@@ -36,8 +36,10 @@ class InstallError(Exception):
 
 def manifests(namespace: str, *, in_cluster: bool = False, image: str = "python:3.11-slim") -> list[dict]:
     """The objects, in the order they are applied (uninstall removes them in reverse)."""
-    if not _DNS_LABEL.fullmatch(namespace or ""):
-        raise InstallError(f"the namespace must be a DNS label (lowercase letters, digits, '-'), not {namespace!r}")
+    try:
+        check_namespace(namespace)
+    except InvalidNameError as exc:
+        raise InstallError(str(exc)) from None
     labels = {"app.kubernetes.io/name": "taskdeck", "app.kubernetes.io/component": "engine"}
     meta = {"name": NAME, "namespace": namespace, "labels": labels}
     objects = [

@@ -110,6 +110,13 @@ def check_run_name(run: str, *, field: str = "run", new_run: bool = False) -> No
         _pattern(field, run, _DNS1123, "dns1123_label", _DNS1123_TEXT)
 
 
+def check_namespace(namespace: str, *, field: str = "namespace") -> None:
+    """A Kubernetes namespace: a DNS-1123 label of at most 63 characters."""
+    if not isinstance(namespace, str) or len(namespace) > 63 or not _DNS1123.fullmatch(namespace):
+        raise InvalidNameError(field, "dns1123_label",
+                               f"{namespace!r} is not a DNS label ({_DNS1123_TEXT}; at most 63 characters)")
+
+
 def check_action_name(action: str, *, field: str = "action") -> None:
     if _fast_ok(action, _ACTION_LEN, _DNS1123):
         return
