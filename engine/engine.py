@@ -146,6 +146,7 @@ class Engine:
         self.config = config or EngineConfig()
         self.data_dir = Path(self.config.data_dir).expanduser().resolve()
         self.elector = None  # the Kubernetes backend's leader election (engine/leader.py)
+        self._kube_client = None
         self._lease_task: asyncio.Task | None = None
         self._step_down: asyncio.Task | None = None
         self.store = self._make_store()
@@ -275,6 +276,7 @@ class Engine:
 
         api_client, namespace = connect(self.config.kubeconfig, self.config.kube_context, self.config.namespace,
                                         in_cluster=self.config.in_cluster)
+        self._kube_client = api_client  # the engine's: closed after the store and the election are done with it
         identity = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         lease = self.config.lease_seconds
         self.elector = LeaseElector(api_client, namespace, identity, lease_seconds=lease,
@@ -403,6 +405,8 @@ class Engine:
         for plugin in self.registry.plugins:
             await plugin.close()
         await self.store.close()
+        if self._kube_client is not None:
+            self._kube_client.close()
         self._lock.release()
         if self._private:
             self._private = False
