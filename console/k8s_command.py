@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import argparse
 
-from engine.k8s_install import InstallError, cluster_client, manifests, remove, render, apply
+from engine.k8s_install import DEFAULT_NAMESPACE, InstallError, apply, cluster_client, manifests, remove, render
 
 
 def add_parser(command) -> None:
     k8s = command("k8s", help="install the Kubernetes backend's CRD and RBAC on a cluster (or print them), or "
                               "remove them",
                   description="Applies with your kubeconfig (--kubeconfig, --context); --namespace is where the "
-                              "engine's TaskActions will live (default flyte).")
+                              "engine's TaskActions will live (default: the context's, as the engine's; with "
+                              f"--dry-run, {DEFAULT_NAMESPACE}).")
     k8s.add_argument("action", choices=["install", "uninstall"])
     k8s.add_argument("--dry-run", action="store_true", help="print the manifests as YAML instead of applying them")
     k8s.add_argument("--image", default="python:3.11-slim",
@@ -23,11 +24,13 @@ def add_parser(command) -> None:
 
 def cmd_k8s(args: argparse.Namespace) -> int:
     try:
-        objects = manifests(args.namespace or "flyte", in_cluster=args.in_cluster, image=args.image)
         if args.dry_run:
-            print(render(objects), end="")
+            print(render(manifests(args.namespace or DEFAULT_NAMESPACE, in_cluster=args.in_cluster,
+                                   image=args.image)), end="")
             return 0
-        api_client, _ = cluster_client(args.kubeconfig, args.context)
+        api_client, context_namespace = cluster_client(args.kubeconfig, args.context)
+        # the namespace the engine would use with the same options: given, else the context's
+        objects = manifests(args.namespace or context_namespace, in_cluster=args.in_cluster, image=args.image)
         with api_client:
             if args.action == "install":
                 lines = apply(api_client, objects)

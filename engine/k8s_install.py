@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from engine.model import DEFAULT_NAMESPACE
 from engine.names import InvalidNameError, check_namespace
 
 CRD_FILE = Path(__file__).parent / "crd" / "flyte.org_taskactions.yaml"
@@ -34,7 +35,7 @@ class InstallError(Exception):
     pass
 
 
-def manifests(namespace: str, *, in_cluster: bool = False, image: str = "python:3.11-slim") -> list[dict]:
+def manifests(namespace: str = DEFAULT_NAMESPACE, *, in_cluster: bool = False, image: str = "python:3.11-slim") -> list[dict]:
     """The objects, in the order they are applied (uninstall removes them in reverse)."""
     try:
         check_namespace(namespace)

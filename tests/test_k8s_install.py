@@ -82,6 +82,9 @@ def test_install_applies_idempotently_and_uninstall_removes(tmp_path):
         assert again.returncode == 0 and "role/taskdeck-engine in team-a configured" in again.stdout, again.stderr
         rbac = client.RbacAuthorizationV1Api(client.ApiClient(client.Configuration(host=emulator.url)))
         assert rbac.read_namespaced_role("taskdeck-engine", "team-a").rules[0].resources == ["taskactions"]
+        own = str(emulator.kubeconfig(tmp_path / "kubeconfig-b", namespace="team-b"))
+        by_context = taskdeck("k8s", "install", "--kubeconfig", own)  # no --namespace: the context's, as the engine's
+        assert by_context.returncode == 0 and "role/taskdeck-engine in team-b created" in by_context.stdout
         removed = taskdeck("k8s", "uninstall", "--kubeconfig", kubeconfig, "--namespace", "team-a")
         assert removed.returncode == 0 and "rolebinding/taskdeck-engine in team-a deleted" in removed.stdout
         assert rbac.list_namespaced_role("team-a").items == []
