@@ -10,6 +10,7 @@ cluster, a Deployment of one replica and a Service in front of its API.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import yaml
@@ -20,6 +21,7 @@ from engine.names import InvalidNameError, check_namespace
 CRD_FILE = Path(__file__).parent / "crd" / "flyte.org_taskactions.yaml"
 NAME = "taskdeck-engine"
 API_PORT = 8080
+_IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}")  # no spaces, no empty: a reference the kubelet can pull
 # The typed clients' patch calls default to JSON Patch, which a dict body is not: say what it is.
 MERGE_PATCH = "application/merge-patch+json"
 # What engine/store/kubernetes.py calls, and nothing more.
@@ -41,6 +43,8 @@ def manifests(namespace: str = DEFAULT_NAMESPACE, *, in_cluster: bool = False, i
         check_namespace(namespace)
     except InvalidNameError as exc:
         raise InstallError(str(exc)) from None
+    if in_cluster and not _IMAGE.fullmatch(image or ""):
+        raise InstallError(f"--image {image!r} is not an image reference (e.g. registry/taskdeck:1.0)")
     labels = {"app.kubernetes.io/name": "taskdeck", "app.kubernetes.io/component": "engine"}
     meta = {"name": NAME, "namespace": namespace, "labels": labels}
     objects = [

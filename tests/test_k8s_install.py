@@ -90,3 +90,6 @@ def test_install_applies_idempotently_and_uninstall_removes(tmp_path):
         assert rbac.list_namespaced_role("team-a").items == []
     refused = taskdeck("k8s", "install", "--dry-run", "--namespace", "Team_A")
     assert refused.returncode == 2 and "DNS label" in refused.stderr
+    for image in ("", "two words", "-flag"):
+        bad_image = taskdeck("k8s", "install", "--dry-run", "--in-cluster", f"--image={image}")
+        assert bad_image.returncode == 2 and "not an image reference" in bad_image.stderr, bad_image.stderr
