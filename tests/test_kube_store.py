@@ -13,8 +13,8 @@ import time
 import pytest
 from kubernetes import client
 
-from engine.store.base import AlreadyExistsError, GoneError
-from engine.store.kubernetes import GROUP, PLURAL, VERSION, KubernetesResourceStore, to_api
+from engine.store.base import AlreadyExistsError, ConflictError, GoneError
+from engine.store.kubernetes import GROUP, PLURAL, VERSION, KubernetesResourceStore, _Pending, to_api
 from engine.errors import StorageUnavailableError
 from helpers import make_task_action
 from kube_apiserver import ApiServer, EmulatorThread
@@ -88,6 +88,51 @@ async def test_watch_delivers_changes_in_order_and_resumes_from_a_version(store)
     await resumed.aclose()
     with pytest.raises(GoneError):
         store.watch("not-one-of-ours")
+
+
+async def test_a_write_reply_that_arrives_after_later_events_does_not_hide_them(store, emulator):
+    """The reconciler can act on the informer's ADDED event before create() returns; create's late reply must
+    not then stand in front of the newer version (every later write would conflict, forever)."""
+    api = custom(emulator)
+    name = make_task_action().name
+    run = store._run
+
+    async def reply_late(fn, *args, **kwargs):
+        body = await run(fn, *args, **kwargs)
+        if fn.__name__ == "create_namespaced_custom_object":  # another writer acts before the reply lands
+            await settled(store, lambda: store._cache.get(name) is not None)
+            await run(api.patch_namespaced_custom_object, GROUP, VERSION, NS, PLURAL, name,
+                      {"metadata": {"labels": {"seen": "yes"}}})
+            await settled(store, lambda: store._cache[name].metadata.labels.get("seen") == "yes")
+        return body
+
+    store._run = reply_late
+    await store.create(make_task_action())
+    store._run = run
+    current = store.peek(name)
+    assert current.metadata.labels.get("seen") == "yes"
+    current = current.copy_deep()
+    current.metadata.finalizers.append("x")
+    await store.update(current)  # based on what peek shows: no conflict
+
+
+async def test_a_conflict_gives_up_this_stores_view_for_the_informers(store, emulator):
+    """Should a write's reply still stand in front of a newer version (one the informer delivered in a relist,
+    say), the conflict it causes ends that: the retry reads what the informer has."""
+    obj = await store.create(make_task_action())
+    await settled(store, lambda: store._cache.get(obj.name) is not None and not store._overlay)
+    old = store.peek(obj.name)
+    await asyncio.to_thread(custom(emulator).patch_namespaced_custom_object, GROUP, VERSION, NS, PLURAL, obj.name,
+                            {"metadata": {"labels": {"by": "other"}}})
+    await settled(store, lambda: store._cache[obj.name].metadata.labels.get("by") == "other")
+    store._overlay[obj.name] = _Pending(old.resource_version, old, old.metadata.uid)  # a stale overlay
+    assert store.peek(obj.name) is old
+    with pytest.raises(ConflictError):
+        await store.update(old.copy_deep())
+    retry = store.peek(obj.name).copy_deep()
+    assert retry.metadata.labels.get("by") == "other"
+    retry.metadata.finalizers.append("x")
+    await store.update(retry)
 
 
 async def test_writes_of_other_clients_reach_the_cache_and_the_watch(store, emulator):

@@ -46,6 +46,7 @@ WATCH_SECONDS = 30  # a server-side timeout per watch request: the informer resu
 META_FIELDS = ("name", "namespace", "uid", "resourceVersion", "generation", "creationTimestamp", "deletionTimestamp",
                "labels", "annotations", "finalizers", "ownerReferences")
 INITIAL_STATUS = "taskdeck.flyte.org/initial-status"
+SEEN_VERSIONS = 65_536  # (name, resourceVersion) pairs the informer delivered, kept to place late write replies
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +121,9 @@ class KubernetesResourceStore(ResourceStore):
         self._cache: dict[str, TaskAction] = {}  # what the informer has seen
         self._overlay: dict[str, _Pending] = {}  # name → what this store wrote there, until the informer sees it
         self._dependents: dict[str, set[str]] = {}  # owner uid → names
+        # A write's reply can reach the loop after the informer's event for it and later ones (the reconciler
+        # may act on the ADDED event before create() returns): such a reply is old news, not an overlay.
+        self._seen: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
         self._rv = ""
         self._history: collections.deque[WatchEvent] = collections.deque(maxlen=history_size)
         self._watches: set[QueueWatch] = set()
@@ -228,6 +232,9 @@ class KubernetesResourceStore(ResourceStore):
 
     def _see(self, obj: TaskAction, deleted: bool) -> None:
         name = obj.name
+        self._seen[(name, obj.resource_version)] = None
+        if len(self._seen) > SEEN_VERSIONS:
+            self._seen.popitem(last=False)
         pending = self._overlay.get(name)
         if pending is not None and pending.seen(obj, deleted):
             del self._overlay[name]  # the informer caught up with this store's write
@@ -276,7 +283,7 @@ class KubernetesResourceStore(ResourceStore):
             watch.queue.put_nowait(event)
 
     def _written(self, obj: TaskAction) -> TaskAction:
-        if self._cache.get(obj.name) is None or self._cache[obj.name].resource_version != obj.resource_version:
+        if (obj.name, obj.resource_version) not in self._seen:
             self._overlay[obj.name] = _Pending(obj.resource_version, obj, obj.metadata.uid)
         return obj
 
@@ -299,6 +306,12 @@ class KubernetesResourceStore(ResourceStore):
         known = self._lookup(name)
         try:
             return await self._run(fn, *args, **kwargs)
+        except ConflictError:
+            # Someone wrote after what this store holds: read the informer's view, which converges, from now on.
+            pending = self._overlay.get(name)
+            if pending is not None and pending.obj is not None and pending.obj is known:
+                del self._overlay[name]
+            raise
         except NotFoundError:
             if known is not None:
                 self._gone(name, known.metadata.uid)
