@@ -94,22 +94,23 @@ async def test_a_write_reply_that_arrives_after_later_events_does_not_hide_them(
     """The reconciler can act on the informer's ADDED event before create() returns; create's late reply must
     not then stand in front of the newer version (every later write would conflict, forever)."""
     api = custom(emulator)
-    name = make_task_action().name
+    obj = make_task_action()
+    watch = store.watch(store.resource_version)
     run = store._run
 
     async def reply_late(fn, *args, **kwargs):
         body = await run(fn, *args, **kwargs)
         if fn.__name__ == "create_namespaced_custom_object":  # another writer acts before the reply lands
-            await settled(store, lambda: store._cache.get(name) is not None)
-            await run(api.patch_namespaced_custom_object, GROUP, VERSION, NS, PLURAL, name,
+            assert (await next_event(watch)).type == "ADDED"
+            await run(api.patch_namespaced_custom_object, GROUP, VERSION, NS, PLURAL, obj.name,
                       {"metadata": {"labels": {"seen": "yes"}}})
-            await settled(store, lambda: store._cache[name].metadata.labels.get("seen") == "yes")
+            assert (await next_event(watch)).type == "MODIFIED"
         return body
 
     store._run = reply_late
-    await store.create(make_task_action())
+    await store.create(obj)
     store._run = run
-    current = store.peek(name)
+    current = store.peek(obj.name)
     assert current.metadata.labels.get("seen") == "yes"
     current = current.copy_deep()
     current.metadata.finalizers.append("x")
