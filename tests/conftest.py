@@ -21,3 +21,22 @@ async def engine(tmp_path):
     await engine.start()
     yield engine
     await engine.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server for the session (tests/pg_server.py); skipped, with the reason, without one."""
+    import pg_server
+
+    why = pg_server.unavailable()
+    if why:
+        pytest.skip(why)
+    server = pg_server.PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """The URL of a fresh, empty database on the session's server."""
+    return postgres_server.database()

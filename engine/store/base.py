@@ -548,3 +548,25 @@ class EngineStore(ResourceStore, RunsRepository, CacheStore, SecretsRepository, 
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+
+class RunsDatabase(RunsRepository, CacheStore, SecretsRepository, ProjectsRepository, TasksRepository,
+                   TriggersRepository, ResourceOutbox, abc.ABC):
+    """The runs data without the TaskActions: what ``ClusterStore`` keeps beside the API server (SQLite for
+    one engine, PostgreSQL for engines that share it)."""
+
+    storage_error: str | None = None
+
+    @abc.abstractmethod
+    def location(self) -> str:
+        """Where the runs data is, as it may be shown (no password)."""
+
+    @abc.abstractmethod
+    async def probe(self) -> bool: ...
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+

@@ -32,7 +32,7 @@ from engine.store.base import (
     EventRecord,
     ProjectRecord,
     Reservation,
-    ResourceOutbox,
+    RunsDatabase,
     SecretInfo,
     TaskRecord,
     TriggerRecord,
@@ -46,9 +46,9 @@ log = logging.getLogger(__name__)
 class ClusterStore(EngineStore):
     """The store interface over a ``KubernetesResourceStore`` and a runs database with an outbox."""
 
-    def __init__(self, resources: KubernetesResourceStore, runs: EngineStore):
-        if not isinstance(runs, ResourceOutbox):
-            raise TypeError("the runs database of the Kubernetes backend must keep an outbox")
+    def __init__(self, resources: KubernetesResourceStore, runs: RunsDatabase):
+        if not isinstance(runs, RunsDatabase):
+            raise TypeError("the runs database of the Kubernetes backend must be a RunsDatabase (it keeps an outbox)")
         self.resources = resources
         self.runs = runs
         self._updates: asyncio.Queue[ActionStatusUpdate | None] | None = None
@@ -65,9 +65,9 @@ class ClusterStore(EngineStore):
         return self.resources.namespace
 
     def describe(self) -> dict:
-        """Where the TaskActions are, for the console's header and `taskdeck get health`."""
+        """Where the TaskActions are, for the console's header and `/health`."""
         return {"kind": "kubernetes", "cluster": self.resources.cluster, "namespace": self.namespace,
-                "relists": self.resources.relists}
+                "relists": self.resources.relists, "runsDatabase": self.runs.location()}
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -75,7 +75,7 @@ class ClusterStore(EngineStore):
         self._updates = asyncio.Queue()
         self._follower = asyncio.create_task(self._apply_updates(), name="actions-table-follower")
         await self.resources.start()
-        for pending in await self.runs.outbox_pending():  # type: ignore[attr-defined]
+        for pending in await self.runs.outbox_pending():
             log.info("creating %s, recorded before the last engine stopped", pending.name)
             await self._create_resource(pending)
 
@@ -118,12 +118,12 @@ class ClusterStore(EngineStore):
         except AlreadyExistsError:
             created = await self.resources.get(obj.name)  # a retry of a create that landed (get gives a copy)
             obj.metadata, obj.status = created.metadata, created.status
-        await self.runs.outbox_done(obj.name)  # type: ignore[attr-defined]
+        await self.runs.outbox_done(obj.name)
         return created
 
     async def create_run_action(self, record: ActionRecord, task_action: TaskAction | None,
                                 task_spec: tuple[str, bytes] | None) -> TaskAction | None:
-        await self.runs.outbox_create_run_action(record, task_action, task_spec)  # type: ignore[attr-defined]
+        await self.runs.outbox_create_run_action(record, task_action, task_spec)
         if task_action is None:
             return None
         await self._create_resource(task_action)
@@ -131,7 +131,7 @@ class ClusterStore(EngineStore):
 
     async def restart_action(self, key: ActionKey, attempts: int, task_action: TaskAction,
                              events: list[EventRecord]) -> None:
-        await self.runs.outbox_restart_action(key, attempts, task_action, events)  # type: ignore[attr-defined]
+        await self.runs.outbox_restart_action(key, attempts, task_action, events)
         await self._create_resource(task_action)
 
     # ------------------------------------------------------------------ resources

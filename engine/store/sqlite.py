@@ -45,7 +45,7 @@ from engine.store.base import (
     NotFoundError,
     OwnerGoneError,
     ProjectRecord,
-    ResourceOutbox,
+    RunsDatabase,
     TaskRecord,
     TriggerRecord,
     Reservation,
@@ -289,7 +289,7 @@ class _Op:
     future: asyncio.Future
 
 
-class SqliteStore(EngineStore, ResourceOutbox):
+class SqliteStore(EngineStore, RunsDatabase):
     def __init__(self, path: str | Path, *, max_batch: int = 500, history_size: int = 50_000,
                  history_bytes: int = 8 << 20, read_only: bool = False, inline_commits: bool = True):
         self.path = str(path)
@@ -320,6 +320,9 @@ class SqliteStore(EngineStore, ResourceOutbox):
         self._read_conn: aiosqlite.Connection | None = None
         self.batches_committed = 0
         self.storage_error: str | None = None
+
+    def location(self) -> str:
+        return self.path
 
     # ----------------------------------------------------------------- lifecycle
     async def start(self) -> None:
