@@ -156,18 +156,29 @@ def trial(data_dir: Path, rng: random.Random, kills: int = 2, sleeps: int = 10, 
     acknowledged |= engine.acknowledged_events()
     engine.stop(signal.SIGTERM)
     starts = collections.Counter(ledger.read_text().splitlines()) if ledger.exists() else collections.Counter()
-    result = asyncio.run(_check(data_dir, runs, acknowledged, parent_result))
+    args = list(engine_args or ())
+    database = args[args.index("--database") + 1] if "--database" in args else None
+    result = asyncio.run(_check(data_dir, runs, acknowledged, parent_result, database))
     result.update(kill_times=kill_times, double_starts=sum(1 for n in starts.values() if n > 1),
                   body_starts=sum(starts.values()))
     return result
 
 
-async def _check(data_dir: Path, runs: list[str], acknowledged: set, parent_result: dict) -> dict:
-    store = SqliteStore(data_dir / "taskdeck.db", read_only=True)
+async def _check(data_dir: Path, runs: list[str], acknowledged: set, parent_result: dict,
+                 database: str | None = None) -> dict:
+    """The invariants, read from the runs database: the data directory's SQLite (its integrity checked too),
+    or the PostgreSQL database the engines used (``--database``)."""
+    if database is not None:
+        from engine.store.postgres import PostgresRunsStore
+
+        store = PostgresRunsStore(database)
+    else:
+        store = SqliteStore(data_dir / "taskdeck.db", read_only=True)
     await store.start()
     try:
-        integrity = await store.integrity_check()
-        assert integrity == "ok", integrity
+        if database is None:
+            integrity = await store.integrity_check()
+            assert integrity == "ok", integrity
         service = RunsService(store, data_dir)
         recorded = set()
         for run_name in runs:

@@ -103,6 +103,7 @@ ENGINE_OPTIONS = (  # (dest, flag): options a command passes on to an engine it 
     ("max_body_bytes", "--max-body-bytes"), ("task_start", "--task-start"), ("reuse", "--reuse"),
     ("max_clusters", "--max-clusters"), ("k8s_config", "--k8s-config"), ("backend", "--backend"),
     ("kubeconfig", "--kubeconfig"), ("context", "--context"), ("namespace", "--namespace"),
+    ("database", "--database"),
 )
 REPEATED_ENGINE_OPTIONS = (("quota", "--quota"), ("queue_limit", "--queue-limit"))
 
@@ -142,7 +143,9 @@ def engine_config(args: argparse.Namespace):
                         pass_env=tuple(args.pass_env or ()), advertise_host=args.advertise_host,
                         allowed_code_dirs=tuple(args.allow_dir) if args.allow_dir else None,
                         backend=args.backend, kubeconfig=args.kubeconfig, kube_context=args.context,
-                        namespace=args.namespace, in_cluster=args.in_cluster)
+                        namespace=args.namespace, in_cluster=args.in_cluster,
+                        database=args.database or (os.environ.get("TASKDECK_DATABASE") or None
+                                                   if args.backend == "kubernetes" else None))
 
 
 def parse_limits(items, flag: str) -> dict[str, int]:
@@ -840,7 +843,7 @@ DEFAULTS: dict[str, Any] = {
     "share_group": None, "pass_env": [], "allow_dir": [], "advertise_host": None, "max_body_bytes": 8 * 1024 * 1024,
     "idle_exit": None, "task_start": "fork", "reuse": "on", "plugin_for": [], "max_clusters": None,
     "k8s_config": None, "quota": [], "queue_limit": [], "backend": "embedded", "kubeconfig": None, "context": None,
-    "namespace": None, "in_cluster": False,
+    "namespace": None, "in_cluster": False, "database": None,
 }
 
 
@@ -915,6 +918,11 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     add_engine("--context", metavar="NAME", help="with --backend kubernetes: the kubeconfig context to use")
     add_engine("--namespace", metavar="NS",
                help="with --backend kubernetes: the namespace of the TaskActions (default: the context's, else flyte)")
+    add_engine("--database", metavar="URL",
+               help="with --backend kubernetes: keep the runs data in PostgreSQL (postgresql://USER@HOST:PORT/DB), "
+                    "shared by the engines of one namespace so a follower that takes over loses nothing "
+                    "(default: $TASKDECK_DATABASE, else the data directory's SQLite); give the password with "
+                    "PGPASSWORD or ~/.pgpass, not in the URL")
     add_engine("--in-cluster", action="store_true",
                help="with --backend kubernetes: use the pod's service account instead of a kubeconfig")
     add_engine("--idle-exit", type=bounded(float, 0.1, 10 ** 6), metavar="SECONDS",

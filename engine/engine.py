@@ -117,6 +117,9 @@ class EngineConfig:
     namespace: str | None = None
     in_cluster: bool = False
     lease_seconds: float = 15.0  # the Kubernetes backend's leader lease: a dead leader's successor waits this long
+    # the Kubernetes backend's runs data in PostgreSQL (postgresql://...), shared by a leader and its followers;
+    # None: the data directory's SQLite database
+    database: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("workers", "max_processes", "max_body_bytes"):
@@ -137,6 +140,13 @@ class EngineConfig:
             raise ValueError("--kubeconfig, --context, --namespace and --in-cluster are for --backend kubernetes")
         if self.namespace is not None:
             check_namespace(self.namespace)
+        if self.database is not None:
+            if self.backend != "kubernetes":
+                raise ValueError("--database is for --backend kubernetes (the embedded default keeps its runs data "
+                                 "in the data directory's SQLite database)")
+            from engine.store.postgres import check_database_url  # no asyncpg import until it is used
+
+            check_database_url(self.database)
         if not isinstance(self.max_system_failures, int) or not 0 <= self.max_system_failures <= 1000:
             raise ValueError(f"max_system_failures must be from 0 to 1000, not {self.max_system_failures!r}")
 
@@ -146,6 +156,7 @@ class Engine:
         self.config = config or EngineConfig()
         self.data_dir = Path(self.config.data_dir).expanduser().resolve()
         self.elector = None  # the Kubernetes backend's leader election (engine/leader.py)
+        self.rebuilt: list = []  # actions whose rows this engine rebuilt from their TaskActions (engine/takeover.py)
         self._kube_client = None
         self._lease_task: asyncio.Task | None = None
         self._step_down: asyncio.Task | None = None
@@ -254,7 +265,9 @@ class Engine:
         describe = getattr(self.store, "describe", None)
         backend = describe() if describe is not None else {"kind": "embedded"}
         if self.elector is not None:
-            backend.update(role=self.elector.role, leader=self.elector.holder)
+            backend.update(role=self.elector.role, leader=self.elector.holder,
+                           rebuiltActions=[item.describe() for item in self.rebuilt[-20:]],
+                           rebuiltActionCount=len(self.rebuilt))
         return backend
 
     def _lease_lost(self) -> None:
@@ -266,9 +279,8 @@ class Engine:
         self._step_down = asyncio.get_running_loop().create_task(step_down(), name="lease-lost")
 
     def _make_store(self) -> EngineStore:
-        database = SqliteStore(self.data_dir / DB_FILE, inline_commits=not self.config.commit_in_thread)
         if self.config.backend == "embedded":
-            return database
+            return SqliteStore(self.data_dir / DB_FILE, inline_commits=not self.config.commit_in_thread)
         from engine.store.cluster import ClusterStore
         from engine.store.kubernetes import KubernetesResourceStore, connect
 
@@ -278,10 +290,20 @@ class Engine:
                                         in_cluster=self.config.in_cluster)
         self._kube_client = api_client  # the engine's: closed after the store and the election are done with it
         identity = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        database = self._runs_database(identity)
         lease = self.config.lease_seconds
         self.elector = LeaseElector(api_client, namespace, identity, lease_seconds=lease,
                                     renew_seconds=max(lease / 3, 0.2), retry_seconds=max(lease / 7, 0.1))
         return ClusterStore(KubernetesResourceStore(api_client, namespace), database)
+
+    def _runs_database(self, identity: str):
+        if self.config.database is None:
+            return SqliteStore(self.data_dir / DB_FILE, inline_commits=not self.config.commit_in_thread)
+        try:
+            from engine.store.postgres import PostgresRunsStore
+        except ImportError:
+            raise ValueError("--database postgresql://... needs asyncpg: pip install 'taskdeck[postgresql]'") from None
+        return PostgresRunsStore(self.config.database, engine_id=identity)
 
     async def start(self) -> None:
         prepare_data_dir(self.data_dir, shared=self.config.share_group is not None)
@@ -310,6 +332,9 @@ class Engine:
             if self.elector is not None:  # one engine reconciles a namespace: wait for the lease
                 await self.elector.acquire()
                 self._lease_task = asyncio.create_task(self.elector.hold(self._lease_lost), name="lease")
+                from engine.takeover import rebuild_missing_actions
+
+                self.rebuilt = await rebuild_missing_actions(self.store)  # the dead leader's, without its database
             await self.manager.start()
             await self.gc.start()
             await self.triggers.start()

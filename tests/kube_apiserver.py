@@ -702,14 +702,17 @@ class EmulatorThread:
 
 
 @contextlib.contextmanager
-def backend_config(backend: str, tmp_path: Path):
+def backend_config(backend: str, tmp_path: Path, request=None):
     """EngineConfig fields for ``backend``: nothing for the embedded default; for "kubernetes", an emulator
-    serving for the duration and a kubeconfig pointing at it."""
+    serving for the duration and a kubeconfig pointing at it; "kubernetes+postgresql" also keeps the runs
+    data in a fresh database on the suite's PostgreSQL server (``request``: the test's, for that fixture)."""
     if backend == "embedded":
         yield {}
         return
+    database = request.getfixturevalue("postgres_url") if backend == "kubernetes+postgresql" else None
     with EmulatorThread() as emulator:
-        yield {"backend": "kubernetes", "kubeconfig": emulator.kubeconfig(tmp_path / "kubeconfig", "flyte")}
+        yield {"backend": "kubernetes", "kubeconfig": emulator.kubeconfig(tmp_path / "kubeconfig", "flyte"),
+               "database": database}
 
 
 def main() -> None:

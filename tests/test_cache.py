@@ -47,9 +47,9 @@ class Behaviour:
         return PhaseInfo.success()
 
 
-@pytest.fixture(params=["embedded", "kubernetes"])
+@pytest.fixture(params=["embedded", "kubernetes", "kubernetes+postgresql"])
 async def setup(tmp_path, request):
-    with backend_config(request.param, tmp_path) as backend:
+    with backend_config(request.param, tmp_path, request) as backend:
         engine = Engine(EngineConfig(data_dir=tmp_path / "data", serve=False, requeue_after=1.0,
                                      gc_interval_seconds=0, **backend))
         behaviour = Behaviour()

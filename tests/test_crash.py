@@ -49,3 +49,17 @@ def test_kill_9_on_the_kubernetes_backend_loses_nothing_and_starts_no_task_twice
                              engine_args=("--backend", "kubernetes", "--kubeconfig", str(kubeconfig)))
     assert result["lost_events"] == 0 and result["recorded"] >= result["acknowledged"]
     assert result["double_starts"] == 0 and result["body_starts"] >= kill9.PARENT_N + 3
+
+
+def test_kill_9_with_the_runs_data_in_postgresql_loses_nothing_and_starts_no_task_twice(tmp_path, postgres_url):
+    """The Kubernetes backend's trial again, the runs data on a real PostgreSQL server (--database): each write
+    one transaction there, the outbox with the action row, so a kill between them is repaired the same way."""
+    from kube_apiserver import EmulatorThread
+
+    with EmulatorThread() as emulator:
+        kubeconfig = emulator.kubeconfig(tmp_path / "kubeconfig", "flyte")
+        result = kill9.trial(tmp_path / "data", random.Random(37), kills=2, sleeps=4,
+                             engine_args=("--backend", "kubernetes", "--kubeconfig", str(kubeconfig),
+                                          "--database", postgres_url))
+    assert result["lost_events"] == 0 and result["recorded"] >= result["acknowledged"]
+    assert result["double_starts"] == 0 and result["body_starts"] >= kill9.PARENT_N + 3

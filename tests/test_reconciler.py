@@ -303,11 +303,11 @@ async def test_a_status_is_never_saved_without_its_event(harness):
 
 
 # ----------------------------------------------------------------------------- through the engine
-@pytest.fixture(params=["embedded", "kubernetes"])
+@pytest.fixture(params=["embedded", "kubernetes", "kubernetes+postgresql"])
 async def engine(tmp_path, request):
     """The engine on each backend: the embedded store, and TaskActions on the API server emulator."""
     plugin = ScriptedPlugin()
-    with backend_config(request.param, tmp_path) as backend:
+    with backend_config(request.param, tmp_path, request) as backend:
         engine = Engine(EngineConfig(data_dir=tmp_path / "data", serve=False, requeue_after=0.05, workers=8,
                                      **backend))
         engine.registry.register(plugin)

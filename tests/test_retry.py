@@ -20,9 +20,9 @@ from kube_apiserver import backend_config
 ROOT = Path(__file__).parent.parent
 
 
-@pytest.fixture(params=["embedded", "kubernetes"])
+@pytest.fixture(params=["embedded", "kubernetes", "kubernetes+postgresql"])
 async def engine(tmp_path, request):
-    with backend_config(request.param, tmp_path) as backend:
+    with backend_config(request.param, tmp_path, request) as backend:
         engine = Engine(EngineConfig(data_dir=tmp_path / "data", serve=False, requeue_after=1.0, **backend))
         engine.test_plugin = ScriptedPlugin()
         engine.registry.register(engine.test_plugin)
