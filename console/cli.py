@@ -103,7 +103,7 @@ ENGINE_OPTIONS = (  # (dest, flag): options a command passes on to an engine it 
     ("max_body_bytes", "--max-body-bytes"), ("task_start", "--task-start"), ("reuse", "--reuse"),
     ("max_clusters", "--max-clusters"), ("k8s_config", "--k8s-config"), ("backend", "--backend"),
     ("kubeconfig", "--kubeconfig"), ("context", "--context"), ("namespace", "--namespace"),
-    ("database", "--database"),
+    ("database", "--database"), ("tasks_on", "--tasks-on"), ("advertise_url", "--advertise-url"),
 )
 REPEATED_ENGINE_OPTIONS = (("quota", "--quota"), ("queue_limit", "--queue-limit"))
 
@@ -144,6 +144,7 @@ def engine_config(args: argparse.Namespace):
                         allowed_code_dirs=tuple(args.allow_dir) if args.allow_dir else None,
                         backend=args.backend, kubeconfig=args.kubeconfig, kube_context=args.context,
                         namespace=args.namespace, in_cluster=args.in_cluster,
+                        tasks_on=args.tasks_on, advertise_url=args.advertise_url,
                         database=args.database or (os.environ.get("TASKDECK_DATABASE") or None
                                                    if args.backend == "kubernetes" else None))
 
@@ -587,6 +588,36 @@ def cmd_render(args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    """An attempt's log as the console shows it: a task process's, or on --tasks-on pods its Pod's."""
+    check_run_name(args.run)
+    action = args.action or "a0"
+    check_action_name(action)
+
+    async def go() -> int:
+        async with reader(args) as client:
+            found = await client.get_actions(args.run, [action])
+            if not found:
+                raise CliError(f"no action {action!r} in run {args.run!r}")
+            attempt = args.attempt or max(found[0].attempts, 1)
+            offset, finished = 0, False
+            while True:
+                chunk = await client.read_log(args.run, action, attempt, offset)
+                for line in chunk.lines:
+                    print(line.text, flush=True)
+                offset = chunk.next_offset
+                if chunk.next_offset < chunk.size:
+                    continue  # more whole lines than one chunk holds
+                if not args.follow or finished:
+                    return EXIT_OK
+                [now] = await client.get_actions(args.run, [action])
+                finished = ActionPhase(now.phase).is_terminal  # one more read after the end, then stop
+                if not finished:
+                    await asyncio.sleep(0.5)
+
+    return asyncio.run(go())
+
+
 def cmd_abort(args: argparse.Namespace) -> int:
     check_run_name(args.run)
     action = args.action or "a0"
@@ -843,7 +874,7 @@ DEFAULTS: dict[str, Any] = {
     "share_group": None, "pass_env": [], "allow_dir": [], "advertise_host": None, "max_body_bytes": 8 * 1024 * 1024,
     "idle_exit": None, "task_start": "fork", "reuse": "on", "plugin_for": [], "max_clusters": None,
     "k8s_config": None, "quota": [], "queue_limit": [], "backend": "embedded", "kubeconfig": None, "context": None,
-    "namespace": None, "in_cluster": False, "database": None,
+    "namespace": None, "in_cluster": False, "database": None, "tasks_on": "processes", "advertise_url": None,
 }
 
 
@@ -923,6 +954,12 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
                     "shared by the engines of one namespace so a follower that takes over loses nothing "
                     "(default: $TASKDECK_DATABASE, else the data directory's SQLite); give the password with "
                     "PGPASSWORD or ~/.pgpass, not in the URL")
+    add_engine("--tasks-on", choices=("processes", "pods"),
+               help="with --backend kubernetes: run tasks as processes on this machine (the default), or as Pods "
+                    "(and Spark/Ray/Dask tasks as their operators' objects) on the cluster")
+    add_engine("--advertise-url", metavar="URL",
+               help="with --tasks-on pods: the address task pods reach this engine's services at "
+                    "(default: the engine's own; in a cluster, its Service)")
     add_engine("--in-cluster", action="store_true",
                help="with --backend kubernetes: use the pod's service account instead of a kubeconfig")
     add_engine("--idle-exit", type=bounded(float, 0.1, 10 ** 6), metavar="SECONDS",
@@ -964,6 +1001,12 @@ def build_parser() -> argparse.ArgumentParser:
     render = command("render", help="print the Kubernetes object (Pod, DaskJob, ...) the Kubernetes backend "
                                     "would create for an action, as YAML")
     render.add_argument("target", metavar="RUN[/ACTION]", help="the run, or one of its actions (default its root)")
+
+    logs = command("logs", help="print an action's log (its last attempt's unless --attempt)")
+    logs.add_argument("run")
+    logs.add_argument("--action", default=None, help="one action of the run (default: the run's root)")
+    logs.add_argument("--attempt", type=bounded(int, 1, 10 ** 6), default=None)
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the action ends")
 
     abort = command("abort", help="abort a run, or one action and its subtree")
     abort.add_argument("run")
@@ -1024,7 +1067,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"token": cmd_token, "flyte-config": flyte_config.cmd_flyte_config, "run": cmd_run, "get": cmd_get, "render": cmd_render, "abort": cmd_abort,
+COMMANDS = {"token": cmd_token, "flyte-config": flyte_config.cmd_flyte_config, "run": cmd_run, "get": cmd_get, "render": cmd_render, "logs": cmd_logs,
+            "abort": cmd_abort,
             "retry": cmd_retry,
             "signal": cmd_signal, "cache": cmd_cache, "secret": cmd_secret, "project": cmd_project,
             "deploy": cmd_deploy, "trigger": cmd_trigger, "k8s": k8s_command.cmd_k8s}

@@ -49,7 +49,7 @@ from engine.plugins.sleep import SleepPlugin
 from engine.reconciler import DEFAULT_MAX_SYSTEM_FAILURES, DEFAULT_REQUEUE_SECONDS, TaskActionReconciler
 from engine.http_gate import DEFAULT_MAX_BODY_BYTES
 from engine.logs import LogService
-from engine.names import check_namespace
+from engine.names import check_advertise_url, check_namespace
 from engine.runs import RunsService
 from engine.services import EngineServices
 from engine.storage_health import StorageHealth
@@ -120,6 +120,10 @@ class EngineConfig:
     # the Kubernetes backend's runs data in PostgreSQL (postgresql://...), shared by a leader and its followers;
     # None: the data directory's SQLite database
     database: str | None = None
+    # the Kubernetes backend's tasks: "processes" on this machine (the default), or "pods": container tasks as
+    # Pods and Spark/Ray/Dask tasks as their operators' objects, created on the cluster by the plugin manager
+    tasks_on: str = "processes"
+    advertise_url: str | None = None  # how task pods reach this engine's services (default: its own URL)
 
     def __post_init__(self) -> None:
         for name in ("workers", "max_processes", "max_body_bytes"):
@@ -140,6 +144,12 @@ class EngineConfig:
             raise ValueError("--kubeconfig, --context, --namespace and --in-cluster are for --backend kubernetes")
         if self.namespace is not None:
             check_namespace(self.namespace)
+        if self.tasks_on not in ("processes", "pods"):
+            raise ValueError(f"tasks_on must be 'processes' or 'pods', not {self.tasks_on!r}")
+        if (self.tasks_on == "pods" or self.advertise_url) and self.backend != "kubernetes":
+            raise ValueError("--tasks-on pods and --advertise-url are for --backend kubernetes")
+        if self.advertise_url is not None:
+            check_advertise_url(self.advertise_url)
         if self.database is not None:
             if self.backend != "kubernetes":
                 raise ValueError("--database is for --backend kubernetes (the embedded default keeps its runs data "
@@ -158,6 +168,7 @@ class Engine:
         self.elector = None  # the Kubernetes backend's leader election (engine/leader.py)
         self.rebuilt: list = []  # actions whose rows this engine rebuilt from their TaskActions (engine/takeover.py)
         self._kube_client = None
+        self._pod_watch = None
         self._lease_task: asyncio.Task | None = None
         self._step_down: asyncio.Task | None = None
         self.store = self._make_store()
@@ -173,11 +184,24 @@ class Engine:
                                                   credential=self._worker_env)
         self.authority.worker_runs = self.reusable_plugin.runs_of_worker
         self.registry.register(self.reusable_plugin)
-        resources = LocalResourceBackend(self.data_dir / "work", [
-            LocalDaskOperator(self.container_plugin.setup), LocalRayOperator(self.container_plugin.setup, self.data_dir),
-            LocalSparkOperator(self.container_plugin.setup, self.data_dir)],
-            max_running=self.config.max_clusters or max(1, self.config.max_processes // 4))
         self.k8s = K8sConfig.from_file(self.config.k8s_config) if self.config.k8s_config else K8sConfig()
+        if self.config.tasks_on == "pods":
+            from engine.plugins.cluster_backend import ClusterResourceBackend
+            from engine.plugins.pod import PodPlugin
+
+            resources = ClusterResourceBackend(self._kube_client, endpoint_for=self._pod_endpoint,
+                                               namespace=self.store.namespace, owns_client=False)
+            self._pod_watch = resources.watch_pods  # started with the controller: a Pod's change wakes its owner
+            pods = ResourcePluginManager(PodPlugin(k8s=self.k8s), resources, k8s=self.k8s)
+            self.registry.register(pods)
+            for task_type in pods.task_types:
+                self.registry.set_default_for(task_type, pods.id)
+        else:
+            resources = LocalResourceBackend(self.data_dir / "work", [
+                LocalDaskOperator(self.container_plugin.setup),
+                LocalRayOperator(self.container_plugin.setup, self.data_dir),
+                LocalSparkOperator(self.container_plugin.setup, self.data_dir)],
+                max_running=self.config.max_clusters or max(1, self.config.max_processes // 4))
         self.resource_managers = [ResourcePluginManager(p, resources, k8s=self.k8s)
                                   for p in (DaskPlugin(self.k8s), RayPlugin(self.k8s), SparkPlugin(self.k8s))]
         for manager in self.resource_managers:
@@ -244,6 +268,15 @@ class Engine:
         if self.url is None:
             return {}
         return {"_U_EP_OVERRIDE": endpoint_with_credential(self.url, self.authority.run_token(project, domain, run))}
+
+    def _pod_endpoint(self, tctx) -> str | None:
+        """What a task pod of this action's run reaches the controller services at: the advertised address
+        (or this engine's), with the run's credential."""
+        base = self.config.advertise_url or self.url
+        if base is None:
+            return None
+        md = tctx.metadata
+        return endpoint_with_credential(base, self.authority.run_token(md.project, md.domain, md.run_name))
 
     def _worker_env(self, worker: str) -> dict[str, str]:
         """A reusable worker reaches the controller services with its own credential: it covers the runs
@@ -336,6 +369,8 @@ class Engine:
 
                 self.rebuilt = await rebuild_missing_actions(self.store)  # the dead leader's, without its database
             await self.manager.start()
+            if self._pod_watch is not None:
+                self._pod_watch(self._enqueue)
             await self.gc.start()
             await self.triggers.start()
         except BaseException:

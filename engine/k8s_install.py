@@ -31,14 +31,30 @@ RULES = [  # reads come from the informer (list, watch); no single get
     {"apiGroups": ["flyte.org"], "resources": ["taskactions/status"], "verbs": ["update"]},
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},  # leader
 ]
+# With --tasks-on pods, what engine/plugins/cluster_backend.py calls: the tasks' objects, their logs, and the
+# Secret that gives each object's pods the engine endpoint with their run's credential.
+_TASK_OBJECT_VERBS = ["create", "get", "list", "delete"]
+TASK_POD_RULES = [
+    {"apiGroups": [""], "resources": ["pods"], "verbs": [*_TASK_OBJECT_VERBS, "watch"]},  # watch: owners woken
+    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+    {"apiGroups": ["sparkoperator.k8s.io"], "resources": ["sparkapplications"], "verbs": list(_TASK_OBJECT_VERBS)},
+    {"apiGroups": ["ray.io"], "resources": ["rayjobs"], "verbs": list(_TASK_OBJECT_VERBS)},
+    {"apiGroups": ["kubernetes.dask.org"], "resources": ["daskjobs"], "verbs": list(_TASK_OBJECT_VERBS)},
+]
 
 
 class InstallError(Exception):
     pass
 
 
-def manifests(namespace: str = DEFAULT_NAMESPACE, *, in_cluster: bool = False, image: str = "python:3.11-slim") -> list[dict]:
-    """The objects, in the order they are applied (uninstall removes them in reverse)."""
+def manifests(namespace: str = DEFAULT_NAMESPACE, *, in_cluster: bool = False, image: str = "python:3.11-slim",
+              tasks_on: str = "processes") -> list[dict]:
+    """The objects, in the order they are applied (uninstall removes them in reverse); ``tasks_on`` "pods":
+    an engine that runs its tasks as Pods (and Spark/Ray/Dask objects), with the verbs that needs."""
+    if tasks_on not in ("processes", "pods"):
+        raise InstallError(f"--tasks-on must be processes or pods, not {tasks_on!r}")
+    rules = RULES + (TASK_POD_RULES if tasks_on == "pods" else [])
     try:
         check_namespace(namespace)
     except InvalidNameError as exc:
@@ -52,7 +68,7 @@ def manifests(namespace: str = DEFAULT_NAMESPACE, *, in_cluster: bool = False, i
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": labels}},
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": copy.deepcopy(meta)},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": copy.deepcopy(meta),
-         "rules": copy.deepcopy(RULES)},
+         "rules": copy.deepcopy(rules)},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": copy.deepcopy(meta),
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": NAME},
          "subjects": [{"kind": "ServiceAccount", "name": NAME, "namespace": namespace}]},
@@ -61,7 +77,7 @@ def manifests(namespace: str = DEFAULT_NAMESPACE, *, in_cluster: bool = False, i
         container = {
             "name": "engine", "image": image,
             "command": ["taskdeck", "--headless", "--backend", "kubernetes", "--in-cluster", "--namespace",
-                        namespace, "--data-dir", "/var/lib/taskdeck"],
+                        namespace, "--data-dir", "/var/lib/taskdeck", "--tasks-on", tasks_on],
             "ports": [{"name": "api", "containerPort": API_PORT}],
             "volumeMounts": [{"name": "data", "mountPath": "/var/lib/taskdeck"}],
             "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "allowPrivilegeEscalation": False},

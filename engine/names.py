@@ -166,3 +166,18 @@ def check_env_vars(env: object, *, field: str = "envVars") -> dict[str, str]:
                 f"refuses it. Give it to tasks from the engine's own environment instead: "
                 f"`taskdeck --headless --pass-env {name}` (a secrets service is planned)", field=field)
     return dict(env)
+
+
+def check_advertise_url(url: str, *, field: str = "--advertise-url") -> str:
+    """An http(s) address with a host and no path, query or credentials: where task pods reach the engine."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.username \
+            or parts.password or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"{field} must be http(s)://HOST[:PORT], as task pods reach the engine, not {url!r}")
+    return url.rstrip("/")

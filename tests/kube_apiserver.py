@@ -126,6 +126,7 @@ def core_kinds() -> list[Kind]:
     they build with kubernetes-validate)."""
     return [Kind("", "v1", "pods", "Pod", short_names=("po",)),
             Kind("", "v1", "events", "Event", status_subresource=False),
+            Kind("", "v1", "secrets", "Secret", status_subresource=False),
             Kind("", "v1", "serviceaccounts", "ServiceAccount", status_subresource=False),
             Kind("", "v1", "services", "Service"),
             Kind("apps", "v1", "deployments", "Deployment"),
@@ -261,6 +262,7 @@ class ApiServer:
                 kind.validator = jsonschema.Draft202012Validator(_json_schema(kind.schema))
         self.store = Store(history)
         self.faults: list[tuple[str, str, int]] = []
+        self.pod_logs: dict[tuple[str, str], str] = {}  # (namespace, pod) → the log file tests/kubelet.py writes
         self.verbs: collections.Counter[tuple[str, str]] = collections.Counter()  # (RBAC verb, resource)
         self.app = web.Application()
         self.app.router.add_route("*", "/{tail:.*}", self.dispatch)
@@ -312,6 +314,9 @@ class ApiServer:
             raise ApiError(404, "NotFound", f"the server could not find the requested resource ({request.path})")
         name = rest[1] if len(rest) >= 2 else ""
         subresource = rest[2] if len(rest) == 3 else ""
+        if subresource == "log" and kind.plural == "pods" and request.method == "GET":
+            self.verbs[("get", "pods/log")] += 1
+            return self._pod_log(namespace, name, request.query.get("container"))
         if subresource and (subresource != "status" or not kind.status_subresource):
             raise ApiError(404, "NotFound", f"no subresource {subresource!r} on {kind.plural}")
         self.verbs[(self._verb(request, name), f"{kind.plural}/{subresource}" if subresource else kind.plural)] += 1
@@ -352,6 +357,16 @@ class ApiServer:
             body = await self._body(request, optional=True)
             return web.json_response(await self._delete(kind, namespace, name, body or {}))
         raise ApiError(405, "MethodNotAllowed", f"{request.method} is not supported")
+
+    def _pod_log(self, namespace: str, name: str, container: str | None) -> web.Response:
+        """``pods/NAME/log``: what the node (tests/kubelet.py) recorded the pod's container writing; 400 while
+        it has not started, as a kubelet answers."""
+        self._get(self.kinds["pods"], namespace, name)  # 404 when there is no such pod
+        path = self.pod_logs.get((namespace, name))
+        if path is None or not Path(path).exists():
+            raise ApiError(400, "BadRequest", f'container "{container or name}" in pod "{name}" is waiting to start: '
+                           "ContainerCreating")
+        return web.Response(text=Path(path).read_text(errors="replace"), content_type="text/plain")
 
     @staticmethod
     def _namespace(name: str) -> dict:

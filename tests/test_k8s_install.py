@@ -13,7 +13,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from engine.k8s_install import RULES, manifests
+from engine.k8s_install import RULES, TASK_POD_RULES, manifests
 from engine.leader import LeaseElector
 from engine.model import FINALIZER
 from engine.store.kubernetes import KubernetesResourceStore
@@ -61,6 +61,52 @@ async def test_the_role_grants_exactly_what_the_store_uses():
         used = {(verb, resource) for verb, resource in emulator.server.verbs}
     granted = {(verb, resource) for rule in RULES for resource in rule["resources"] for verb in rule["verbs"]}
     assert used == granted, (sorted(used - granted), sorted(granted - used))
+
+
+async def test_the_task_pod_rules_are_exactly_what_running_tasks_as_pods_calls(tmp_path):
+    """--tasks-on pods: every call the cluster backend makes for the tasks' objects (a Pod with its endpoint
+    Secret, its log, the three operators' kinds; get, list as garbage collection does, delete), against the
+    rules it adds: nothing missing, nothing extra, and all in the engine's namespace (a Role)."""
+    from engine.plugins.cluster_backend import CUSTOM_KINDS, ClusterResourceBackend
+    from engine.plugins.pod import PodPlugin
+    from engine.plugins.resource_manager import ResourcePluginManager
+    from kube_apiserver import Kind, core_kinds, taskaction_kind
+    from test_dask import _tctx
+
+    kinds = [taskaction_kind(), *core_kinds()] + [
+        Kind(group, version, plural, kind, builtin=False) for kind, (group, version, plural) in CUSTOM_KINDS.items()
+        if plural != "rayclusters"]
+    with EmulatorThread(ApiServer(kinds=kinds)) as emulator:
+        api_client = client.ApiClient(client.Configuration(host=emulator.url))
+        backend = ClusterResourceBackend(api_client, endpoint_for=lambda tctx: "http://engine:8080/c/tdr_x",
+                                         namespace="flyte")
+        tctx = _tctx(tmp_path, None)
+        pod = ResourcePluginManager(PodPlugin(), backend).with_metadata(PodPlugin().build_resource(tctx), tctx)
+        changed = asyncio.Event()
+        backend.watch_pods(lambda owner: changed.set() if owner == tctx.metadata.owner_name else None)
+        await backend.create(pod, tctx)
+        await asyncio.wait_for(changed.wait(), 10)  # the watch wakes the Pod's owner
+        await backend.get(pod)
+        await backend.list("v1", "Pod", None, {"flyte.org/managed": "true"})
+        emulator.server.pod_logs[("flyte", pod["metadata"]["name"])] = str(tmp_path / "pod.log")
+        (tmp_path / "pod.log").write_text("hello\n")
+        assert await backend.pod_log(pod) == "hello\n"
+        await backend.delete(pod)
+        for kind, (group, version, plural) in CUSTOM_KINDS.items():
+            if plural == "rayclusters":
+                continue
+            obj = {"apiVersion": f"{group}/{version}", "kind": kind, "metadata": {"name": "x", "namespace": "flyte"}}
+            await backend.create(obj, tctx)
+            await backend.get(obj)
+            await backend.list(obj["apiVersion"], kind, None, {})
+            await backend.delete(obj)
+        await backend.close()
+        used = {(verb, resource) for verb, resource in emulator.server.verbs}
+    granted = {(verb, resource) for rule in TASK_POD_RULES for resource in rule["resources"] for verb in rule["verbs"]}
+    assert used == granted, (sorted(used - granted), sorted(granted - used))
+    role = next(o for o in manifests("team-a", tasks_on="pods") if o["kind"] == "Role")
+    assert role["rules"] == RULES + TASK_POD_RULES
+    assert next(o for o in manifests("team-a") if o["kind"] == "Role")["rules"] == RULES
 
 
 def taskdeck(*args: str) -> subprocess.CompletedProcess:

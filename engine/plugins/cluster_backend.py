@@ -4,14 +4,24 @@ DaskJobs) created, read, listed and deleted through the API server with the offi
 The API server's refusals come back as the backend errors the manager branches on, as Flyte's
 ``launchResource`` does: 409 AlreadyExists (launched before), 403, 413, 422, 400; anything else is a
 ``BackendError`` the reconciler counts as a system failure. The sync client runs off the event loop.
+
+Task pods reach the engine's controller services with their run's credential, as local task processes
+do, but never as a value in the pod spec (anyone who may read pods would read it): each object gets a
+Secret, owned by its TaskAction (collected with it), holding the endpoint with the credential, and its
+containers name it in ``_U_EP_OVERRIDE`` by ``secretKeyRef``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import logging
+import threading
+from collections.abc import Callable
 
 from engine.plugins.core import TaskExecutionContext
+from engine.plugins.task_setup import SDK_DEFAULTS
 from engine.plugins.resources import (
     AlreadyExistsError,
     BackendError,
@@ -31,6 +41,10 @@ CUSTOM_KINDS = {
     "RayCluster": ("ray.io", "v1", "rayclusters"),
     "DaskJob": ("kubernetes.dask.org", "v1", "daskjobs"),
 }
+log = logging.getLogger(__name__)
+
+ENDPOINT_ENV = "_U_EP_OVERRIDE"
+ENDPOINT_KEY = "endpoint"
 _ERRORS = {409: AlreadyExistsError, 404: NotFoundError, 403: ForbiddenError, 413: TooLargeError, 422: InvalidError,
            400: BadRequestError}
 
@@ -39,15 +53,75 @@ def _selector(labels: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
-class ClusterResourceBackend(ResourceBackend):
-    """Objects in the cluster ``api_client`` reaches (a ``kubernetes.client.ApiClient``)."""
+def pod_specs(resource) -> list[dict]:
+    """Every pod spec in an object (a Pod's; the templates of a RayJob, DaskJob, SparkApplication's driver
+    and executor): the dicts that hold ``containers``."""
+    found: list[dict] = []
+    if isinstance(resource, dict):
+        if isinstance(resource.get("containers"), list):
+            found.append(resource)
+        for value in resource.values():
+            found += pod_specs(value)
+    elif isinstance(resource, list):
+        for value in resource:
+            found += pod_specs(value)
+    return found
 
-    def __init__(self, api_client):
+
+def endpoint_secret_name(resource_name: str) -> str:
+    return f"{resource_name[:63 - len('-endpoint')].rstrip('-')}-endpoint"
+
+
+class ClusterResourceBackend(ResourceBackend):
+    """Objects in the cluster ``api_client`` reaches (a ``kubernetes.client.ApiClient``).
+
+    ``endpoint_for(tctx)``: the engine endpoint, with the run's credential, the action's pods use (None: they
+    get none)."""
+
+    def __init__(self, api_client, endpoint_for: Callable[[TaskExecutionContext], str | None] | None = None,
+                 namespace: str | None = None, owns_client: bool = True):
         from kubernetes import client  # imported here: the embedded default never loads it
 
         self._api_client = api_client
+        self._owns_client = owns_client  # False: the engine's, shared with its store, closed by the engine
+        self.namespace = namespace  # a list without one (garbage collection) stays in it: a Role suffices
         self._core = client.CoreV1Api(api_client)
         self._custom = client.CustomObjectsApi(api_client)
+        self._endpoint_for = endpoint_for
+
+    async def _give_endpoint(self, resource: Resource, tctx: TaskExecutionContext) -> None:
+        endpoint = self._endpoint_for(tctx) if self._endpoint_for is not None else None
+        specs = pod_specs(resource)
+        if endpoint is None or not specs:
+            return
+        md = resource["metadata"]
+        name = endpoint_secret_name(md["name"])
+        secret = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                  "metadata": {"name": name, "namespace": md.get("namespace") or "default",
+                               "labels": {"flyte.org/managed": "true"},
+                               "ownerReferences": [{"apiVersion": "flyte.org/v1", "kind": "TaskAction",
+                                                    "name": tctx.metadata.owner_name, "uid": tctx.metadata.owner_uid}]},
+                  "data": {ENDPOINT_KEY: base64.b64encode(endpoint.encode()).decode()}}
+        try:
+            await self._call(self._core.create_namespaced_secret, secret["metadata"]["namespace"], secret)
+        except AlreadyExistsError:
+            pass  # this attempt's, or an earlier attempt's of the same run: the same credential
+        given = [{"name": k, "value": v} for k, v in sorted(self._engine_env(tctx).items())]
+        given.append({"name": ENDPOINT_ENV, "valueFrom": {"secretKeyRef": {"name": name, "key": ENDPOINT_KEY}}})
+        names = {e["name"] for e in given}
+        for spec in specs:
+            for container in spec["containers"] + (spec.get("initContainers") or []):
+                container["env"] = [e for e in container.get("env") or [] if e.get("name") not in names] + given
+
+    @staticmethod
+    def _engine_env(tctx: TaskExecutionContext) -> dict[str, str]:
+        """What the SDK in a pod needs to talk to this engine as a task process does: how (plaintext, the
+        ActionsService), its enqueue rate; with the data on a path both see (no object store), the
+        directories it writes made as it writes."""
+        env = {**SDK_DEFAULTS, **{k: v for k, v in tctx.runtime_env.items() if k != ENDPOINT_ENV}}
+        if "://" not in tctx.output_prefix:
+            env["FSSPEC_FILE_AUTO_MKDIR"] = "true"
+        return env
 
     async def _call(self, fn, *args, **kwargs):
         from kubernetes.client.rest import ApiException
@@ -77,6 +151,7 @@ class ClusterResourceBackend(ResourceBackend):
 
     async def create(self, resource: Resource, tctx: TaskExecutionContext) -> Resource:
         kind, namespace, _, custom = self._where(resource)
+        await self._give_endpoint(resource, tctx)
         if custom is None:
             return self._plain(await self._call(self._core.create_namespaced_pod, namespace, resource))
         group, version, plural = custom
@@ -100,6 +175,7 @@ class ClusterResourceBackend(ResourceBackend):
 
     async def list(self, api_version: str, kind: str, namespace: str | None, labels: dict[str, str]) -> list[Resource]:
         selector = _selector(labels)
+        namespace = namespace or self.namespace
         if kind == "Pod":
             if namespace:
                 found = await self._call(self._core.list_namespaced_pod, namespace, label_selector=selector)
@@ -117,5 +193,56 @@ class ClusterResourceBackend(ResourceBackend):
                                      label_selector=selector)
         return found.get("items") or []
 
+    def watch_pods(self, on_change: Callable[[str], None]) -> None:
+        """Call ``on_change(task_action_name)`` (on the calling loop) whenever one of the engine's Pods changes,
+        as Flyte's plugin manager enqueues the owner from its informer: a Pod's end is seen at once, not at
+        the next periodic check. The watch runs in a thread (the client is sync) until ``close``."""
+        loop = asyncio.get_running_loop()
+        self._watching = threading.Event()
+        thread = threading.Thread(target=self._watch_pods, args=(loop, on_change, self._watching),
+                                  name="pod-watch", daemon=True)
+        thread.start()
+        self._watch_thread = thread
+
+    def _watch_pods(self, loop, on_change, stopping: threading.Event) -> None:
+        from kubernetes import watch
+        from kubernetes.client.rest import ApiException
+
+        version = None
+        while not stopping.is_set():
+            stream = watch.Watch()
+            try:
+                kwargs = {"resource_version": version} if version else {}
+                for event in stream.stream(self._core.list_namespaced_pod, self.namespace or "default",
+                                           label_selector="flyte.org/managed=true", timeout_seconds=5, **kwargs):
+                    pod = event["object"]
+                    version = pod.metadata.resource_version
+                    for ref in pod.metadata.owner_references or []:
+                        if ref.kind == "TaskAction" and not loop.is_closed():
+                            loop.call_soon_threadsafe(on_change, ref.name)
+                    if stopping.is_set():
+                        break
+            except ApiException as exc:
+                version = None if exc.status == 410 else version
+                stopping.wait(0.5)
+            except Exception as exc:  # the server unreachable for a moment: the periodic checks go on meanwhile
+                log.debug("pod watch interrupted: %s", exc)
+                stopping.wait(1.0)
+            finally:
+                stream.stop()
+
+    async def pod_log(self, identity: Resource, container: str | None = None) -> str | None:
+        kind, namespace, name, _ = self._where(identity)
+        if kind != "Pod":
+            return None
+        extra = {"container": container} if container else {}
+        return await self._call(self._core.read_namespaced_pod_log, name, namespace, **extra)
+
     async def close(self) -> None:
-        await asyncio.to_thread(self._api_client.close)
+        watching = getattr(self, "_watching", None)
+        if watching is not None:
+            watching.set()
+            await asyncio.to_thread(self._watch_thread.join, 10)
+            self._watching = None
+        if self._owns_client:
+            await asyncio.to_thread(self._api_client.close)

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import re
+from pathlib import Path
 
 from engine.phases import PluginPhase
 from engine.plugins.core import PhaseInfo, Plugin, PluginError, TaskExecutionContext, TaskInfo, Transition
@@ -114,6 +116,11 @@ class ResourcePluginManager(Plugin):
 
     async def _launch(self, tctx: TaskExecutionContext) -> PhaseInfo:
         resource = self.with_metadata(self.plugin.build_resource(tctx), tctx)
+        if "://" not in tctx.output_prefix:  # a local (shared) path: the attempt's directory, as a blob store has it
+            try:
+                os.makedirs(tctx.output_prefix, mode=0o700, exist_ok=True)
+            except OSError as exc:
+                raise PluginError(f"cannot make the attempt's output directory {tctx.output_prefix}: {exc}") from exc
         try:
             await self.backend.create(resource, tctx)
         except BusyError as exc:
@@ -143,17 +150,40 @@ class ResourcePluginManager(Plugin):
                 "ResourceDeletedExternally",
                 f"resource not found, name [{identity['metadata']['namespace']}/{identity['metadata']['name']}]. "
                 f"reason: {exc}")
+        if resource.get("kind") == "Pod":
+            await self._copy_pod_log(tctx, identity)
         failing = await self._failing_related_pod(tctx, resource)
         if failing is not None:
             return failing
         info = self.plugin.get_task_phase(tctx, resource)
         if info.phase == PluginPhase.SUCCESS:
             return read_outcome(tctx, 0, info.info)
+        if info.phase.is_failure and resource.get("kind") == "Pod" and _wrote_error_file(tctx):
+            return read_outcome(tctx, None, info.info)  # the task said why (error.pb): that, not the exit code
         if not info.phase.is_terminal and (resource.get("metadata") or {}).get("deletionTimestamp"):
             return PhaseInfo.system_retryable_failure(
                 "UnexpectedObjectDeletion", f"object [{identity['metadata']['name']}] terminated unexpectedly in "
                 "the background")
         return info
+
+    async def _copy_pod_log(self, tctx: TaskExecutionContext, identity: Resource) -> None:
+        """The pod's log (``kubectl logs``) into the attempt's log file, where `taskdeck logs` and the console
+        read it: at each check, so it follows the pod at the reconcile's pace, and whole at the end."""
+        try:
+            text = await self.backend.pod_log(identity)
+        except BackendError:
+            return  # not started yet, or gone: the next check, or nothing to show
+        if not text:
+            return
+        path = Path(tctx.log_path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(".tmp")
+            partial.write_text(text)
+            os.chmod(partial, 0o600)
+            partial.replace(path)
+        except OSError as exc:
+            log.warning("could not keep the log of pod %s: %s", identity["metadata"]["name"], exc)
 
     async def _failing_related_pod(self, tctx: TaskExecutionContext, resource: Resource) -> PhaseInfo | None:
         """A related pod's failure, which decides the task before the resource's own state (fail fast).
@@ -212,6 +242,10 @@ class ResourcePluginManager(Plugin):
 
     async def close(self) -> None:
         await self.backend.close()
+
+
+def _wrote_error_file(tctx: TaskExecutionContext) -> bool:
+    return "://" not in tctx.output_prefix and os.path.exists(os.path.join(tctx.output_prefix, "error.pb"))
 
 
 def _parse_time(text: str | None) -> dt.datetime | None:

@@ -127,6 +127,10 @@ class ResourceBackend(abc.ABC):
         """Objects of a kind whose labels include ``labels`` (a backend without such objects has none)."""
         return []
 
+    async def pod_log(self, identity: Resource, container: str | None = None) -> str | None:
+        """A Pod's log as its container wrote it (``kubectl logs``), or None where there are no such pods."""
+        return None
+
     async def close(self) -> None:
         """Release what the backend holds when the engine stops."""
 

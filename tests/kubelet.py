@@ -1,0 +1,189 @@
+"""A kubelet simulator for the API server emulator: it really runs each Pod's primary container on this
+machine, as a node would run it, and reports through the API what a kubelet reports.
+
+- It watches the namespace's Pods with the official client (list + watch, over HTTP).
+- A new Pod is "scheduled" (``spec.nodeName``, condition PodScheduled), then its first container's
+  ``command`` + ``args`` (``args`` alone when there is no command: Flyte's images have no entrypoint) run
+  as a process in its own process group, in a fresh directory (or ``workingDir``), with the container's
+  environment resolved as a kubelet resolves it: ``value``, ``valueFrom.fieldRef`` (metadata.name,
+  metadata.namespace, metadata.uid, spec.nodeName, spec.serviceAccountName) and ``valueFrom.secretKeyRef``
+  (read from the API: a missing Secret or key is CreateContainerConfigError, as on a node); plus PATH
+  and HOME, which an image would supply.
+- Status through the status subresource: Pending → Running (``containerStatuses[].state.running``,
+  ``startTime``) → Succeeded / Failed with ``state.terminated`` (exitCode, reason Completed / Error /
+  OOMKilled for 137, startedAt, finishedAt).
+- Its stdout and stderr are the Pod's log (``pods/NAME/log`` on the emulator).
+- A Pod that is deleted has its process group killed (SIGTERM, then SIGKILL after the grace period).
+
+Not simulated: images (the command runs from this machine's PATH), resources and limits, probes, init
+containers, sidecars beyond the first container, restarts (restartPolicy is taken as Never), volumes.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from kubernetes import client, watch
+from kubernetes.client.rest import ApiException
+
+BIN = str(Path(sys.executable).parent)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class ConfigError(Exception):
+    """What makes a kubelet refuse to start a container (CreateContainerConfigError)."""
+
+
+class KubeletSimulator:
+    def __init__(self, emulator, namespace: str = "flyte", node: str = "sim-node-1", grace_seconds: float = 2.0):
+        self.emulator = emulator
+        self.namespace = namespace
+        self.node = node
+        self.grace_seconds = grace_seconds
+        self.api_client = client.ApiClient(client.Configuration(host=emulator.url))
+        self.core = client.CoreV1Api(self.api_client)
+        self.root = Path(tempfile.mkdtemp(prefix="kubelet-"))
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.started: list[str] = []  # pod names, in the order their containers started
+        self.environments: dict[str, dict[str, str]] = {}  # pod → the environment its container got
+        self._stop = threading.Event()
+        self._watch: watch.Watch | None = None
+        self._thread = threading.Thread(target=self._loop, name="kubelet-simulator", daemon=True)
+
+    def __enter__(self) -> KubeletSimulator:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._watch is not None:
+            self._watch.stop()
+        self._thread.join(10)
+        for process in list(self.processes.values()):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        self.api_client.close()
+
+    # ------------------------------------------------------------------ the watch
+    def _loop(self) -> None:
+        version = None
+        while not self._stop.is_set():
+            self._watch = watch.Watch()
+            try:
+                kwargs = {"resource_version": version} if version else {}
+                for event in self._watch.stream(self.core.list_namespaced_pod, self.namespace, timeout_seconds=5,
+                                                **kwargs):
+                    pod = event["object"]
+                    version = pod.metadata.resource_version
+                    if event["type"] == "DELETED" or pod.metadata.deletion_timestamp:
+                        self._kill(pod.metadata.name)
+                    elif event["type"] == "ADDED" and pod.metadata.name not in self.processes \
+                            and not (pod.status and pod.status.phase in ("Succeeded", "Failed")):
+                        threading.Thread(target=self._run, args=(pod,), daemon=True).start()
+                    if self._stop.is_set():
+                        break
+            except ApiException as exc:
+                if exc.status == 410:
+                    version = None
+                    continue
+                time.sleep(0.2)
+            except Exception:  # the emulator stopping under the watch
+                time.sleep(0.2)
+
+    # ------------------------------------------------------------------ one pod
+    def _status(self, name: str, status: dict) -> None:
+        try:
+            self.core.patch_namespaced_pod_status(name, self.namespace, {"status": status})
+        except ApiException:
+            pass  # deleted meanwhile
+
+    def _environment(self, pod, container) -> dict[str, str]:
+        env = {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "HOME": os.environ.get("HOME", "/root"),
+               "LANG": "C.UTF-8"}
+        fields = {"metadata.name": pod.metadata.name, "metadata.namespace": pod.metadata.namespace,
+                  "metadata.uid": pod.metadata.uid, "spec.nodeName": self.node,
+                  "spec.serviceAccountName": pod.spec.service_account_name or "default"}
+        for item in container.env or []:
+            if item.value_from is None:
+                env[item.name] = item.value or ""
+            elif item.value_from.field_ref is not None:
+                env[item.name] = fields.get(item.value_from.field_ref.field_path, "")
+            elif item.value_from.secret_key_ref is not None:
+                ref = item.value_from.secret_key_ref
+                try:
+                    secret = self.core.read_namespaced_secret(ref.name, pod.metadata.namespace)
+                except ApiException:
+                    raise ConfigError(f'secret "{ref.name}" not found') from None
+                if ref.key not in (secret.data or {}):
+                    raise ConfigError(f"couldn't find key {ref.key} in Secret {pod.metadata.namespace}/{ref.name}")
+                env[item.name] = base64.b64decode(secret.data[ref.key]).decode()
+        return env
+
+    def _run(self, pod) -> None:
+        name = pod.metadata.name
+        container = pod.spec.containers[0]
+        self._status(name, {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]})
+        try:
+            env = self._environment(pod, container)
+        except ConfigError as exc:
+            self._status(name, {"phase": "Pending", "containerStatuses": [{
+                "name": container.name, "ready": False, "restartCount": 0, "image": container.image,
+                "imageID": "", "state": {"waiting": {"reason": "CreateContainerConfigError", "message": str(exc)}}}]})
+            return
+        argv = list(container.command or []) + list(container.args or [])
+        work = Path(container.working_dir) if container.working_dir else self.root / name
+        work.mkdir(parents=True, exist_ok=True)
+        log_path = self.root / f"{name}.log"
+        started = _now()
+        with open(log_path, "wb") as log:
+            try:
+                process = subprocess.Popen(argv, env=env, cwd=work, stdout=log, stderr=subprocess.STDOUT,
+                                           start_new_session=True)
+            except OSError as exc:
+                log.write(f"exec failed: {exc}\n".encode())
+                process = None
+        self.emulator.server.pod_logs[(self.namespace, name)] = str(log_path)
+        if process is None:
+            self._terminated(name, container, 128, "StartError", started)
+            return
+        self.processes[name] = process
+        self.started.append(name)
+        self.environments[name] = env
+        self._status(name, {"phase": "Running", "startTime": started, "conditions": [
+            {"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True"}],
+            "containerStatuses": [{"name": container.name, "ready": True, "restartCount": 0,
+                                   "image": container.image, "imageID": "", "state": {"running": {"startedAt": started}}}]})
+        code = process.wait()
+        if code < 0:  # killed by a signal: a container runtime reports 128 + the signal
+            code = 128 - code
+        self._terminated(name, container, code, "Completed" if code == 0 else "OOMKilled" if code == 137 else "Error",
+                         started)
+
+    def _terminated(self, name: str, container, code: int, reason: str, started: str) -> None:
+        self._status(name, {"phase": "Succeeded" if code == 0 else "Failed", "containerStatuses": [{
+            "name": container.name, "ready": False, "restartCount": 0, "image": container.image, "imageID": "",
+            "state": {"terminated": {"exitCode": code, "reason": reason, "startedAt": started,
+                                     "finishedAt": _now()}}}]})
+
+    def _kill(self, name: str) -> None:
+        process = self.processes.get(name)
+        if process is None or process.poll() is not None:
+            return
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(self.grace_seconds)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
