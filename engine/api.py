@@ -76,6 +76,7 @@ class TaskDeckApi:
             ("GET", re.compile(rf"{one}/io$"), self.action_io),
             ("GET", re.compile(rf"{one}/condition$"), self.condition),
             ("GET", re.compile(rf"{one}/render$"), self.render),
+            ("GET", re.compile(rf"{one}/cluster$"), self.cluster_object),
             ("GET", re.compile(rf"{one}/result$"), self.result),
             ("GET", re.compile(rf"{one}/logs/{attempt}$"), self.read_log),
             ("POST", re.compile(rf"^/runs/{run}/wait$"), self.wait_run),
@@ -258,6 +259,9 @@ class TaskDeckApi:
 
     async def render(self, request: Request, run: str, action: str) -> Any:
         return await self.client.render(run, action)
+
+    async def cluster_object(self, request: Request, run: str, action: str) -> Any:
+        return {"cluster": await self.client.cluster_object(run, action)}
 
     async def list_workers(self, request: Request) -> Any:
         return await self.client.list_workers()

@@ -238,6 +238,11 @@ class Engine:
                                                           self.runs.task_action_named, k8s=self.k8s).render,
                                        UploadStore(self.data_dir).stage, self.secrets, self.projects, self.tasks,
                                        self.triggers, self._backend)
+        if self.config.tasks_on == "pods":
+            from engine.cluster_objects import ClusterObjects
+
+            self.services.cluster_object = ClusterObjects(self.reconciler.build_context, self.runs.task_action_named,
+                                                          self.registry.resolve).describe
         self.controller_services = ControllerServices(self.runs, max_body_bytes=self.config.max_body_bytes)
         self.gc = GarbageCollector(self.store, self.config.gc_ttl_seconds, self.config.gc_interval_seconds,
                                    resource_sweeps=[m.collect_garbage for m in self.resource_managers])

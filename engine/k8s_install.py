@@ -38,6 +38,7 @@ TASK_POD_RULES = [
     {"apiGroups": [""], "resources": ["pods"], "verbs": [*_TASK_OBJECT_VERBS, "watch"]},  # watch: owners woken
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["list"]},  # what the console shows of an object
     {"apiGroups": ["sparkoperator.k8s.io"], "resources": ["sparkapplications"], "verbs": list(_TASK_OBJECT_VERBS)},
     {"apiGroups": ["ray.io"], "resources": ["rayjobs"], "verbs": list(_TASK_OBJECT_VERBS)},
     {"apiGroups": ["kubernetes.dask.org"], "resources": ["daskjobs"], "verbs": list(_TASK_OBJECT_VERBS)},

@@ -6,7 +6,7 @@ Nothing behind a door reaches past these to the store, the controller or the plu
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,3 +35,5 @@ class EngineServices:
     triggers: Any = None  # the TriggersService: schedules that start runs of registered tasks
     # where the TaskActions live: {"kind": "embedded"} or {"kind": "kubernetes", "cluster": URL, "namespace": NS}
     backend: Callable[[], dict[str, Any]] = lambda: {"kind": "embedded"}
+    # run, action → its object on the cluster now and the Events about it (--tasks-on pods; None: none there)
+    cluster_object: Callable[[str, str], Awaitable[dict[str, Any] | None]] | None = None

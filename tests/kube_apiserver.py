@@ -9,7 +9,8 @@ this, with the semantics a controller's correctness depends on, and no more. Wha
   the CRD's OpenAPI schema refuses the object; unknown fields are pruned, as fieldValidation=Warn does);
   the status of a kind with a status subresource is dropped on create;
 - get, list (``<Kind>List`` with the list's resourceVersion; ``labelSelector`` with ``=``, ``==``, ``!=``,
-  ``in``, ``notin``, ``key``, ``!key``; ``fieldSelector`` on metadata.name/namespace), across namespaces too;
+  ``in``, ``notin``, ``key``, ``!key``; ``fieldSelector`` on metadata.name/namespace, status.phase and an
+  Event's involvedObject.name/kind), across namespaces too;
 - watch: newline-delimited events; resourceVersion ""/"0" → ADDED for what exists, then live; N → the
   events after N from a bounded history, or one ERROR event with a 410 Expired Status when N is older;
   ``timeoutSeconds`` ends the stream; ``allowWatchBookmarks`` → a BOOKMARK before it ends; an object that
@@ -201,7 +202,9 @@ def parse_field_selector(text: str) -> list[tuple[str, bool, str]]:
         if not part.strip():
             continue
         match = re.match(r"^\s*([a-zA-Z.]+)\s*(==|=|!=)\s*(.*?)\s*$", part)
-        if not match or match.group(1) not in ("metadata.name", "metadata.namespace", "status.phase"):
+        if not match or match.group(1) not in ("metadata.name", "metadata.namespace", "status.phase",
+                                               "involvedObject.name", "involvedObject.kind"):  # events'
+
             raise ApiError(400, "BadRequest", f"field label not supported: {part.strip()}")
         terms.append((match.group(1), match.group(2) != "!=", match.group(3)))
     return terms

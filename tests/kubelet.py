@@ -56,6 +56,7 @@ class KubeletSimulator:
         self.core = client.CoreV1Api(self.api_client)
         self.root = Path(tempfile.mkdtemp(prefix="kubelet-"))
         self.processes: dict[str, subprocess.Popen] = {}
+        self.pods: dict = {}  # name → the Pod as the node first saw it
         self.started: list[str] = []  # pod names, in the order their containers started
         self.environments: dict[str, dict[str, str]] = {}  # pod → the environment its container got
         self._stop = threading.Event()
@@ -104,6 +105,21 @@ class KubeletSimulator:
                 time.sleep(0.2)
 
     # ------------------------------------------------------------------ one pod
+    def _event(self, pod, reason: str, message: str, component: str = "kubelet", kind: str = "Normal") -> None:
+        """A Kubernetes Event about the pod, as the scheduler or a kubelet records one."""
+        now = _now()
+        try:
+            self.core.create_namespaced_event(self.namespace, {
+                "apiVersion": "v1", "kind": "Event",
+                "metadata": {"name": f"{pod.metadata.name}.{reason.lower()}.{time.monotonic_ns()}"},
+                "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": pod.metadata.name,
+                                   "namespace": self.namespace, "uid": pod.metadata.uid},
+                "reason": reason, "message": message, "type": kind, "count": 1,
+                "firstTimestamp": now, "lastTimestamp": now,
+                "source": {"component": component, "host": self.node}})
+        except ApiException:
+            pass
+
     def _status(self, name: str, status: dict) -> None:
         try:
             self.core.patch_namespaced_pod_status(name, self.namespace, {"status": status})
@@ -134,11 +150,15 @@ class KubeletSimulator:
 
     def _run(self, pod) -> None:
         name = pod.metadata.name
+        self.pods[name] = pod
         container = pod.spec.containers[0]
         self._status(name, {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]})
+        self._event(pod, "Scheduled", f"Successfully assigned {self.namespace}/{name} to {self.node}",
+                    "default-scheduler")
         try:
             env = self._environment(pod, container)
         except ConfigError as exc:
+            self._event(pod, "Failed", f"Error: {exc}", kind="Warning")
             self._status(name, {"phase": "Pending", "containerStatuses": [{
                 "name": container.name, "ready": False, "restartCount": 0, "image": container.image,
                 "imageID": "", "state": {"waiting": {"reason": "CreateContainerConfigError", "message": str(exc)}}}]})
@@ -160,6 +180,7 @@ class KubeletSimulator:
             self._terminated(name, container, 128, "StartError", started)
             return
         self.processes[name] = process
+        self._event(pod, "Started", f"Started container {container.name}")
         self.started.append(name)
         self.environments[name] = env
         self._status(name, {"phase": "Running", "startTime": started, "conditions": [
@@ -183,6 +204,7 @@ class KubeletSimulator:
         if process is None or process.poll() is not None:
             return
         os.killpg(process.pid, signal.SIGTERM)
+        self._event(self.pods[name], "Killing", f"Stopping container {self.pods[name].spec.containers[0].name}")
         try:
             process.wait(self.grace_seconds)
         except subprocess.TimeoutExpired:

@@ -565,6 +565,55 @@ async def test_on_the_kubernetes_backend_the_console_names_the_cluster_and_drive
                 await engine.stop()
 
 
+@pytest.mark.sdk
+async def test_with_tasks_as_pods_y_shows_the_pod_as_the_cluster_has_it_and_its_events(tmp_path):
+    from pathlib import Path
+
+    from engine.code_bundle import loaded_files, make_bundle
+    from engine.sdk import inputs_from_strings, load_task, serialize_task
+    from engine.uploads import UploadStore
+    from kube_apiserver import EmulatorThread
+    from kubelet import KubeletSimulator
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    with EmulatorThread() as emulator, KubeletSimulator(emulator) as kubelet:
+        engine = Engine(EngineConfig(data_dir=tmp_path / "data", requeue_after=1.0, backend="kubernetes",
+                                     kubeconfig=emulator.kubeconfig(tmp_path / "kubeconfig", "flyte"),
+                                     tasks_on="pods"))
+        app = TaskDeckApp(engine)
+        try:
+            async with app.run_test(size=(160, 45)) as pilot:
+                task = load_task(examples / "fanout.py", "nap")
+                packed, digest = make_bundle(loaded_files(examples, examples / "fanout.py"), examples, tmp_path)
+                spec = serialize_task(task, project="flytesnacks", domain="development", root_dir=examples,
+                                      bundle=(UploadStore(engine.data_dir).stage(str(packed), "flytesnacks",
+                                                                                 "development"), digest))
+                await engine.runs.create_run(spec, inputs_from_strings(task, {"x": "1"}), name="rpod1")
+                await until(pilot, lambda: kubelet.started == ["rpod1-a0-0"], timeout=60)
+                app.open_run("rpod1")
+                await until(pilot, lambda: isinstance(app.screen, RunScreen))
+
+                async def shown_after_y() -> str:
+                    await pilot.press("y")
+                    await until(pilot, lambda: isinstance(app.screen, YamlScreen))
+                    return str(app.screen.query_one(Static).render())
+
+                await until(pilot, lambda: len(kubelet_events(emulator)) >= 2, timeout=30)
+                shown = await shown_after_y()
+                assert "on the cluster now: Pod flyte/rpod1-a0-0" in shown and "phase: Running" in shown
+                assert "Scheduled" in shown and "default-scheduler" in shown and "Started" in shown
+                await pilot.press("escape", "ctrl+d", "y")  # abort: the Pod is deleted, the node stops it
+                result = await engine.runs.wait_for_run("rpod1", timeout=30)
+                assert result.phase == ActionPhase.ABORTED
+        finally:
+            if engine.started:
+                await engine.stop()
+
+
+def kubelet_events(emulator) -> list:
+    return [o for (plural, _, _), o in list(emulator.server.store.objects.items()) if plural == "events"]
+
+
 def test_long_strings_in_the_yaml_view_are_cut_with_their_length():
     from console.screens.run import _shortened
 

@@ -91,6 +91,7 @@ async def test_the_task_pod_rules_are_exactly_what_running_tasks_as_pods_calls(t
         emulator.server.pod_logs[("flyte", pod["metadata"]["name"])] = str(tmp_path / "pod.log")
         (tmp_path / "pod.log").write_text("hello\n")
         assert await backend.pod_log(pod) == "hello\n"
+        assert await backend.events_of(pod) == []
         await backend.delete(pod)
         for kind, (group, version, plural) in CUSTOM_KINDS.items():
             if plural == "rayclusters":

@@ -5,6 +5,7 @@ engine with their run's credential from a Secret; the Pod's log is the attempt's
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -27,6 +28,16 @@ pytestmark = pytest.mark.sdk
 def taskdeck(data: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "console.cli", "--data-dir", str(data), *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
+
+
+async def cluster_object(data: Path, run: str, action: str = "a0"):
+    from engine.client import connect
+
+    remote = connect(data)
+    try:
+        return await remote.cluster_object(run, action)
+    finally:
+        await remote.close()
 
 
 @pytest.fixture
@@ -70,6 +81,12 @@ def test_a_real_sdk_task_runs_in_its_pod_with_its_credential_from_a_secret(clust
     logs = taskdeck(data, "logs", result["run"])  # the Pod's log (pods/NAME/log) is the attempt's log
     assert logs.returncode == 0, logs.stderr
     assert "Flyte runtime completed for action a0" in logs.stdout, logs.stdout
+    # what the console's `y` shows: the Pod as the cluster has it now, and the Events about it
+    live = asyncio.run(cluster_object(data, result["run"]))
+    assert live["kind"] == "Pod" and live["name"] == pod_name
+    assert live["object"]["status"]["phase"] == "Succeeded"
+    assert [e["reason"] for e in live["events"]] == ["Scheduled", "Started"]
+    assert live["events"][0]["from"] == "default-scheduler"
 
 
 def test_a_parent_in_a_pod_launches_its_children_as_pods(cluster):
@@ -107,6 +124,7 @@ def test_aborting_a_task_deletes_its_pod_and_the_node_stops_its_process(cluster)
         out, _ = running.communicate(timeout=120)
         assert json.loads(out)["phase"] == "ABORTED"
         process.wait(30)  # the node killed it when its Pod was deleted
+        assert "Killing" in [e["reason"] for e in kubelet_events(core, pod_name)]
         deadline = time.time() + 30
         while any(p.metadata.name == pod_name for p in core.list_namespaced_pod("team-a").items):
             assert time.time() < deadline, "the pod was not deleted"
@@ -114,6 +132,11 @@ def test_aborting_a_task_deletes_its_pod_and_the_node_stops_its_process(cluster)
     finally:
         if running.poll() is None:
             running.kill()
+
+
+def kubelet_events(core, pod_name: str) -> list:
+    return [{"reason": e.reason} for e in core.list_namespaced_event(
+        "team-a", field_selector=f"involvedObject.name={pod_name}").items]
 
 
 def test_pods_are_for_the_kubernetes_backend_and_the_advertised_address_is_checked(tmp_path):

@@ -562,10 +562,18 @@ class RunScreen(Screen):
             parts.append("# the TaskAction" + (f" ({self.app.cluster_label})" if self.app.cluster_label else "")
                          + "\n" + yaml.safe_dump(_shortened(task_action), sort_keys=False))
         try:
-            created = await client.render(record.run_name, record.name)
-            parts.append("# what its plugin creates on a cluster\n" + yaml.safe_dump(_shortened(created), sort_keys=False))
-        except Exception as exc:  # noqa: BLE001 - a trace, a condition, a type no resource plugin builds
-            parts.append(f"# no Kubernetes object: {exc}\n")
+            live = await client.cluster_object(record.run_name, record.name)
+        except Exception as exc:  # noqa: BLE001 - finished and collected, a trace, the cluster unreachable
+            live, parts = None, parts + [f"# on the cluster: {exc}\n"]
+        if live is not None:
+            parts.append(cluster_section(live))
+        else:
+            try:
+                created = await client.render(record.run_name, record.name)
+                parts.append("# what its plugin creates on a cluster\n"
+                             + yaml.safe_dump(_shortened(created), sort_keys=False))
+            except Exception as exc:  # noqa: BLE001 - a trace, a condition, a type no resource plugin builds
+                parts.append(f"# no Kubernetes object: {exc}\n")
         self.app.push_screen(YamlScreen(f"{record.run_name}/{record.name}", "\n".join(parts)))
 
     def action_copy_id(self) -> None:
@@ -641,6 +649,17 @@ def _short(values: dict) -> str:
 
 def _parse_time(text: str | None) -> float | None:
     return dt.datetime.fromisoformat(text).timestamp() if text else None
+
+
+def cluster_section(live: dict) -> str:
+    """The action's object on the cluster now, and the Events about it (as `kubectl describe` ends)."""
+    head = f"# on the cluster now: {live['kind']} {live['namespace']}/{live['name']}"
+    body = yaml.safe_dump(_shortened(live["object"]), sort_keys=False) if live.get("object") else "# (gone)\n"
+    events = live.get("events") or []
+    lines = [f"# its events ({len(events)})"] + [
+        f"#   {e['at'] or '-'}  {e['type'] or '-':7} {e['reason']:12} {e['from'] or '-'}: {e['message']}"
+        + (f" (x{e['count']})" if e.get("count", 1) > 1 else "") for e in events]
+    return f"{head}\n{body}" + "\n".join(lines) + "\n"
 
 
 def _shortened(value, limit: int = 160):

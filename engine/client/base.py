@@ -86,6 +86,11 @@ class EngineClient(abc.ABC):
         """The object the Kubernetes backend would create for the action (a Pod, a DaskJob, ...)."""
 
     @abc.abstractmethod
+    async def cluster_object(self, run: str, action: str = "a0") -> dict[str, Any] | None:
+        """The action's object on the cluster now (``object``: as the API server has it, None once gone) and
+        the Kubernetes Events about it; None when the engine keeps no tasks on a cluster."""
+
+    @abc.abstractmethod
     async def list_workers(self) -> dict[str, Any]:
         """The engine's reusable-worker pools (each with its workers) and its fork servers."""
 

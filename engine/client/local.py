@@ -22,6 +22,7 @@ from engine.client.base import DEFAULT_LOG_CHUNK, EngineClient, EngineUnavailabl
 from engine.secret_store import mask
 from engine.client.models import Action, ActionIO, Change, ConditionInfo, Event, LogChunk
 from engine.errors import InvalidRunError
+from engine.names import check_action_name, check_run_name
 from engine.services import EngineServices
 from engine.views import action_view, cache_entry_json, event_view
 
@@ -127,6 +128,13 @@ class LocalClient(EngineClient):
         if self.services.render is None:
             raise LookupError("rendering needs the engine: start one (taskdeck --headless) or use its console")
         return self.services.render(run, action)  # the names are checked where the TaskAction is looked up
+
+    async def cluster_object(self, run: str, action: str = "a0") -> dict[str, Any] | None:
+        if self.services.cluster_object is None:
+            return None  # tasks run on this machine: nothing of theirs is on a cluster
+        check_run_name(run)
+        check_action_name(action)
+        return await self.services.cluster_object(run, action)
 
     async def list_workers(self) -> dict[str, Any]:
         return self.services.workers()

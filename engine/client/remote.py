@@ -153,6 +153,10 @@ class RemoteClient(EngineClient):
     async def render(self, run: str, action: str = "a0") -> dict[str, Any]:
         return await self._call("GET", f"/runs/{quote(run, safe='')}/actions/{quote(action, safe='')}/render")
 
+    async def cluster_object(self, run: str, action: str = "a0") -> dict[str, Any] | None:
+        found = await self._call("GET", f"/runs/{quote(run, safe='')}/actions/{quote(action, safe='')}/cluster")
+        return found.get("cluster")
+
     async def list_workers(self) -> dict[str, Any]:
         return await self._call("GET", "/workers")
 

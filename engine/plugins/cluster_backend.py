@@ -231,6 +231,18 @@ class ClusterResourceBackend(ResourceBackend):
             finally:
                 stream.stop()
 
+    async def events_of(self, identity: Resource) -> list[dict]:
+        """The Kubernetes Events about an object, oldest first (what `kubectl describe` lists)."""
+        kind, namespace, name, _ = self._where(identity)
+        found = await self._call(self._core.list_namespaced_event, namespace,
+                                 field_selector=f"involvedObject.name={name},involvedObject.kind={kind}")
+        events = [self._plain(e) for e in found.items]
+        events.sort(key=lambda e: e.get("lastTimestamp") or e.get("firstTimestamp") or e.get("eventTime") or "")
+        return [{"type": e.get("type") or "", "reason": e.get("reason") or "", "message": e.get("message") or "",
+                 "count": e.get("count") or 1, "at": e.get("lastTimestamp") or e.get("firstTimestamp") or "",
+                 "from": (e.get("source") or {}).get("component") or e.get("reportingComponent") or ""}
+                for e in events]
+
     async def pod_log(self, identity: Resource, container: str | None = None) -> str | None:
         kind, namespace, name, _ = self._where(identity)
         if kind != "Pod":

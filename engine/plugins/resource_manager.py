@@ -101,6 +101,10 @@ class ResourcePluginManager(Plugin):
                                         "name": md.owner_name, "uid": md.owner_uid, "controller": True}]
         return resource
 
+    def identity_for(self, tctx: TaskExecutionContext) -> Resource:
+        """The name, namespace and kind of the object this plugin creates for the attempt."""
+        return self._identity(tctx)
+
     def _identity(self, tctx: TaskExecutionContext) -> Resource:
         identity = self.plugin.build_identity_resource(tctx.metadata)
         identity["metadata"] = {"name": dns_name(tctx.metadata.generated_name,
