@@ -104,6 +104,7 @@ ENGINE_OPTIONS = (  # (dest, flag): options a command passes on to an engine it 
     ("max_clusters", "--max-clusters"), ("k8s_config", "--k8s-config"), ("backend", "--backend"),
     ("kubeconfig", "--kubeconfig"), ("context", "--context"), ("namespace", "--namespace"),
     ("database", "--database"), ("tasks_on", "--tasks-on"), ("advertise_url", "--advertise-url"),
+    ("lease_seconds", "--lease-seconds"),
 )
 REPEATED_ENGINE_OPTIONS = (("quota", "--quota"), ("queue_limit", "--queue-limit"))
 
@@ -132,6 +133,8 @@ def engine_config(args: argparse.Namespace):
     from engine.engine import EngineConfig
 
     sized = {"max_processes": args.max_processes} if args.max_processes else {}
+    if getattr(args, "lease_seconds", None):
+        sized["lease_seconds"] = args.lease_seconds
     return EngineConfig(**sized, data_dir=args.data_dir, max_system_failures=args.max_system_failures,
                         gc_ttl_seconds=args.gc_ttl,
                         task_start=args.task_start, reuse=args.reuse == "on",
@@ -875,6 +878,7 @@ DEFAULTS: dict[str, Any] = {
     "idle_exit": None, "task_start": "fork", "reuse": "on", "plugin_for": [], "max_clusters": None,
     "k8s_config": None, "quota": [], "queue_limit": [], "backend": "embedded", "kubeconfig": None, "context": None,
     "namespace": None, "in_cluster": False, "database": None, "tasks_on": "processes", "advertise_url": None,
+    "lease_seconds": None,
 }
 
 
@@ -960,6 +964,9 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     add_engine("--advertise-url", metavar="URL",
                help="with --tasks-on pods: the address task pods reach this engine's services at "
                     "(default: the engine's own; in a cluster, its Service)")
+    add_engine("--lease-seconds", type=bounded(float, 0.5, 3600), metavar="SECONDS",
+               help="with --backend kubernetes: the leader's lease (default 15): how long a dead leader's "
+                    "successor waits")
     add_engine("--in-cluster", action="store_true",
                help="with --backend kubernetes: use the pod's service account instead of a kubeconfig")
     add_engine("--idle-exit", type=bounded(float, 0.1, 10 ** 6), metavar="SECONDS",

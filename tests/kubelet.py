@@ -91,6 +91,8 @@ class KubeletSimulator:
                     version = pod.metadata.resource_version
                     if event["type"] == "DELETED" or pod.metadata.deletion_timestamp:
                         self._kill(pod.metadata.name)
+                        if event["type"] == "DELETED":  # a Pod of that name made later is another Pod
+                            self.processes.pop(pod.metadata.name, None)
                     elif event["type"] == "ADDED" and pod.metadata.name not in self.processes \
                             and not (pod.status and pod.status.phase in ("Succeeded", "Failed")):
                         threading.Thread(target=self._run, args=(pod,), daemon=True).start()
@@ -121,7 +123,11 @@ class KubeletSimulator:
             pass
 
     def _status(self, name: str, status: dict) -> None:
+        """Report on the pod this node runs under that name, not on a later one of the same name."""
+        uid = self.pods[name].metadata.uid
         try:
+            if self.core.read_namespaced_pod(name, self.namespace).metadata.uid != uid:
+                return
             self.core.patch_namespaced_pod_status(name, self.namespace, {"status": status})
         except ApiException:
             pass  # deleted meanwhile

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import subprocess
@@ -40,26 +41,34 @@ async def cluster_object(data: Path, run: str, action: str = "a0"):
         await remote.close()
 
 
+def start_engine(data: Path, kubeconfig: Path) -> subprocess.Popen:
+    with contextlib.suppress(FileNotFoundError):
+        (data / "engine.json").unlink()  # a killed engine's: wait for the new one's
+    engine = subprocess.Popen([sys.executable, "-m", "console.cli", "--data-dir", str(data), "--headless",
+                               "--backend", "kubernetes", "--kubeconfig", str(kubeconfig), "--tasks-on", "pods",
+                               "--allow-dir", str(ROOT), "--lease-seconds", "1"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=open(data.parent / "engine.log", "a"), env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 60
+    while not (data / "engine.json").exists():
+        assert engine.poll() is None, (data.parent / "engine.log").read_text()
+        assert time.time() < deadline, "the engine did not start"
+        time.sleep(0.1)
+    return engine
+
+
 @pytest.fixture
 def cluster(tmp_path):
     """An engine on the emulator running its tasks as Pods, and a node running them."""
     with EmulatorThread() as emulator, KubeletSimulator(emulator, namespace="team-a") as kubelet:
         kubeconfig = emulator.kubeconfig(tmp_path / "kubeconfig", "team-a")
         data = tmp_path / "data"
-        engine = subprocess.Popen([sys.executable, "-m", "console.cli", "--data-dir", str(data), "--headless",
-                                   "--backend", "kubernetes", "--kubeconfig", str(kubeconfig), "--tasks-on", "pods",
-                                   "--allow-dir", str(ROOT)], cwd=ROOT, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        engine = start_engine(data, kubeconfig)
         try:
-            deadline = time.time() + 60
-            while not (data / "engine.json").exists():
-                assert engine.poll() is None, engine.stderr.read()
-                assert time.time() < deadline, "the engine did not start"
-                time.sleep(0.1)
             yield data, emulator, kubelet, client.CoreV1Api(client.ApiClient(client.Configuration(host=emulator.url)))
         finally:
-            engine.terminate()
-            engine.wait(30)
+            if engine.poll() is None:
+                engine.terminate()
+                engine.wait(30)
 
 
 def test_a_real_sdk_task_runs_in_its_pod_with_its_credential_from_a_secret(cluster):
@@ -144,3 +153,82 @@ def test_pods_are_for_the_kubernetes_backend_and_the_advertised_address_is_check
     assert misused.returncode == 2 and "--backend kubernetes" in misused.stderr
     bad = taskdeck(tmp_path / "data", "--headless", "--backend", "kubernetes", "--advertise-url", "ftp://x/y")
     assert bad.returncode == 2 and "--advertise-url must be http(s)://HOST[:PORT]" in bad.stderr
+
+
+# ---------------------------------------------------------------------- the scenario suite, tasks as Pods
+def run_json(data: Path, *args: str) -> dict:
+    done = taskdeck(data, "run", "--json", *args)
+    assert done.stdout, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_retries_run_each_attempt_in_a_pod_of_its_own(cluster):
+    data, emulator, kubelet, core = cluster
+    result = run_json(data, "examples/basics.py", "always_fails", "--x", "1")
+    assert result["phase"] == "FAILED" and result["error"]["kind"] == "USER", result
+    pods = [n for n in kubelet.started if result["run"] in n]
+    assert len(pods) == 3 and len(set(pods)) == 3, pods  # retries=2: three attempts, three Pods
+
+
+def test_a_pod_deleted_under_a_running_task_is_a_system_failure_and_runs_again(cluster):
+    data, emulator, kubelet, core = cluster
+    running = subprocess.Popen([sys.executable, "-m", "console.cli", "--data-dir", str(data), "run", "--json",
+                                "tests/programs/pod_tasks.py", "sleepy", "--seconds", "4"], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not kubelet.started:
+        assert time.time() < deadline and running.poll() is None, "the pod never started"
+        time.sleep(0.1)
+    [pod_name] = kubelet.started
+    core.delete_namespaced_pod(pod_name, "team-a")  # someone else deletes it (a node drain, kubectl delete)
+    out, err = running.communicate(timeout=180)
+    result = json.loads(out)
+    assert result["phase"] == "SUCCEEDED" and result["outputs"] == {"o0": 4.0}, (result, err)
+    assert kubelet.started.count(pod_name) == 2  # relaunched in the same attempt (a system failure)
+    [action] = json.loads(taskdeck(data, "get", "actions", result["run"], "--json").stdout)
+    assert action["attempts"] == 1  # not a retry: the same attempt, its Pod made again
+
+
+def test_a_container_killed_as_out_of_memory_fails_as_oom(cluster):
+    data, emulator, kubelet, core = cluster
+    result = run_json(data, "tests/programs/pod_tasks.py", "killed")
+    assert result["phase"] == "FAILED" and result["error"]["code"] == "OOMKilled", result
+
+
+def test_a_cached_child_in_a_pod_is_computed_once_across_two_runs(cluster, tmp_path):
+    data, emulator, kubelet, core = cluster
+    ledger = tmp_path / "ledger"
+    for _ in range(2):
+        result = run_json(data, "examples/cached.py", "square_twice", "--x", "7", "--ledger", str(ledger))
+        assert result["phase"] == "SUCCEEDED" and result["outputs"] == {"o0": 49}, result
+    assert ledger.read_text().splitlines() == ["slow_square(7)"]
+
+
+def test_an_engine_killed_under_a_running_pod_is_replaced_and_the_task_runs_once(cluster, tmp_path):
+    data, emulator, kubelet, core = cluster
+    running = subprocess.Popen([sys.executable, "-m", "console.cli", "--data-dir", str(data), "run", "--json",
+                                "tests/programs/pod_tasks.py", "sleepy", "--seconds", "6"], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not kubelet.started:
+        assert time.time() < deadline and running.poll() is None, "the pod never started"
+        time.sleep(0.1)
+    [pod_name] = kubelet.started
+    engine_pid = json.loads((data / "engine.json").read_text())["pid"]
+    os.kill(engine_pid, 9)
+    running.kill()
+    replacement = start_engine(data, tmp_path / "kubeconfig")
+    try:
+        run_name = pod_name.rsplit("-a0-", 1)[0]
+        deadline = time.time() + 120
+        while True:
+            [run] = [r for r in json.loads(taskdeck(data, "get", "runs", "--json").stdout) if r["run"] == run_name]
+            if run["phase"] in ("SUCCEEDED", "FAILED", "ABORTED"):
+                break
+            assert time.time() < deadline, run
+            time.sleep(0.5)
+        assert run["phase"] == "SUCCEEDED", run
+        assert kubelet.started == [pod_name]  # the new engine found the Pod running: not started again
+    finally:
+        replacement.terminate()
+        replacement.wait(30)
