@@ -232,3 +232,27 @@ def test_an_engine_killed_under_a_running_pod_is_replaced_and_the_task_runs_once
     finally:
         replacement.terminate()
         replacement.wait(30)
+
+
+def test_aborting_a_parent_deletes_its_childrens_pods_too(cluster):
+    data, emulator, kubelet, core = cluster
+    running = subprocess.Popen([sys.executable, "-m", "console.cli", "--data-dir", str(data), "run", "--json",
+                                "examples/fanout.py", "slow_children", "--n", "2"], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while len(kubelet.started) < 3:  # the parent and its two napping children
+            assert time.time() < deadline and running.poll() is None, kubelet.started
+            time.sleep(0.2)
+        run_name = kubelet.started[0].rsplit("-a0-", 1)[0]
+        processes = [kubelet.processes[name] for name in kubelet.started]
+        assert taskdeck(data, "abort", run_name).returncode == 0
+        out, _ = running.communicate(timeout=120)
+        assert json.loads(out)["phase"] == "ABORTED"
+        for process in processes:
+            process.wait(30)  # every Pod deleted, every container stopped
+        actions = json.loads(taskdeck(data, "get", "actions", run_name, "--json").stdout)
+        assert {a["phase"] for a in actions} == {"ABORTED"}, actions
+    finally:
+        if running.poll() is None:
+            running.kill()
