@@ -7,10 +7,12 @@ Kubernetes encodes ``[]byte``. Times are RFC 3339 UTC; we keep sub-second precis
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, field_validator
 from pydantic.alias_generators import to_camel
 
 from engine.action_types import ACTION_TYPE_CONDITION, ACTION_TYPE_TASK, ACTION_TYPE_TRACE, ROOT_ACTION_NAME  # noqa: F401
@@ -33,6 +35,26 @@ LABEL_COMPLETED_TIME = "flyte.org/completed-time"
 TERMINATED = "terminated"
 COMPLETED_TIME_FORMAT = "%Y-%m-%d.%H-%M"  # Go layout 2006-01-02.15-04: sorts lexicographically
 
+
+
+_URL_SAFE_TO_STANDARD = str.maketrans("-_", "+/")
+
+
+def _from_base64(value):
+    """Standard base64 (what Kubernetes and Go write for ``[]byte``) or the URL-safe alphabet earlier versions
+    of TaskDeck wrote (pydantic's default), so resources stored before still load."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return base64.b64decode(value.translate(_URL_SAFE_TO_STANDARD) + "=" * (-len(value) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not base64") from None
+
+
+# A ``[]byte`` field: standard base64 in JSON, as the CRD's ``format: byte`` requires (pydantic's own base64
+# is URL-safe, which a real API server refuses with 422 whenever the bytes give '-' or '_').
+KubeBytes = Annotated[bytes, BeforeValidator(_from_base64),
+                      PlainSerializer(lambda value: base64.b64encode(value).decode(), return_type=str, when_used="json")]
 
 
 def utcnow() -> dt.datetime:
@@ -98,13 +120,13 @@ class TaskActionSpec(CrdModel):
     action_name: str = Field(min_length=1, max_length=30)
     parent_action_name: str | None = Field(default=None, min_length=1, max_length=30)
     action_type: Literal["task", "condition"] | None = None  # omitted when unset (the CRD enum has no "")
-    condition_spec: bytes | None = None
+    condition_spec: KubeBytes | None = None
     input_uri: str = ""
     run_output_base: str = ""
     cache_key: str = Field(default="", max_length=256)
     task_type: str = Field(default="", max_length=63)
     short_name: str = Field(default="", max_length=63)
-    task_template: bytes | None = None
+    task_template: KubeBytes | None = None
     env_vars: dict[str, str] | None = None
     interruptible: bool | None = None
     group: str = Field(default="", max_length=256)
@@ -144,7 +166,7 @@ class ErrorState(CrdModel):
 
 class TaskActionStatus(CrdModel):
     state_json: str = ""
-    plugin_state: bytes | None = None
+    plugin_state: KubeBytes | None = None
     plugin_state_version: int = 0
     plugin_phase: str = ""
     plugin_phase_version: int = 0
@@ -154,7 +176,7 @@ class TaskActionStatus(CrdModel):
     conditions: list[Condition] = Field(default_factory=list)
     phase_history: list[PhaseTransition] = Field(default_factory=list)
     error_state: ErrorState | None = None
-    signal_value: bytes | None = None
+    signal_value: KubeBytes | None = None
     signalled_by: str = ""
     signalled_at: dt.datetime | None = None
 

@@ -40,6 +40,8 @@ _JSON_TYPES = {str: "string", int: "integer", bool: "boolean", bytes: "string", 
 
 def _json_type(annotation) -> str:
     origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:  # KubeBytes: bytes with its (standard base64) serializer
+        return _json_type(typing.get_args(annotation)[0])
     if origin is typing.Literal:
         return "string"
     if origin in (typing.Union, types.UnionType):
@@ -53,7 +55,9 @@ def _json_type(annotation) -> str:
 
 def _base(annotation):
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return next(a for a in typing.get_args(annotation) if a is not type(None))
+        return _base(next(a for a in typing.get_args(annotation) if a is not type(None)))
+    if typing.get_origin(annotation) is typing.Annotated:
+        return typing.get_args(annotation)[0]
     return annotation
 
 
@@ -90,6 +94,25 @@ def test_serialized_object_is_camel_case_and_round_trips(schema):
     assert set(data["status"]) <= set(schema["properties"]["status"]["properties"])
     assert data["status"]["pluginState"] == "AAFzdGF0ZQ=="  # []byte is base64, as Kubernetes encodes it
     assert TaskAction.from_json(obj.to_json()) == obj
+
+
+def test_bytes_are_standard_base64_as_the_crd_requires_and_old_url_safe_ones_still_load(schema):
+    """pydantic's base64 is URL-safe; Kubernetes' ``format: byte`` (and Go's []byte) is the standard alphabet,
+    so a template whose bytes encode to '-' or '_' was refused by the API server (found running a Dask task
+    on the emulator, whose schema check caught it)."""
+    import json
+    import re
+
+    pattern = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
+    obj = make_task_action(template=bytes([0xfb, 0xff, 0xfe, 0x3e]))
+    obj.status.plugin_state = bytes([0xff] * 7)
+    data = obj.to_dict()
+    assert data["spec"]["taskTemplate"] == "+//+Pg==" and pattern.match(data["status"]["pluginState"])
+    assert json.loads(obj.to_json())["spec"]["taskTemplate"] == "+//+Pg=="
+    stored_before = obj.to_json().replace("+//+Pg==", "-__-Pg==")  # what earlier versions wrote
+    assert TaskAction.from_json(stored_before).spec.task_template == bytes([0xfb, 0xff, 0xfe, 0x3e])
+    with pytest.raises(ValueError):
+        TaskAction.from_json(obj.to_json().replace("+//+Pg==", "not base64!"))
 
 
 def test_required_spec_fields_are_required(schema):
