@@ -256,3 +256,32 @@ def test_aborting_a_parent_deletes_its_childrens_pods_too(cluster):
     finally:
         if running.poll() is None:
             running.kill()
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("flyteplugins.dask") is None,
+                    reason="the dask extra is not installed")
+def test_a_dask_task_runs_as_a_daskjob_whose_pods_the_operator_simulator_makes(tmp_path):
+    """The DaskJob on the cluster, the operator simulator (tests/operators.py) making its scheduler, worker
+    and job-runner Pods, the node running them: the task's Client() joins that scheduler."""
+    from kube_apiserver import ApiServer, core_kinds, taskaction_kind
+    from operators import DaskOperatorSimulator, operator_kinds
+
+    server = ApiServer(kinds=[taskaction_kind(), *core_kinds(), *operator_kinds()])
+    with EmulatorThread(server) as emulator, KubeletSimulator(emulator, namespace="team-a") as kubelet, \
+            DaskOperatorSimulator(emulator, namespace="team-a") as operator:
+        kubeconfig = emulator.kubeconfig(tmp_path / "kubeconfig", "team-a")
+        data = tmp_path / "data"
+        engine = start_engine(data, kubeconfig)
+        try:
+            result = run_json(data, "examples/dask_sum.py", "total", "--n", "10")
+            assert result["phase"] == "SUCCEEDED" and result["outputs"] == {"o0": sum(i * i for i in range(10))}, \
+                (result, (tmp_path / "engine.log").read_text()[-3000:])
+            [job] = list(operator.jobs)
+            assert operator.jobs[job]["ended"] == "Succeeded"
+            assert {f"{job}-scheduler", f"{job}-worker-0", f"{job}-worker-1", f"{job}-runner"} <= set(kubelet.started)
+            runner_env = kubelet.environments[f"{job}-runner"]
+            assert runner_env["DASK_SCHEDULER_ADDRESS"].startswith("tcp://127.0.0.1:")
+            assert f"{CREDENTIAL_PATH}tdr_" in runner_env["_U_EP_OVERRIDE"]
+        finally:
+            engine.terminate()
+            engine.wait(30)
