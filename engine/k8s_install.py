@@ -37,7 +37,7 @@ _TASK_OBJECT_VERBS = ["create", "get", "list", "delete"]
 TASK_POD_RULES = [
     {"apiGroups": [""], "resources": ["pods"], "verbs": [*_TASK_OBJECT_VERBS, "watch"]},  # watch: owners woken
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
-    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "patch"]},  # patch: a relaunch's fresh values
     {"apiGroups": [""], "resources": ["events"], "verbs": ["list"]},  # what the console shows of an object
     {"apiGroups": ["sparkoperator.k8s.io"], "resources": ["sparkapplications"], "verbs": list(_TASK_OBJECT_VERBS)},
     {"apiGroups": ["ray.io"], "resources": ["rayjobs"], "verbs": list(_TASK_OBJECT_VERBS)},

@@ -86,6 +86,8 @@ async def test_the_task_pod_rules_are_exactly_what_running_tasks_as_pods_calls(t
         backend.watch_pods(lambda owner: changed.set() if owner == tctx.metadata.owner_name else None)
         await backend.create(pod, tctx)
         await asyncio.wait_for(changed.wait(), 10)  # the watch wakes the Pod's owner
+        with pytest.raises(Exception):  # launched again (a lost state write): the Secret is refreshed, the Pod exists
+            await backend.create(pod, tctx)
         await backend.get(pod)
         await backend.list("v1", "Pod", None, {"flyte.org/managed": "true"})
         emulator.server.pod_logs[("flyte", pod["metadata"]["name"])] = str(tmp_path / "pod.log")

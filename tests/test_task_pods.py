@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.sdk
 
 
-def taskdeck(data: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+def taskdeck(data: Path, *args: str, timeout: float = 240, input_text: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "console.cli", "--data-dir", str(data), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, input=input_text)
 
 
 async def cluster_object(data: Path, run: str, action: str = "a0"):
@@ -96,6 +96,22 @@ def test_a_real_sdk_task_runs_in_its_pod_with_its_credential_from_a_secret(clust
     assert live["object"]["status"]["phase"] == "Succeeded"
     assert [e["reason"] for e in live["events"]] == ["Scheduled", "Started"]
     assert live["events"][0]["from"] == "default-scheduler"
+
+
+def test_a_tasks_secret_reaches_its_pod_from_a_kubernetes_secret_never_from_the_pod_spec(cluster):
+    data, emulator, kubelet, core = cluster
+    canary = "canary-" + "7f3a9c" * 4
+    made = taskdeck(data, "secret", "create", "pod-canary", "--value-file", "-", input_text=canary)
+    assert made.returncode == 0, made.stderr
+    result = run_json(data, "tests/programs/pod_tasks.py", "key_length")
+    assert result["phase"] == "SUCCEEDED" and result["outputs"] == {"o0": len(canary)}, result
+    [pod_name] = [n for n in kubelet.started if result["run"] in n]
+    assert kubelet.environments[pod_name]["API_KEY"] == canary
+    pod = json.dumps(emulator.server.store.objects[("pods", "team-a", pod_name)])
+    assert canary not in pod and "pod-canary" not in json.dumps([e for e in json.loads(pod)["spec"]["containers"][0]
+                                                                  ["env"] if "value" in e])
+    [secret] = [s for s in core.list_namespaced_secret("team-a").items if s.metadata.name.startswith(result["run"])]
+    assert base64.b64decode(secret.data["env.API_KEY"]).decode() == canary
 
 
 def test_a_parent_in_a_pod_launches_its_children_as_pods(cluster):

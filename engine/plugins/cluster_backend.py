@@ -6,9 +6,10 @@ The API server's refusals come back as the backend errors the manager branches o
 ``BackendError`` the reconciler counts as a system failure. The sync client runs off the event loop.
 
 Task pods reach the engine's controller services with their run's credential, as local task processes
-do, but never as a value in the pod spec (anyone who may read pods would read it): each object gets a
-Secret, owned by its TaskAction (collected with it), holding the endpoint with the credential, and its
-containers name it in ``_U_EP_OVERRIDE`` by ``secretKeyRef``.
+do, and get the secrets their task asks for, but neither is ever a value in the pod spec (anyone who may
+read pods would read them): each object gets a Secret, owned by its TaskAction (collected with it),
+holding the endpoint with the credential and those secrets' values, and its containers name them by
+``secretKeyRef`` (``_U_EP_OVERRIDE``, and each secret's variable as the SDK's Secret names it).
 """
 
 from __future__ import annotations
@@ -68,8 +69,8 @@ def pod_specs(resource) -> list[dict]:
     return found
 
 
-def endpoint_secret_name(resource_name: str) -> str:
-    return f"{resource_name[:63 - len('-endpoint')].rstrip('-')}-endpoint"
+def task_secret_name(resource_name: str) -> str:
+    return f"{resource_name[:63 - len('-task')].rstrip('-')}-task"
 
 
 class ClusterResourceBackend(ResourceBackend):
@@ -89,25 +90,32 @@ class ClusterResourceBackend(ResourceBackend):
         self._custom = client.CustomObjectsApi(api_client)
         self._endpoint_for = endpoint_for
 
-    async def _give_endpoint(self, resource: Resource, tctx: TaskExecutionContext) -> None:
+    async def _give_task_secret(self, resource: Resource, tctx: TaskExecutionContext) -> None:
         endpoint = self._endpoint_for(tctx) if self._endpoint_for is not None else None
         specs = pod_specs(resource)
-        if endpoint is None or not specs:
+        if (endpoint is None and not tctx.secret_env) or not specs:
             return
+        values = {f"env.{k}": v for k, v in tctx.secret_env.items()}
+        if endpoint is not None:
+            values[ENDPOINT_KEY] = endpoint
         md = resource["metadata"]
-        name = endpoint_secret_name(md["name"])
+        name = task_secret_name(md["name"])
         secret = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                   "metadata": {"name": name, "namespace": md.get("namespace") or "default",
                                "labels": {"flyte.org/managed": "true"},
                                "ownerReferences": [{"apiVersion": "flyte.org/v1", "kind": "TaskAction",
                                                     "name": tctx.metadata.owner_name, "uid": tctx.metadata.owner_uid}]},
-                  "data": {ENDPOINT_KEY: base64.b64encode(endpoint.encode()).decode()}}
+                  "data": {k: base64.b64encode(v.encode()).decode() for k, v in sorted(values.items())}}
         try:
             await self._call(self._core.create_namespaced_secret, secret["metadata"]["namespace"], secret)
-        except AlreadyExistsError:
-            pass  # this attempt's, or an earlier attempt's of the same run: the same credential
+        except AlreadyExistsError:  # an earlier try of this attempt: its values may be older (a rotated secret)
+            await self._call(self._core.patch_namespaced_secret, name, secret["metadata"]["namespace"],
+                             {"data": secret["data"]}, _content_type="application/merge-patch+json")
         given = [{"name": k, "value": v} for k, v in sorted(self._engine_env(tctx).items())]
-        given.append({"name": ENDPOINT_ENV, "valueFrom": {"secretKeyRef": {"name": name, "key": ENDPOINT_KEY}}})
+        given += [{"name": key.removeprefix("env."), "valueFrom": {"secretKeyRef": {"name": name, "key": key}}}
+                  for key in sorted(values) if key.startswith("env.")]
+        if endpoint is not None:
+            given.append({"name": ENDPOINT_ENV, "valueFrom": {"secretKeyRef": {"name": name, "key": ENDPOINT_KEY}}})
         names = {e["name"] for e in given}
         for spec in specs:
             for container in spec["containers"] + (spec.get("initContainers") or []):
@@ -151,7 +159,7 @@ class ClusterResourceBackend(ResourceBackend):
 
     async def create(self, resource: Resource, tctx: TaskExecutionContext) -> Resource:
         kind, namespace, _, custom = self._where(resource)
-        await self._give_endpoint(resource, tctx)
+        await self._give_task_secret(resource, tctx)
         if custom is None:
             return self._plain(await self._call(self._core.create_namespaced_pod, namespace, resource))
         group, version, plural = custom

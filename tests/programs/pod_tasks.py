@@ -20,3 +20,12 @@ def killed() -> int:
     """Dies as the kernel's OOM killer kills a container (SIGKILL: exit 137)."""
     os.kill(os.getpid(), signal.SIGKILL)
     return 0
+
+
+vault = flyte.TaskEnvironment(name="vault", secrets=[flyte.Secret(key="pod-canary", as_env_var="API_KEY")])
+
+
+@vault.task
+def key_length() -> int:
+    """Uses the secret without showing it: its length."""
+    return len(os.environ["API_KEY"])
