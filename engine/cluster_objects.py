@@ -4,15 +4,14 @@ Started, Killing; an operator's), as `kubectl describe` shows them. For the cons
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from engine.errors import RunNotFoundError
 from engine.model import TaskAction
-from engine.plugins.core import PluginStateManager, TaskExecutionContext
+from engine.plugins.core import TaskExecutionContext
 from engine.plugins.resource_manager import ResourcePluginManager
 from engine.plugins.resources import NotFoundError as ObjectNotFoundError
+from engine.render import launch_context
 
 
 class ClusterObjects:
@@ -25,14 +24,7 @@ class ClusterObjects:
     async def describe(self, run: str, action: str) -> dict[str, Any] | None:
         """``{"object": ..., "events": [...]}`` for the action's current attempt, ``{"object": None, ...}`` when
         it has none on the cluster (not launched yet, or deleted), None when its plugin keeps none there."""
-        task_action = self.find(run, action)
-        if task_action is None:
-            raise RunNotFoundError(f"action {action!r} of run {run!r} has no TaskAction (it finished and was "
-                                   "garbage-collected, or it is a trace or a condition)")
-        tctx = self.build_context(task_action)
-        tctx.plugin_state = PluginStateManager(None, 0)
-        if tctx.metadata.attempt < 1:
-            tctx.metadata = dataclasses.replace(tctx.metadata, attempt=1)
+        tctx = launch_context(self.find, self.build_context, run, action)
         manager = self.resolve(tctx.task_template.type)
         if not isinstance(manager, ResourcePluginManager) or not hasattr(manager.backend, "events_of"):
             return None

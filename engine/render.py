@@ -26,6 +26,21 @@ class UnrenderableError(LookupError):
     pass
 
 
+def launch_context(find: Callable[[str, str], TaskAction | None],
+                   build_context: Callable[[TaskAction], TaskExecutionContext], run: str,
+                   action: str) -> TaskExecutionContext:
+    """The context a launch of the action's current attempt gets (its first, when it has not started)."""
+    task_action = find(run, action)
+    if task_action is None:
+        raise RunNotFoundError(f"action {action!r} of run {run!r} has no TaskAction (it finished and was "
+                               "garbage-collected, or it is a trace or a condition)")
+    tctx = build_context(task_action)
+    tctx.plugin_state = PluginStateManager(None, 0)
+    if tctx.metadata.attempt < 1:  # not started yet: as its first attempt will be
+        tctx.metadata = dataclasses.replace(tctx.metadata, attempt=1)
+    return tctx
+
+
 class KubernetesRenderer:
     def __init__(self, build_context: Callable[[TaskAction], TaskExecutionContext],
                  find: Callable[[str, str], TaskAction | None], plugins: list[ResourcePlugin] | None = None,
@@ -39,14 +54,7 @@ class KubernetesRenderer:
         self.by_type.setdefault("actor", self.by_type.get("python"))  # a reusable task's worker is a Pod
 
     def render(self, run: str, action: str) -> Resource:
-        task_action = self.find(run, action)
-        if task_action is None:
-            raise RunNotFoundError(f"action {action!r} of run {run!r} has no TaskAction (it finished and was "
-                                   "garbage-collected, or it is a trace or a condition)")
-        tctx = self.build_context(task_action)
-        tctx.plugin_state = PluginStateManager(None, 0)
-        if tctx.metadata.attempt < 1:  # not started yet: as its first attempt will be
-            tctx.metadata = dataclasses.replace(tctx.metadata, attempt=1)
+        tctx = launch_context(self.find, self.build_context, run, action)
         task_type = tctx.task_template.type
         plugin = self.by_type.get(task_type)
         if plugin is None:

@@ -56,6 +56,19 @@ def start_engine(data: Path, kubeconfig: Path) -> subprocess.Popen:
     return engine
 
 
+def run_until_pods(data: Path, kubelet: KubeletSimulator, count: int, *args: str) -> subprocess.Popen:
+    """`taskdeck run --json ARGS` in the background, once the node has started ``count`` Pods."""
+    running = subprocess.Popen([sys.executable, "-m", "console.cli", "--data-dir", str(data), "run", "--json", *args],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while len(kubelet.started) < count:
+        if time.time() > deadline or running.poll() is not None:
+            running.kill()
+            raise AssertionError(f"{count} pods never started: {kubelet.started}")
+        time.sleep(0.1)
+    return running
+
+
 @pytest.fixture
 def cluster(tmp_path):
     """An engine on the emulator running its tasks as Pods, and a node running them."""
@@ -133,14 +146,8 @@ def test_a_failing_task_in_a_pod_is_a_user_failure_with_its_message(cluster):
 
 def test_aborting_a_task_deletes_its_pod_and_the_node_stops_its_process(cluster):
     data, emulator, kubelet, core = cluster
-    running = subprocess.Popen([sys.executable, "-m", "console.cli", "--data-dir", str(data), "run", "--json",
-                                "examples/fanout.py", "nap", "--x", "1"], cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    running = run_until_pods(data, kubelet, 1, "examples/fanout.py", "nap", "--x", "1")
     try:
-        deadline = time.time() + 120
-        while not kubelet.started:
-            assert time.time() < deadline and running.poll() is None, "the pod never started"
-            time.sleep(0.2)
         [pod_name] = kubelet.started
         run_name = pod_name.rsplit("-a0-", 1)[0]
         process = kubelet.processes[pod_name]
@@ -188,13 +195,7 @@ def test_retries_run_each_attempt_in_a_pod_of_its_own(cluster):
 
 def test_a_pod_deleted_under_a_running_task_is_a_system_failure_and_runs_again(cluster):
     data, emulator, kubelet, core = cluster
-    running = subprocess.Popen([sys.executable, "-m", "console.cli", "--data-dir", str(data), "run", "--json",
-                                "tests/programs/pod_tasks.py", "sleepy", "--seconds", "4"], cwd=ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not kubelet.started:
-        assert time.time() < deadline and running.poll() is None, "the pod never started"
-        time.sleep(0.1)
+    running = run_until_pods(data, kubelet, 1, "tests/programs/pod_tasks.py", "sleepy", "--seconds", "4")
     [pod_name] = kubelet.started
     core.delete_namespaced_pod(pod_name, "team-a")  # someone else deletes it (a node drain, kubectl delete)
     out, err = running.communicate(timeout=180)
@@ -222,13 +223,7 @@ def test_a_cached_child_in_a_pod_is_computed_once_across_two_runs(cluster, tmp_p
 
 def test_an_engine_killed_under_a_running_pod_is_replaced_and_the_task_runs_once(cluster, tmp_path):
     data, emulator, kubelet, core = cluster
-    running = subprocess.Popen([sys.executable, "-m", "console.cli", "--data-dir", str(data), "run", "--json",
-                                "tests/programs/pod_tasks.py", "sleepy", "--seconds", "6"], cwd=ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not kubelet.started:
-        assert time.time() < deadline and running.poll() is None, "the pod never started"
-        time.sleep(0.1)
+    running = run_until_pods(data, kubelet, 1, "tests/programs/pod_tasks.py", "sleepy", "--seconds", "6")
     [pod_name] = kubelet.started
     engine_pid = json.loads((data / "engine.json").read_text())["pid"]
     os.kill(engine_pid, 9)
@@ -252,14 +247,8 @@ def test_an_engine_killed_under_a_running_pod_is_replaced_and_the_task_runs_once
 
 def test_aborting_a_parent_deletes_its_childrens_pods_too(cluster):
     data, emulator, kubelet, core = cluster
-    running = subprocess.Popen([sys.executable, "-m", "console.cli", "--data-dir", str(data), "run", "--json",
-                                "examples/fanout.py", "slow_children", "--n", "2"], cwd=ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    running = run_until_pods(data, kubelet, 3, "examples/fanout.py", "slow_children", "--n", "2")  # and 2 children
     try:
-        deadline = time.time() + 120
-        while len(kubelet.started) < 3:  # the parent and its two napping children
-            assert time.time() < deadline and running.poll() is None, kubelet.started
-            time.sleep(0.2)
         run_name = kubelet.started[0].rsplit("-a0-", 1)[0]
         processes = [kubelet.processes[name] for name in kubelet.started]
         assert taskdeck(data, "abort", run_name).returncode == 0
