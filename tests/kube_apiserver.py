@@ -7,7 +7,8 @@ this, with the semantics a controller's correctness depends on, and no more. Wha
 - create → 201 with uid, resourceVersion (one increasing integer, as an opaque string), creationTimestamp,
   generation 1, the namespace from the path; ``generateName``; 409 AlreadyExists; 422 Invalid (no name, or
   the CRD's OpenAPI schema refuses the object; unknown fields are pruned, as fieldValidation=Warn does);
-  the status of a kind with a status subresource is dropped on create;
+  the status of a kind with a status subresource is dropped on create (a Pod's is set to Pending, as the
+  pod strategy sets it);
 - get, list (``<Kind>List`` with the list's resourceVersion; ``labelSelector`` with ``=``, ``==``, ``!=``,
   ``in``, ``notin``, ``key``, ``!key``; ``fieldSelector`` on metadata.name/namespace, status.phase and an
   Event's involvedObject.name/kind), across namespaces too;
@@ -479,6 +480,8 @@ class ApiServer:
         obj["apiVersion"], obj["kind"] = kind.api_version, kind.kind
         if kind.status_subresource:
             obj.pop("status", None)
+        if kind.plural == "pods":  # as the API server's pod strategy does on create: Pending until a node reports
+            obj["status"] = {"phase": "Pending", "qosClass": "BestEffort"}
         self._validate(kind, obj)
         meta.update({"namespace": namespace, "uid": str(uuid.uuid4()), "creationTimestamp": _now(), "generation": 1})
         for transient in ("deletionTimestamp", "deletionGracePeriodSeconds"):

@@ -63,7 +63,8 @@ async def test_a_pod_is_created_owned_by_its_task_action_and_its_status_is_mappe
     [pod] = pods
     assert pod.metadata.name == "rabc-a0-0" and pod.metadata.owner_references[0].uid == owner["metadata"]["uid"]
     tctx = pod_task(tmp_path, owner, launched_before=first)
-    assert (await manager.handle(tctx)).info.phase == PluginPhase.RUNNING  # no status yet: the container is coming
+    pending = (await manager.handle(tctx)).info  # Pending, as the API server makes it, until a node reports
+    assert pending.phase == PluginPhase.QUEUED and pending.reason == "Scheduling"
     kubelet_reports(api_client, "rabc-a0-0", terminated("rabc-a0-0", 137, "OOMKilled"))
     oom = (await manager.handle(tctx)).info
     assert oom.phase == PluginPhase.RETRYABLE_FAILURE and oom.err.code == "OOMKilled"

@@ -216,7 +216,8 @@ def test_pod_status_writes_and_unsupported_patch_types(api):
     emulator, custom, core = api
     core.create_namespaced_pod(NS, {"metadata": {"name": "p-0"}, "spec": {"containers": [
         {"name": "main", "image": "x"}]}, "status": {"phase": "Running"}})
-    assert core.read_namespaced_pod("p-0", NS).status is None  # status only through /status
+    assert core.read_namespaced_pod("p-0", NS).status.phase == "Pending"  # status only through /status; a new Pod
+    # is Pending, as the API server's pod strategy makes it
     core.patch_namespaced_pod_status("p-0", NS, {"status": {"phase": "Succeeded"}})  # strategic merge: core kind
     assert core.read_namespaced_pod("p-0", NS).status.phase == "Succeeded"
     assert [p.metadata.name for p in core.list_namespaced_pod(NS, field_selector="status.phase=Succeeded").items] \
