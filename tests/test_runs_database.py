@@ -261,6 +261,29 @@ async def test_an_unreachable_or_malformed_database_is_a_clear_error():
     assert "hunter2" not in str(caught.value) and "127.0.0.1:1" in str(caught.value)
 
 
+async def test_a_database_the_engine_may_not_set_up_is_a_clear_error(postgres_server, postgres_url):
+    """PostgreSQL 15 lets only a schema's owner create tables in it: an engine given a role without that
+    privilege says so, with the URL (no password), instead of failing later or with a traceback."""
+    import asyncpg
+
+    from engine.store.postgres import PostgresRunsStore
+
+    import secrets
+
+    role = f"reader_{secrets.token_hex(3)}"
+    owner = await asyncpg.connect(postgres_url)
+    try:
+        await owner.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'reader-secret'")
+    finally:
+        await owner.close()
+    url = postgres_url.replace(f"{postgres_server.user}:{postgres_server.password}@", f"{role}:reader-secret@")
+    store = PostgresRunsStore(url)
+    with pytest.raises(StorageUnavailableError) as refused:
+        await store.start()
+    assert "cannot be set up" in str(refused.value) and "permission denied" in str(refused.value)
+    assert "reader-secret" not in str(refused.value) and store._pool is None
+
+
 async def test_a_write_while_the_server_is_gone_sets_storage_error_and_recovers(postgres_server, postgres_url):
     from engine.store.postgres import PostgresRunsStore
 

@@ -252,9 +252,14 @@ class PostgresRunsStore(RunsDatabase):
                                                    command_timeout=self.command_timeout)
         except (asyncpg.PostgresError, *_UNAVAILABLE) as exc:
             raise StorageUnavailableError(f"cannot reach the runs database {redacted(self.url)}: {exc}") from None
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
-            await conn.execute(SCHEMA)
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
+                await conn.execute(SCHEMA)
+        except (asyncpg.PostgresError, *_UNAVAILABLE) as exc:
+            await self.close()
+            raise StorageUnavailableError(f"the runs database {redacted(self.url)} cannot be set up: "
+                                          f"{type(exc).__name__}: {exc}") from None
 
     async def close(self) -> None:
         if self._pool is not None:
