@@ -104,7 +104,7 @@ ENGINE_OPTIONS = (  # (dest, flag): options a command passes on to an engine it 
     ("max_clusters", "--max-clusters"), ("k8s_config", "--k8s-config"), ("backend", "--backend"),
     ("kubeconfig", "--kubeconfig"), ("context", "--context"), ("namespace", "--namespace"),
     ("database", "--database"), ("tasks_on", "--tasks-on"), ("advertise_url", "--advertise-url"),
-    ("lease_seconds", "--lease-seconds"),
+    ("lease_seconds", "--lease-seconds"), ("raw_data", "--raw-data"),
 )
 REPEATED_ENGINE_OPTIONS = (("quota", "--quota"), ("queue_limit", "--queue-limit"))
 
@@ -147,7 +147,7 @@ def engine_config(args: argparse.Namespace):
                         allowed_code_dirs=tuple(args.allow_dir) if args.allow_dir else None,
                         backend=args.backend, kubeconfig=args.kubeconfig, kube_context=args.context,
                         namespace=args.namespace, in_cluster=args.in_cluster,
-                        tasks_on=args.tasks_on, advertise_url=args.advertise_url,
+                        tasks_on=args.tasks_on, advertise_url=args.advertise_url, raw_data=args.raw_data,
                         database=args.database or (os.environ.get("TASKDECK_DATABASE") or None
                                                    if args.backend == "kubernetes" else None))
 
@@ -878,7 +878,7 @@ DEFAULTS: dict[str, Any] = {
     "idle_exit": None, "task_start": "fork", "reuse": "on", "plugin_for": [], "max_clusters": None,
     "k8s_config": None, "quota": [], "queue_limit": [], "backend": "embedded", "kubeconfig": None, "context": None,
     "namespace": None, "in_cluster": False, "database": None, "tasks_on": "processes", "advertise_url": None,
-    "lease_seconds": None,
+    "lease_seconds": None, "raw_data": None,
 }
 
 
@@ -964,6 +964,12 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     add_engine("--advertise-url", metavar="URL",
                help="with --tasks-on pods: the address task pods reach this engine's services at "
                     "(default: the engine's own; in a cluster, its Service)")
+    add_engine("--raw-data", metavar="PREFIX",
+               help="with --tasks-on pods: keep inputs, outputs and code bundles under this object store prefix "
+                    "(s3://bucket/path; gs:// and abfs:// too), read and written through the flyte SDK's storage "
+                    "layer with its variables (FLYTE_AWS_ENDPOINT, FLYTE_AWS_ACCESS_KEY_ID, "
+                    "FLYTE_AWS_SECRET_ACCESS_KEY...), which task pods get from a Secret (default: the data "
+                    "directory, which pods must then share)")
     add_engine("--lease-seconds", type=bounded(float, 0.5, 3600), metavar="SECONDS",
                help="with --backend kubernetes: the leader's lease (default 15): how long a dead leader's "
                     "successor waits")

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from flyteidl2.core import catalog_pb2, interface_pb2, literals_pb2, tasks_pb2
 from flyteidl2.task import common_pb2
 
+from engine.data_store import DataStore, is_remote
 from engine.literals import inputs_message
 from engine.plugins.core import PhaseInfo, StorageFaultError, TaskInfo
 from engine.store.base import CacheEntry, CacheStore
@@ -139,8 +140,9 @@ class CacheError(Exception):
 
 class TaskCache:
     def __init__(self, store: CacheStore, on_released: Callable[[str], None] | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, files: DataStore | None = None):
         self.store = store
+        self.files = files  # an object store's (engine/data_store.py) when outputs live there; None: local files
         self.clock = clock
         self.on_released = on_released  # wakes actions waiting on a key as soon as its owner finishes
         self._waiting: dict[str, set[str]] = {}  # catalog key -> TaskAction names waiting for it
@@ -159,7 +161,7 @@ class TaskCache:
         key = spec_cache_key
         if not key:
             try:
-                key = cache_key(template, inputs_message(input_path))
+                key = cache_key(template, self._inputs(input_path))
             except (OSError, ValueError) as exc:
                 log.warning("%s/%s: no cache key (%s): running without the cache", namespace, name, exc)
                 return None
@@ -178,7 +180,7 @@ class TaskCache:
             except Exception as exc:  # noqa: BLE001 - a lookup failure fails open: the task runs
                 log.warning("cache lookup of %s failed, running the task: %s", config.key, exc)
                 entry = None
-            if entry is not None and self._copy_outputs(entry, output_prefix):
+            if entry is not None and await self._copy_outputs(entry, output_prefix):
                 self._stop_waiting(config.key, waiter)
                 return PhaseInfo.success(TaskInfo(cache_status=CACHE_HIT, additional_reasons=["cache hit"]),
                                          reason="cache hit")
@@ -203,8 +205,8 @@ class TaskCache:
         if succeeded:
             task = config.template.id
             run_name, action_name, attempt = source
-            outputs = os.path.join(output_prefix, OUTPUTS_FILE)
-            if not os.path.exists(outputs):
+            outputs = f"{output_prefix.rstrip('/')}/{OUTPUTS_FILE}"
+            if not await self._exists(outputs):
                 if config.template.interface.outputs.variables:
                     log.warning("%s succeeded without %s: nothing to cache", config.owner_id, outputs)
                     await self.release(config)
@@ -242,8 +244,44 @@ class TaskCache:
             if not waiters:
                 del self._waiting[key]
 
+    def _remote(self, uri: str) -> bool:
+        return self.files is not None and self.files.remote and is_remote(uri)
+
+    def _inputs(self, input_path: str) -> common_pb2.Inputs:
+        if not self._remote(input_path):
+            return inputs_message(input_path)
+        inputs = common_pb2.Inputs()
+        inputs.ParseFromString(self.files.read(input_path))
+        return inputs
+
+    async def _exists(self, uri: str) -> bool:
+        if not self._remote(uri):
+            return os.path.exists(uri)
+        try:
+            return await self.files.aexists(uri)
+        except Exception as exc:  # noqa: BLE001 - the store failing: storage, not a missing file
+            raise StorageFaultError(uri, OSError(str(exc))) from exc
+
+    async def _copy_outputs(self, entry: CacheEntry, output_prefix: str) -> bool:
+        """Put the cached outputs where this attempt's would go; a vanished source is a miss."""
+        if not entry.outputs_uri:
+            return True  # the task has no outputs
+        if self._remote(output_prefix):
+            source, target = entry.outputs_uri, f"{output_prefix.rstrip('/')}/{OUTPUTS_FILE}"
+            if source == target:
+                return True
+            try:
+                await self.files.acopy(source, target)
+            except FileNotFoundError:
+                log.warning("cache entry %s points at missing outputs %s: running the task", entry.key, source)
+                return False
+            except Exception as exc:  # noqa: BLE001
+                raise StorageFaultError(target, OSError(str(exc))) from exc
+            return True
+        return self._copy_local_outputs(entry, output_prefix)
+
     @staticmethod
-    def _copy_outputs(entry: CacheEntry, output_prefix: str) -> bool:
+    def _copy_local_outputs(entry: CacheEntry, output_prefix: str) -> bool:
         """Put the cached outputs where this attempt's would go; a vanished source is a miss."""
         if not entry.outputs_uri:
             return True  # the task has no outputs

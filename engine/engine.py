@@ -33,7 +33,7 @@ from engine.projects import ProjectsService
 from engine.quotas import ResourceManager
 from engine.tasks import TasksService
 from engine.triggers import TriggersService
-from engine.secret_store import EmbeddedSecretStore
+from engine.secret_store import EmbeddedSecretStore, SecretStore
 from engine.uploads import UploadStore
 from engine.plugins.local_backend import LocalResourceBackend
 from engine.plugins.local_dask import LocalDaskOperator
@@ -49,6 +49,7 @@ from engine.plugins.sleep import SleepPlugin
 from engine.reconciler import DEFAULT_MAX_SYSTEM_FAILURES, DEFAULT_REQUEUE_SECONDS, TaskActionReconciler
 from engine.http_gate import DEFAULT_MAX_BODY_BYTES
 from engine.logs import LogService
+from engine.data_store import check_raw_data_prefix, open_data_store
 from engine.names import check_advertise_url, check_namespace
 from engine.runs import RunsService
 from engine.services import EngineServices
@@ -124,6 +125,9 @@ class EngineConfig:
     # Pods and Spark/Ray/Dask tasks as their operators' objects, created on the cluster by the plugin manager
     tasks_on: str = "processes"
     advertise_url: str | None = None  # how task pods reach this engine's services (default: its own URL)
+    # with tasks on pods: inputs, outputs and uploads under this object store prefix (s3://bucket/path), which
+    # the engine and its pods reach through the SDK's storage layer; None: the data directory
+    raw_data: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("workers", "max_processes", "max_body_bytes"):
@@ -150,6 +154,11 @@ class EngineConfig:
             raise ValueError("--tasks-on pods and --advertise-url are for --backend kubernetes")
         if self.advertise_url is not None:
             check_advertise_url(self.advertise_url)
+        if self.raw_data is not None:
+            if self.tasks_on != "pods":
+                raise ValueError("--raw-data is for --tasks-on pods (task processes on this machine use the data "
+                                 "directory)")
+            self.raw_data = check_raw_data_prefix(self.raw_data)
         if self.database is not None:
             if self.backend != "kubernetes":
                 raise ValueError("--database is for --backend kubernetes (the embedded default keeps its runs data "
@@ -172,6 +181,7 @@ class Engine:
         self._lease_task: asyncio.Task | None = None
         self._step_down: asyncio.Task | None = None
         self.store = self._make_store()
+        self.files = open_data_store(self.data_dir, self.config.raw_data)  # inputs, outputs, uploads
         self.health = StorageHealth(self.store, self.data_dir)
         self.authority = Authority(self.data_dir, share_group=self.config.share_group)
         self.registry = PluginRegistry()
@@ -190,7 +200,8 @@ class Engine:
             from engine.plugins.pod import PodPlugin
 
             resources = ClusterResourceBackend(self._kube_client, endpoint_for=self._pod_endpoint,
-                                               namespace=self.store.namespace, owns_client=False)
+                                               namespace=self.store.namespace, owns_client=False,
+                                               storage_env=self.files.task_env())
             self._pod_watch = resources.watch_pods  # started with the controller: a Pod's change wakes its owner
             pods = ResourcePluginManager(PodPlugin(k8s=self.k8s), resources, k8s=self.k8s)
             self.registry.register(pods)
@@ -214,7 +225,7 @@ class Engine:
         for task_type, plugin_id in self.config.plugin_for_task_types.items():
             self.registry.set_default_for(task_type, plugin_id)
         self.runtime_env: dict[str, str] = {}
-        self.secrets = EmbeddedSecretStore(self.store, self.data_dir)
+        self.secrets = self._make_secret_store()
         self.projects = ProjectsService(self.store)
         self.tasks = TasksService(self.store, self.data_dir, self.projects)
         self.triggers = TriggersService(self.store, self.tasks, self._start_triggered_run,
@@ -225,18 +236,18 @@ class Engine:
             runtime_env=self.runtime_env, task_env=self._task_env, health=self.health,
             max_system_failures=self.config.max_system_failures,
             requeue_after=self.config.requeue_after, secrets=self.secrets, passed_env=passed_env,
-            quotas=ResourceManager(self.config.project_quotas, self.config.queue_quotas),
+            quotas=ResourceManager(self.config.project_quotas, self.config.queue_quotas), files=self.files,
         )
         self.manager = ControllerManager(self.store, self.reconciler.reconcile, workers=self.config.workers,
                                          is_echo=self.reconciler.is_echo)
         self.runs = RunsService(self.store, self.data_dir, report_file_fault=self.health.report_file_fault,
                                 passed_env=passed_env, secrets=self.secrets,
-                                plugin_for=lambda task_type: self.registry.resolve(task_type).id)
+                                plugin_for=lambda task_type: self.registry.resolve(task_type).id, files=self.files)
         self.services = EngineServices(self.runs, ChangeFeed(self.store, self.health), self.health,
                                        LogService(self.data_dir), self.data_dir, self._workers,
                                        KubernetesRenderer(self.reconciler.build_context,
                                                           self.runs.task_action_named, k8s=self.k8s).render,
-                                       UploadStore(self.data_dir).stage, self.secrets, self.projects, self.tasks,
+                                       UploadStore(self.data_dir, self.files).stage, self.secrets, self.projects, self.tasks,
                                        self.triggers, self._backend)
         if self.config.tasks_on == "pods":
             from engine.cluster_objects import ClusterObjects
@@ -316,6 +327,15 @@ class Engine:
             await self.manager.stop()
         self._step_down = asyncio.get_running_loop().create_task(step_down(), name="lease-lost")
 
+    def _make_secret_store(self) -> SecretStore:
+        """The embedded default encrypts values in its database; the Kubernetes backend keeps them in the
+        namespace's Secrets, where its pods take them from."""
+        if self.config.backend != "kubernetes":
+            return EmbeddedSecretStore(self.store, self.data_dir)
+        from engine.kube_secrets import KubernetesSecretStore
+
+        return KubernetesSecretStore(self._kube_client, self.store.namespace)
+
     def _make_store(self) -> EngineStore:
         if self.config.backend == "embedded":
             return SqliteStore(self.data_dir / DB_FILE, inline_commits=not self.config.commit_in_thread)
@@ -355,6 +375,8 @@ class Engine:
         try:
             self.authority.load()
             self.authority.share_file(self._lock.path)  # the group tells a live engine by its lock
+            if self.files.remote:  # a store that cannot be used is one clear error now, not a failed run later
+                await asyncio.to_thread(self.files.probe)
             await self.store.start()
             await self.projects.ensure_default()
             if self.config.serve:  # before any launch: task processes get this address (with their credential)

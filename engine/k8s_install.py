@@ -31,6 +31,8 @@ RULES = [  # reads come from the informer (list, watch); no single get
     {"apiGroups": ["flyte.org"], "resources": ["taskactions/status"], "verbs": ["update"]},
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},  # leader
 ]
+# What engine/kube_secrets.py calls: the backend's secret store is the namespace's Secrets (its own, by label).
+SECRET_RULES = [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "create", "patch", "delete"]}]
 # With --tasks-on pods, what engine/plugins/cluster_backend.py calls: the tasks' objects, their logs, and the
 # Secret that gives each object's pods the engine endpoint with their run's credential.
 _TASK_OBJECT_VERBS = ["create", "get", "list", "delete"]
@@ -55,7 +57,7 @@ def manifests(namespace: str = DEFAULT_NAMESPACE, *, in_cluster: bool = False, i
     an engine that runs its tasks as Pods (and Spark/Ray/Dask objects), with the verbs that needs."""
     if tasks_on not in ("processes", "pods"):
         raise InstallError(f"--tasks-on must be processes or pods, not {tasks_on!r}")
-    rules = RULES + (TASK_POD_RULES if tasks_on == "pods" else [])
+    rules = RULES + SECRET_RULES + (TASK_POD_RULES if tasks_on == "pods" else [])
     try:
         check_namespace(namespace)
     except InvalidNameError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 from flyteidl2.core import literals_pb2
@@ -64,11 +65,16 @@ def named_literals_to_dict(named: list[common_pb2.NamedLiteral]) -> dict[str, An
     return {item.name: literal_to_python(item.value) for item in named}
 
 
-def read_outputs(path: str) -> dict[str, Any] | None:
-    """``outputs.pb`` (flyteidl2.task.Outputs) as name → value; None when the file is absent."""
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def read_outputs(path: str, read: Callable[[str], bytes] = _read_file) -> dict[str, Any] | None:
+    """``outputs.pb`` (flyteidl2.task.Outputs) as name → value; None when the file is absent. ``read``: how
+    to read it where it is (engine/data_store.py), a local file by default."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read(path)
     except FileNotFoundError:
         return None
     outputs = common_pb2.Outputs()
@@ -76,17 +82,16 @@ def read_outputs(path: str) -> dict[str, Any] | None:
     return named_literals_to_dict(list(outputs.literals))
 
 
-def inputs_message(path: str) -> common_pb2.Inputs:
+def inputs_message(path: str, read: Callable[[str], bytes] = _read_file) -> common_pb2.Inputs:
     """``inputs.pb`` as the flyteidl2 message (OSError when it cannot be read)."""
     inputs = common_pb2.Inputs()
-    with open(path, "rb") as f:
-        inputs.ParseFromString(f.read())
+    inputs.ParseFromString(read(path))
     return inputs
 
 
-def read_inputs(path: str) -> dict[str, Any] | None:
+def read_inputs(path: str, read: Callable[[str], bytes] = _read_file) -> dict[str, Any] | None:
     try:
-        inputs = inputs_message(path)
+        inputs = inputs_message(path, read)
     except FileNotFoundError:
         return None
     return named_literals_to_dict(list(inputs.literals))

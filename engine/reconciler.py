@@ -25,7 +25,7 @@ from google.protobuf.message import DecodeError
 
 from engine.cache import CACHE_MISS, CacheConfig, CacheError, TaskCache
 from engine.quotas import ANNOTATION_QUEUE, ResourceManager
-from engine.secret_store import SecretNotFoundError, mask, secret_env
+from engine.secret_store import SecretNotFoundError, mask, secret_env, secret_refs
 from engine.events import attempt_prefix, build_action_event
 from engine.model import (
     COMPLETED_TIME_FORMAT,
@@ -39,6 +39,7 @@ from engine.model import (
     TaskActionStatus,
     utcnow,
 )
+from engine.data_store import DataStore
 from engine.paths import input_file, is_within, local_path, log_path
 from engine.phases import PHASE_TABLE, ActionPhase, ConditionType, PluginPhase, Reason
 from engine.plugins.core import (
@@ -163,6 +164,7 @@ class TaskActionReconciler:
         secrets=None,
         passed_env: Callable[[], frozenset[str]] = frozenset,
         quotas: ResourceManager | None = None,
+        files: DataStore | None = None,
     ):
         if max_system_failures < 0 or requeue_after < 0:
             raise ValueError("max_system_failures and requeue_after must not be negative")
@@ -174,6 +176,7 @@ class TaskActionReconciler:
         self.data_dir = Path(data_dir)
         self._logs_root = str(self.data_dir / "logs")
         self.data_roots = [os.path.realpath(self.data_dir)]
+        self.files = files or DataStore(self.data_dir)  # where inputs and outputs live (an object store's prefix)
         # A spec is immutable per (uid, generation): validate and parse it once, not on every reconcile.
         self._verdicts: collections.OrderedDict[tuple[str, int], tuple] = collections.OrderedDict()
         self.enqueue = enqueue
@@ -185,7 +188,7 @@ class TaskActionReconciler:
         self.requeue_after = requeue_after
         self.cluster = cluster
         self.clock: Callable[[], dt.datetime] = utcnow
-        self.cache = TaskCache(store, on_released=enqueue)
+        self.cache = TaskCache(store, on_released=enqueue, files=self.files)
         self._own_writes: dict[str, str] = {}  # TaskAction name → the resourceVersion we last wrote
 
     # ------------------------------------------------------------------ own writes
@@ -325,6 +328,8 @@ class TaskActionReconciler:
                 if template.security_context.secrets and task_action.status.plugin_state is None:
                     try:  # about to launch: the task's environment gets them
                         tctx.secret_env = await self._secret_env(task_action, template)
+                        tctx.secret_refs = await secret_refs(self.secrets, template, task_action.spec.project,
+                                                             task_action.spec.domain)
                     except SecretNotFoundError as exc:  # deleted since the run was created
                         return await self.finalize_permanent_failure(
                             task_action, original, ExecutionError("SecretNotFound", str(exc), USER))
@@ -512,13 +517,17 @@ class TaskActionReconciler:
             enqueue_owner=lambda: self.enqueue(name),
             runtime_env=self.runtime_env,
             storage_root=self.data_roots[0],
+            files=self.files if self.files.remote else None,
             _template=template,
         )
 
     def is_allowed_uri(self, uri: str) -> bool:
-        """Local paths must stay inside the data roots; a task may not read or write elsewhere."""
+        """Local paths must stay inside the data roots, object store URIs inside the raw-data prefix: a task
+        may not read or write elsewhere."""
+        if self.files.remote:
+            return self.files.contains(uri, self.files.root)
         if "://" in uri and not uri.startswith("file://"):
-            return False  # no remote object stores in the local engine
+            return False  # no object store configured
         return is_within(local_path(uri), self.data_roots)
 
     def log_path(self, run_name: str, action_name: str, attempt: int) -> Path:

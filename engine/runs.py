@@ -32,6 +32,7 @@ from google.protobuf.message import DecodeError
 from engine import cache
 from engine.errors import InvalidRunError, RunNotFoundError
 from engine.events import build_action_event
+from engine.data_store import DataStore
 from engine.literals import inputs_message, read_inputs, read_outputs
 from engine.quotas import ANNOTATION_QUEUE
 from engine.support import check_secrets, check_supported
@@ -154,16 +155,6 @@ def spec_digest(data: bytes) -> str:
     return base64.b64encode(hashlib.sha256(data).digest()).decode()
 
 
-def write_new_file(path: str, data: bytes) -> None:
-    """Write a file in a directory nobody reads yet (a new run's), creating the directory.
-
-    No fsync: as durable as the WAL commit that follows (synchronous=NORMAL survives a process crash).
-    """
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(data)
-
-
 @dataclasses.dataclass
 class RunResult:
     run: ActionRecord
@@ -187,13 +178,14 @@ class RunsService:
     def __init__(self, store: EngineStore, data_dir: Path,
                  report_file_fault: Callable[[str, OSError], None] | None = None,
                  passed_env: Callable[[], frozenset[str]] = frozenset,
-                 plugin_for: Callable[[str], str] | None = None, secrets=None):
+                 plugin_for: Callable[[str], str] | None = None, secrets=None, files: DataStore | None = None):
         self.store = store
+        self.files = files or DataStore(data_dir)  # inputs and outputs: the data directory or an object store
         self.secrets = secrets  # the SecretStore the up-front check of a task's secret requests reads
         self.plugin_for = plugin_for  # task type → the id of the plugin that would run it
         self.passed_env = passed_env  # engine variables task processes get (--pass-env) and that are set
         self.data_dir = Path(data_dir)
-        self._data_root = str(self.data_dir / "data")
+        self._data_root = self.files.root
         self._report_file_fault = report_file_fault or (lambda path, exc: None)
 
     def run_base(self, project: str, domain: str, run_name: str) -> str:
@@ -232,7 +224,7 @@ class RunsService:
         run_base = self.run_base(project, domain, run_name)
         input_uri = f"{run_base}/inputs/inputs.pb"
         try:
-            write_new_file(input_uri, (inputs or common_pb2.Inputs()).SerializeToString())
+            await self.files.awrite(input_uri, (inputs or common_pb2.Inputs()).SerializeToString())
         except OSError as exc:
             self._report_file_fault(input_uri, exc)
             raise StorageUnavailableError(f"cannot write the run's inputs: {exc.strerror or exc}") from None
@@ -326,8 +318,8 @@ class RunsService:
         if cache.is_discoverable(template):
             key = cache_key
             if not key:  # the SDK sends one; anything else gets the same formula's
-                with contextlib.suppress(OSError, ValueError):
-                    key = cache.cache_key(template, inputs_message(input_file(input_uri)))
+                with contextlib.suppress(OSError, ValueError, DecodeError):
+                    key = cache.cache_key(template, await self._inputs_message(input_file(input_uri)))
             catalog_key = cache.catalog_key(template, key) if key else None
             cache_key = key  # the TaskAction carries it, as Flyte's does: reconciles need not recompute it
         now = time.time()
@@ -382,9 +374,13 @@ class RunsService:
         Connect door does it once; the service's own check is the syscall-free one).
         """
         base = self.run_base(project, domain, run_name)
-        inside = resolves_within if follow_links else is_within
+        if self.files.remote:
+            def inside(uri, roots):
+                return self.files.contains(uri, roots[0])
+        else:
+            inside = resolves_within if follow_links else is_within
         for field, uri in uris.items():
-            if uri and not inside(local_path(uri), [base]):
+            if uri and not inside(uri if self.files.remote else local_path(uri), [base]):
                 raise InvalidRunError(f"{field} {uri!r} is outside the run's directory {base}", field=field)
 
     async def _live_parent(self, run_name: str, parent_action_name: str) -> TaskAction:
@@ -670,12 +666,13 @@ class RunsService:
             outputs = None
             if ActionPhase(record.phase) == ActionPhase.SUCCEEDED and record.action_type != ACTION_TYPE_CONDITION:
                 try:
-                    outputs = read_outputs(f"{self.attempt_prefix_of(record, attempt)}/outputs.pb")
+                    outputs = read_outputs(f"{self.attempt_prefix_of(record, attempt)}/outputs.pb", self.files.read)
                 except (OSError, ValueError, DecodeError):
                     outputs = None
             report = None
             if record.action_type not in (ACTION_TYPE_CONDITION,):
-                report = read_report(f"{self.attempt_prefix_of(record, attempt)}/{REPORT_FILE}")
+                report = None if self.files.remote else read_report(
+                    f"{self.attempt_prefix_of(record, attempt)}/{REPORT_FILE}")
             return inputs, outputs, report
 
         return await asyncio.to_thread(read)
@@ -699,10 +696,10 @@ class RunsService:
             inputs, outputs = common_pb2.Inputs(), common_pb2.Outputs()
             with contextlib.suppress(OSError, ValueError, DecodeError):
                 if inputs_uri:
-                    inputs = inputs_message(inputs_uri)
+                    inputs = inputs_message(inputs_uri, self.files.read)
             if outputs_uri and ActionPhase(record.phase) == ActionPhase.SUCCEEDED:
-                with contextlib.suppress(OSError, DecodeError), open(outputs_uri, "rb") as f:
-                    outputs.ParseFromString(f.read())
+                with contextlib.suppress(OSError, DecodeError):
+                    outputs.ParseFromString(self.files.read(outputs_uri))
             return inputs, outputs
 
         inputs, outputs = await asyncio.to_thread(read)
@@ -738,7 +735,9 @@ class RunsService:
         outputs = None
         if run.phase == ActionPhase.SUCCEEDED:
             prefix = self.attempt_prefix_of(run, run.attempts or 1)
-            outputs = read_outputs(f"{prefix}/outputs.pb") or {}
+            outputs = await asyncio.to_thread(read_outputs, f"{prefix}/outputs.pb", self.files.read) \
+                if self.files.remote else read_outputs(f"{prefix}/outputs.pb")
+            outputs = outputs or {}
         error = None
         if run.error_kind is not None or run.phase in (ActionPhase.FAILED, ActionPhase.TIMED_OUT,
                                                         ActionPhase.ABORTED):
@@ -757,7 +756,12 @@ class RunsService:
 
     def inputs_of(self, action: ActionRecord) -> dict[str, Any] | None:
         path = local_path(action.input_uri)
-        return read_inputs(path if path.endswith(".pb") else f"{path}/inputs.pb")
+        return read_inputs(path if path.endswith(".pb") else f"{path}/inputs.pb", self.files.read)
+
+    async def _inputs_message(self, path: str) -> common_pb2.Inputs:
+        if self.files.remote:
+            return await asyncio.to_thread(inputs_message, path, self.files.read)
+        return inputs_message(path)
 
     async def wait_for_run(self, run_name: str, timeout: float | None = None,
                            action_name: str = ROOT_ACTION_NAME) -> RunResult:

@@ -45,6 +45,19 @@ def check_secret_scope(name: str, project: str, domain: str) -> None:
         check_run_id(project, domain or "development", "r")
 
 
+def check_secret_value(value: bytes) -> None:
+    if not isinstance(value, bytes) or not value:
+        raise SecretInputError("a secret needs a value", field="value")
+    if len(value) > MAX_VALUE_BYTES:
+        raise SecretInputError(f"a secret value may be at most {MAX_VALUE_BYTES} bytes", field="value")
+    try:
+        if "\0" in value.decode():
+            raise UnicodeDecodeError("utf-8", value, 0, 1, "NUL")
+    except UnicodeDecodeError:
+        raise SecretInputError("a secret value is text (UTF-8, no NUL): tasks get it as an environment "
+                               "variable", field="value") from None
+
+
 def secret_requests(template: tasks_pb2.TaskTemplate) -> list[security_pb2.Secret]:
     return list(template.security_context.secrets)
 
@@ -63,6 +76,24 @@ async def secret_env(store: SecretStore, template: tasks_pb2.TaskTemplate, proje
             if request.env_var not in passed:
                 raise
     return env
+
+
+async def secret_refs(store: SecretStore, template: tasks_pb2.TaskTemplate, project: str,
+                      domain: str) -> dict[str, tuple[str, str]]:
+    """Where a store that keeps each value in a Kubernetes Secret has what the task asks for: variable →
+    (Secret, key), for pods to take by ``secretKeyRef``; empty for other stores."""
+    reference = getattr(store, "reference", None)
+    refs: dict[str, tuple[str, str]] = {}
+    if reference is None:
+        return refs
+    for request in secret_requests(template):
+        if request.mount_requirement == security_pb2.Secret.FILE or not request.env_var:
+            continue
+        try:
+            refs[request.env_var] = await reference(request.key, project=project, domain=domain)
+        except SecretNotFoundError:
+            continue  # an engine variable passed on stands in: its value travels as before
+    return refs
 
 
 class SecretStore(abc.ABC):
@@ -118,16 +149,7 @@ class EmbeddedSecretStore(SecretStore):
 
     async def put(self, name: str, value: bytes, *, project: str = "", domain: str = "") -> SecretInfo:
         check_secret_scope(name, project, domain)
-        if not isinstance(value, bytes) or not value:
-            raise SecretInputError("a secret needs a value", field="value")
-        if len(value) > MAX_VALUE_BYTES:
-            raise SecretInputError(f"a secret value may be at most {MAX_VALUE_BYTES} bytes", field="value")
-        try:
-            if "\0" in value.decode():
-                raise UnicodeDecodeError("utf-8", value, 0, 1, "NUL")
-        except UnicodeDecodeError:
-            raise SecretInputError("a secret value is text (UTF-8, no NUL): tasks get it as an environment "
-                                   "variable", field="value") from None
+        check_secret_value(value)
         now = self.clock()
         self._masks.clear()
         return await self.repository.secret_put(project, domain, name, self._cipher().encrypt(value), now)
@@ -136,7 +158,7 @@ class EmbeddedSecretStore(SecretStore):
         check_secret_scope(name, project, domain)
         self._masks.clear()
         if not await self.repository.secret_delete(project, domain, name):
-            raise SecretNotFoundError(f"no secret {name!r} in {_scope_text(project, domain)}")
+            raise SecretNotFoundError(f"no secret {name!r} in {scope_text(project, domain)}")
 
     async def values_for(self, project: str, domain: str) -> list[str]:
         """As the base class, kept until a secret changes: a followed log asks for them at every read."""
@@ -164,7 +186,7 @@ class EmbeddedSecretStore(SecretStore):
                                   "or global)")
 
 
-def _scope_text(project: str, domain: str) -> str:
+def scope_text(project: str, domain: str) -> str:
     if project and domain:
         return f"project {project!r}, domain {domain!r}"
     return f"project {project!r}" if project else "the global scope"

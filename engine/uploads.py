@@ -25,8 +25,9 @@ class UploadError(InvalidRunError):
 
 
 class UploadStore:
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, files=None):
         self.root = Path(data_dir) / "uploads"
+        self.files = files if files is not None and files.remote else None  # an object store: uploads go there
 
     def stage(self, source: str, project: str, domain: str) -> str:
         """Copy ``source`` (a file or a directory on this machine) into the store; its stored path."""
@@ -40,6 +41,8 @@ class UploadStore:
             raise UploadError(f"{source} is neither a regular file nor a directory")
         digest = _digest(path)
         name = path.name or "data"
+        if self.files is not None:
+            return self._stage_remote(path, f"{self.files.uploads_root}/{project}/{domain}/{digest}/{name}")
         final = self.root / project / domain / digest
         if not (final / name).exists():
             self.root.mkdir(parents=True, exist_ok=True)
@@ -60,6 +63,22 @@ class UploadStore:
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
         return str(final / name)
+
+
+    def _stage_remote(self, path: Path, uri: str) -> str:
+        """On the object store (``--raw-data``), where task pods read it; content-addressed there too. A
+        directory's files are put before its marker, so a marker means a whole copy."""
+        marker = f"{uri}.complete" if path.is_dir() else uri  # beside the directory, not in it
+        try:
+            if not self.files.exists(marker):
+                if path.is_dir():
+                    self.files.put_tree(str(path), uri)
+                    self.files.write(marker, b"")
+                else:
+                    self.files.put_file(str(path), uri)
+        except OSError as exc:
+            raise UploadError(f"cannot store {path} in {self.files.describe()}: {exc.strerror or exc}") from None
+        return uri
 
 
 def _digest(path: Path) -> str:

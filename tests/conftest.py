@@ -40,3 +40,27 @@ def postgres_server():
 def postgres_url(postgres_server) -> str:
     """The URL of a fresh, empty database on the session's server."""
     return postgres_server.database()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 API server for the session (moto's server mode, tests/s3_server.py); skipped, with the
+    reason, without moto."""
+    import s3_server as s3
+
+    if s3.moto_server_command() is None:
+        pytest.skip("moto_server is not installed (pip install 'moto[server]'): the object-store tests need it")
+    server = s3.S3Server(tmp_path_factory.mktemp("s3"))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request) -> str:
+    """A fresh bucket on the session's S3 server: its name."""
+    import re
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + f"-{len(s3_server.buckets_made)}"
+    s3_server.buckets_made.append(name)
+    s3_server.make_bucket(name)
+    return name

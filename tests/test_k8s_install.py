@@ -13,7 +13,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from engine.k8s_install import RULES, TASK_POD_RULES, manifests
+from engine.k8s_install import RULES, SECRET_RULES, TASK_POD_RULES, manifests
 from engine.leader import LeaseElector
 from engine.model import FINALIZER
 from engine.store.kubernetes import KubernetesResourceStore
@@ -108,8 +108,33 @@ async def test_the_task_pod_rules_are_exactly_what_running_tasks_as_pods_calls(t
     granted = {(verb, resource) for rule in TASK_POD_RULES for resource in rule["resources"] for verb in rule["verbs"]}
     assert used == granted, (sorted(used - granted), sorted(granted - used))
     role = next(o for o in manifests("team-a", tasks_on="pods") if o["kind"] == "Role")
-    assert role["rules"] == RULES + TASK_POD_RULES
-    assert next(o for o in manifests("team-a") if o["kind"] == "Role")["rules"] == RULES
+    assert role["rules"] == RULES + SECRET_RULES + TASK_POD_RULES
+    assert next(o for o in manifests("team-a") if o["kind"] == "Role")["rules"] == RULES + SECRET_RULES
+
+
+async def test_the_secret_rules_are_exactly_what_the_kubernetes_secret_store_calls():
+    """The backend's secret store (engine/kube_secrets.py), its whole repertoire, against SECRET_RULES."""
+    from engine.kube_secrets import KubernetesSecretStore
+    from engine.secret_store import SecretNotFoundError
+    from kube_apiserver import core_kinds, taskaction_kind
+
+    with EmulatorThread(ApiServer(kinds=[taskaction_kind(), *core_kinds()])) as emulator:
+        api_client = client.ApiClient(client.Configuration(host=emulator.url))
+        store = KubernetesSecretStore(api_client, "flyte")
+        try:
+            await store.put("token", b"one", project="p", domain="development")  # create
+            await store.put("token", b"two", project="p", domain="development")  # exists: patch
+            assert await store.resolve("token", project="p", domain="development") == b"two"  # get
+            assert await store.reference("token", project="p", domain="development")
+            assert [i.name for i in await store.list()] == ["token"]  # list
+            await store.delete("token", project="p", domain="development")  # delete
+            with pytest.raises(SecretNotFoundError):
+                await store.resolve("token", project="p", domain="development")
+        finally:
+            api_client.close()
+        used = {(verb, resource) for verb, resource in emulator.server.verbs}
+    granted = {(verb, resource) for rule in SECRET_RULES for resource in rule["resources"] for verb in rule["verbs"]}
+    assert used == granted, (sorted(used - granted), sorted(granted - used))
 
 
 def taskdeck(*args: str) -> subprocess.CompletedProcess:

@@ -41,13 +41,14 @@ async def cluster_object(data: Path, run: str, action: str = "a0"):
         await remote.close()
 
 
-def start_engine(data: Path, kubeconfig: Path) -> subprocess.Popen:
+def start_engine(data: Path, kubeconfig: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     with contextlib.suppress(FileNotFoundError):
         (data / "engine.json").unlink()  # a killed engine's: wait for the new one's
     engine = subprocess.Popen([sys.executable, "-m", "console.cli", "--data-dir", str(data), "--headless",
                                "--backend", "kubernetes", "--kubeconfig", str(kubeconfig), "--tasks-on", "pods",
-                               "--allow-dir", str(ROOT), "--lease-seconds", "1"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                              stderr=open(data.parent / "engine.log", "a"), env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                               "--allow-dir", str(ROOT), "--lease-seconds", "1", *extra], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=open(data.parent / "engine.log", "a"),
+                              env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     deadline = time.time() + 60
     while not (data / "engine.json").exists():
         assert engine.poll() is None, (data.parent / "engine.log").read_text()
@@ -111,20 +112,34 @@ def test_a_real_sdk_task_runs_in_its_pod_with_its_credential_from_a_secret(clust
     assert live["events"][0]["from"] == "default-scheduler"
 
 
-def test_a_tasks_secret_reaches_its_pod_from_a_kubernetes_secret_never_from_the_pod_spec(cluster):
+def test_a_secret_is_a_kubernetes_secret_the_tasks_pod_takes_by_reference(cluster):
+    """On this backend the secret store is the namespace's Secrets: `taskdeck secret create` makes one (the
+    engine's database never holds the value), and the Pod's variable refers to it, no copy, no value in the spec."""
     data, emulator, kubelet, core = cluster
     canary = "canary-" + "7f3a9c" * 4
     made = taskdeck(data, "secret", "create", "pod-canary", "--value-file", "-", input_text=canary)
     assert made.returncode == 0, made.stderr
+    [stored] = [s for s in core.list_namespaced_secret("team-a", label_selector="taskdeck.flyte.org/secret=true").items]
+    assert base64.b64decode(stored.data["value"]).decode() == canary
+    assert stored.metadata.annotations["taskdeck.flyte.org/secret-name"] == "pod-canary"
+    listed = taskdeck(data, "secret", "list")
+    assert listed.returncode == 0 and "pod-canary" in listed.stdout and canary not in listed.stdout, listed
     result = run_json(data, "tests/programs/pod_tasks.py", "key_length")
     assert result["phase"] == "SUCCEEDED" and result["outputs"] == {"o0": len(canary)}, result
     [pod_name] = [n for n in kubelet.started if result["run"] in n]
     assert kubelet.environments[pod_name]["API_KEY"] == canary
-    pod = json.dumps(emulator.server.store.objects[("pods", "team-a", pod_name)])
-    assert canary not in pod and "pod-canary" not in json.dumps([e for e in json.loads(pod)["spec"]["containers"][0]
-                                                                  ["env"] if "value" in e])
-    [secret] = [s for s in core.list_namespaced_secret("team-a").items if s.metadata.name.startswith(result["run"])]
-    assert base64.b64decode(secret.data["env.API_KEY"]).decode() == canary
+    pod = emulator.server.store.objects[("pods", "team-a", pod_name)]
+    assert canary not in json.dumps(pod)
+    [api_key] = [e for e in pod["spec"]["containers"][0]["env"] if e["name"] == "API_KEY"]
+    assert api_key["valueFrom"]["secretKeyRef"] == {"name": stored.metadata.name, "key": "value"}
+    [own] = [s for s in core.list_namespaced_secret("team-a").items if s.metadata.name.startswith(result["run"])]
+    assert "env.API_KEY" not in (own.data or {})  # not copied into the object's own Secret
+    assert not any(canary.encode() in path.read_bytes() for path in data.glob("*.db*"))
+    deleted = taskdeck(data, "secret", "delete", "pod-canary")
+    assert deleted.returncode == 0, deleted.stderr
+    assert not core.list_namespaced_secret("team-a", label_selector="taskdeck.flyte.org/secret=true").items
+    missing = taskdeck(data, "run", "tests/programs/pod_tasks.py", "key_length")  # refused before it starts
+    assert missing.returncode != 0 and "asks for secret 'pod-canary'" in missing.stderr, missing.stderr
 
 
 def test_a_parent_in_a_pod_launches_its_children_as_pods(cluster):

@@ -80,7 +80,7 @@ class ClusterResourceBackend(ResourceBackend):
     get none)."""
 
     def __init__(self, api_client, endpoint_for: Callable[[TaskExecutionContext], str | None] | None = None,
-                 namespace: str | None = None, owns_client: bool = True):
+                 namespace: str | None = None, owns_client: bool = True, storage_env: dict[str, str] | None = None):
         from kubernetes import client  # imported here: the embedded default never loads it
 
         self._api_client = api_client
@@ -89,13 +89,17 @@ class ClusterResourceBackend(ResourceBackend):
         self._core = client.CoreV1Api(api_client)
         self._custom = client.CustomObjectsApi(api_client)
         self._endpoint_for = endpoint_for
+        # how pods reach the raw-data object store (the SDK's variables, credentials among them): from the Secret
+        self._storage_env = dict(storage_env or {})
 
     async def _give_task_secret(self, resource: Resource, tctx: TaskExecutionContext) -> None:
         endpoint = self._endpoint_for(tctx) if self._endpoint_for is not None else None
         specs = pod_specs(resource)
-        if (endpoint is None and not tctx.secret_env) or not specs:
+        if (endpoint is None and not tctx.secret_env and not self._storage_env) or not specs:
             return
-        values = {f"env.{k}": v for k, v in tctx.secret_env.items()}
+        values = {f"env.{k}": v for k, v in self._storage_env.items()}
+        # the task's secrets kept in Kubernetes Secrets are taken from those; only the rest are copied here
+        values.update({f"env.{k}": v for k, v in tctx.secret_env.items() if k not in tctx.secret_refs})
         if endpoint is not None:
             values[ENDPOINT_KEY] = endpoint
         md = resource["metadata"]
@@ -106,14 +110,17 @@ class ClusterResourceBackend(ResourceBackend):
                                "ownerReferences": [{"apiVersion": "flyte.org/v1", "kind": "TaskAction",
                                                     "name": tctx.metadata.owner_name, "uid": tctx.metadata.owner_uid}]},
                   "data": {k: base64.b64encode(v.encode()).decode() for k, v in sorted(values.items())}}
-        try:
-            await self._call(self._core.create_namespaced_secret, secret["metadata"]["namespace"], secret)
-        except AlreadyExistsError:  # an earlier try of this attempt: its values may be older (a rotated secret)
-            await self._call(self._core.patch_namespaced_secret, name, secret["metadata"]["namespace"],
-                             {"data": secret["data"]}, _content_type="application/merge-patch+json")
+        if values:
+            try:
+                await self._call(self._core.create_namespaced_secret, secret["metadata"]["namespace"], secret)
+            except AlreadyExistsError:  # an earlier try of this attempt: its values may be older (a rotated secret)
+                await self._call(self._core.patch_namespaced_secret, name, secret["metadata"]["namespace"],
+                                 {"data": secret["data"]}, _content_type="application/merge-patch+json")
         given = [{"name": k, "value": v} for k, v in sorted(self._engine_env(tctx).items())]
         given += [{"name": key.removeprefix("env."), "valueFrom": {"secretKeyRef": {"name": name, "key": key}}}
                   for key in sorted(values) if key.startswith("env.")]
+        given += [{"name": var, "valueFrom": {"secretKeyRef": {"name": ref[0], "key": ref[1]}}}
+                  for var, ref in sorted(tctx.secret_refs.items())]
         if endpoint is not None:
             given.append({"name": ENDPOINT_ENV, "valueFrom": {"secretKeyRef": {"name": name, "key": ENDPOINT_KEY}}})
         names = {e["name"] for e in given}

@@ -250,6 +250,11 @@ class TaskExecutionContext:
     runtime_env: dict[str, str]  # engine-provided env for task processes (controller endpoint, ...)
     storage_root: str = ""  # the data directory: output files named outside it are copied in
     secret_env: dict[str, str] = dataclasses.field(default_factory=dict)  # what the task's secret requests get
+    # where a cluster keeps them (variable → (Kubernetes Secret, key)): pods take these by reference
+    secret_refs: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    # where the attempt's files are when its prefix is on an object store (engine/data_store.py: read, exists,
+    # aread, aexists; ``remote``); None: local paths
+    files: Any = None
     _template: tasks_pb2.TaskTemplate | None = None
 
     @property

@@ -38,6 +38,10 @@ def read_error_file(output_prefix: str) -> execution_pb2.ContainerError | None:
         return None
     except OSError as exc:
         raise CorruptErrorFileError(str(exc)) from exc
+    return parse_error_file(data)
+
+
+def parse_error_file(data: bytes) -> execution_pb2.ContainerError:
     doc = execution_pb2.ErrorDocument()
     try:
         doc.ParseFromString(data)
@@ -48,12 +52,48 @@ def read_error_file(output_prefix: str) -> execution_pb2.ContainerError | None:
 
 def read_outcome(tctx: TaskExecutionContext, exit_code: int | None, info: TaskInfo) -> PhaseInfo:
     """What an attempt's files say of how it ended: error.pb, then outputs.pb, then the exit code."""
-    out = Path(tctx.output_prefix)
-    info.custom["exitCode"] = exit_code
     try:
         err = read_error_file(tctx.output_prefix)
     except CorruptErrorFileError as exc:
         return PhaseInfo.system_retryable_failure("CorruptedErrorFile", f"error.pb is unreadable: {exc}", info)
+    outputs_file = Path(tctx.output_prefix) / "outputs.pb"
+    if err is None and outputs_file.exists():
+        try:
+            data = outputs_file.read_bytes()
+        except OSError as exc:
+            raise StorageFaultError(str(outputs_file), exc) from exc
+        return _decide(tctx, exit_code, info, err, data, lambda outputs: store_output_files(
+            outputs_file, tctx.storage_root, outputs))
+    return _decide(tctx, exit_code, info, err, None, None)
+
+
+async def read_stored_outcome(tctx: TaskExecutionContext, exit_code: int | None, info: TaskInfo) -> PhaseInfo:
+    """``read_outcome`` for an attempt whose prefix is on an object store (``tctx.files``): its outputs are
+    there already, the task's SDK wrote every file they name to the raw-data prefix."""
+    files = tctx.files
+    prefix = tctx.output_prefix.rstrip("/")
+    try:
+        err = parse_error_file(await files.aread(f"{prefix}/error.pb"))
+    except FileNotFoundError:
+        err = None
+    except CorruptErrorFileError as exc:
+        return PhaseInfo.system_retryable_failure("CorruptedErrorFile", f"error.pb is unreadable: {exc}", info)
+    except Exception as exc:  # noqa: BLE001 - the store failing: wait for it, do not decide
+        raise StorageFaultError(f"{prefix}/error.pb", OSError(str(exc))) from exc
+    data = None
+    if err is None:
+        try:
+            data = await files.aread(f"{prefix}/outputs.pb")
+        except FileNotFoundError:
+            data = None
+        except Exception as exc:  # noqa: BLE001
+            raise StorageFaultError(f"{prefix}/outputs.pb", OSError(str(exc))) from exc
+    return _decide(tctx, exit_code, info, err, data, None)
+
+
+def _decide(tctx: TaskExecutionContext, exit_code: int | None, info: TaskInfo,
+            err: execution_pb2.ContainerError | None, outputs_data: bytes | None, keep_files) -> PhaseInfo:
+    info.custom["exitCode"] = exit_code
     if err is not None:
         kind = {execution_pb2.ExecutionError.USER: USER, execution_pb2.ExecutionError.SYSTEM: SYSTEM}.get(
             err.origin, UNKNOWN)
@@ -61,11 +101,10 @@ def read_outcome(tctx: TaskExecutionContext, exit_code: int | None, info: TaskIn
         if err.kind == execution_pb2.ContainerError.RECOVERABLE:
             return PhaseInfo.failed(PluginPhase.RETRYABLE_FAILURE, error, info)
         return PhaseInfo.failed(PluginPhase.PERMANENT_FAILURE, error, info)
-    outputs_file = out / "outputs.pb"
-    if outputs_file.exists():
+    if outputs_data is not None:
         outputs = common_pb2.Outputs()
         try:  # a half-written file (full disk) must not become a success
-            outputs.ParseFromString(outputs_file.read_bytes())
+            outputs.ParseFromString(outputs_data)
         except Exception as exc:  # noqa: BLE001
             return PhaseInfo.system_retryable_failure("CorruptedOutputs", f"outputs.pb is unreadable: {exc}",
                                                       info)
@@ -73,14 +112,15 @@ def read_outcome(tctx: TaskExecutionContext, exit_code: int | None, info: TaskIn
         missing = sorted(set(declared) - {literal.name for literal in outputs.literals})
         if missing:  # a 0-byte or truncated file parses, but lacks what the task declared
             return PhaseInfo.system_retryable_failure(
-                "IncompleteOutputs", f"outputs.pb ({outputs_file.stat().st_size} bytes) lacks the declared "
+                "IncompleteOutputs", f"outputs.pb ({len(outputs_data)} bytes) lacks the declared "
                 f"output(s) {', '.join(missing)}: a truncated or empty file (full disk?)", info)
-        try:
-            store_output_files(outputs_file, tctx.storage_root, outputs)
-        except OutputFileGone as exc:
-            return PhaseInfo.failure("OutputFileGone", str(exc), info)
-        except OSError as exc:
-            raise StorageFaultError(str(outputs_file.parent), exc) from exc
+        if keep_files is not None:
+            try:
+                keep_files(outputs)
+            except OutputFileGone as exc:
+                return PhaseInfo.failure("OutputFileGone", str(exc), info)
+            except OSError as exc:
+                raise StorageFaultError(tctx.output_prefix, exc) from exc
         return PhaseInfo.success(info)
     if exit_code == 0 and not tctx.task_template.interface.outputs.variables:
         return PhaseInfo.success(info)

@@ -23,7 +23,7 @@ from pathlib import Path
 from engine.phases import PluginPhase
 from engine.plugins.core import PhaseInfo, Plugin, PluginError, TaskExecutionContext, TaskInfo, Transition
 from engine.plugins.k8s_config import K8sConfig
-from engine.plugins.outcome import read_outcome
+from engine.plugins.outcome import read_outcome, read_stored_outcome
 from engine.plugins.pod import PodPlugin
 from engine.plugins.podspec import secret_metadata
 from engine.plugins.resources import (
@@ -160,10 +160,12 @@ class ResourcePluginManager(Plugin):
         if failing is not None:
             return failing
         info = self.plugin.get_task_phase(tctx, resource)
+        stored = tctx.files is not None and tctx.files.remote  # the attempt's files are on an object store
         if info.phase == PluginPhase.SUCCESS:
-            return read_outcome(tctx, 0, info.info)
-        if info.phase.is_failure and resource.get("kind") == "Pod" and _wrote_error_file(tctx):
-            return read_outcome(tctx, None, info.info)  # the task said why (error.pb): that, not the exit code
+            return await read_stored_outcome(tctx, 0, info.info) if stored else read_outcome(tctx, 0, info.info)
+        if info.phase.is_failure and resource.get("kind") == "Pod" and await _wrote_error_file(tctx):
+            # the task said why (error.pb): that, not the exit code
+            return await read_stored_outcome(tctx, None, info.info) if stored else read_outcome(tctx, None, info.info)
         if not info.phase.is_terminal and (resource.get("metadata") or {}).get("deletionTimestamp"):
             return PhaseInfo.system_retryable_failure(
                 "UnexpectedObjectDeletion", f"object [{identity['metadata']['name']}] terminated unexpectedly in "
@@ -248,7 +250,12 @@ class ResourcePluginManager(Plugin):
         await self.backend.close()
 
 
-def _wrote_error_file(tctx: TaskExecutionContext) -> bool:
+async def _wrote_error_file(tctx: TaskExecutionContext) -> bool:
+    if tctx.files is not None and tctx.files.remote:
+        try:
+            return await tctx.files.aexists(f"{tctx.output_prefix.rstrip('/')}/error.pb")
+        except Exception:  # noqa: BLE001 - unreadable store: the pod's own status decides
+            return False
     return "://" not in tctx.output_prefix and os.path.exists(os.path.join(tctx.output_prefix, "error.pb"))
 
 
