@@ -14,6 +14,11 @@ machine, as a node would run it, and reports through the API what a kubelet repo
   OOMKilled for 137, startedAt, finishedAt).
 - Its stdout and stderr are the Pod's log (``pods/NAME/log`` on the emulator).
 - A Pod that is deleted has its process group killed (SIGTERM, then SIGKILL after the grace period).
+- Node failures: ``shut_down_node()`` is the kubelet's graceful node shutdown (each running container
+  stopped, its Pod ``Failed`` with reason ``Terminated`` and the kubelet's message); ``lose_node()`` is a node
+  that vanishes (its processes die, nothing more is reported: the Pods stay ``Running`` in the API), after
+  which the node lifecycle controller's eviction and the pod GC delete its Pods. Pods made afterwards run on
+  a fresh node (the simulator's next node name).
 
 Not simulated: images (the command runs from this machine's PATH), resources and limits, probes, init
 containers, sidecars beyond the first container, restarts (restartPolicy is taken as Never), volumes.
@@ -59,6 +64,9 @@ class KubeletSimulator:
         self.pods: dict = {}  # name → the Pod as the node first saw it
         self.started: list[str] = []  # pod names, in the order their containers started
         self.environments: dict[str, dict[str, str]] = {}  # pod → the environment its container got
+        self.nodes: dict[str, str] = {}  # pod → the node its latest container runs or ran on
+        self.placements: list[tuple[str, str]] = []  # (pod, node) per container started, in order
+        self._ending: dict[str, tuple[str, str] | None] = {}  # pod → the node failure that ended it (None: lost)
         self._stop = threading.Event()
         self._watch: watch.Watch | None = None
         self._thread = threading.Thread(target=self._loop, name="kubelet-simulator", daemon=True)
@@ -169,6 +177,7 @@ class KubeletSimulator:
                 "name": container.name, "ready": False, "restartCount": 0, "image": container.image,
                 "imageID": "", "state": {"waiting": {"reason": "CreateContainerConfigError", "message": str(exc)}}}]})
             return
+        self._ending.pop(name, None)  # a new Pod of that name (a relaunch): what ended the last is not its end
         argv = list(container.command or []) + list(container.args or [])
         work = Path(container.working_dir) if container.working_dir else self.root / name
         work.mkdir(parents=True, exist_ok=True)
@@ -193,9 +202,20 @@ class KubeletSimulator:
             {"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True"}],
             "containerStatuses": [{"name": container.name, "ready": True, "restartCount": 0,
                                    "image": container.image, "imageID": "", "state": {"running": {"startedAt": started}}}]})
+        self.nodes[name] = self.node
+        self.placements.append((name, self.node))
         code = process.wait()
         if code < 0:  # killed by a signal: a container runtime reports 128 + the signal
             code = 128 - code
+        if name in self._ending:  # a node failure ended it
+            ending = self._ending[name]
+            if ending is not None:  # a graceful shutdown: the kubelet says why
+                reason, message = ending
+                self._status(name, {"phase": "Failed", "reason": reason, "message": message, "containerStatuses": [{
+                    "name": container.name, "ready": False, "restartCount": 0, "image": container.image,
+                    "imageID": "", "state": {"terminated": {"exitCode": code, "reason": "Error", "startedAt": started,
+                                                            "finishedAt": _now()}}}]})
+            return  # a lost node reports nothing
         self._terminated(name, container, code, "Completed" if code == 0 else "OOMKilled" if code == 137 else "Error",
                          started)
 
@@ -204,6 +224,44 @@ class KubeletSimulator:
             "name": container.name, "ready": False, "restartCount": 0, "image": container.image, "imageID": "",
             "state": {"terminated": {"exitCode": code, "reason": reason, "startedAt": started,
                                      "finishedAt": _now()}}}]})
+
+    # ------------------------------------------------------------------ node failures
+    def _running(self) -> list[str]:
+        return [n for n, p in self.processes.items() if p.poll() is None and self.nodes.get(n) == self.node]
+
+    def shut_down_node(self) -> list[str]:
+        """The kubelet's graceful node shutdown: every running Pod stopped and reported Failed (Terminated);
+        the Pods it ended. Later Pods run on the next node."""
+        ended = self._running()
+        for name in ended:
+            self._ending[name] = ("Terminated", "Pod was terminated in response to imminent node shutdown.")
+            self._kill(name)
+        self._next_node()
+        return ended
+
+    def lose_node(self, eviction_seconds: float = 1.0) -> list[str]:
+        """A node that vanishes: its processes die unreported (the Pods stay Running in the API); after
+        ``eviction_seconds`` the eviction and the pod GC delete them (force, as for a node that is gone)."""
+        lost = self._running()
+        for name in lost:
+            self._ending[name] = None
+            os.killpg(self.processes[name].pid, signal.SIGKILL)
+        self._next_node()
+
+        def evict() -> None:
+            time.sleep(eviction_seconds)
+            for name in lost:
+                try:
+                    self.core.delete_namespaced_pod(name, self.namespace, grace_period_seconds=0)
+                except ApiException:
+                    pass
+
+        threading.Thread(target=evict, daemon=True).start()
+        return lost
+
+    def _next_node(self) -> None:
+        prefix, _, number = self.node.rpartition("-")
+        self.node = f"{prefix}-{int(number) + 1}" if number.isdigit() else f"{self.node}-2"
 
     def _kill(self, name: str) -> None:
         process = self.processes.get(name)

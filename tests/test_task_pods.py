@@ -260,6 +260,32 @@ def test_an_engine_killed_under_a_running_pod_is_replaced_and_the_task_runs_once
         replacement.wait(30)
 
 
+@pytest.mark.parametrize("failure", ["shutdown", "lost"])
+def test_a_node_failure_under_a_running_pod_is_a_system_failure_and_the_task_runs_again(cluster, failure):
+    """The node shuts down (its kubelet fails the Pod: reason Terminated) or vanishes (the Pod stays Running
+    until eviction deletes it): either way a system failure, not the task's, so a task with no retries of its
+    own runs again in a new Pod on another node and succeeds."""
+    data, emulator, kubelet, core = cluster
+    running = run_until_pods(data, kubelet, 1, "tests/programs/pod_tasks.py", "sleepy", "--seconds", "3")
+    time.sleep(1)  # the task's process is up in its Pod
+    [first] = kubelet.shut_down_node() if failure == "shutdown" else kubelet.lose_node()
+    out, err = running.communicate(timeout=180)
+    result = json.loads(out)
+    assert result["phase"] == "SUCCEEDED" and result["outputs"] == {"o0": 3.0}, (result, err)
+    placed = [(pod, node) for pod, node in kubelet.placements if result["run"] in pod]
+    assert len(placed) == 2 and placed[0][0] == first, placed  # the same attempt's Pod, made again
+    assert placed[0][1] != placed[1][1], placed  # on another node
+    if failure == "shutdown":  # both Pods' logs, the first one's first (a lost node's log goes with it)
+        logs = taskdeck(data, "logs", result["run"]).stdout
+        assert logs.count("Flyte runtime started for action a0") == 2, logs
+        assert logs.index("the Pod was made again") > logs.index("Flyte runtime started for action a0"), logs
+    # not the task's failure (it has no retries of its own): the engine's system failure budget took it
+    said = (data.parent / "engine.log").read_text()
+    expected = "[Interrupted] Pod was terminated in response to imminent node shutdown" if failure == "shutdown" \
+        else "[ResourceDeletedExternally]"
+    assert f"{result['run']}-a0: system failure 1/3 from plugin pod: {expected}" in said, said[-3000:]
+
+
 def test_aborting_a_parent_deletes_its_childrens_pods_too(cluster):
     data, emulator, kubelet, core = cluster
     running = run_until_pods(data, kubelet, 3, "examples/fanout.py", "slow_children", "--n", "2")  # and 2 children

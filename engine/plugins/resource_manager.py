@@ -120,6 +120,8 @@ class ResourcePluginManager(Plugin):
 
     async def _launch(self, tctx: TaskExecutionContext) -> PhaseInfo:
         resource = self.with_metadata(self.plugin.build_resource(tctx), tctx)
+        if resource.get("kind") == "Pod":
+            _keep_earlier_log(Path(tctx.log_path))
         if "://" not in tctx.output_prefix:  # a local (shared) path: the attempt's directory, as a blob store has it
             try:
                 os.makedirs(tctx.output_prefix, mode=0o700, exist_ok=True)
@@ -183,6 +185,9 @@ class ResourcePluginManager(Plugin):
             return
         path = Path(tctx.log_path)
         try:
+            earlier = _earlier_log(path)
+            if earlier:  # this attempt's Pod was made again (a system failure): its first Pod's log stays
+                text = f"{earlier.rstrip()}\n{RELAUNCH_MARK}\n{text}"
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_suffix(".tmp")
             partial.write_text(text)
@@ -248,6 +253,35 @@ class ResourcePluginManager(Plugin):
 
     async def close(self) -> None:
         await self.backend.close()
+
+
+RELAUNCH_MARK = "--- the Pod was made again (a system failure ended the one above); its log follows ---"
+
+
+def _earlier_log(path: Path) -> str:
+    try:
+        return path.with_suffix(".earlier").read_text()
+    except OSError:
+        return ""
+
+
+def _keep_earlier_log(path: Path) -> None:
+    """Before an attempt's Pod is made again, what its Pods logged so far (the current log holds the earlier
+    ones too): kept, to be shown before the new Pod's."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return  # a first launch
+    if not text:
+        return
+    earlier = path.with_suffix(".earlier")
+    try:
+        partial = earlier.with_suffix(".earlier-tmp")
+        partial.write_text(text)
+        os.chmod(partial, 0o600)
+        partial.replace(earlier)
+    except OSError as exc:
+        log.warning("could not keep the earlier log %s: %s", path, exc)
 
 
 async def _wrote_error_file(tctx: TaskExecutionContext) -> bool:
