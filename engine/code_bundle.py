@@ -2,8 +2,8 @@
 Python files under the task's directory that importing the task loaded, in a reproducible .tar.gz.
 
 The SDK's own bundler takes ~0.2 s (git and ignore-file checks); this one takes milliseconds, which keeps
-a leaf ``taskdeck run`` near ``flyte run --local``. The same files give the same bytes (sorted names, zero
-times and owners), so the upload store keeps one copy and the engine unpacks it once.
+a leaf ``taskdeck run`` near ``flyte run --local``. The same files give the same bytes (sorted names, fixed
+times, no owners), so the upload store keeps one copy and the engine unpacks it once.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from pathlib import Path
 SKIPPED_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__", ".venv", "venv", ".tox", "node_modules",
                           ".mypy_cache", ".pytest_cache", ".ruff_cache"})
 MAX_BUNDLE_BYTES = 256 * 1024 * 1024
+# Every file's time, fixed so the same files give the same bytes: 1981-01-01, as the SDK's own bundler, not
+# 0: the Spark plugin zips the unpacked code for its executors, and ZIP has no times before 1980.
+BUNDLE_MTIME = 347155200
 
 
 def loaded_files(root_dir: Path, task_file: Path) -> list[Path]:
@@ -58,7 +61,7 @@ def directory_files(code_dir: Path) -> list[Path]:
 
 def pack(files: list[Path], root_dir: Path, destination: Path, purpose: str) -> str:
     """Write ``files`` (by their paths under ``root_dir``) to ``destination`` as a reproducible .tar.gz (sorted
-    as given, zero times and owners, executable or not); its md5. ValueError, naming ``purpose``, past
+    as given, fixed times (BUNDLE_MTIME), no owners, executable or not); its md5. ValueError, naming ``purpose``, past
     MAX_BUNDLE_BYTES."""
     total = 0
     with open(destination, "wb") as out, gzip.GzipFile(fileobj=out, mode="wb", mtime=0, filename="") as zipped, \
@@ -70,7 +73,7 @@ def pack(files: list[Path], root_dir: Path, destination: Path, purpose: str) -> 
                 raise ValueError(f"{root_dir} holds more than {MAX_BUNDLE_BYTES >> 20} MiB of files: too much "
                                  f"{purpose}")
             info = tarfile.TarInfo(str(path.relative_to(root_dir)))
-            info.size, info.mtime = stat.st_size, 0
+            info.size, info.mtime = stat.st_size, BUNDLE_MTIME
             info.mode = 0o755 if stat.st_mode & 0o111 else 0o644
             with open(path, "rb") as source:
                 archive.addfile(info, source)

@@ -57,6 +57,9 @@ def test_a_bundle_holds_the_loaded_modules_and_is_reproducible(tmp_path):
     assert first.name == f"fast{digest}.tar.gz"
     with tarfile.open(first) as archive:
         assert archive.getnames() == ["mod_a.py"]
+        # unpacked files keep their times, and the Spark plugin zips them for its executors: ZIP has no
+        # times before 1980 (the SDK's own bundler uses 1981 too)
+        assert [m.mtime for m in archive.getmembers()] == [347155200]
 
 
 @pytest.mark.sdk

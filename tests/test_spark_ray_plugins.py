@@ -86,6 +86,23 @@ def _ray_job(workers=(("gpu", 2, 1, 4),), params=None) -> ray_pb2.RayJob:
     return ray_pb2.RayJob(ray_cluster=cluster, runtime_env_yaml="pip: [numpy]\n")
 
 
+def test_the_rayjobs_entrypoint_keeps_every_argument_through_kuberays_shell(tmp_path):
+    """KubeRay runs the entrypoint through a shell. Flyte joins the args with spaces, so an empty one (a first
+    attempt's --prev-checkpoint) vanished and shifted the rest: quoted, each stays one argument."""
+    import shlex
+
+    from flyteidl2.core import tasks_pb2
+
+    tctx = _tctx(tmp_path, MessageToDict(_ray_job()))
+    template = tasks_pb2.TaskTemplate.FromString(tctx.task_template_bytes)
+    args = ["a0", "--prev-checkpoint", "{{.prevCheckpointPrefix}}", "--resolver", "R", "mod", "my tasks", "t"]
+    template.container.ClearField("args")
+    template.container.args.extend(args)
+    tctx.task_template_bytes, tctx._template = template.SerializeToString(), None
+    entrypoint = RayPlugin().build_resource(tctx)["spec"]["entrypoint"]
+    assert shlex.split(entrypoint) == ["a0", "--prev-checkpoint", "", "--resolver", "R", "mod", "my tasks", "t"]
+
+
 @pytest.mark.parametrize("job", [_ray_job(), _ray_job(workers=(("a", 1, 3, 1), ("b", 5, 0, 2)),
                                                       params={"num-cpus": "2"}), _ray_job(workers=())],
                          ids=["one-group", "two-groups-clamped", "head-only"])

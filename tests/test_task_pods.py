@@ -331,3 +331,60 @@ def test_a_dask_task_runs_as_a_daskjob_whose_pods_the_operator_simulator_makes(t
         finally:
             engine.terminate()
             engine.wait(30)
+
+
+def _with_operator(tmp_path, simulator, *run_args: str):
+    """A real task run by the engine on the emulator with ``simulator`` as its operator; (the result, the
+    operator, the kubelet, what the console's `y` showed of the object while the run was done)."""
+    from kube_apiserver import ApiServer, core_kinds, taskaction_kind
+    from operators import operator_kinds
+
+    server = ApiServer(kinds=[taskaction_kind(), *core_kinds(), *operator_kinds()])
+    with EmulatorThread(server) as emulator, KubeletSimulator(emulator, namespace="team-a") as kubelet, \
+            simulator(emulator, namespace="team-a") as operator:
+        kubeconfig = emulator.kubeconfig(tmp_path / "kubeconfig", "team-a")
+        data = tmp_path / "data"
+        engine = start_engine(data, kubeconfig)
+        try:
+            result = run_json(data, *run_args)
+            shown = asyncio.run(cluster_object(data, result["run"]))
+            return result, operator, kubelet, shown, (tmp_path / "engine.log").read_text()[-3000:]
+        finally:
+            engine.terminate()
+            engine.wait(30)
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("flyteplugins.spark") is None,
+                    reason="the spark extra is not installed")
+def test_a_spark_task_runs_as_a_sparkapplication_whose_driver_pod_the_operator_simulator_makes(tmp_path):
+    from operators import SparkOperatorSimulator
+
+    result, operator, kubelet, shown, log = _with_operator(tmp_path, SparkOperatorSimulator,
+                                                           "examples/spark_sum.py", "total", "--n", "10")
+    assert result["phase"] == "SUCCEEDED" and result["outputs"] == {"o0": sum(i * i for i in range(10))}, (result, log)
+    [app] = list(operator.jobs)
+    assert operator.jobs[app]["ended"] == "Succeeded" and f"{app}-driver" in kubelet.started
+    driver_env = kubelet.environments[f"{app}-driver"]
+    assert f"{CREDENTIAL_PATH}tdr_" in driver_env["_U_EP_OVERRIDE"]  # the driver's env from the Secret
+    assert "spark.sql.shuffle.partitions=4" in driver_env["PYSPARK_SUBMIT_ARGS"]  # the task's conf applied
+    # what `y` shows: the SparkApplication as the cluster has it, and the operator's Events about it
+    assert shown["kind"] == "SparkApplication" and shown["object"]["status"]["applicationState"]["state"] == "COMPLETED"
+    assert [e["reason"] for e in shown["events"]] == ["SparkApplicationSubmitted", "SparkDriverRunning"]
+    assert shown["events"][0]["from"] == "spark-operator"
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("flyteplugins.ray") is None,
+                    reason="the ray extra is not installed")
+def test_a_ray_task_runs_as_a_rayjob_whose_head_and_submitter_pods_the_operator_simulator_makes(tmp_path):
+    from operators import RayOperatorSimulator
+
+    result, operator, kubelet, shown, log = _with_operator(tmp_path, RayOperatorSimulator,
+                                                           "examples/ray_sum.py", "total", "--n", "10")
+    assert result["phase"] == "SUCCEEDED" and result["outputs"] == {"o0": sum(i * i for i in range(10))}, (result, log)
+    [job] = list(operator.jobs)
+    head, submitter = operator.jobs[job]["head"], operator.jobs[job]["submitter"]
+    assert kubelet.started.index(head) < kubelet.started.index(submitter)  # the job runs once the head answers
+    assert kubelet.environments[submitter]["RAY_ADDRESS"].startswith("127.0.0.1:")
+    assert f"{CREDENTIAL_PATH}tdr_" in kubelet.environments[submitter]["_U_EP_OVERRIDE"]
+    assert shown["kind"] == "RayJob" and shown["object"]["status"]["jobDeploymentStatus"] == "Complete"
+    assert [e["reason"] for e in shown["events"]] == ["Created"] and shown["events"][0]["from"] == "kuberay-operator"

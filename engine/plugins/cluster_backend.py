@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import json
 import logging
 import threading
@@ -69,6 +70,16 @@ def pod_specs(resource) -> list[dict]:
     return found
 
 
+def env_holders(resource) -> list[dict]:
+    """Where an object's pods get their environment: each container of its pod specs, and a
+    SparkApplication's driver and executor (whose ``env`` the operator gives their pods)."""
+    holders = [c for spec in pod_specs(resource) for c in spec["containers"] + (spec.get("initContainers") or [])]
+    if resource.get("kind") == "SparkApplication":
+        holders += [part for part in (resource["spec"].get("driver"), resource["spec"].get("executor"))
+                    if isinstance(part, dict)]
+    return holders
+
+
 def task_secret_name(resource_name: str) -> str:
     return f"{resource_name[:63 - len('-task')].rstrip('-')}-task"
 
@@ -94,8 +105,8 @@ class ClusterResourceBackend(ResourceBackend):
 
     async def _give_task_secret(self, resource: Resource, tctx: TaskExecutionContext) -> None:
         endpoint = self._endpoint_for(tctx) if self._endpoint_for is not None else None
-        specs = pod_specs(resource)
-        if (endpoint is None and not tctx.secret_env and not self._storage_env) or not specs:
+        holders = env_holders(resource)
+        if (endpoint is None and not tctx.secret_env and not self._storage_env) or not holders:
             return
         values = {f"env.{k}": v for k, v in self._storage_env.items()}
         # the task's secrets kept in Kubernetes Secrets are taken from those; only the rest are copied here
@@ -124,9 +135,8 @@ class ClusterResourceBackend(ResourceBackend):
         if endpoint is not None:
             given.append({"name": ENDPOINT_ENV, "valueFrom": {"secretKeyRef": {"name": name, "key": ENDPOINT_KEY}}})
         names = {e["name"] for e in given}
-        for spec in specs:
-            for container in spec["containers"] + (spec.get("initContainers") or []):
-                container["env"] = [e for e in container.get("env") or [] if e.get("name") not in names] + given
+        for holder in holders:
+            holder["env"] = [e for e in holder.get("env") or [] if e.get("name") not in names] + copy.deepcopy(given)
 
     @staticmethod
     def _engine_env(tctx: TaskExecutionContext) -> dict[str, str]:

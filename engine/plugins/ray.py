@@ -8,6 +8,7 @@ The job's ``custom`` is the SDK's RayJob proto as JSON (``flyteplugins-ray``: ``
 from __future__ import annotations
 
 import copy
+import shlex
 
 from flyteidl2.core import execution_pb2
 from flyteidl2.plugins import ray_pb2
@@ -71,7 +72,9 @@ class RayPlugin(ResourcePlugin):
     def build_resource(self, tctx: TaskExecutionContext) -> Resource:
         job = custom_config(tctx, ray_pb2.RayJob(), "Ray")
         base = to_pod_spec(tctx, self.k8s)  # head and workers follow the task's interruptibility
-        entrypoint = " ".join(base.primary.get("args") or [])
+        # Flyte joins the args with spaces, but KubeRay runs the entrypoint through a shell: an empty argument
+        # (--prev-checkpoint on a first attempt) vanished and shifted the rest. Quoted, each stays one.
+        entrypoint = shlex.join(base.primary.get("args") or [])
         cluster = job.ray_cluster
         account = service_account(tctx, self.k8s)
 
