@@ -242,7 +242,8 @@ class Engine:
                                          is_echo=self.reconciler.is_echo)
         self.runs = RunsService(self.store, self.data_dir, report_file_fault=self.health.report_file_fault,
                                 passed_env=passed_env, secrets=self.secrets,
-                                plugin_for=lambda task_type: self.registry.resolve(task_type).id, files=self.files)
+                                plugin_for=lambda task_type: self.registry.resolve(task_type).id, files=self.files,
+                                mounts_secret_files=self._mounts_secret_files)
         self.services = EngineServices(self.runs, ChangeFeed(self.store, self.health), self.health,
                                        LogService(self.data_dir), self.data_dir, self._workers,
                                        KubernetesRenderer(self.reconciler.build_context,
@@ -271,6 +272,11 @@ class Engine:
         spec.ParseFromString(task.spec)
         return await self.runs.create_run(spec, inputs, project=task.project, domain=task.domain, name=name,
                                           code_dir=code_dir, annotations=annotations, run_start_time=scheduled)
+
+    def _mounts_secret_files(self, task_type: str) -> bool:
+        """Whether this task type's objects are Pods (or hold pod specs) on the cluster, which can mount the
+        namespace's Secrets as files; a SparkApplication's pods are the operator's to make."""
+        return self.config.tasks_on == "pods" and self.registry.resolve(task_type).id in ("pod", "ray", "dask")
 
     def _passed_env(self) -> frozenset[str]:
         """Engine variables task processes get (--pass-env) that are set: they stand in for missing secrets."""

@@ -25,7 +25,7 @@ from google.protobuf.message import DecodeError
 
 from engine.cache import CACHE_MISS, CacheConfig, CacheError, TaskCache
 from engine.quotas import ANNOTATION_QUEUE, ResourceManager
-from engine.secret_store import SecretNotFoundError, mask, secret_env, secret_refs
+from engine.secret_store import SecretNotFoundError, mask, secret_env, secret_file_refs, secret_refs
 from engine.events import attempt_prefix, build_action_event
 from engine.model import (
     COMPLETED_TIME_FORMAT,
@@ -330,6 +330,8 @@ class TaskActionReconciler:
                         tctx.secret_env = await self._secret_env(task_action, template)
                         tctx.secret_refs = await secret_refs(self.secrets, template, task_action.spec.project,
                                                              task_action.spec.domain)
+                        tctx.secret_files = await secret_file_refs(self.secrets, template, task_action.spec.project,
+                                                                   task_action.spec.domain)
                     except SecretNotFoundError as exc:  # deleted since the run was created
                         return await self.finalize_permanent_failure(
                             task_action, original, ExecutionError("SecretNotFound", str(exc), USER))

@@ -178,11 +178,13 @@ class RunsService:
     def __init__(self, store: EngineStore, data_dir: Path,
                  report_file_fault: Callable[[str, OSError], None] | None = None,
                  passed_env: Callable[[], frozenset[str]] = frozenset,
-                 plugin_for: Callable[[str], str] | None = None, secrets=None, files: DataStore | None = None):
+                 plugin_for: Callable[[str], str] | None = None, secrets=None, files: DataStore | None = None,
+                 mounts_secret_files: Callable[[str], bool] = lambda task_type: False):
         self.store = store
         self.files = files or DataStore(data_dir)  # inputs and outputs: the data directory or an object store
         self.secrets = secrets  # the SecretStore the up-front check of a task's secret requests reads
         self.plugin_for = plugin_for  # task type → the id of the plugin that would run it
+        self.mounts_secret_files = mounts_secret_files  # task type → whether its objects' pods can mount secrets
         self.passed_env = passed_env  # engine variables task processes get (--pass-env) and that are set
         self.data_dir = Path(data_dir)
         self._data_root = self.files.root
@@ -358,7 +360,8 @@ class RunsService:
         """What the task needs that this engine cannot give is refused before anything is written."""
         check_supported(template, self.passed_env, self.plugin_for)
         if template.security_context.secrets:
-            await check_secrets(template, project, domain, self.secrets or _NoSecrets(), self.passed_env)
+            await check_secrets(template, project, domain, self.secrets or _NoSecrets(), self.passed_env,
+                                mounts_files=self.mounts_secret_files(template.type))
 
     @staticmethod
     def _check_child(run_name: str, action_name: str, parent_action_name: str) -> None:

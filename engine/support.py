@@ -4,8 +4,9 @@ with the feature named, rather than failing deep inside the SDK once the task ru
 Secrets: each one a task asks for as an environment variable must exist for its project and domain in the
 secret store (``taskdeck secret create``), or be an engine variable passed on with ``--pass-env NAME``, the
 way ``flyte run --local`` takes it from the shell; otherwise the run is refused, saying how to provide it.
-Secrets mounted as files (``/etc/flyte/secrets``) are refused: nothing may be written outside the data
-directory.
+Secrets mounted as files (``/etc/flyte/secrets``) are refused for task processes on this machine (nothing
+may be written outside the data directory); tasks run as Pods on the Kubernetes backend get them as a
+volume of the namespace's Secrets, as Flyte's secret webhook mounts them.
 """
 
 from __future__ import annotations
@@ -37,10 +38,10 @@ def check_supported(template: tasks_pb2.TaskTemplate, passed_env: Callable[[], f
 
 
 async def check_secrets(template: tasks_pb2.TaskTemplate, project: str, domain: str, store,
-                        passed_env: Callable[[], frozenset[str]]) -> None:
+                        passed_env: Callable[[], frozenset[str]], mounts_files: bool = False) -> None:
     """Every secret the task asks for exists for its project and domain (in the secret store, or as an
     engine variable passed on with --pass-env) and is asked for as an environment variable."""
-    from engine.secret_store import SecretNotFoundError, secret_env
+    from engine.secret_store import SecretNotFoundError, secret_env, secret_file_refs
 
     secrets = template.security_context.secrets
     if not secrets:
@@ -48,11 +49,18 @@ async def check_secrets(template: tasks_pb2.TaskTemplate, project: str, domain: 
     task = template.id.name or "the task"
     for secret in secrets:
         name = f"{secret.group}/{secret.key}" if secret.group else secret.key
-        if secret.mount_requirement == security_pb2.Secret.FILE or not secret.env_var:
+        as_file = secret.mount_requirement == security_pb2.Secret.FILE or not secret.env_var
+        if as_file and not (mounts_files and hasattr(store, "reference")):
             raise UnsupportedFeatureError(
                 f"{task} asks for secret {name} mounted as a file: TaskDeck mounts no files outside its data "
                 "directory; ask for it as an environment variable (flyte.Secret(..., as_env_var=...))",
                 field="secrets")
+    try:
+        await secret_file_refs(store, template, project, domain)
+    except SecretNotFoundError as exc:
+        raise UnsupportedFeatureError(f"{task} asks for a secret mounted as a file that does not exist: {exc}; create "
+                                      f"it with `taskdeck secret create NAME --project {project} --domain {domain}`",
+                                      field="secrets") from None
     try:
         await secret_env(store, template, project, domain, passed_env())
     except SecretNotFoundError:

@@ -20,8 +20,14 @@ machine, as a node would run it, and reports through the API what a kubelet repo
   which the node lifecycle controller's eviction and the pod GC delete its Pods. Pods made afterwards run on
   a fresh node (the simulator's next node name).
 
+- Secret volumes (``secret``, and ``projected`` with secret sources) are materialized from the API and
+  bind-mounted read-only at their ``mountPath`` in a mount namespace of the container's own (``unshare``;
+  needs root: elsewhere such a Pod fails with CreateContainerConfigError, saying so). The mount point is
+  made on this machine if missing, as a container runtime makes it in the image's root.
+
 Not simulated: images (the command runs from this machine's PATH), resources and limits, probes, init
-containers, sidecars beyond the first container, restarts (restartPolicy is taken as Never), volumes.
+containers, sidecars beyond the first container, restarts (restartPolicy is taken as Never), volumes other
+than Secrets.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -181,6 +188,14 @@ class KubeletSimulator:
         argv = list(container.command or []) + list(container.args or [])
         work = Path(container.working_dir) if container.working_dir else self.root / name
         work.mkdir(parents=True, exist_ok=True)
+        try:
+            argv = self._with_secret_volumes(pod, container, argv)
+        except ConfigError as exc:
+            self._event(pod, "Failed", f"Error: {exc}", kind="Warning")
+            self._status(name, {"phase": "Pending", "containerStatuses": [{
+                "name": container.name, "ready": False, "restartCount": 0, "image": container.image,
+                "imageID": "", "state": {"waiting": {"reason": "CreateContainerConfigError", "message": str(exc)}}}]})
+            return
         log_path = self.root / f"{name}.log"
         started = _now()
         with open(log_path, "wb") as log:
@@ -224,6 +239,50 @@ class KubeletSimulator:
             "name": container.name, "ready": False, "restartCount": 0, "image": container.image, "imageID": "",
             "state": {"terminated": {"exitCode": code, "reason": reason, "startedAt": started,
                                      "finishedAt": _now()}}}]})
+
+    def _secret_files(self, volume, namespace: str) -> dict[str, tuple[bytes, int]]:
+        """path → (bytes, mode) of a secret or projected-secret volume, as a kubelet writes it."""
+        sources = []
+        if volume.secret is not None:
+            sources.append((volume.secret.secret_name, volume.secret.items, volume.secret.default_mode))
+        if volume.projected is not None:
+            for source in volume.projected.sources or []:
+                if source.secret is not None:
+                    sources.append((source.secret.name, source.secret.items, volume.projected.default_mode))
+        files = {}
+        for secret_name, items, mode in sources:
+            try:
+                secret = self.core.read_namespaced_secret(secret_name, namespace)
+            except ApiException:
+                raise ConfigError(f'secret "{secret_name}" not found') from None
+            data = secret.data or {}
+            for item in items or [client.V1KeyToPath(key=k, path=k) for k in data]:
+                if item.key not in data:
+                    raise ConfigError(f"couldn't find key {item.key} in Secret {namespace}/{secret_name}")
+                files[item.path] = (base64.b64decode(data[item.key]), item.mode or mode or 0o644)
+        return files
+
+    def _with_secret_volumes(self, pod, container, argv: list[str]) -> list[str]:
+        """``argv`` run with the container's Secret volumes mounted where it asks, in a mount namespace."""
+        volumes = {v.name: v for v in pod.spec.volumes or [] if v.secret is not None or v.projected is not None}
+        mounts = [m for m in container.volume_mounts or [] if m.name in volumes]
+        if not mounts:
+            return argv
+        if os.geteuid() != 0:
+            raise ConfigError("the kubelet simulator mounts Secret volumes only as root")
+        script = []
+        for mount in mounts:
+            host = self.root / f"{pod.metadata.name}.volumes" / mount.name
+            for path, (data, mode) in self._secret_files(volumes[mount.name], pod.metadata.namespace).items():
+                target = host / path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+                target.chmod(mode)
+            os.makedirs(mount.mount_path, exist_ok=True)  # the mount point, as the image's root would have it
+            script.append(f"mount --bind {shlex.quote(str(host))} {shlex.quote(mount.mount_path)} && "
+                          f"mount -o remount,bind,ro {shlex.quote(mount.mount_path)}")
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                " && ".join(script) + ' && exec "$@"', "sh", *argv]
 
     # ------------------------------------------------------------------ node failures
     def _running(self) -> list[str]:

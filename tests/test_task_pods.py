@@ -142,6 +142,31 @@ def test_a_secret_is_a_kubernetes_secret_the_tasks_pod_takes_by_reference(cluste
     assert missing.returncode != 0 and "asks for secret 'pod-canary'" in missing.stderr, missing.stderr
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="the kubelet simulator mounts Secret volumes only as root (unshare)")
+def test_a_secret_asked_for_as_a_file_is_mounted_from_its_kubernetes_secret(cluster):
+    """flyte.Secret(key, mount=/etc/flyte/secrets): a read-only projected volume of the store's Secret at
+    Flyte's path, in the Pod only (the node mounts it in the container's own mount namespace)."""
+    data, emulator, kubelet, core = cluster
+    canary = "file-canary-" + "9b2e" * 5
+    made = taskdeck(data, "secret", "create", "pod-file-canary", "--value-file", "-", input_text=canary)
+    assert made.returncode == 0, made.stderr
+    result = run_json(data, "tests/programs/pod_tasks.py", "file_key_length")
+    assert result["phase"] == "SUCCEEDED" and result["outputs"] == {"o0": len(canary)}, result
+    [pod_name] = [n for n in kubelet.started if result["run"] in n]
+    pod = emulator.server.store.objects[("pods", "team-a", pod_name)]
+    assert canary not in json.dumps(pod)
+    [volume] = [v for v in pod["spec"]["volumes"] if v["name"] == "flyte-secrets"]
+    [source] = volume["projected"]["sources"]
+    assert source["secret"]["name"].startswith("taskdeck-secret-")
+    assert source["secret"]["items"] == [{"key": "value", "path": "pod-file-canary", "mode": 0o400}]
+    assert {"name": "flyte-secrets", "mountPath": "/etc/flyte/secrets", "readOnly": True} in \
+        pod["spec"]["containers"][0]["volumeMounts"]
+    assert not os.path.exists("/etc/flyte/secrets/pod-file-canary")  # in the container's mounts, not the host's
+    import kubernetes_validate
+
+    kubernetes_validate.validate({k: v for k, v in pod.items() if k != "status"}, "1.32", strict=True)
+
+
 def test_a_parent_in_a_pod_launches_its_children_as_pods(cluster):
     data, emulator, kubelet, core = cluster
     done = taskdeck(data, "run", "--json", "examples/fanout.py", "sum_of_squares", "--n", "3")

@@ -70,6 +70,10 @@ def pod_specs(resource) -> list[dict]:
     return found
 
 
+SECRET_VOLUME = "flyte-secrets"
+SECRET_FILES_DIR = "/etc/flyte/secrets"  # Flyte's mount path for file secrets (the one the SDK allows)
+
+
 def env_holders(resource) -> list[dict]:
     """Where an object's pods get their environment: each container of its pod specs, and a
     SparkApplication's driver and executor (whose ``env`` the operator gives their pods)."""
@@ -106,7 +110,8 @@ class ClusterResourceBackend(ResourceBackend):
     async def _give_task_secret(self, resource: Resource, tctx: TaskExecutionContext) -> None:
         endpoint = self._endpoint_for(tctx) if self._endpoint_for is not None else None
         holders = env_holders(resource)
-        if (endpoint is None and not tctx.secret_env and not self._storage_env) or not holders:
+        if (endpoint is None and not tctx.secret_env and not self._storage_env and not tctx.secret_files) \
+                or not holders:
             return
         values = {f"env.{k}": v for k, v in self._storage_env.items()}
         # the task's secrets kept in Kubernetes Secrets are taken from those; only the rest are copied here
@@ -135,8 +140,26 @@ class ClusterResourceBackend(ResourceBackend):
         if endpoint is not None:
             given.append({"name": ENDPOINT_ENV, "valueFrom": {"secretKeyRef": {"name": name, "key": ENDPOINT_KEY}}})
         names = {e["name"] for e in given}
+        if tctx.secret_files:
+            self._mount_secret_files(resource, tctx.secret_files)
         for holder in holders:
             holder["env"] = [e for e in holder.get("env") or [] if e.get("name") not in names] + copy.deepcopy(given)
+
+    @staticmethod
+    def _mount_secret_files(resource: Resource, files: list[tuple[str, str, str]]) -> None:
+        """The task's file secrets as one read-only projected volume of their Kubernetes Secrets at
+        /etc/flyte/secrets (``<group>/<key>``, or ``<key>``), in every container of the object's pod specs."""
+        sources: dict[str, list[dict]] = {}
+        for path, secret, key in files:
+            sources.setdefault(secret, []).append({"key": key, "path": path, "mode": 0o400})
+        volume = {"name": SECRET_VOLUME, "projected": {"defaultMode": 0o400, "sources": [
+            {"secret": {"name": secret, "items": items}} for secret, items in sorted(sources.items())]}}
+        for spec in pod_specs(resource):
+            spec["volumes"] = [v for v in spec.get("volumes") or [] if v.get("name") != SECRET_VOLUME] + [volume]
+            for container in spec["containers"] + (spec.get("initContainers") or []):
+                mounts = [m for m in container.get("volumeMounts") or [] if m.get("name") != SECRET_VOLUME]
+                container["volumeMounts"] = mounts + [{"name": SECRET_VOLUME, "mountPath": SECRET_FILES_DIR,
+                                                       "readOnly": True}]
 
     @staticmethod
     def _engine_env(tctx: TaskExecutionContext) -> dict[str, str]:

@@ -252,6 +252,8 @@ class TaskExecutionContext:
     secret_env: dict[str, str] = dataclasses.field(default_factory=dict)  # what the task's secret requests get
     # where a cluster keeps them (variable → (Kubernetes Secret, key)): pods take these by reference
     secret_refs: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    # the ones asked for as files: (path under /etc/flyte/secrets, Kubernetes Secret, key), mounted into pods
+    secret_files: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
     # where the attempt's files are when its prefix is on an object store (engine/data_store.py: read, exists,
     # aread, aexists; ``remote``); None: local paths
     files: Any = None

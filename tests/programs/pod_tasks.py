@@ -1,6 +1,7 @@
 """Tasks for the tasks-as-Pods scenarios (tests/test_task_pods.py)."""
 
 import os
+import pathlib
 import signal
 import time
 
@@ -29,3 +30,14 @@ vault = flyte.TaskEnvironment(name="vault", secrets=[flyte.Secret(key="pod-canar
 def key_length() -> int:
     """Uses the secret without showing it: its length."""
     return len(os.environ["API_KEY"])
+
+
+files_vault = flyte.TaskEnvironment(name="files_vault", secrets=[
+    flyte.Secret(key="pod-file-canary", mount=pathlib.Path("/etc/flyte/secrets"))])
+
+
+@files_vault.task
+def file_key_length() -> int:
+    """Reads the secret from the file Flyte mounts it as, without showing it: its length."""
+    with open("/etc/flyte/secrets/pod-file-canary") as f:
+        return len(f.read())
