@@ -430,7 +430,8 @@ class Engine:
         last_error: Exception | None = None
         client = LocalClient(self.services)
         api = TaskDeckApi(client, self._allowed_code_dirs())
-        self._control_plane = ControlPlane(client, self.authority, self.data_dir, self.config.max_body_bytes)
+        self._control_plane = ControlPlane(client, self.authority, self.data_dir, self.config.max_body_bytes,
+                                           files=self.files)
         tls = None
         if self.config.flyte_port is not None:
             tls = await asyncio.to_thread(ensure_certificate, self.data_dir / "tls",

@@ -7,8 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -34,6 +39,16 @@ def s3_cluster(tmp_path, s3_server, s3_bucket):
             if engine.poll() is None:
                 engine.terminate()
                 engine.wait(30)
+
+
+async def wait_for_run(data, run: str) -> dict:
+    from engine.client import connect
+
+    remote = connect(data)
+    try:
+        return await remote.wait(run, 120)
+    finally:
+        await remote.close()
 
 
 async def action_io(data, run: str):
@@ -116,8 +131,6 @@ def test_an_unusable_object_store_is_one_clear_error_at_start(tmp_path, s3_serve
 
 
 def s3_server_env(s3_server) -> dict[str, str]:
-    import os
-
     return {**os.environ, **s3_server.env()}
 
 
@@ -131,3 +144,32 @@ def test_a_bad_raw_data_option_is_refused_with_the_reason(tmp_path, args, messag
                            *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
+
+
+def test_the_stock_flyte_cli_uploads_its_code_to_the_object_store(s3_cluster, tmp_path):
+    """`flyte run` (unchanged) against an engine with --raw-data: its signed upload lands on the engine, which
+    keeps it on the object store and gives that URI as the native URL, so the Pod fetches the code from there."""
+    data, emulator, kubelet, s3, bucket = s3_cluster
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(ROOT / "examples" / "basics.py", project)
+    deadline = time.time() + 60
+    while "flyteUrl" not in (data / "engine.json").read_text():
+        assert time.time() < deadline, "the engine serves no TLS listener"
+        time.sleep(0.1)
+    written = subprocess.run([sys.executable, "-m", "console.cli", "--data-dir", str(data), "flyte-config", "--write"],
+                             cwd=project, capture_output=True, text=True, timeout=60)
+    assert written.returncode == 0, written.stderr
+    flyte = str(Path(sys.executable).parent / "flyte")
+    out = subprocess.run([flyte, "run", "basics.py", "add", "--x", "2", "--y", "40"], cwd=project,
+                         capture_output=True, text=True, timeout=180,
+                         env={**os.environ, "COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    run = (re.search(r"Created Run: (\S+)", out.stdout) or re.search(r"/runs/([a-z0-9-]+)", out.stdout)).group(1)
+    result = asyncio.run(wait_for_run(data, run))
+    assert result["phase"] == "SUCCEEDED" and result["outputs"] == {"o0": 42}, result
+    [pod_name] = [n for n in kubelet.started if run in n]
+    args = emulator.server.store.objects[("pods", "team-a", pod_name)]["spec"]["containers"][0]["args"]
+    bundle = args[args.index("--tgz") + 1]
+    assert bundle.startswith(f"s3://{bucket}/td/uploads/"), args
+    assert bundle.removeprefix(f"s3://{bucket}/") in s3.keys(bucket, "td/uploads/")

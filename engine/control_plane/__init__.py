@@ -40,8 +40,8 @@ RUN_PAGE_PREFIX = "/v2"
 
 
 class ControlPlane:
-    def __init__(self, client: LocalClient, authority: Authority, data_dir: Path, max_body_bytes: int):
-        self.context = ControlPlaneContext(client, authority, Path(data_dir), asyncio.Event())
+    def __init__(self, client: LocalClient, authority: Authority, data_dir: Path, max_body_bytes: int, files=None):
+        self.context = ControlPlaneContext(client, authority, Path(data_dir), asyncio.Event(), files=files)
         self.max_body_bytes = max_body_bytes
 
     def set_plain_url(self, url: str) -> None:
@@ -68,7 +68,7 @@ class ControlPlane:
 
     def routes(self) -> list:
         """(path prefix, ASGI app) of the routes that check who asks themselves."""
-        return [(UPLOAD_PREFIX, UploadRoute(self.context.authority, self.context.data_dir)),
+        return [(UPLOAD_PREFIX, UploadRoute(self.context.authority, self.context.data_dir, files=self.context.files)),
                 (RUN_PAGE_PREFIX, run_page)]
 
 

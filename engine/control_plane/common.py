@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import logging
 from pathlib import Path
+from typing import Any
 
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
@@ -106,6 +107,13 @@ class ControlPlaneContext:
     data_dir: Path
     closing: asyncio.Event
     plain_url: str = ""  # the plain-HTTP address signed upload URLs point at (set once the server listens)
+    files: Any = None  # the engine's DataStore (engine/data_store.py): with --raw-data, uploads end up there
+
+    def upload_uri(self, project: str, domain: str, folder: str, filename: str) -> str:
+        """Where an upload is read by tasks: the upload store's file, or its copy on the object store."""
+        if self.files is not None and self.files.remote:
+            return f"{self.files.uploads_root}/{project}/{domain}/{folder}/{filename}"
+        return str(self.uploads / project / domain / folder / filename)
 
     @property
     def runs(self):

@@ -54,7 +54,7 @@ class DataProxyServiceImpl(ContextService, DataProxyService):
         signed = self.ctx.authority.sign_path(path, expires_in.total_seconds(), bound=md5)
         response = dp.CreateUploadLocationResponse(
             signed_url=f"{self.ctx.plain_url}{signed}",
-            native_url=str(self.ctx.uploads / request.project / request.domain / folder / request.filename))
+            native_url=self.ctx.upload_uri(request.project, request.domain, folder, request.filename))
         response.expires_at.FromDatetime(dt.datetime.now(dt.timezone.utc) + expires_in)
         return response
 

@@ -39,10 +39,20 @@ def check_upload_name(part: str) -> None:
 
 
 class UploadRoute:
-    def __init__(self, authority: Authority, data_dir: Path, max_bytes: int = MAX_UPLOAD_BYTES):
+    def __init__(self, authority: Authority, data_dir: Path, max_bytes: int = MAX_UPLOAD_BYTES, files=None):
         self.authority = authority
         self.root = Path(data_dir) / "uploads"
         self.max_bytes = max_bytes
+        self.files = files if files is not None and files.remote else None  # --raw-data: copied there too
+
+    async def _publish(self, final: Path, parts: list[str]) -> str:
+        """The stored file's URI for tasks: with an object store, its copy there (made once)."""
+        if self.files is None:
+            return str(final)
+        uri = f"{self.files.uploads_root}/{'/'.join(parts)}"
+        if not await self.files.aexists(uri):
+            await asyncio.to_thread(self.files.put_file, str(final), uri)
+        return uri
 
     async def __call__(self, scope, receive, send) -> None:
         raw = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1").split("?", 1)[0]
@@ -94,11 +104,13 @@ class UploadRoute:
                 return await answer(400, "the body's MD5 is not the one the upload URL was made for")
             if final.exists():
                 same = await asyncio.to_thread(_file_md5, final) == md5
-                return await answer(200 if same else 409, str(final) if same else f"{final} holds another file")
+                if not same:
+                    return await answer(409, f"{final} holds another file")
+                return await answer(200, await self._publish(final, parts))
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, final)
             tmp = ""
-            return await answer(201, str(final))
+            return await answer(201, await self._publish(final, parts))
         except OSError as exc:
             return await answer(503, f"cannot store the upload: {exc.strerror or exc}")
         finally:
