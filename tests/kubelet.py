@@ -176,26 +176,18 @@ class KubeletSimulator:
         self._status(name, {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]})
         self._event(pod, "Scheduled", f"Successfully assigned {self.namespace}/{name} to {self.node}",
                     "default-scheduler")
-        try:
+        self._ending.pop(name, None)  # a new Pod of that name (a relaunch): what ended the last is not its end
+        try:  # what a kubelet resolves before the container can start: its environment, its Secret volumes
             env = self._environment(pod, container)
+            argv = self._with_secret_volumes(pod, container, list(container.command or []) + list(container.args or []))
         except ConfigError as exc:
             self._event(pod, "Failed", f"Error: {exc}", kind="Warning")
             self._status(name, {"phase": "Pending", "containerStatuses": [{
                 "name": container.name, "ready": False, "restartCount": 0, "image": container.image,
                 "imageID": "", "state": {"waiting": {"reason": "CreateContainerConfigError", "message": str(exc)}}}]})
             return
-        self._ending.pop(name, None)  # a new Pod of that name (a relaunch): what ended the last is not its end
-        argv = list(container.command or []) + list(container.args or [])
         work = Path(container.working_dir) if container.working_dir else self.root / name
         work.mkdir(parents=True, exist_ok=True)
-        try:
-            argv = self._with_secret_volumes(pod, container, argv)
-        except ConfigError as exc:
-            self._event(pod, "Failed", f"Error: {exc}", kind="Warning")
-            self._status(name, {"phase": "Pending", "containerStatuses": [{
-                "name": container.name, "ready": False, "restartCount": 0, "image": container.image,
-                "imageID": "", "state": {"waiting": {"reason": "CreateContainerConfigError", "message": str(exc)}}}]})
-            return
         log_path = self.root / f"{name}.log"
         started = _now()
         with open(log_path, "wb") as log:

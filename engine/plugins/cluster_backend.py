@@ -79,8 +79,8 @@ def env_holders(resource) -> list[dict]:
     SparkApplication's driver and executor (whose ``env`` the operator gives their pods)."""
     holders = [c for spec in pod_specs(resource) for c in spec["containers"] + (spec.get("initContainers") or [])]
     if resource.get("kind") == "SparkApplication":
-        holders += [part for part in (resource["spec"].get("driver"), resource["spec"].get("executor"))
-                    if isinstance(part, dict)]
+        spec = resource.get("spec") or {}
+        holders += [part for part in (spec.get("driver"), spec.get("executor")) if isinstance(part, dict)]
     return holders
 
 
