@@ -350,7 +350,9 @@ class RayOperatorSimulator(OperatorSimulator):
         self._status(name, jobDeploymentStatus="Running", jobStatus="RUNNING", dashboardURL=url)
         submitter_spec = copy.deepcopy(spec["submitterPodTemplate"]["spec"])
         submitter_spec["containers"][0]["env"] = copy.deepcopy(head_spec["containers"][0].get("env") or [])
-        self._pod(job, name, {"ray.io/cluster": cluster_name, "ray.io/node-type": "submitter"}, submitter_spec,
+        # KubeRay's submitter is a batch Job named as the RayJob; the Job controller labels its pod so
+        self._pod(job, name, {"ray.io/cluster": cluster_name, "ray.io/node-type": "submitter",
+                              "batch.kubernetes.io/job-name": name}, submitter_spec,
                   command=shlex.split(spec["entrypoint"]), args=[],
                   env={"RAY_ADDRESS": f"127.0.0.1:{gcs}", "RAY_DEDUP_LOGS": "0", **auth})
         self.jobs[name]["submitter"] = name

@@ -353,6 +353,10 @@ def test_a_dask_task_runs_as_a_daskjob_whose_pods_the_operator_simulator_makes(t
             runner_env = kubelet.environments[f"{job}-runner"]
             assert runner_env["DASK_SCHEDULER_ADDRESS"].startswith("tcp://127.0.0.1:")
             assert f"{CREDENTIAL_PATH}tdr_" in runner_env["_U_EP_OVERRIDE"]
+            logs = taskdeck(data, "logs", result["run"])  # the job runner's log is the attempt's
+            assert "Flyte runtime completed for action a0" in logs.stdout, (logs.stdout, logs.stderr)
+            shown = asyncio.run(cluster_object(data, result["run"]))
+            assert shown["kind"] == "DaskJob" and [e["reason"] for e in shown["events"]] == ["DaskJobCreated"]
         finally:
             engine.terminate()
             engine.wait(30)
@@ -360,7 +364,8 @@ def test_a_dask_task_runs_as_a_daskjob_whose_pods_the_operator_simulator_makes(t
 
 def _with_operator(tmp_path, simulator, *run_args: str):
     """A real task run by the engine on the emulator with ``simulator`` as its operator; (the result, the
-    operator, the kubelet, what the console's `y` showed of the object while the run was done)."""
+    operator, the kubelet, what the console's `y` showed of the object once the run was done, the engine's
+    log). The attempt's log must be the task's own output, copied from the pod that ran it."""
     from kube_apiserver import ApiServer, core_kinds, taskaction_kind
     from operators import operator_kinds
 
@@ -373,6 +378,8 @@ def _with_operator(tmp_path, simulator, *run_args: str):
         try:
             result = run_json(data, *run_args)
             shown = asyncio.run(cluster_object(data, result["run"]))
+            logs = taskdeck(data, "logs", result["run"])  # kubectl logs of the driver / runner / submitter
+            assert "Flyte runtime completed for action a0" in logs.stdout, (logs.stdout, logs.stderr)
             return result, operator, kubelet, shown, (tmp_path / "engine.log").read_text()[-3000:]
         finally:
             engine.terminate()

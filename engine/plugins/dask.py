@@ -112,6 +112,9 @@ class DaskPlugin(ResourcePlugin):
         runner = (resource.get("status") or {}).get("jobRunnerPodName")
         return [PodRef("job-runner", name=runner)] if runner else []
 
+    def log_pods(self, resource: Resource) -> list[PodRef]:
+        return self.related_pods(resource)
+
     def get_task_phase(self, tctx: TaskExecutionContext, resource: Resource) -> PhaseInfo:
         status = resource.get("status") or {}
         job_status = status.get("jobStatus", "")

@@ -183,6 +183,12 @@ class RayPlugin(ResourcePlugin):
         cluster = (resource.get("status") or {}).get("rayClusterName")
         return [PodRef("ray-head", labels={"ray.io/cluster": cluster, "ray.io/node-type": "head"})] if cluster else []
 
+    def log_pods(self, resource: Resource) -> list[PodRef]:
+        """K8sJobMode: the submitter Job's pod, which follows the job's driver output (``ray job submit``);
+        the Job controller labels it with the Job's name, the RayJob's."""
+        name = (resource.get("metadata") or {}).get("name")
+        return [PodRef("ray-job-submitter", labels={"batch.kubernetes.io/job-name": name})] if name else []
+
     def get_task_phase(self, tctx: TaskExecutionContext, resource: Resource) -> PhaseInfo:
         status = resource.get("status") or {}
         deployment = status.get("jobDeploymentStatus", "")

@@ -158,6 +158,8 @@ class ResourcePluginManager(Plugin):
                 f"reason: {exc}")
         if resource.get("kind") == "Pod":
             await self._copy_pod_log(tctx, identity)
+        else:
+            await self._copy_related_logs(tctx, resource)
         failing = await self._failing_related_pod(tctx, resource)
         if failing is not None:
             return failing
@@ -174,11 +176,12 @@ class ResourcePluginManager(Plugin):
                 "the background")
         return info
 
-    async def _copy_pod_log(self, tctx: TaskExecutionContext, identity: Resource) -> None:
+    async def _copy_pod_log(self, tctx: TaskExecutionContext, identity: Resource, container: str | None = None) -> None:
         """The pod's log (``kubectl logs``) into the attempt's log file, where `taskdeck logs` and the console
         read it: at each check, so it follows the pod at the reconcile's pace, and whole at the end."""
         try:
-            text = await self.backend.pod_log(identity)
+            text = await self.backend.pod_log(identity, container) if container else \
+                await self.backend.pod_log(identity)
         except BackendError:
             return  # not started yet, or gone: the next check, or nothing to show
         if not text:
@@ -195,6 +198,21 @@ class ResourcePluginManager(Plugin):
             partial.replace(path)
         except OSError as exc:
             log.warning("could not keep the log of pod %s: %s", identity["metadata"]["name"], exc)
+
+    async def _copy_related_logs(self, tctx: TaskExecutionContext, resource: Resource) -> None:
+        """The log of the object's pod that runs the task (its driver, job runner or submitter), as for a Pod."""
+        namespace = (resource.get("metadata") or {}).get("namespace") or tctx.metadata.namespace
+        for ref in self.plugin.log_pods(resource):
+            name = ref.name
+            if name is None:
+                try:
+                    found = await self.backend.list("v1", "Pod", namespace, ref.labels or {})
+                except BackendError:
+                    continue
+                name = found[0]["metadata"]["name"] if found else None
+            if name:
+                await self._copy_pod_log(tctx, {"apiVersion": "v1", "kind": "Pod",
+                                                "metadata": {"name": name, "namespace": namespace}}, ref.container)
 
     async def _failing_related_pod(self, tctx: TaskExecutionContext, resource: Resource) -> PhaseInfo | None:
         """A related pod's failure, which decides the task before the resource's own state (fail fast).

@@ -64,6 +64,11 @@ class ResourcePlugin(abc.ABC):
         """Pods the manager demystifies first: a failed or failing one fails the task fast."""
         return []
 
+    def log_pods(self, resource: Resource) -> list[PodRef]:
+        """The pods whose log is the task's own output (what `kubectl logs` of them shows), copied into the
+        attempt's log: Spark's driver, Dask's job runner, Ray's submitter. A Pod is its own."""
+        return []
+
     def is_terminal(self, resource: Resource) -> bool:
         return False
 

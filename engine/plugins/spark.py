@@ -111,6 +111,9 @@ class SparkPlugin(ResourcePlugin):
         driver = ((resource.get("status") or {}).get("driverInfo") or {}).get("podName")
         return [PodRef(DRIVER_CONTAINER, name=driver)] if driver else []
 
+    def log_pods(self, resource: Resource) -> list[PodRef]:
+        return self.related_pods(resource)
+
     def get_task_phase(self, tctx: TaskExecutionContext, resource: Resource) -> PhaseInfo:
         status = resource.get("status") or {}
         state = (status.get("applicationState") or {}).get("state", "")
