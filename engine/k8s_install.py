@@ -41,9 +41,9 @@ TASK_POD_RULES = [
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "patch"]},  # patch: a relaunch's fresh values
     {"apiGroups": [""], "resources": ["events"], "verbs": ["list"]},  # what the console shows of an object
-    {"apiGroups": ["sparkoperator.k8s.io"], "resources": ["sparkapplications"], "verbs": list(_TASK_OBJECT_VERBS)},
-    {"apiGroups": ["ray.io"], "resources": ["rayjobs"], "verbs": list(_TASK_OBJECT_VERBS)},
-    {"apiGroups": ["kubernetes.dask.org"], "resources": ["daskjobs"], "verbs": list(_TASK_OBJECT_VERBS)},
+    {"apiGroups": ["sparkoperator.k8s.io"], "resources": ["sparkapplications"], "verbs": [*_TASK_OBJECT_VERBS, "watch"]},
+    {"apiGroups": ["ray.io"], "resources": ["rayjobs"], "verbs": [*_TASK_OBJECT_VERBS, "watch"]},
+    {"apiGroups": ["kubernetes.dask.org"], "resources": ["daskjobs"], "verbs": [*_TASK_OBJECT_VERBS, "watch"]},
 ]
 
 

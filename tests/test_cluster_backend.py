@@ -106,3 +106,33 @@ async def test_deleting_the_task_action_collects_its_pod(tmp_path, cluster):
     await asyncio.to_thread(client.CustomObjectsApi(api_client).delete_namespaced_custom_object, GROUP, VERSION, NS,
                             PLURAL, owner["metadata"]["name"])
     assert core.list_namespaced_pod(NS).items == []  # the garbage collector follows ownerReferences
+
+
+async def test_a_custom_objects_status_change_wakes_its_owner_at_once(tmp_path):
+    """The watch covers the operators' kinds too: a DaskJob's new status wakes its TaskAction, as a Pod's
+    does, instead of waiting for the periodic check; a kind the cluster does not serve is no error."""
+    from kube_apiserver import core_kinds, taskaction_kind
+    from operators import operator_kinds
+
+    # RayJobs are not served here: their watch finds no such kind and waits
+    kinds = [taskaction_kind(), *core_kinds(), *[k for k in operator_kinds() if k.plural != "rayjobs"]]
+    with EmulatorThread(ApiServer(kinds=kinds)) as emulator:
+        api_client = client.ApiClient(client.Configuration(host=emulator.url))
+        owner = client.CustomObjectsApi(api_client).create_namespaced_custom_object(
+            GROUP, VERSION, NS, PLURAL, to_api(make_task_action(run="rabc"), NS))
+        backend = ClusterResourceBackend(api_client, namespace=NS)
+        woken = asyncio.Queue()
+        backend.watch_pods(woken.put_nowait)
+        custom = client.CustomObjectsApi(api_client)
+        job = custom.create_namespaced_custom_object("kubernetes.dask.org", "v1", NS, "daskjobs", {
+            "apiVersion": "kubernetes.dask.org/v1", "kind": "DaskJob",
+            "metadata": {"name": "rabc-a0-0", "labels": {"flyte.org/managed": "true"}, "ownerReferences": [{
+                "apiVersion": "flyte.org/v1", "kind": "TaskAction", "name": owner["metadata"]["name"],
+                "uid": owner["metadata"]["uid"]}]},
+            "spec": {}})
+        assert await asyncio.wait_for(woken.get(), 10) == owner["metadata"]["name"]  # ADDED
+        custom.patch_namespaced_custom_object_status("kubernetes.dask.org", "v1", NS, "daskjobs",
+                                                     job["metadata"]["name"], {"status": {"jobStatus": "Running"}})
+        assert await asyncio.wait_for(woken.get(), 10) == owner["metadata"]["name"]  # MODIFIED
+        await backend.close()
+        api_client.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import functools
 import json
 import logging
 import threading
@@ -43,6 +44,8 @@ CUSTOM_KINDS = {
     "RayCluster": ("ray.io", "v1", "rayclusters"),
     "DaskJob": ("kubernetes.dask.org", "v1", "daskjobs"),
 }
+# the kinds whose changes wake their owners (a RayCluster is the RayJob's, not a TaskAction's)
+WATCHED_KINDS = {kind: where for kind, where in CUSTOM_KINDS.items() if kind != "RayCluster"}
 log = logging.getLogger(__name__)
 
 ENDPOINT_ENV = "_U_EP_OVERRIDE"
@@ -242,17 +245,24 @@ class ClusterResourceBackend(ResourceBackend):
         return found.get("items") or []
 
     def watch_pods(self, on_change: Callable[[str], None]) -> None:
-        """Call ``on_change(task_action_name)`` (on the calling loop) whenever one of the engine's Pods changes,
-        as Flyte's plugin manager enqueues the owner from its informer: a Pod's end is seen at once, not at
-        the next periodic check. The watch runs in a thread (the client is sync) until ``close``."""
+        """Call ``on_change(task_action_name)`` (on the calling loop) whenever one of the engine's objects
+        changes (its Pods, SparkApplications, RayJobs, DaskJobs), as Flyte's plugin manager enqueues the owner
+        from its informers: an end is seen at once, not at the next periodic check. One watch thread per
+        kind (the client is sync) until ``close``; a kind the cluster does not serve is retried slowly."""
         loop = asyncio.get_running_loop()
         self._watching = threading.Event()
-        thread = threading.Thread(target=self._watch_pods, args=(loop, on_change, self._watching),
-                                  name="pod-watch", daemon=True)
-        thread.start()
-        self._watch_thread = thread
+        listers = {"Pod": lambda **kw: self._core.list_namespaced_pod(self.namespace or "default", **kw)}
+        for kind, (group, version, plural) in WATCHED_KINDS.items():
+            listers[kind] = functools.partial(self._custom.list_namespaced_custom_object, group, version,
+                                              self.namespace or "default", plural)
+        self._watch_threads = [threading.Thread(target=self._watch_kind, args=(kind, lister, loop, on_change,
+                                                                                self._watching),
+                                                name=f"watch-{kind.lower()}", daemon=True)
+                               for kind, lister in listers.items()]
+        for thread in self._watch_threads:
+            thread.start()
 
-    def _watch_pods(self, loop, on_change, stopping: threading.Event) -> None:
+    def _watch_kind(self, kind: str, lister, loop, on_change, stopping: threading.Event) -> None:
         from kubernetes import watch
         from kubernetes.client.rest import ApiException
 
@@ -261,20 +271,27 @@ class ClusterResourceBackend(ResourceBackend):
             stream = watch.Watch()
             try:
                 kwargs = {"resource_version": version} if version else {}
-                for event in stream.stream(self._core.list_namespaced_pod, self.namespace or "default",
-                                           label_selector="flyte.org/managed=true", timeout_seconds=5, **kwargs):
-                    pod = event["object"]
-                    version = pod.metadata.resource_version
-                    for ref in pod.metadata.owner_references or []:
-                        if ref.kind == "TaskAction" and not loop.is_closed():
-                            loop.call_soon_threadsafe(on_change, ref.name)
+                for event in stream.stream(lister, label_selector="flyte.org/managed=true", timeout_seconds=5,
+                                           **kwargs):
+                    obj = event["object"]
+                    meta = (obj.get("metadata") or {}) if isinstance(obj, dict) else None
+                    if meta is not None:  # a custom object: a plain dict
+                        version = meta.get("resourceVersion")
+                        owners = [(r.get("kind"), r.get("name")) for r in meta.get("ownerReferences") or []]
+                    else:
+                        version = obj.metadata.resource_version
+                        owners = [(r.kind, r.name) for r in obj.metadata.owner_references or []]
+                    for owner_kind, owner in owners:
+                        if owner_kind == "TaskAction" and not loop.is_closed():
+                            loop.call_soon_threadsafe(on_change, owner)
                     if stopping.is_set():
                         break
             except ApiException as exc:
                 version = None if exc.status == 410 else version
-                stopping.wait(0.5)
+                # 404: the cluster serves no such kind (its operator is not installed): look again later
+                stopping.wait(30.0 if exc.status == 404 else 0.5)
             except Exception as exc:  # the server unreachable for a moment: the periodic checks go on meanwhile
-                log.debug("pod watch interrupted: %s", exc)
+                log.debug("%s watch interrupted: %s", kind, exc)
                 stopping.wait(1.0)
             finally:
                 stream.stop()
@@ -302,7 +319,8 @@ class ClusterResourceBackend(ResourceBackend):
         watching = getattr(self, "_watching", None)
         if watching is not None:
             watching.set()
-            await asyncio.to_thread(self._watch_thread.join, 10)
+            for thread in self._watch_threads:
+                await asyncio.to_thread(thread.join, 10)
             self._watching = None
         if self._owns_client:
             await asyncio.to_thread(self._api_client.close)
