@@ -674,8 +674,8 @@ class RunsService:
                     outputs = None
             report = None
             if record.action_type not in (ACTION_TYPE_CONDITION,):
-                report = None if self.files.remote else read_report(
-                    f"{self.attempt_prefix_of(record, attempt)}/{REPORT_FILE}")
+                report = read_report(f"{self.attempt_prefix_of(record, attempt)}/{REPORT_FILE}",
+                                     self.files.read if self.files.remote else None)
             return inputs, outputs, report
 
         return await asyncio.to_thread(read)
@@ -834,13 +834,17 @@ REPORT_FILE = "report.html"  # where the SDK's flyte.report.flush writes an atte
 REPORT_SUMMARY_CHARS = 400
 
 
-def read_report(path: str) -> dict | None:
+def read_report(path: str, read: Callable[[str], bytes] | None = None) -> dict | None:
     """{path, bytes, summary} of an attempt's report.html (the summary: its text, tags and scripts
-    stripped), or None when it wrote none."""
+    stripped), or None when it wrote none. ``read``: how to read it where it is (an object store's URI)."""
     try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(256 * 1024).decode(errors="replace")
+        if read is not None:
+            data = read(path)
+            size, head = len(data), data[:256 * 1024].decode(errors="replace")
+        else:
+            size = os.path.getsize(path)
+            with open(path, "rb") as f:
+                head = f.read(256 * 1024).decode(errors="replace")
     except OSError:
         return None
     body = re.split(r"(?i)<body[^>]*>", head, maxsplit=1)[-1]

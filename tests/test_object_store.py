@@ -95,6 +95,18 @@ def test_a_parent_in_a_pod_passes_its_childrens_data_through_the_object_store(s3
     assert len(outputs) == 4, outputs  # the parent's and each child's, all on the store
 
 
+def test_a_tasks_report_is_read_from_the_object_store(s3_cluster):
+    data, emulator, kubelet, s3, bucket = s3_cluster
+    result = run_json(data, "tests/programs/report_tasks.py", "summarize", "--n", "5")
+    assert result["phase"] == "SUCCEEDED" and result["outputs"] == {"o0": 10}, result
+    shown = subprocess.run([sys.executable, "-m", "console.cli", "--data-dir", str(data), "get", "report",
+                            result["run"], "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    report = json.loads(shown.stdout)
+    assert report["path"] == f"s3://{bucket}/td/data/flytesnacks/development/{result['run']}/a0/1/report.html"
+    assert "Sum of 5 total 10" in report["summary"], report
+
+
 def test_a_task_error_is_read_from_the_object_store(s3_cluster):
     data, emulator, kubelet, s3, bucket = s3_cluster
     result = run_json(data, "examples/basics.py", "boom", "--x", "31337")
