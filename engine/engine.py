@@ -274,9 +274,10 @@ class Engine:
                                           code_dir=code_dir, annotations=annotations, run_start_time=scheduled)
 
     def _mounts_secret_files(self, task_type: str) -> bool:
-        """Whether this task type's objects are Pods (or hold pod specs) on the cluster, which can mount the
-        namespace's Secrets as files; a SparkApplication's pods are the operator's to make."""
-        return self.config.tasks_on == "pods" and self.registry.resolve(task_type).id in ("pod", "ray", "dask")
+        """Whether this task type's objects are Pods (or make pods: RayJob, DaskJob, SparkApplication) on the
+        cluster, which can mount the namespace's Secrets as files."""
+        return self.config.tasks_on == "pods" and self.registry.resolve(task_type).id in ("pod", "ray", "dask",
+                                                                                          "spark")
 
     def _passed_env(self) -> frozenset[str]:
         """Engine variables task processes get (--pass-env) that are set: they stand in for missing secrets."""

@@ -277,7 +277,9 @@ class SparkOperatorSimulator(OperatorSimulator):
             env["JAVA_HOME"] = java
         driver = spec.get("driver") or {}
         pod_spec = {"containers": [{"name": "spark-kubernetes-driver", "image": spec.get("image", ""),
-                                    "args": list(spec.get("arguments") or []), "env": driver.get("env") or []}],
+                                    "args": list(spec.get("arguments") or []), "env": driver.get("env") or [],
+                                    "volumeMounts": driver.get("volumeMounts") or []}],
+                    "volumes": spec.get("volumes") or [],
                     "restartPolicy": "Never", "serviceAccountName": driver.get("serviceAccount", "default")}
         pod = self._pod(app, f"{name}-driver", {"spark-role": "driver", "sparkoperator.k8s.io/app-name": name},
                         pod_spec, env=env)

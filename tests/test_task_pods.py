@@ -362,7 +362,7 @@ def test_a_dask_task_runs_as_a_daskjob_whose_pods_the_operator_simulator_makes(t
             engine.wait(30)
 
 
-def _with_operator(tmp_path, simulator, *run_args: str):
+def _with_operator(tmp_path, simulator, *run_args: str, prepare=None, inspect=None):
     """A real task run by the engine on the emulator with ``simulator`` as its operator; (the result, the
     operator, the kubelet, what the console's `y` showed of the object once the run was done, the engine's
     log). The attempt's log must be the task's own output, copied from the pod that ran it."""
@@ -376,8 +376,12 @@ def _with_operator(tmp_path, simulator, *run_args: str):
         data = tmp_path / "data"
         engine = start_engine(data, kubeconfig)
         try:
+            if prepare is not None:
+                prepare(data)
             result = run_json(data, *run_args)
             shown = asyncio.run(cluster_object(data, result["run"]))
+            if inspect is not None:
+                inspect(emulator, kubelet, result)
             logs = taskdeck(data, "logs", result["run"])  # kubectl logs of the driver / runner / submitter
             assert "Flyte runtime completed for action a0" in logs.stdout, (logs.stdout, logs.stderr)
             return result, operator, kubelet, shown, (tmp_path / "engine.log").read_text()[-3000:]
@@ -420,3 +424,30 @@ def test_a_ray_task_runs_as_a_rayjob_whose_head_and_submitter_pods_the_operator_
     assert f"{CREDENTIAL_PATH}tdr_" in kubelet.environments[submitter]["_U_EP_OVERRIDE"]
     assert shown["kind"] == "RayJob" and shown["object"]["status"]["jobDeploymentStatus"] == "Complete"
     assert [e["reason"] for e in shown["events"]] == ["Created"] and shown["events"][0]["from"] == "kuberay-operator"
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("flyteplugins.spark") is None or os.geteuid() != 0,
+                    reason="needs the spark extra, and root for the kubelet simulator's Secret volumes")
+def test_a_spark_tasks_file_secret_is_mounted_in_its_driver(tmp_path):
+    """A SparkApplication's file secrets: spec.volumes and the driver's and executor's volumeMounts, which the
+    operator gives their pods; valid against the operator's CRD."""
+    import crd_schemas
+    from operators import SparkOperatorSimulator
+
+    canary = "spark-canary-" + "4c1d" * 5
+
+    def prepare(data):
+        made = taskdeck(data, "secret", "create", "spark-file-canary", "--value-file", "-", input_text=canary)
+        assert made.returncode == 0, made.stderr
+
+    def inspect(emulator, kubelet, result):
+        [app] = [o for (plural, _, _), o in emulator.server.store.objects.items() if plural == "sparkapplications"]
+        assert canary not in json.dumps(app) and crd_schemas.errors("SparkApplication", app) == []
+        assert [v["name"] for v in app["spec"]["volumes"]] == ["flyte-secrets"]
+        for part in ("driver", "executor"):
+            assert app["spec"][part]["volumeMounts"] == [
+                {"name": "flyte-secrets", "mountPath": "/etc/flyte/secrets", "readOnly": True}]
+
+    result, *_ = _with_operator(tmp_path, SparkOperatorSimulator, "tests/programs/spark_secret.py", "key_length",
+                                prepare=prepare, inspect=inspect)
+    assert result["phase"] == "SUCCEEDED" and result["outputs"] == {"o0": len(canary)}, result

@@ -157,9 +157,14 @@ class ClusterResourceBackend(ResourceBackend):
             sources.setdefault(secret, []).append({"key": key, "path": path, "mode": 0o400})
         volume = {"name": SECRET_VOLUME, "projected": {"defaultMode": 0o400, "sources": [
             {"secret": {"name": secret, "items": items}} for secret, items in sorted(sources.items())]}}
-        for spec in pod_specs(resource):
+        holders: list[tuple[dict, list[dict]]] = [
+            (spec, spec["containers"] + (spec.get("initContainers") or [])) for spec in pod_specs(resource)]
+        if resource.get("kind") == "SparkApplication":  # the operator gives spec.volumes and each part's mounts
+            spec = resource.setdefault("spec", {})
+            holders.append((spec, [p for p in (spec.get("driver"), spec.get("executor")) if isinstance(p, dict)]))
+        for spec, containers in holders:
             spec["volumes"] = [v for v in spec.get("volumes") or [] if v.get("name") != SECRET_VOLUME] + [volume]
-            for container in spec["containers"] + (spec.get("initContainers") or []):
+            for container in containers:
                 mounts = [m for m in container.get("volumeMounts") or [] if m.get("name") != SECRET_VOLUME]
                 container["volumeMounts"] = mounts + [{"name": SECRET_VOLUME, "mountPath": SECRET_FILES_DIR,
                                                        "readOnly": True}]
