@@ -15,10 +15,11 @@ before or after the command; for ``run``, before ``TASK``: after it everything i
 from __future__ import annotations
 
 import argparse
-import base64
 import asyncio
+import base64
 import contextlib
 import getpass
+import hashlib
 import json
 import logging
 import os
@@ -679,7 +680,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     """Register a file's tasks (or one task environment's) with their code bundle, by version."""
     import tempfile
 
-    from engine.sdk import TaskLoadError, load_tasks, serialize_task, task_triggers
+    from engine.sdk import TaskLoadError, code_version, load_tasks, serialize_task, task_triggers
     from engine.tasks import make_bundle
 
     file = pathlib.Path(args.file)
@@ -687,11 +688,19 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     try:
         tasks = load_tasks(file, args.env)
         root = file.resolve().parent
-        specs = [serialize_task(t, project=args.project, domain=args.domain, root_dir=root, with_defaults=True)
-                 for t in tasks]
-        triggers = [task_triggers(t, spec) for t, spec in zip(tasks, specs)]
+        version = code_version(root)
     except (TaskLoadError, ValueError) as exc:
         raise CliError(str(exc)) from None
+
+    def serialized(stored: str, digest: str):
+        """The tasks' specs, each fetching the stored bundle (--tgz) as on a cluster: where runs are Pods, that
+        is how they get their code (task processes here run from the bundle extracted once instead)."""
+        try:
+            specs = [serialize_task(t, project=args.project, domain=args.domain, root_dir=root, with_defaults=True,
+                                    version=version, bundle=(stored, digest)) for t in tasks]
+            return specs, [task_triggers(t, spec) for t, spec in zip(tasks, specs)]
+        except (TaskLoadError, ValueError) as exc:
+            raise CliError(str(exc)) from None
 
     async def go() -> int:
         async with writer(args) as client:
@@ -700,13 +709,15 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                     bundle = make_bundle(root, pathlib.Path(scratch) / "code.tar.gz")
                 except ValueError as exc:
                     raise CliError(str(exc)) from None
+                digest = hashlib.md5(bundle.read_bytes(), usedforsecurity=False).hexdigest()
                 stored = await client.stage_input(str(bundle), project=args.project, domain=args.domain)
+            specs, triggers = serialized(stored, digest)
             rows = [await client.deploy_task(spec.SerializeToString(), project=args.project, domain=args.domain,
                                              bundle=stored) for spec in specs]
-            for row, serialized in zip(rows, triggers):
+            for row, task_triggers_of in zip(rows, triggers):
                 row["triggers"] = [(await client.deploy_trigger(t, project=args.project, domain=args.domain,
                                                                 task_name=row["name"], task_version=row["version"]))["name"]
-                                   for t in serialized]
+                                   for t in task_triggers_of]
         if args.json:
             print(strict_dumps(rows, indent=2))
         else:

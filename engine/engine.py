@@ -227,7 +227,7 @@ class Engine:
         self.runtime_env: dict[str, str] = {}
         self.secrets = self._make_secret_store()
         self.projects = ProjectsService(self.store)
-        self.tasks = TasksService(self.store, self.data_dir, self.projects)
+        self.tasks = TasksService(self.store, self.data_dir, self.projects, files=self.files)
         self.triggers = TriggersService(self.store, self.tasks, self._start_triggered_run,
                                         max_catch_up=self.config.max_catch_up)
         passed_env = self._passed_env

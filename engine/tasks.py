@@ -29,8 +29,9 @@ class TaskNotFoundError(LookupError):
 
 
 class TasksService:
-    def __init__(self, repository, data_dir: Path, projects=None, clock=time.time):
+    def __init__(self, repository, data_dir: Path, projects=None, clock=time.time, files=None):
         self.repository = repository
+        self.files = files if files is not None and files.remote else None  # --raw-data: bundles stored there
         self.bundles = Path(data_dir) / "bundles"
         self.uploads = Path(data_dir) / "uploads"
         self.projects = projects
@@ -74,8 +75,8 @@ class TasksService:
 
     def code_dir(self, record: TaskRecord) -> str | None:
         """Where runs of the task work: its bundle, extracted once (None: it was deployed without one)."""
-        if not record.bundle:
-            return None
+        if not record.bundle or "://" in record.bundle:
+            return None  # none, or on the object store (--raw-data): the task's pod fetches it (--tgz), as on a cluster
         bundle = Path(record.bundle)
         if not bundle.is_file():
             raise InvalidRunError(f"the code bundle of {record.name} {record.version} is missing ({bundle}): deploy "
@@ -86,6 +87,8 @@ class TasksService:
             raise InvalidRunError(f"the code bundle {bundle} cannot be extracted: {exc}", field="bundle") from None
 
     def _in_uploads(self, path: str) -> bool:
+        if self.files is not None and "://" in path:  # the object store's copy (engine/uploads.py)
+            return self.files.contains(path, self.files.uploads_root) and self.files.exists(path)
         real = os.path.realpath(path)
         return real.startswith(os.path.realpath(self.uploads) + os.sep) and os.path.isfile(real)
 

@@ -107,6 +107,18 @@ def test_a_tasks_report_is_read_from_the_object_store(s3_cluster):
     assert "Sum of 5 total 10" in report["summary"], report
 
 
+def test_a_deployed_task_runs_from_its_bundle_on_the_object_store(s3_cluster):
+    data, emulator, kubelet, s3, bucket = s3_cluster
+    deployed = subprocess.run([sys.executable, "-m", "console.cli", "--data-dir", str(data), "deploy",
+                               "examples/basics.py", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert deployed.returncode == 0, deployed.stderr
+    result = run_json(data, "deployed-task", "basics.add", "--x", "20", "--y", "22")
+    assert result["phase"] == "SUCCEEDED" and result["outputs"] == {"o0": 42}, result
+    [pod_name] = [n for n in kubelet.started if result["run"] in n]
+    args = emulator.server.store.objects[("pods", "team-a", pod_name)]["spec"]["containers"][0]["args"]
+    assert args[args.index("--tgz") + 1].startswith(f"s3://{bucket}/td/uploads/"), args
+
+
 def test_a_task_error_is_read_from_the_object_store(s3_cluster):
     data, emulator, kubelet, s3, bucket = s3_cluster
     result = run_json(data, "examples/basics.py", "boom", "--x", "31337")
