@@ -105,7 +105,7 @@ ENGINE_OPTIONS = (  # (dest, flag): options a command passes on to an engine it 
     ("max_clusters", "--max-clusters"), ("k8s_config", "--k8s-config"), ("backend", "--backend"),
     ("kubeconfig", "--kubeconfig"), ("context", "--context"), ("namespace", "--namespace"),
     ("database", "--database"), ("tasks_on", "--tasks-on"), ("advertise_url", "--advertise-url"),
-    ("lease_seconds", "--lease-seconds"), ("raw_data", "--raw-data"),
+    ("lease_seconds", "--lease-seconds"), ("raw_data", "--raw-data"), ("listen", "--listen"),
 )
 REPEATED_ENGINE_OPTIONS = (("quota", "--quota"), ("queue_limit", "--queue-limit"))
 
@@ -136,6 +136,11 @@ def engine_config(args: argparse.Namespace):
     sized = {"max_processes": args.max_processes} if args.max_processes else {}
     if getattr(args, "lease_seconds", None):
         sized["lease_seconds"] = args.lease_seconds
+    if getattr(args, "listen", None):
+        host, _, port = args.listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise CliError(f"--listen takes HOST:PORT (0.0.0.0:8080), not {args.listen!r}")
+        sized.update(host=host.strip("[]"), port=int(port))
     return EngineConfig(**sized, data_dir=args.data_dir, max_system_failures=args.max_system_failures,
                         gc_ttl_seconds=args.gc_ttl,
                         task_start=args.task_start, reuse=args.reuse == "on",
@@ -889,7 +894,7 @@ DEFAULTS: dict[str, Any] = {
     "idle_exit": None, "task_start": "fork", "reuse": "on", "plugin_for": [], "max_clusters": None,
     "k8s_config": None, "quota": [], "queue_limit": [], "backend": "embedded", "kubeconfig": None, "context": None,
     "namespace": None, "in_cluster": False, "database": None, "tasks_on": "processes", "advertise_url": None,
-    "lease_seconds": None, "raw_data": None,
+    "lease_seconds": None, "raw_data": None, "listen": None,
 }
 
 
@@ -981,6 +986,10 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
                     "layer with its variables (FLYTE_AWS_ENDPOINT, FLYTE_AWS_ACCESS_KEY_ID, "
                     "FLYTE_AWS_SECRET_ACCESS_KEY...), which task pods get from a Secret (default: the data "
                     "directory, which pods must then share)")
+    add_engine("--listen", metavar="HOST:PORT",
+               help="with --backend kubernetes: where the engine's server listens (default: 127.0.0.1, a port of "
+                    "its own), e.g. 0.0.0.0:8080 for task pods on a cluster to reach it at --advertise-url; every "
+                    "request still needs its credential")
     add_engine("--lease-seconds", type=bounded(float, 0.5, 3600), metavar="SECONDS",
                help="with --backend kubernetes: the leader's lease (default 15): how long a dead leader's "
                     "successor waits")

@@ -24,15 +24,16 @@ def add_parser(command) -> None:
 
 def cmd_k8s(args: argparse.Namespace) -> int:
     tasks_on = getattr(args, "tasks_on", None) or "processes"  # --tasks-on pods: the RBAC for task pods too
+    raw_data = getattr(args, "raw_data", None)  # with --in-cluster: the engine's --raw-data
     try:
         if args.dry_run:
             print(render(manifests(args.namespace or DEFAULT_NAMESPACE, in_cluster=args.in_cluster,
-                                   image=args.image, tasks_on=tasks_on)), end="")
+                                   image=args.image, tasks_on=tasks_on, raw_data=raw_data)), end="")
             return 0
         api_client, context_namespace = cluster_client(args.kubeconfig, args.context)
         # the namespace the engine would use with the same options: given, else the context's
         objects = manifests(args.namespace or context_namespace, in_cluster=args.in_cluster, image=args.image,
-                            tasks_on=tasks_on)
+                            tasks_on=tasks_on, raw_data=raw_data)
         with api_client:
             if args.action == "install":
                 lines = apply(api_client, objects)

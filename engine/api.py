@@ -426,6 +426,7 @@ class ApiServer:
 
     async def start(self) -> str:
         host, port = await self._listen(self.port)
+        host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # what local clients dial (a Host it accepts)
         self.gate.port = port
         if self.tls is not None:
             try:
@@ -434,6 +435,7 @@ class ApiServer:
                 await self.stop()
                 raise
             self.gate.tls_port = tls_port
+            tls_host = "127.0.0.1" if tls_host in ("0.0.0.0", "::") else tls_host
             self.tls_url = f"https://{tls_host}:{tls_port}"
         return f"http://{host}:{port}"
 

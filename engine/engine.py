@@ -14,6 +14,7 @@ import secrets
 import socket
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from flyteidl2.task import task_definition_pb2
 
@@ -50,7 +51,7 @@ from engine.reconciler import DEFAULT_MAX_SYSTEM_FAILURES, DEFAULT_REQUEUE_SECON
 from engine.http_gate import DEFAULT_MAX_BODY_BYTES
 from engine.logs import LogService
 from engine.data_store import check_raw_data_prefix, open_data_store
-from engine.names import check_advertise_url, check_namespace
+from engine.names import check_advertise_url, check_listen_host, check_namespace
 from engine.runs import RunsService
 from engine.services import EngineServices
 from engine.storage_health import StorageHealth
@@ -154,6 +155,16 @@ class EngineConfig:
             raise ValueError("--tasks-on pods and --advertise-url are for --backend kubernetes")
         if self.advertise_url is not None:
             check_advertise_url(self.advertise_url)
+            if self.advertise_host is None:  # pods name the engine so in their requests' Host: accept it
+                self.advertise_host = urlsplit(self.advertise_url).hostname
+        if self.host not in ("127.0.0.1", "localhost", "::1"):
+            if self.backend != "kubernetes":
+                raise ValueError("--listen on an address other than the loopback is for --backend kubernetes (task "
+                                 "pods on a cluster reach the engine there); the embedded default serves this "
+                                 "machine only")
+            check_listen_host(self.host)
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise ValueError(f"the port must be from 0 to 65535, not {self.port!r}")
         if self.raw_data is not None:
             if self.tasks_on != "pods":
                 raise ValueError("--raw-data is for --tasks-on pods (task processes on this machine use the data "

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from engine.data_store import check_raw_data_prefix
 from engine.model import DEFAULT_NAMESPACE
 from engine.names import InvalidNameError, check_namespace
 
@@ -47,14 +48,20 @@ TASK_POD_RULES = [
 ]
 
 
+STORAGE_SECRET = "taskdeck-storage"  # with --raw-data in the cluster: the object store's variables, if any
+
+
 class InstallError(Exception):
     pass
 
 
 def manifests(namespace: str = DEFAULT_NAMESPACE, *, in_cluster: bool = False, image: str = "python:3.11-slim",
-              tasks_on: str = "processes") -> list[dict]:
+              tasks_on: str = "processes", raw_data: str | None = None) -> list[dict]:
     """The objects, in the order they are applied (uninstall removes them in reverse); ``tasks_on`` "pods":
-    an engine that runs its tasks as Pods (and Spark/Ray/Dask objects), with the verbs that needs."""
+    an engine that runs its tasks as Pods (and Spark/Ray/Dask objects), with the verbs that needs; in the
+    cluster its pods reach it through the Service, and ``raw_data`` keeps their data on an object store whose
+    variables (FLYTE_AWS_ENDPOINT, FLYTE_AWS_ACCESS_KEY_ID, ...) the engine takes from the Secret
+    ``taskdeck-storage`` when there is one."""
     if tasks_on not in ("processes", "pods"):
         raise InstallError(f"--tasks-on must be processes or pods, not {tasks_on!r}")
     rules = RULES + SECRET_RULES + (TASK_POD_RULES if tasks_on == "pods" else [])
@@ -62,6 +69,13 @@ def manifests(namespace: str = DEFAULT_NAMESPACE, *, in_cluster: bool = False, i
         check_namespace(namespace)
     except InvalidNameError as exc:
         raise InstallError(str(exc)) from None
+    if raw_data is not None:
+        if tasks_on != "pods":
+            raise InstallError("--raw-data is for --tasks-on pods")
+        try:
+            raw_data = check_raw_data_prefix(raw_data)
+        except ValueError as exc:
+            raise InstallError(str(exc)) from None
     if in_cluster and not _IMAGE.fullmatch(image or ""):
         raise InstallError(f"--image {image!r} is not an image reference (e.g. registry/taskdeck:1.0)")
     labels = {"app.kubernetes.io/name": "taskdeck", "app.kubernetes.io/component": "engine"}
@@ -80,11 +94,16 @@ def manifests(namespace: str = DEFAULT_NAMESPACE, *, in_cluster: bool = False, i
         container = {
             "name": "engine", "image": image,
             "command": ["taskdeck", "--headless", "--backend", "kubernetes", "--in-cluster", "--namespace",
-                        namespace, "--data-dir", "/var/lib/taskdeck", "--tasks-on", tasks_on],
+                        namespace, "--data-dir", "/var/lib/taskdeck", "--tasks-on", tasks_on,
+                        "--listen", f"0.0.0.0:{API_PORT}"]  # the Service's target: every request needs its credential
+                       + (["--advertise-url", f"http://{NAME}.{namespace}.svc:{API_PORT}"] if tasks_on == "pods" else [])
+                       + (["--raw-data", raw_data] if raw_data else []),
             "ports": [{"name": "api", "containerPort": API_PORT}],
             "volumeMounts": [{"name": "data", "mountPath": "/var/lib/taskdeck"}],
             "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "allowPrivilegeEscalation": False},
         }
+        if raw_data:
+            container["envFrom"] = [{"secretRef": {"name": STORAGE_SECRET, "optional": True}}]
         objects += [
             {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": copy.deepcopy(meta),
              "spec": {"replicas": 1, "selector": {"matchLabels": labels},

@@ -168,6 +168,18 @@ def check_env_vars(env: object, *, field: str = "envVars") -> dict[str, str]:
     return dict(env)
 
 
+def check_listen_host(host: str) -> str:
+    """An IP address to bind the engine's server to (0.0.0.0 for every interface), not a name."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"--listen takes an IP address to bind (0.0.0.0 for every interface), not {host!r}") \
+            from None
+    return host
+
+
 def check_advertise_url(url: str, *, field: str = "--advertise-url") -> str:
     """An http(s) address with a host and no path, query or credentials: where task pods reach the engine."""
     from urllib.parse import urlsplit

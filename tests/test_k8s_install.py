@@ -13,7 +13,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from engine.k8s_install import RULES, SECRET_RULES, TASK_POD_RULES, manifests
+from engine.k8s_install import RULES, SECRET_RULES, TASK_POD_RULES, InstallError, manifests
 from engine.leader import LeaseElector
 from engine.model import FINALIZER
 from engine.store.kubernetes import KubernetesResourceStore
@@ -33,6 +33,26 @@ def test_every_manifest_is_valid_kubernetes(in_cluster):
         kubernetes_validate.validate(obj, "1.32", strict=True)  # raises on an unknown field or a wrong type
     with pytest.raises(Exception):
         kubernetes_validate.validate({**objects[3], "rules": [{"verbs": "get"}]}, "1.32", strict=True)
+
+
+def test_the_in_cluster_engine_listens_for_its_service_and_its_pods_and_takes_its_store_from_a_secret():
+    """In the cluster the engine listens on every interface at the Service's target port; with tasks on pods
+    it advertises the Service, and with --raw-data takes the store's variables from an optional Secret."""
+    objects = manifests("team-a", in_cluster=True, tasks_on="pods", raw_data="s3://bucket/td/")
+    [deployment] = [o for o in objects if o["kind"] == "Deployment"]
+    kubernetes_validate.validate(deployment, "1.32", strict=True)
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    command = container["command"]
+    assert command[command.index("--listen") + 1] == "0.0.0.0:8080"
+    assert command[command.index("--advertise-url") + 1] == "http://taskdeck-engine.team-a.svc:8080"
+    assert command[command.index("--raw-data") + 1] == "s3://bucket/td"
+    assert container["envFrom"] == [{"secretRef": {"name": "taskdeck-storage", "optional": True}}]
+    plain = next(o for o in manifests("team-a", in_cluster=True) if o["kind"] == "Deployment")
+    assert "--advertise-url" not in plain["spec"]["template"]["spec"]["containers"][0]["command"]
+    with pytest.raises(InstallError, match="--raw-data is for --tasks-on pods"):
+        manifests("team-a", in_cluster=True, raw_data="s3://bucket/td")
+    with pytest.raises(InstallError, match="object store prefix"):
+        manifests("team-a", in_cluster=True, tasks_on="pods", raw_data="/data")
 
 
 async def test_the_role_grants_exactly_what_the_store_uses():

@@ -167,6 +167,60 @@ def test_a_secret_asked_for_as_a_file_is_mounted_from_its_kubernetes_secret(clus
     kubernetes_validate.validate({k: v for k, v in pod.items() if k != "status"}, "1.32", strict=True)
 
 
+def _outward_address() -> str | None:
+    """This machine's address on its network (not the loopback), or None without one."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("10.255.255.255", 1))  # no packet is sent: the route picks the interface
+            address = sock.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def test_pods_reach_an_engine_listening_beyond_the_loopback_at_its_advertised_address(tmp_path):
+    """--listen 0.0.0.0:PORT --advertise-url http://ADDRESS:PORT: a parent in its Pod launches its children
+    over Connect at that address (its Host accepted because it is the advertised one); a request there
+    without a credential is refused."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    address = _outward_address()
+    if address is None:
+        pytest.skip("this machine has no address beyond the loopback")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with EmulatorThread() as emulator, KubeletSimulator(emulator, namespace="team-a") as kubelet:
+        kubeconfig = emulator.kubeconfig(tmp_path / "kubeconfig", "team-a")
+        data = tmp_path / "data"
+        engine = start_engine(data, kubeconfig, "--listen", f"0.0.0.0:{port}", "--advertise-url",
+                              f"http://{address}:{port}")
+        try:
+            result = run_json(data, "examples/fanout.py", "sum_of_squares", "--n", "2")
+            assert result["phase"] == "SUCCEEDED" and result["outputs"] == {"o0": 1}, result
+            pods = [n for n in kubelet.started if result["run"] in n]
+            assert len(pods) == 3 and all(
+                kubelet.environments[p]["_U_EP_OVERRIDE"].startswith(f"http://{address}:{port}/") for p in pods)
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(f"http://{address}:{port}/runs", timeout=10)
+            assert refused.value.code == 401
+        finally:
+            engine.terminate()
+            engine.wait(30)
+
+
+def test_the_embedded_default_listens_on_the_loopback_only(tmp_path):
+    done = taskdeck(tmp_path / "data", "--headless", "--listen", "0.0.0.0:8080")
+    assert done.returncode != 0 and "--listen on an address other than the loopback is for --backend kubernetes" \
+        in done.stderr, done.stderr
+    bad = taskdeck(tmp_path / "data", "--headless", "--backend", "kubernetes", "--listen", "engine:8080")
+    assert bad.returncode != 0 and "--listen takes an IP address" in bad.stderr, bad.stderr
+
+
 def test_a_parent_in_a_pod_launches_its_children_as_pods(cluster):
     data, emulator, kubelet, core = cluster
     done = taskdeck(data, "run", "--json", "examples/fanout.py", "sum_of_squares", "--n", "3")
