@@ -426,7 +426,7 @@ class ApiServer:
 
     async def start(self) -> str:
         host, port = await self._listen(self.port)
-        host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # what local clients dial (a Host it accepts)
+        host = _dialable(host)
         self.gate.port = port
         if self.tls is not None:
             try:
@@ -435,7 +435,7 @@ class ApiServer:
                 await self.stop()
                 raise
             self.gate.tls_port = tls_port
-            tls_host = "127.0.0.1" if tls_host in ("0.0.0.0", "::") else tls_host
+            tls_host = _dialable(tls_host)
             self.tls_url = f"https://{tls_host}:{tls_port}"
         return f"http://{host}:{port}"
 
@@ -460,3 +460,8 @@ class ApiServer:
             server.should_exit = True
         await asyncio.gather(*(task for _, task in self._servers), return_exceptions=True)
         self._servers.clear()
+
+
+def _dialable(host: str) -> str:
+    """What local clients dial for a listener bound to ``host`` (a loopback name the gate accepts as Host)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::") else host

@@ -23,7 +23,6 @@ import dataclasses
 import hashlib
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable
 
@@ -32,6 +31,7 @@ from flyteidl2.task import common_pb2
 
 from engine.data_store import DataStore, is_remote
 from engine.literals import inputs_message
+from engine.paths import local_path
 from engine.plugins.core import PhaseInfo, StorageFaultError, TaskInfo
 from engine.store.base import CacheEntry, CacheStore
 
@@ -140,9 +140,9 @@ class CacheError(Exception):
 
 class TaskCache:
     def __init__(self, store: CacheStore, on_released: Callable[[str], None] | None = None,
-                 clock: Callable[[], float] = time.time, files: DataStore | None = None):
+                 clock: Callable[[], float] = time.time, *, files: DataStore):
         self.store = store
-        self.files = files  # an object store's (engine/data_store.py) when outputs live there; None: local files
+        self.files = files  # where inputs and outputs are: the data directory, or an object store (--raw-data)
         self.clock = clock
         self.on_released = on_released  # wakes actions waiting on a key as soon as its owner finishes
         self._waiting: dict[str, set[str]] = {}  # catalog key -> TaskAction names waiting for it
@@ -244,59 +244,33 @@ class TaskCache:
             if not waiters:
                 del self._waiting[key]
 
-    def _remote(self, uri: str) -> bool:
-        return self.files is not None and self.files.remote and is_remote(uri)
-
     def _inputs(self, input_path: str) -> common_pb2.Inputs:
-        if not self._remote(input_path):
-            return inputs_message(input_path)
-        inputs = common_pb2.Inputs()
-        inputs.ParseFromString(self.files.read(input_path))
-        return inputs
+        return inputs_message(input_path, self.files.read)
 
     async def _exists(self, uri: str) -> bool:
-        if not self._remote(uri):
-            return os.path.exists(uri)
         try:
             return await self.files.aexists(uri)
-        except Exception as exc:  # noqa: BLE001 - the store failing: storage, not a missing file
-            raise StorageFaultError(uri, OSError(str(exc))) from exc
+        except OSError as exc:  # the store failing: storage, not a missing file
+            raise StorageFaultError(uri, exc) from exc
 
     async def _copy_outputs(self, entry: CacheEntry, output_prefix: str) -> bool:
         """Put the cached outputs where this attempt's would go; a vanished source is a miss."""
         if not entry.outputs_uri:
             return True  # the task has no outputs
-        if self._remote(output_prefix):
-            source, target = entry.outputs_uri, f"{output_prefix.rstrip('/')}/{OUTPUTS_FILE}"
-            if source == target:
-                return True
-            try:
-                await self.files.acopy(source, target)
-            except FileNotFoundError:
-                log.warning("cache entry %s points at missing outputs %s: running the task", entry.key, source)
-                return False
-            except Exception as exc:  # noqa: BLE001
-                raise StorageFaultError(target, OSError(str(exc))) from exc
-            return True
-        return self._copy_local_outputs(entry, output_prefix)
-
-    @staticmethod
-    def _copy_local_outputs(entry: CacheEntry, output_prefix: str) -> bool:
-        """Put the cached outputs where this attempt's would go; a vanished source is a miss."""
-        if not entry.outputs_uri:
-            return True  # the task has no outputs
-        source = entry.outputs_uri.removeprefix("file://")
-        target = os.path.join(output_prefix, OUTPUTS_FILE)
-        if os.path.abspath(source) == os.path.abspath(target):
+        source, target = entry.outputs_uri, f"{output_prefix.rstrip('/')}/{OUTPUTS_FILE}"
+        if _where(source) == _where(target):
             return True
         try:
-            os.makedirs(output_prefix, exist_ok=True)
-            shutil.copyfile(source, target)
+            await self.files.acopy(source, target)
         except FileNotFoundError as exc:
-            if exc.filename != source:
+            if exc.filename not in (source, local_path(source)):
                 raise StorageFaultError(target, exc) from exc
             log.warning("cache entry %s points at missing outputs %s: running the task", entry.key, source)
             return False
-        except OSError as exc:  # the attempt's directory refuses the copy: storage, not a miss
+        except OSError as exc:  # the attempt's directory (or the store) refuses the copy: storage, not a miss
             raise StorageFaultError(target, exc) from exc
         return True
+
+
+def _where(uri: str) -> str:
+    return uri if is_remote(uri) else os.path.abspath(local_path(uri))

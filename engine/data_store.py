@@ -56,6 +56,10 @@ class DataStore:
     def describe(self) -> str:
         return self.root
 
+    def upload_uri(self, *parts: str) -> str:
+        """Where the upload store's ``<project>/<domain>/<folder>/<name>`` is for tasks."""
+        return "/".join([self.uploads_root, *parts])
+
     def contains(self, uri: str, root: str) -> bool:
         """``uri`` names ``root`` or something below it (syntactically: a request's links are checked apart)."""
         return is_within(local_path(uri), [root])

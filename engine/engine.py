@@ -20,6 +20,7 @@ from flyteidl2.task import task_definition_pb2
 
 from engine import pygc
 from engine.auth import Authority, endpoint_with_credential, write_private
+from engine.http_gate import LOOPBACK_HOSTS
 from engine.connect import ControllerServices
 from engine.tls import ensure_certificate, loopback_names
 from engine.datadir import DB_FILE, ENDPOINT_FILE, FLYTE_PORT_FILE, PORT_FILE, DataDirLock, default_data_dir, prepare_data_dir
@@ -157,7 +158,7 @@ class EngineConfig:
             check_advertise_url(self.advertise_url)
             if self.advertise_host is None:  # pods name the engine so in their requests' Host: accept it
                 self.advertise_host = urlsplit(self.advertise_url).hostname
-        if self.host not in ("127.0.0.1", "localhost", "::1"):
+        if self.host not in LOOPBACK_HOSTS:
             if self.backend != "kubernetes":
                 raise ValueError("--listen on an address other than the loopback is for --backend kubernetes (task "
                                  "pods on a cluster reach the engine there); the embedded default serves this "

@@ -77,6 +77,11 @@ def read_outputs(path: str, read: Callable[[str], bytes] = _read_file) -> dict[s
         data = read(path)
     except FileNotFoundError:
         return None
+    return outputs_to_dict(data)
+
+
+def outputs_to_dict(data: bytes) -> dict[str, Any]:
+    """An ``outputs.pb``'s bytes as name → value."""
     outputs = common_pb2.Outputs()
     outputs.ParseFromString(data)
     return named_literals_to_dict(list(outputs.literals))

@@ -33,7 +33,7 @@ from engine import cache
 from engine.errors import InvalidRunError, RunNotFoundError
 from engine.events import build_action_event
 from engine.data_store import DataStore
-from engine.literals import inputs_message, read_inputs, read_outputs
+from engine.literals import inputs_message, outputs_to_dict, read_inputs, read_outputs
 from engine.quotas import ANNOTATION_QUEUE
 from engine.support import check_secrets, check_supported
 from engine.names import check_action_name, check_env_vars, check_run_id, check_run_name
@@ -54,7 +54,7 @@ from engine.model import (
 from engine.phases import ActionPhase
 from engine.plugins.task_setup import ANNOTATION_CODE_DIR, substitute_template
 from engine.plugins.core import PhaseInfo
-from engine.paths import input_file, is_within, local_path, resolves_within
+from engine.paths import input_file, local_path, resolves_within
 from engine.reconciler import ANNOTATION_RUN_START_TIME
 from engine.store.base import (
     ActionKey,
@@ -377,13 +377,9 @@ class RunsService:
         Connect door does it once; the service's own check is the syscall-free one).
         """
         base = self.run_base(project, domain, run_name)
-        if self.files.remote:
-            def inside(uri, roots):
-                return self.files.contains(uri, roots[0])
-        else:
-            inside = resolves_within if follow_links else is_within
+        links = follow_links and not self.files.remote  # an object store has no links
         for field, uri in uris.items():
-            if uri and not inside(uri if self.files.remote else local_path(uri), [base]):
+            if uri and not (resolves_within(local_path(uri), [base]) if links else self.files.contains(uri, base)):
                 raise InvalidRunError(f"{field} {uri!r} is outside the run's directory {base}", field=field)
 
     async def _live_parent(self, run_name: str, parent_action_name: str) -> TaskAction:
@@ -738,9 +734,10 @@ class RunsService:
         outputs = None
         if run.phase == ActionPhase.SUCCEEDED:
             prefix = self.attempt_prefix_of(run, run.attempts or 1)
-            outputs = await asyncio.to_thread(read_outputs, f"{prefix}/outputs.pb", self.files.read) \
-                if self.files.remote else read_outputs(f"{prefix}/outputs.pb")
-            outputs = outputs or {}
+            try:
+                outputs = outputs_to_dict(await self.files.aread(f"{prefix}/outputs.pb"))
+            except FileNotFoundError:
+                outputs = {}
         error = None
         if run.error_kind is not None or run.phase in (ActionPhase.FAILED, ActionPhase.TIMED_OUT,
                                                         ActionPhase.ABORTED):
@@ -762,9 +759,9 @@ class RunsService:
         return read_inputs(path if path.endswith(".pb") else f"{path}/inputs.pb", self.files.read)
 
     async def _inputs_message(self, path: str) -> common_pb2.Inputs:
-        if self.files.remote:
-            return await asyncio.to_thread(inputs_message, path, self.files.read)
-        return inputs_message(path)
+        inputs = common_pb2.Inputs()
+        inputs.ParseFromString(await self.files.aread(path))
+        return inputs
 
     async def wait_for_run(self, run_name: str, timeout: float | None = None,
                            action_name: str = ROOT_ACTION_NAME) -> RunResult:

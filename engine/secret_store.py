@@ -96,17 +96,15 @@ async def secret_refs(store: SecretStore, template: tasks_pb2.TaskTemplate, proj
     return refs
 
 
-SECRET_FILES_DIR = "/etc/flyte/secrets"  # where Flyte mounts file secrets, the one mount path the SDK allows
-
-
 def secret_file_path(request: security_pb2.Secret) -> str:
-    """Where a file-mounted secret appears, relative to SECRET_FILES_DIR: ``<group>/<key>``, or ``<key>``."""
+    """Where a file-mounted secret appears, relative to Flyte's mount path (/etc/flyte/secrets, the one the
+    SDK allows): ``<group>/<key>``, or ``<key>``."""
     return f"{request.group}/{request.key}" if request.group else request.key
 
 
 async def secret_file_refs(store: SecretStore, template: tasks_pb2.TaskTemplate, project: str,
                            domain: str) -> list[tuple[str, str, str]]:
-    """(path under SECRET_FILES_DIR, Kubernetes Secret, key) for each secret the task asks for as a file, from a
+    """(path under /etc/flyte/secrets, Kubernetes Secret, key) for each secret the task asks for as a file, from a
     store that keeps them in Kubernetes Secrets; SecretNotFoundError naming the first it cannot give."""
     reference = getattr(store, "reference", None)
     found = []

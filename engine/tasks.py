@@ -9,6 +9,7 @@ it does not depend on the caller's working tree.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import tarfile
@@ -50,7 +51,7 @@ class TasksService:
         task_id = spec.task_template.id
         if not task_id.name or not task_id.version:
             raise InvalidRunError("a deployed task needs a name and a version in its template id", field="taskSpec")
-        if bundle and not self._in_uploads(bundle):
+        if bundle and not await asyncio.to_thread(self._in_uploads, bundle):  # an object store's is a request
             raise InvalidRunError("bundle must be a file the engine stored (taskdeck's upload store)", field="bundle")
         digest = hashlib.sha256(spec.SerializeToString(deterministic=True)).hexdigest()
         record = TaskRecord(project, domain, task_id.name, task_id.version, digest,

@@ -42,7 +42,7 @@ class UploadStore:
         digest = _digest(path)
         name = path.name or "data"
         if self.files is not None:
-            return self._stage_remote(path, f"{self.files.uploads_root}/{project}/{domain}/{digest}/{name}")
+            return self._stage_remote(path, self.files.upload_uri(project, domain, digest, name))
         final = self.root / project / domain / digest
         if not (final / name).exists():
             self.root.mkdir(parents=True, exist_ok=True)
@@ -63,7 +63,6 @@ class UploadStore:
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
         return str(final / name)
-
 
     def _stage_remote(self, path: Path, uri: str) -> str:
         """On the object store (``--raw-data``), where task pods read it; content-addressed there too. A

@@ -111,8 +111,8 @@ class ControlPlaneContext:
 
     def upload_uri(self, project: str, domain: str, folder: str, filename: str) -> str:
         """Where an upload is read by tasks: the upload store's file, or its copy on the object store."""
-        if self.files is not None and self.files.remote:
-            return f"{self.files.uploads_root}/{project}/{domain}/{folder}/{filename}"
+        if self.files is not None:
+            return self.files.upload_uri(project, domain, folder, filename)
         return str(self.uploads / project / domain / folder / filename)
 
     @property

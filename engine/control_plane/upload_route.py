@@ -49,7 +49,7 @@ class UploadRoute:
         """The stored file's URI for tasks: with an object store, its copy there (made once)."""
         if self.files is None:
             return str(final)
-        uri = f"{self.files.uploads_root}/{'/'.join(parts)}"
+        uri = self.files.upload_uri(*parts)
         if not await self.files.aexists(uri):
             await asyncio.to_thread(self.files.put_file, str(final), uri)
         return uri

@@ -77,14 +77,17 @@ SECRET_VOLUME = "flyte-secrets"
 SECRET_FILES_DIR = "/etc/flyte/secrets"  # Flyte's mount path for file secrets (the one the SDK allows)
 
 
-def env_holders(resource) -> list[dict]:
-    """Where an object's pods get their environment: each container of its pod specs, and a
-    SparkApplication's driver and executor (whose ``env`` the operator gives their pods)."""
-    holders = [c for spec in pod_specs(resource) for c in spec["containers"] + (spec.get("initContainers") or [])]
+def pod_parts(resource) -> list[tuple[dict, list[dict]]]:
+    """(where the volumes go, the containers that get the environment and the mounts) of each pod an object
+    makes: its pod specs with their containers, and a SparkApplication's spec with its driver and executor
+    (whose ``env`` and ``volumeMounts`` the operator gives their pods, ``spec.volumes`` the volumes)."""
+    parts = [(spec, spec["containers"] + (spec.get("initContainers") or [])) for spec in pod_specs(resource)]
     if resource.get("kind") == "SparkApplication":
         spec = resource.get("spec") or {}
-        holders += [part for part in (spec.get("driver"), spec.get("executor")) if isinstance(part, dict)]
-    return holders
+        containers = [part for part in (spec.get("driver"), spec.get("executor")) if isinstance(part, dict)]
+        if containers:
+            parts.append((spec, containers))
+    return parts
 
 
 def task_secret_name(resource_name: str) -> str:
@@ -96,6 +99,8 @@ class ClusterResourceBackend(ResourceBackend):
 
     ``endpoint_for(tctx)``: the engine endpoint, with the run's credential, the action's pods use (None: they
     get none)."""
+
+    serves_pod_logs = True
 
     def __init__(self, api_client, endpoint_for: Callable[[TaskExecutionContext], str | None] | None = None,
                  namespace: str | None = None, owns_client: bool = True, storage_env: dict[str, str] | None = None):
@@ -112,9 +117,9 @@ class ClusterResourceBackend(ResourceBackend):
 
     async def _give_task_secret(self, resource: Resource, tctx: TaskExecutionContext) -> None:
         endpoint = self._endpoint_for(tctx) if self._endpoint_for is not None else None
-        holders = env_holders(resource)
+        parts = pod_parts(resource)
         if (endpoint is None and not tctx.secret_env and not self._storage_env and not tctx.secret_files) \
-                or not holders:
+                or not parts:
             return
         values = {f"env.{k}": v for k, v in self._storage_env.items()}
         # the task's secrets kept in Kubernetes Secrets are taken from those; only the rest are copied here
@@ -144,25 +149,22 @@ class ClusterResourceBackend(ResourceBackend):
             given.append({"name": ENDPOINT_ENV, "valueFrom": {"secretKeyRef": {"name": name, "key": ENDPOINT_KEY}}})
         names = {e["name"] for e in given}
         if tctx.secret_files:
-            self._mount_secret_files(resource, tctx.secret_files)
-        for holder in holders:
-            holder["env"] = [e for e in holder.get("env") or [] if e.get("name") not in names] + copy.deepcopy(given)
+            self._mount_secret_files(parts, tctx.secret_files)
+        for _, containers in parts:
+            for container in containers:
+                container["env"] = [e for e in container.get("env") or [] if e.get("name") not in names] + \
+                    copy.deepcopy(given)
 
     @staticmethod
-    def _mount_secret_files(resource: Resource, files: list[tuple[str, str, str]]) -> None:
+    def _mount_secret_files(parts: list[tuple[dict, list[dict]]], files: list[tuple[str, str, str]]) -> None:
         """The task's file secrets as one read-only projected volume of their Kubernetes Secrets at
-        /etc/flyte/secrets (``<group>/<key>``, or ``<key>``), in every container of the object's pod specs."""
+        /etc/flyte/secrets (``<group>/<key>``, or ``<key>``), in every container of the object's pods."""
         sources: dict[str, list[dict]] = {}
         for path, secret, key in files:
             sources.setdefault(secret, []).append({"key": key, "path": path, "mode": 0o400})
         volume = {"name": SECRET_VOLUME, "projected": {"defaultMode": 0o400, "sources": [
             {"secret": {"name": secret, "items": items}} for secret, items in sorted(sources.items())]}}
-        holders: list[tuple[dict, list[dict]]] = [
-            (spec, spec["containers"] + (spec.get("initContainers") or [])) for spec in pod_specs(resource)]
-        if resource.get("kind") == "SparkApplication":  # the operator gives spec.volumes and each part's mounts
-            spec = resource.setdefault("spec", {})
-            holders.append((spec, [p for p in (spec.get("driver"), spec.get("executor")) if isinstance(p, dict)]))
-        for spec, containers in holders:
+        for spec, containers in parts:
             spec["volumes"] = [v for v in spec.get("volumes") or [] if v.get("name") != SECRET_VOLUME] + [volume]
             for container in containers:
                 mounts = [m for m in container.get("volumeMounts") or [] if m.get("name") != SECRET_VOLUME]

@@ -120,7 +120,7 @@ class ResourcePluginManager(Plugin):
 
     async def _launch(self, tctx: TaskExecutionContext) -> PhaseInfo:
         resource = self.with_metadata(self.plugin.build_resource(tctx), tctx)
-        if resource.get("kind") == "Pod":
+        if self.backend.serves_pod_logs:  # a relaunch's pods log anew: keep what the last ones logged
             _keep_earlier_log(Path(tctx.log_path))
         if "://" not in tctx.output_prefix:  # a local (shared) path: the attempt's directory, as a blob store has it
             try:
@@ -180,8 +180,7 @@ class ResourcePluginManager(Plugin):
         """The pod's log (``kubectl logs``) into the attempt's log file, where `taskdeck logs` and the console
         read it: at each check, so it follows the pod at the reconcile's pace, and whole at the end."""
         try:
-            text = await self.backend.pod_log(identity, container) if container else \
-                await self.backend.pod_log(identity)
+            text = await self.backend.pod_log(identity, container)
         except BackendError:
             return  # not started yet, or gone: the next check, or nothing to show
         if not text:
@@ -284,8 +283,8 @@ def _earlier_log(path: Path) -> str:
 
 
 def _keep_earlier_log(path: Path) -> None:
-    """Before an attempt's Pod is made again, what its Pods logged so far (the current log holds the earlier
-    ones too): kept, to be shown before the new Pod's."""
+    """Before an attempt's object is made again, what its pods logged so far (the current log holds the earlier
+    ones too): kept, to be shown before the new ones'."""
     try:
         text = path.read_text()
     except OSError:

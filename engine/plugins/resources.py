@@ -132,6 +132,8 @@ class ResourceBackend(abc.ABC):
         """Objects of a kind whose labels include ``labels`` (a backend without such objects has none)."""
         return []
 
+    serves_pod_logs = False  # whether pod_log gives the pods' logs (a cluster), which the manager copies
+
     async def pod_log(self, identity: Resource, container: str | None = None) -> str | None:
         """A Pod's log as its container wrote it (``kubectl logs``), or None where there are no such pods."""
         return None
