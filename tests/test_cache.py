@@ -185,8 +185,9 @@ async def test_a_second_serializable_action_waits_for_the_owner_then_takes_its_r
     await eventually(waiting)
     row = await engine.runs.get_run("rwaiter")
     assert row.phase == ActionPhase.QUEUED  # WaitingForCache is QUEUED in the actions table
+    # A cluster store records the events before it writes the status they describe.
+    await eventually(lambda: engine.store.peek("rwaiter-a0").status.cache_status == cache.CACHE_MISS)
     status = engine.store.peek("rwaiter-a0").status
-    assert status.cache_status == cache.CACHE_MISS
     assert 'reservation owner "flyte/rowner-a0"' in status.condition("Progressing").message
 
     key = owner.cache_key
