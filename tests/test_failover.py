@@ -24,7 +24,7 @@ def emulator():
 def engine(tmp_path, emulator, name: str, plugin: ScriptedPlugin, database: str | None) -> Engine:
     made = Engine(EngineConfig(data_dir=tmp_path / name, serve=False, requeue_after=0.2, backend="kubernetes",
                                kubeconfig=emulator.kubeconfig(tmp_path / f"{name}.kubeconfig", "flyte"),
-                               lease_seconds=1.0, database=database))
+                               lease_seconds=2.0, database=database))  # renewals survive a loaded machine
     made.registry.register(plugin)
     return made
 
