@@ -157,18 +157,18 @@ def test_a_live_watch_sees_changes_and_selector_transitions(api):
     _, custom, _ = api
     custom.create_namespaced_custom_object(G, V, NS, P, task_action("r1-a0", {"run": "r1"}))
     seen: list[tuple[str, str]] = []
-    started = threading.Event()
+    started = threading.Event()  # the watch is live once its first event (the existing object) arrived
 
     def follow():
         stream = watch.Watch().stream(custom.list_namespaced_custom_object, G, V, NS, P, label_selector="run=r1",
-                                      timeout_seconds=2)
-        started.set()
+                                      timeout_seconds=3)
         for event in stream:
             seen.append((event["type"], event["object"]["metadata"]["name"]))
+            started.set()
 
     thread = threading.Thread(target=follow)
     thread.start()
-    started.wait(5)
+    assert started.wait(5)
     custom.create_namespaced_custom_object(G, V, NS, P, task_action("r1-a1", {"run": "r1"}))
     custom.create_namespaced_custom_object(G, V, NS, P, task_action("r2-a0", {"run": "r2"}))
     custom.patch_namespaced_custom_object(G, V, NS, P, "r1-a1", {"metadata": {"labels": {"run": "moved"}}})
