@@ -44,6 +44,9 @@ _disconnected: contextvars.ContextVar[asyncio.Event | None] = contextvars.Contex
 
 # A watch quiet this long compares its children with the table: a missed notification heals, not hangs.
 WATCH_RESYNC_SECONDS = 10.0
+# A child's non-terminal phase waits this long before it is sent: one that ends meanwhile sends its end only
+# (the SDK's informer only records a non-terminal phase; its waits end on the terminal one).
+WATCH_HOLD_SECONDS = 0.5
 
 _ERROR_KIND = {"USER": execution_pb2.ExecutionError.USER, "SYSTEM": execution_pb2.ExecutionError.SYSTEM}
 
@@ -190,35 +193,53 @@ class ControllerServices:
                     yield update
             yield None
             stop = asyncio.ensure_future(self._first(disconnected, self.closing))
+            loop = asyncio.get_running_loop()
+            held: dict[str, tuple[float, state_service_pb2.ActionUpdate, tuple]] = {}  # name → (due, update, sig)
             try:
                 while not stop.done():
+                    due = min((d for d, _, _ in held.values()), default=None)
+                    timeout = WATCH_RESYNC_SECONDS if due is None else max(due - loop.time(), 0.0)
                     waiter = asyncio.ensure_future(wake.wait())
-                    await asyncio.wait({waiter, stop}, timeout=WATCH_RESYNC_SECONDS,
-                                       return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait({waiter, stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                     waiter.cancel()
                     if stop.done():
                         break
-                    resync = not wake.is_set()
+                    woken = wake.is_set()
+                    resync = not woken and due is None
                     wake.clear()
+                    records = []
                     if resync:  # quiet for a while: compare with the table, so a missed notification heals
                         records = [r for r in await self.runs.list_actions(run_id.name)
                                    if r.parent_action_name == parent]
-                    else:
+                    elif woken:
                         names = list(pending)
                         pending.clear()  # one read for all that changed since the last pass
                         records = await self.runs.actions_of(root.project, root.domain, run_id.name, names)
+                    now = loop.time()
                     for record in records:
                         if record is None or record.parent_action_name != parent:
                             continue
                         name = record.name
                         update = self.action_update(run_id, record)
                         signature = _signature(update)
-                        if sent.get(name) != signature:
-                            if resync:
-                                log.warning("watch of %s/%s: %s changed without a notification",
-                                            run_id.name, parent, name)
-                            sent[name] = signature
-                            yield update
+                        if sent.get(name) == signature:
+                            held.pop(name, None)
+                            continue
+                        if resync:
+                            log.warning("watch of %s/%s: %s changed without a notification",
+                                        run_id.name, parent, name)
+                        if not ActionPhase(update.phase).is_terminal and not resync:
+                            # a child that ends soon sends its end alone: fewer messages for both sides
+                            first_due = held[name][0] if name in held else now + WATCH_HOLD_SECONDS
+                            held[name] = (first_due, update, signature)
+                            continue
+                        held.pop(name, None)
+                        sent[name] = signature
+                        yield update
+                    for name in [n for n, (d, _, _) in held.items() if d <= now]:
+                        _, update, signature = held.pop(name)
+                        sent[name] = signature
+                        yield update
             finally:
                 stop.cancel()
         finally:

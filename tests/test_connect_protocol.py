@@ -17,6 +17,7 @@ from flyteidl2.workflow import queue_service_pb2, run_definition_pb2, state_serv
 from flyteidl2.workflow.queue_service_connect import QueueServiceClient
 from flyteidl2.workflow.state_service_connect import StateServiceClient
 
+from engine import connect
 from engine.engine import Engine, EngineConfig
 from engine.model import task_action_name
 from engine.phases import ActionPhase
@@ -88,6 +89,43 @@ async def test_enqueue_is_idempotent_and_watch_sends_snapshot_sentinel_then_live
     child = engine.store.peek(task_action_name(run.run_name, "c2"))
     assert child.metadata.owner_references[0].name == task_action_name(run.run_name, "a0")
     assert child.spec.run_output_base == run.run_output_base
+
+
+async def test_a_child_that_ends_within_the_hold_sends_its_end_alone_a_longer_one_its_progress_too(
+        engine, monkeypatch):
+    monkeypatch.setattr(connect, "WATCH_HOLD_SECONDS", 1.0)  # wide, so a loaded machine cannot blur it
+    run = await _root(engine)
+    base = Path(run.run_output_base)
+    for name, seconds in (("quick", 0.3), ("slow", 2.5)):
+        (base / name).mkdir(parents=True)
+        (base / name / "inputs.pb").write_bytes(sleep_inputs(seconds).SerializeToString())
+    queue = QueueServiceClient(run_endpoint(engine, run))
+    state = StateServiceClient(run_endpoint(engine, run))
+    _, parent_id = _ids(run, "a0")
+    updates: list = []
+    live = asyncio.Event()
+
+    async def consume():
+        async for message in state.watch(state_service_pb2.WatchRequest(parent_action_id=parent_id)):
+            if message.HasField("control_message"):
+                live.set()
+            elif message.HasField("action_update"):
+                updates.append((message.action_update.action_id.name, message.action_update.phase))
+                if len({n for n, p in updates if p == phase_pb2.ACTION_PHASE_SUCCEEDED}) == 2:
+                    return
+
+    watcher = asyncio.create_task(consume())
+    await asyncio.wait_for(live.wait(), 10)
+    for name in ("quick", "slow"):
+        await queue.enqueue_action(_child_request(run, name, str(base / name / "inputs.pb")))
+    await asyncio.wait_for(watcher, 30)
+    quick = [p for n, p in updates if n == "quick"]
+    slow = [p for n, p in updates if n == "slow"]
+    # The quick child's queued and running phases were superseded within the hold: the SDK hears its end.
+    assert quick == [phase_pb2.ACTION_PHASE_SUCCEEDED]
+    # The slow one was running past the hold: its progress is sent, then its end.
+    assert phase_pb2.ACTION_PHASE_RUNNING in slow and slow[-1] == phase_pb2.ACTION_PHASE_SUCCEEDED
+    assert slow == sorted(slow)
 
 
 async def test_enqueue_under_a_missing_parent_is_not_found(engine):
