@@ -10,7 +10,9 @@ time it was written. A process that outlives the engine (kill -9) is adopted on 
 start time are in the plugin state, and it is polled until it exits. No task runs unrecorded: the
 launcher waits on its stdin, the launch marker is written, and only then is it told to go. An engine
 killed in between closes the pipe, the launcher exits without running anything, and the next engine sees
-a recorded launch that ended without outputs (a system failure, relaunched).
+a recorded launch that ended without outputs (a system failure, relaunched). A forked task's files and
+marker are made by its fork server, which lets it run once the marker is written and only while the
+engine's pipe is open (``zygote_server.py``): the engine's part of a forked launch is one request.
 
 Task processes get a clean environment (see ``task_setup.INHERITED_ENV``), not the engine's.
 """
@@ -41,8 +43,9 @@ from engine.plugins.launcher import stamped
 from engine.plugins.outcome import read_outcome
 from engine.plugins.process import alive, gone, kill_group, launch, process_start_ticks, stop
 from engine.plugins.slots import ProcessSlots, default_capacity
-from engine.plugins.task_setup import TaskProcessSetup
-from engine.plugins.zygotes import ZygoteError, ZygotePool, sdk_entrypoint_interpreter
+from engine.plugins.attempt_files import LayoutError, lay_out, write_marker
+from engine.plugins.task_setup import TaskProcessSetup, layout_failure
+from engine.plugins.zygotes import ZygoteError, ZygotePool, ZygoteRefused, sdk_entrypoint_interpreter
 from engine.plugins.task_target import primary_container
 
 log = logging.getLogger(__name__)
@@ -58,10 +61,10 @@ START_MODES = ("fork", "exec")
 class _Running:
     """A launched process until it is reaped: its pid, how to await its exit, what started it."""
 
-    def __init__(self, pid: int, wait: Callable[[], Awaitable[int | None]], start: str = "exec"):
+    def __init__(self, pid: int, wait: Callable[[], Awaitable[int | None]], state: dict):
         self.pid = pid
         self.wait = wait
-        self.start = start
+        self.state = state  # the plugin state (and the marker) that records it
         self.exit_code: int | None = None
         self.ended = False
         self.done = asyncio.Event()
@@ -120,69 +123,86 @@ class LocalContainerPlugin(Plugin):
         argv = self.setup.argv(tctx)
         shared, own = self.setup.environment(tctx)
         env = {**shared, **own}
-        if self.setup.needs_files(tctx):  # a code bundle to unpack (once) and link: not on the event loop
-            cwd = await asyncio.to_thread(self.setup.prepare, tctx)
+        if self.setup.needs_files(tctx):  # a code bundle to unpack (once): not on the event loop
+            planned = await asyncio.to_thread(self.setup.plan, tctx)
         else:
-            cwd = self.setup.prepare(tctx)
-        if isinstance(cwd, PhaseInfo):
-            return cwd
+            planned = self.setup.plan(tctx)
+        if isinstance(planned, PhaseInfo):
+            return planned
+        cwd, layout = planned
         interpreter = self._fork_interpreter(argv, shared)
         zygote = await self.zygotes.get(interpreter, shared) if interpreter else None
         how = f"forked by the task environment's fork server (pid {zygote.pid})" if zygote else "a fresh process"
         image = primary_container(tctx.task_template).image
-        try:
-            with open(tctx.log_path, "ab", buffering=0) as header:
-                header.write(stamped(
-                    f"[taskdeck] attempt {tctx.metadata.attempt} of {tctx.metadata.owner_name}; image {image or '-'} "
-                    f"recorded, not pulled; running locally in {cwd}, {how}\n[taskdeck] $ {shlex.join(argv)}",
-                    time.time()))
-        except OSError as exc:
-            raise StorageFaultError(str(tctx.log_path), exc) from exc
-        started = None
+        layout["log"] = str(tctx.log_path)
+        layout["header"] = stamped(
+            f"[taskdeck] attempt {tctx.metadata.attempt} of {tctx.metadata.owner_name}; image {image or '-'} "
+            f"recorded, not pulled; running locally in {cwd}, {how}\n[taskdeck] $ {shlex.join(argv)}",
+            time.time()).decode()
+        state = {"phase": "Started", "startedAt": time.time(), "image": image}
+        running = None
         if zygote is not None:
-            try:
-                started = await self._fork(zygote, argv, env, cwd, tctx)
-            except ZygoteError as exc:
-                log.warning("%s: the fork server could not start it (%s); starting a fresh process",
-                            tctx.metadata.generated_name, exc)
-        if started is None:
-            started = await self._exec(argv, env, cwd, tctx)
-        running, go = started
-        state = {"phase": "Started", "pid": running.pid, "startTicks": process_start_ticks(running.pid),
-                 "startedAt": time.time(), "image": image, "start": running.start}
-        marker = Path(tctx.output_prefix) / MARKER
-        try:
-            marker.with_suffix(".tmp").write_text(json.dumps(state))
-            marker.with_suffix(".tmp").replace(marker)
-        except OSError as exc:  # a launch we cannot record must not run: the launcher still waits
-            kill_group(running.pid, signal.SIGKILL)
-            await running.wait()
-            raise StorageFaultError(str(marker), exc) from exc
-        await go()  # recorded: now the task may run
+            running = await self._fork(zygote, argv, env, cwd, layout, state, tctx)
+            if isinstance(running, PhaseInfo):
+                return running
+        if running is None:
+            running = await self._exec(argv, env, cwd, layout, state, tctx)
+            if isinstance(running, PhaseInfo):
+                return running
         name = tctx.metadata.generated_name
         self._running[name] = running
         self._process_of[tctx.metadata.owner_name] = name
         asyncio.get_running_loop().create_task(self._reap(name, tctx.metadata.owner_name, running, tctx.enqueue_owner))
-        tctx.plugin_state.put(STATE_VERSION, state)
+        tctx.plugin_state.put(STATE_VERSION, running.state)
         return PhaseInfo.running(info=TaskInfo(log_path=str(tctx.log_path), custom={"pid": running.pid}))
 
-    async def _fork(self, zygote, argv, env, cwd, tctx) -> tuple[_Running, Callable[[], Awaitable[None]]]:
-        ident, pid = await zygote.spawn(argv, env, cwd, str(tctx.log_path))
+    async def _fork(self, zygote, argv, env, cwd, layout, state, tctx) -> _Running | PhaseInfo | None:
+        """The fork server lays out the attempt, records the launch and starts it: the engine's file work
+        per action is one request. None: it could not, and nothing runs (start a fresh process)."""
+        marker = str(Path(tctx.output_prefix) / MARKER)
+        state = {**state, "start": "fork"}
+        try:
+            pid, ticks = await zygote.spawn(argv, env, cwd, str(tctx.log_path), layout,
+                                            {"path": marker, "state": state})
+        except ZygoteRefused as exc:
+            failed = exc.reply.get("layout")
+            if failed:
+                error = OSError(failed.get("errno") or 0, failed.get("strerror") or str(exc))
+                return layout_failure(LayoutError(failed.get("part", "dirs"), failed.get("path", ""), error), layout)
+            if exc.reply.get("marker"):  # a launch it cannot record must not run: nor may a fresh one
+                raise StorageFaultError(marker, OSError(str(exc))) from exc
+            log.warning("%s: the fork server could not start it (%s); starting a fresh process",
+                        tctx.metadata.generated_name, exc)
+            return None
+        except ZygoteError as exc:
+            if os.path.exists(marker):  # it went away after recording the launch: that process is the attempt
+                log.warning("%s: the fork server went away (%s) after starting it: adopting it",
+                            tctx.metadata.generated_name, exc)
+                return self._adopt_marker(tctx)
+            log.warning("%s: the fork server could not start it (%s); starting a fresh process",
+                        tctx.metadata.generated_name, exc)
+            return None
+        return _Running(pid, lambda: zygote.wait(pid), {**state, "pid": pid, "startTicks": ticks})
 
-        async def go() -> None:
-            try:
-                zygote.go(ident)
-            except ZygoteError:
-                pass  # the zygote is gone: the supervisor exits 111, the reaper sees how it ended
-
-        return _Running(pid, lambda: zygote.wait(pid), start="fork"), go
-
-    async def _exec(self, argv, env, cwd, tctx) -> tuple[_Running, Callable[[], Awaitable[None]]]:
+    async def _exec(self, argv, env, cwd, layout, state, tctx) -> _Running | PhaseInfo:
+        try:
+            lay_out(layout)
+        except LayoutError as exc:
+            return layout_failure(exc, layout)  # the code's tree; storage raises
         try:  # the launcher's own output (it has none unless it breaks) goes to the log unstamped
             process = await launch(argv, env=env, cwd=cwd, log_path=tctx.log_path, stamped=True, gated=True)
         except OSError as exc:
             raise PluginError(f"could not start {argv[0]}: {exc}") from exc
-        return _Running(process.pid, process.wait, start="exec"), process.go
+        state = {**state, "start": "exec", "pid": process.pid, "startTicks": process_start_ticks(process.pid)}
+        marker = Path(tctx.output_prefix) / MARKER
+        try:
+            write_marker(str(marker), state)
+        except OSError as exc:  # a launch we cannot record must not run: the launcher still waits
+            kill_group(process.pid, signal.SIGKILL)
+            await process.wait()
+            raise StorageFaultError(str(marker), exc) from exc
+        await process.go()  # recorded: now the task may run
+        return _Running(process.pid, process.wait, state)
 
     def _adopt_marker(self, tctx: TaskExecutionContext) -> PhaseInfo | None:
         """A process this attempt launched but whose status write was lost: adopt it, don't launch again."""

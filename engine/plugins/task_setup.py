@@ -15,6 +15,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from engine.plugins.attempt_files import STALE_FILES, LayoutError, lay_out
 from engine.plugins.core import PhaseInfo, PluginError, StorageFaultError, TaskExecutionContext
 from engine.plugins.task_target import primary_container
 
@@ -25,8 +26,6 @@ INHERITED_ENV = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE"
 # The SDK paces a task's enqueues at _F_MAX_QPS (100/s by default): a fan-out of 1,000 took 9.6 s for
 # that alone. The engine takes thousands a second; a task's own env may still set its pace.
 SDK_DEFAULTS = {"_F_MAX_QPS": "5000"}
-# Left by a previous try of the same attempt (a relaunch after a system failure): never read as this one's.
-STALE_FILES = ("outputs.pb", "error.pb")
 
 # The SDK entrypoint's options naming the code bundle it fetches and unpacks into --dest (`.`: its cwd).
 BUNDLE_OPTIONS = ("--tgz", "--pkl")
@@ -105,24 +104,6 @@ def unpack_once(bundle: str, target: str | None = None) -> str:
     return target
 
 
-def link_tree(source: str, destination: str) -> None:
-    """``destination``: a tree of hard links to ``source``'s files (copies where links cannot be made): each
-    attempt its own working directory, for the cost of a link per file, not an unpacking."""
-    if os.path.isdir(destination) and os.listdir(destination):
-        return  # this attempt's, from a try before
-    for current, dirs, files in os.walk(source):
-        relative = os.path.relpath(current, source)
-        target = os.path.normpath(os.path.join(destination, relative))
-        os.makedirs(target, exist_ok=True)
-        for file in files:
-            try:
-                os.link(os.path.join(current, file), os.path.join(target, file))
-            except FileExistsError:
-                pass
-            except OSError:
-                shutil.copy2(os.path.join(current, file), os.path.join(target, file))
-
-
 class TaskProcessSetup:
     def __init__(self, bin_dir: str | None = None, pass_env: tuple[str, ...] = ()):
         self.bin_dir = bin_dir or str(Path(sys.executable).parent)
@@ -193,39 +174,55 @@ class TaskProcessSetup:
         bundle = self._bundle(tctx)
         return bundle is not None and not os.path.isdir(f"{bundle}.code")
 
-    def prepare(self, tctx: TaskExecutionContext, make_dirs: bool = True, per_attempt: bool = True) -> str | PhaseInfo:
-        """Make the attempt's directories (``make_dirs``; else whoever writes there makes them) and clear a
-        previous try's files; the working directory, or a failure when the task's code (its directory or its
-        bundle) is gone."""
+    def plan(self, tctx: TaskExecutionContext, make_dirs: bool = True, per_attempt: bool = True) \
+            -> tuple[str, dict] | PhaseInfo:
+        """(the working directory, the attempt's layout for ``attempt_files.lay_out``), or a failure when the
+        task's code (its directory or its bundle) is gone. The bundle is unpacked here (once per bundle);
+        the rest is left to whoever starts the task. ``make_dirs``: else whoever writes there makes them."""
         bundle = self._bundle(tctx)
         cwd = self._code_dir(tctx, bundle, per_attempt)
-        if bundle is not None and not os.path.isfile(bundle):
-            where = "not a local file" if "://" in bundle else "missing"
-            return PhaseInfo.failure("CodeBundleMissing", f"the task's code bundle {bundle} is {where}: upload it "
-                                     "again (run or deploy the task again)")
-        dirs = (tctx.output_prefix, tctx.checkpoint_prefix, tctx.log_path.parent) if make_dirs else ()
-        for path in dirs:
-            try:
-                Path(path).mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StorageFaultError(str(path), exc) from exc
+        layout: dict = {"dirs": [tctx.output_prefix, tctx.checkpoint_prefix, str(tctx.log_path.parent)]
+                        if make_dirs else [],
+                        "link": None, "stale": [os.path.join(tctx.output_prefix, f) for f in STALE_FILES]}
         if bundle is not None:
+            if not os.path.isfile(bundle):
+                where = "not a local file" if "://" in bundle else "missing"
+                return PhaseInfo.failure("CodeBundleMissing", f"the task's code bundle {bundle} is {where}: upload "
+                                         "it again (run or deploy the task again)")
             try:
                 unpacked = unpack_once(bundle)
-                if cwd != unpacked:
-                    link_tree(unpacked, cwd)
             except (OSError, tarfile.TarError) as exc:
-                return PhaseInfo.failure("CodeBundleUnreadable", f"the task's code bundle {bundle} cannot be "
-                                         f"unpacked: {exc}")
+                return _unreadable(bundle, exc)
+            layout["bundle"] = bundle
+            if cwd != unpacked:
+                layout["link"] = [unpacked, cwd]
+        elif cwd != tctx.output_prefix and not os.path.isdir(cwd):
+            return PhaseInfo.failure("BadTaskSpecification", f"code directory {cwd} does not exist")
+        return cwd, layout
+
+    def prepare(self, tctx: TaskExecutionContext, make_dirs: bool = True, per_attempt: bool = True) -> str | PhaseInfo:
+        """``plan`` and lay it out here: the working directory, or a failure."""
+        planned = self.plan(tctx, make_dirs, per_attempt)
+        if isinstance(planned, PhaseInfo):
+            return planned
+        cwd, layout = planned
+        if not make_dirs and not os.path.isdir(tctx.output_prefix):
+            layout["stale"] = []  # a first try: nothing stale
+        try:
+            lay_out(layout)
+        except LayoutError as exc:
+            return layout_failure(exc, layout)
         if not os.path.isdir(cwd):
             return PhaseInfo.failure("BadTaskSpecification", f"code directory {cwd} does not exist")
-        if not make_dirs and not os.path.isdir(tctx.output_prefix):
-            return cwd  # a first try: nothing stale
-        for stale in STALE_FILES:
-            try:
-                os.unlink(os.path.join(tctx.output_prefix, stale))
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                raise StorageFaultError(os.path.join(tctx.output_prefix, stale), exc) from exc
         return cwd
+
+
+def layout_failure(exc: LayoutError, layout: dict) -> PhaseInfo:
+    """A layout that could not be made: the code's tree (the bundle's failure) or storage (raised)."""
+    if exc.part == "code" and layout.get("bundle"):
+        return _unreadable(layout["bundle"], exc.error)
+    raise StorageFaultError(exc.path, exc.error) from exc
+
+
+def _unreadable(bundle: str, exc: Exception) -> PhaseInfo:
+    return PhaseInfo.failure("CodeBundleUnreadable", f"the task's code bundle {bundle} cannot be unpacked: {exc}")

@@ -4,15 +4,19 @@
 
 The engine talks to it in JSON lines over stdin/stdout; its own stderr is its log. Per action:
 
-1. ``{"op": "spawn", "id": N, "argv": [...], "env": {...}, "cwd": "...", "log": "..."}``: it forks a
-   supervisor that leads a new session (so a process-group kill stops the action and nothing else) and
-   waits for its go. The reply is ``{"op": "spawned", "id": N, "pid": P}``.
-2. ``{"op": "go", "id": N}`` (the engine has recorded the launch) lets it run; the engine going away
-   first makes it exit 111 having run nothing, as ``launcher.py`` does.
-3. The supervisor forks the task and stamps its output into the log (``launcher.supervise``). The task
+1. ``{"op": "spawn", "id": N, "argv": [...], "env": {...}, "cwd": "...", "log": "...", "layout": {...},
+   "marker": {"path": "...", "state": {...}}}``: it lays out the attempt's files (``attempt_files.lay_out``:
+   directories, working tree, stale outputs cleared, the log's first line), forks a supervisor that leads
+   a new session (so a process-group kill stops the action and nothing else), records the launch (the
+   marker, with the supervisor's pid and start time), and only then lets it run. The reply is
+   ``{"op": "spawned", "id": N, "pid": P, "startTicks": T}``, or ``{"op": "error", ...}`` having run
+   nothing (with ``"layout": {"part", "path", "errno", "strerror"}`` when the files could not be made).
+   An engine gone before the launch was recorded (its requests pipe hung up) gets nothing run: the
+   supervisor exits 111, as ``launcher.py`` does. The engine's file work per action is this one request.
+2. The supervisor forks the task and stamps its output into the log (``launcher.supervise``). The task
    gets the action's environment, working directory and argv, then runs the SDK's ``a0`` entrypoint
    in-process: fresh module state for the user's code (none of it is imported here), its own process.
-4. ``{"op": "exit", "pid": P, "code": C}`` when a supervisor ends.
+3. ``{"op": "exit", "pid": P, "code": C}`` when a supervisor ends.
 
 Fork safety: nothing here runs a thread or an event loop when it forks. Importing flyte starts the SDK's
 syncify loop thread, so it is stopped after the imports and a fresh one is started in each task. Before
@@ -195,8 +199,9 @@ class Server:
         self.requests_fd = requests_fd
         self.replies_fd = replies_fd
         self.launcher = protocol.load_sibling("launcher.py")
+        self.files = protocol.load_sibling("attempt_files.py")
+        self.process = protocol.load_sibling("process.py")
         self.preloaded = Preloaded()
-        self.pending: dict[int, tuple[int, int]] = {}  # request id → (supervisor pid, go pipe)
         self.buffer = b""
         self.wake_r, self.wake_w = os.pipe()
 
@@ -224,7 +229,7 @@ class Server:
             if self.requests_fd in readable:
                 data = os.read(self.requests_fd, 65536)
                 if not data:
-                    return  # the engine is gone: supervisors that never got their go exit 111
+                    return  # the engine is gone
                 self.buffer += data
                 while b"\n" in self.buffer:
                     line, self.buffer = self.buffer.split(b"\n", 1)
@@ -239,16 +244,14 @@ class Server:
             return
         if op == "spawn":
             self.spawn(ident, request)
-        elif op == "go":
-            pid, go_w = self.pending.pop(ident, (None, None))
-            if go_w is not None:
-                try:
-                    os.write(go_w, b"go\n")
-                except OSError:
-                    pass  # the supervisor died already: its exit is reported
-                os.close(go_w)
         else:
             self.reply({"op": "error", "id": ident, "message": f"unknown op {op!r}"})
+
+    def engine_gone(self) -> bool:
+        """Whether the engine's end of the requests pipe hung up (it stopped or died)."""
+        poller = select.poll()
+        poller.register(self.requests_fd, select.POLLIN)
+        return any(events & (select.POLLHUP | select.POLLERR) for _, events in poller.poll(0))
 
     def spawn(self, ident, request: dict) -> None:
         threads = thread_count()
@@ -257,26 +260,50 @@ class Server:
             return
         try:
             argv, env, cwd, log_path = request["argv"], request["env"], request["cwd"], request["log"]
-        except KeyError as exc:
+            marker = request["marker"]
+            marker_path, state = marker["path"], dict(marker["state"])
+        except (KeyError, TypeError) as exc:
             self.reply({"op": "error", "id": ident, "message": f"spawn lacks {exc}"})
+            return
+        try:
+            self.files.lay_out(request.get("layout") or {})
+        except self.files.LayoutError as exc:
+            self.reply({"op": "error", "id": ident, "message": f"the attempt's files: {exc}",
+                        "layout": {"part": exc.part, "path": exc.path, "errno": exc.error.errno,
+                                   "strerror": exc.error.strerror or str(exc.error)}})
             return
         go_r, go_w = os.pipe()
         pid = os.fork()
         if pid == 0:
             self.supervise(go_r, go_w, argv, env, cwd, log_path)
         os.close(go_r)
-        self.pending[ident] = (pid, go_w)
-        self.reply({"op": "spawned", "id": ident, "pid": pid})
+        try:
+            if self.engine_gone():
+                return  # nobody to record it for: the supervisor exits 111 having run nothing
+            ticks = self.process.process_start_ticks(pid)
+            try:
+                self.files.write_marker(marker_path, {**state, "pid": pid, "startTicks": ticks})
+            except OSError as exc:
+                self.reply({"op": "error", "id": ident, "message": f"cannot record the launch in {marker_path}: "
+                            f"{exc.strerror or exc}", "marker": True})
+                return
+            try:
+                os.write(go_w, b"go\n")
+            except OSError:
+                pass  # the supervisor died already: its exit is reported
+            self.reply({"op": "spawned", "id": ident, "pid": pid, "startTicks": ticks})
+        finally:
+            os.close(go_w)
 
     def supervise(self, go_r: int, go_w: int, argv, env, cwd, log_path) -> None:
-        """The forked supervisor: its own session, the go handshake, then the task under ``supervise``."""
+        """The forked supervisor: its own session, the go once the launch is recorded, then the task under
+        ``supervise``."""
         code = REFUSED_EXIT
         try:
             os.setsid()
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            for fd in (self.requests_fd, self.replies_fd, self.wake_r, self.wake_w, go_w,
-                       *(w for _, w in self.pending.values())):
+            for fd in (self.requests_fd, self.replies_fd, self.wake_r, self.wake_w, go_w):
                 try:
                     os.close(fd)
                 except OSError:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from engine.plugins.pipe_protocol import HelperStartError, encode, read_messages, ready_message
-from engine.plugins.process import alive, kill_group, launch_helper, process_start_ticks
+from engine.plugins.process import alive, kill_group, launch_helper
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,14 @@ ENTRYPOINT_MARK = b"from flyte._bin.runtime import main"
 
 class ZygoteError(Exception):
     pass
+
+
+class ZygoteRefused(ZygoteError):
+    """The fork server answered that it ran nothing (``reply`` says why)."""
+
+    def __init__(self, message: str, reply: dict):
+        super().__init__(message)
+        self.reply = reply
 
 
 def sdk_entrypoint_interpreter(executable: str) -> str | None:
@@ -129,24 +137,27 @@ class Zygote:
             self._send({**message, "id": ident})
             return await asyncio.wait_for(future, REQUEST_TIMEOUT_SECONDS)
         except asyncio.TimeoutError:
+            await self.kill()  # so it cannot start the request later: whether it did, the marker tells
             raise ZygoteError("the fork server did not answer") from None
         finally:
             self._requests.pop(ident, None)
 
-    async def spawn(self, argv: list[str], env: dict[str, str], cwd: str, log_path: str) -> tuple[int, int]:
-        """Fork a supervisor for one action; it waits for ``go``. Returns (request id, pid)."""
+    async def spawn(self, argv: list[str], env: dict[str, str], cwd: str, log_path: str, layout: dict,
+                    marker: dict) -> tuple[int, int | None]:
+        """Lay out the attempt's files, fork a supervisor, record the launch (``marker``), let it run.
+        Returns (pid, start ticks). ZygoteRefused: nothing ran; ZygoteError: the server is gone or hung,
+        and whether it recorded the launch is for the marker to tell."""
         self.last_used = time.monotonic()
-        reply = await self._request({"op": "spawn", "argv": argv, "env": env, "cwd": cwd, "log": log_path})
+        reply = await self._request({"op": "spawn", "argv": argv, "env": env, "cwd": cwd, "log": log_path,
+                                     "layout": layout, "marker": marker})
         if reply.get("op") != "spawned":
-            raise ZygoteError(reply.get("message") or f"unexpected reply {reply}")
+            raise ZygoteRefused(reply.get("message") or f"unexpected reply {reply}", reply)
         pid = int(reply["pid"])
         self.forks += 1
-        self._ticks[pid] = process_start_ticks(pid)
+        ticks = reply.get("startTicks")
+        self._ticks[pid] = ticks
         self._exits.setdefault(pid, asyncio.get_running_loop().create_future())
-        return int(reply["id"]), pid
-
-    def go(self, ident: int) -> None:
-        self._send({"op": "go", "id": ident})
+        return pid, ticks
 
     async def wait(self, pid: int) -> int | None:
         """The supervisor's exit code; None when the zygote went away first (then: once it is gone)."""
@@ -190,6 +201,14 @@ class Zygote:
             await asyncio.sleep(LOST_POLL_SECONDS)
         if not future.done():
             future.set_result(None)
+
+    async def kill(self) -> None:
+        """A hung server: gone at once (the actions it forked lead their own sessions and keep running)."""
+        self.alive = False
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+            await self.process.wait()
 
     async def close(self) -> None:
         """Stop the server; the actions it forked keep running (each in its own session)."""

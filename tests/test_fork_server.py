@@ -1,0 +1,94 @@
+"""The fork server's protocol on its own: it lays out an attempt's files and records the launch before the
+task runs, and runs nothing for an engine that is gone (the engine's side: ``engine/plugins/zygotes.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+
+import pytest
+
+from engine.plugins.launcher import REFUSED_EXIT
+from engine.plugins.pipe_protocol import encode
+from engine.plugins.zygotes import Zygote, ZygoteRefused
+from helpers import eventually
+
+
+@pytest.fixture
+async def zygote(tmp_path):
+    server = Zygote("test", sys.executable, {"PATH": os.environ["PATH"]}, tmp_path / "zygote.log", str(tmp_path))
+    await server.start()
+    yield server
+    await server.close()
+
+
+def _layout(tmp_path, attempt):
+    code = tmp_path / "unpacked"
+    (code / "pkg").mkdir(parents=True, exist_ok=True)
+    (code / "pkg" / "mod.py").write_text("X = 1\n")
+    attempt.mkdir(parents=True, exist_ok=True)
+    (attempt / "outputs.pb").write_bytes(b"from a try before")
+    return {"dirs": [str(attempt), str(tmp_path / "logs" / "a0")], "link": [str(code), str(attempt / "code")],
+            "stale": [str(attempt / "outputs.pb"), str(attempt / "error.pb")],
+            "log": str(tmp_path / "logs" / "a0" / "1.log"), "header": "[taskdeck] first line\n"}
+
+
+async def test_it_lays_out_the_attempt_and_records_the_launch_before_the_task_runs(zygote, tmp_path):
+    attempt = tmp_path / "data" / "a0" / "1"
+    layout = _layout(tmp_path, attempt)
+    marker = attempt / ".taskdeck-process.json"
+    # Not a task: a0's parser refuses this argv, after the launch was recorded.
+    pid, ticks = await zygote.spawn(["a0", "--no-such-option"], {"PATH": os.environ["PATH"]}, str(attempt / "code"),
+                                    layout["log"], layout, {"path": str(marker), "state": {"phase": "Started"}})
+    recorded = json.loads(marker.read_text())
+    assert recorded == {"phase": "Started", "pid": pid, "startTicks": ticks}
+    assert isinstance(ticks, int) and ticks > 0  # the supervisor's start time: its pid cannot be mistaken later
+    code = await asyncio.wait_for(zygote.wait(pid), 30)
+    assert code not in (0, REFUSED_EXIT)  # it ran (and a0 refused the argv)
+    assert (attempt / "code" / "pkg" / "mod.py").read_text() == "X = 1\n"  # a tree of links to the bundle
+    assert os.stat(attempt / "code" / "pkg" / "mod.py").st_ino == os.stat(tmp_path / "unpacked/pkg/mod.py").st_ino
+    assert not (attempt / "outputs.pb").exists()  # a previous try's outputs are never read as this one's
+    assert (tmp_path / "logs" / "a0" / "1.log").read_text().splitlines()[0] == "[taskdeck] first line"
+
+
+async def test_files_it_cannot_make_refuse_the_spawn_and_nothing_runs(zygote, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    layout = {"dirs": [str(blocker / "below")], "stale": [], "log": str(tmp_path / "x.log")}
+    with pytest.raises(ZygoteRefused) as refused:
+        await zygote.spawn(["a0"], {}, str(tmp_path), str(tmp_path / "x.log"), layout,
+                           {"path": str(tmp_path / "m.json"), "state": {}})
+    assert refused.value.reply["layout"]["part"] == "dirs"
+    assert refused.value.reply["layout"]["path"] == str(blocker / "below")
+    assert not (tmp_path / "m.json").exists() and zygote.forks == 0
+
+
+async def test_an_engine_gone_before_the_launch_was_recorded_gets_nothing_run(zygote, tmp_path):
+    attempt = tmp_path / "data" / "a0" / "1"
+    layout = _layout(tmp_path, attempt)
+    marker = attempt / ".taskdeck-process.json"
+    request = {"op": "spawn", "id": 1, "argv": ["a0"], "env": {}, "cwd": str(attempt), "log": layout["log"],
+               "layout": layout, "marker": {"path": str(marker), "state": {"phase": "Started"}}}
+    # The engine writes its request and dies before the server reads it (stopped, so it reads both at once).
+    os.kill(zygote.pid, signal.SIGSTOP)
+    zygote.process.stdin.write(encode(request))
+    zygote.process.stdin.close()
+    os.kill(zygote.pid, signal.SIGCONT)
+    await asyncio.wait_for(zygote.process.wait(), 30)
+    assert not marker.exists()  # nothing recorded, so nothing may run: the supervisor exits 111
+    await eventually(lambda: not any(p.isdigit() and _is_supervisor(p, tmp_path) for p in os.listdir("/proc")))
+    log = (tmp_path / "logs" / "a0" / "1.log").read_text()
+    assert log.splitlines() == ["[taskdeck] first line"]  # the header; the task wrote nothing
+
+
+def _is_supervisor(pid: str, cwd) -> bool:
+    """A process forked by a fork server started in ``cwd`` (the server itself has exited)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            forked = b"zygote_server.py" in f.read()
+        return forked and os.readlink(f"/proc/{pid}/cwd") == str(cwd)
+    except OSError:
+        return False
