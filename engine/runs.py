@@ -41,6 +41,7 @@ from engine.model import (
     ACTION_TYPE_CONDITION,
     ACTION_TYPE_TASK,
     ACTION_TYPE_TRACE,
+    FINALIZER,
     ROOT_ACTION_NAME,
     ObjectMeta,
     TaskAction,
@@ -269,7 +270,7 @@ class RunsService:
         task_action = TaskAction(
             metadata=ObjectMeta(
                 name=task_action_name(run_name, ROOT_ACTION_NAME), labels=all_labels, annotations=all_annotations,
-                creation_timestamp=started,
+                creation_timestamp=started, finalizers=[FINALIZER],  # set here, it costs no write of its own
             ),
             spec=TaskActionSpec(
                 run_name=run_name, project=project, domain=domain, action_name=ROOT_ACTION_NAME,
@@ -302,12 +303,7 @@ class RunsService:
         duplicate (run, action) and ParentGoneError when the parent is missing or being aborted.
         """
         self._check_child(run_name, action_name, parent_action_name)
-        try:
-            parent = await self.store.get(task_action_name(run_name, parent_action_name))
-        except NotFoundError:
-            raise ParentGoneError(f"parent action {parent_action_name!r} of run {run_name!r} does not exist") from None
-        if parent.metadata.deletion_timestamp is not None:
-            raise ParentGoneError(f"parent action {parent_action_name!r} of run {run_name!r} is being aborted")
+        parent = await self._live_parent(run_name, parent_action_name)  # read-only: no copy per child
         project, domain = parent.spec.project, parent.spec.domain
         spec, template, spec_bytes = stamped_spec(
             task_spec, parent.metadata.annotations.get(ANNOTATION_RUN_START_TIME, ""))
@@ -339,13 +335,14 @@ class RunsService:
             metadata=ObjectMeta(
                 name=task_action_name(run_name, action_name), labels=labels,
                 annotations=child_annotations(parent.metadata.annotations, queue),
-                owner_references=[owner_reference_to(parent)],
+                owner_references=[owner_reference_to(parent)], finalizers=[FINALIZER],
             ),
             spec=TaskActionSpec(
                 run_name=run_name, project=project, domain=domain, action_name=action_name,
                 parent_action_name=parent_action_name, input_uri=input_uri, run_output_base=output_base,
                 task_type=template.type, short_name=(spec.short_name or template.id.name)[:63],
-                task_template=template.SerializeToString(), env_vars=parent.spec.env_vars, group=group,
+                task_template=template.SerializeToString(), env_vars=dict(parent.spec.env_vars) if parent.spec.env_vars is not None else None,
+                group=group,
                 cache_key=cache_key,
                 interruptible=template.metadata.interruptible if template.metadata.HasField("interruptible") else None,
             ),
@@ -574,7 +571,8 @@ class RunsService:
         attempts = (row.attempts or 1) + 1
         task_action = TaskAction(
             metadata=ObjectMeta(name=task_action_name(row.run_name, row.name), labels=labels,
-                                annotations=dict(run_spec.annotations.values), owner_references=owners),
+                                annotations=dict(run_spec.annotations.values), owner_references=owners,
+                                finalizers=[FINALIZER]),
             spec=TaskActionSpec(
                 run_name=row.run_name, project=row.project, domain=row.domain, action_name=row.name,
                 parent_action_name=row.parent_action_name, input_uri=row.input_uri,
@@ -598,6 +596,16 @@ class RunsService:
     async def find_run(self, run_name: str) -> ActionRecord | None:
         check_run_name(run_name)
         return await self.store.find_run(run_name)
+
+    async def run_scope(self, run_name: str) -> tuple[str, str] | None:
+        """(project, domain) of the run, or None when it does not exist: from its root's TaskAction while
+        that lives (in memory: the hot path of every enqueue), else from the actions table."""
+        check_run_name(run_name)
+        root = self.store.peek(task_action_name(run_name, ROOT_ACTION_NAME))
+        if root is not None and root.metadata.deletion_timestamp is None:
+            return root.spec.project, root.spec.domain
+        run = await self.store.find_run(run_name)
+        return (run.project, run.domain) if run is not None else None
 
     async def find_action(self, run_name: str, action_name: str) -> ActionRecord | None:
         """The action's row, or None when the run or the action does not exist."""
