@@ -103,8 +103,7 @@ class ControllerServices:
         if principal is None or not principal.covers(run_id.project, run_id.domain, run_id.name):
             raise ConnectError(Code.PERMISSION_DENIED,
                                f"the credential of {principal or 'nobody'} does not cover run {run_id.name!r}")
-        run = await self.runs.find_run(run_id.name)
-        if run is None or (run.project, run.domain) != (run_id.project, run_id.domain):
+        if await self.runs.run_scope(run_id.name) != (run_id.project, run_id.domain):
             raise ConnectError(Code.NOT_FOUND, f"run {run_id.project}/{run_id.domain}/{run_id.name} not found")
 
     # ------------------------------------------------------------------ enqueue

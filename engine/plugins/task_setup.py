@@ -35,6 +35,8 @@ _TEMPLATE_VAR = re.compile(r"\{\{\s*[.$]([A-Za-z0-9_]+)\s*\}\}")
 
 def substitute_template(arg: str, values: dict[str, str]) -> str:
     """Replace Flyte's ``{{.var}}`` placeholders (case-insensitive, as Flyte's template engine)."""
+    if "{{" not in arg:
+        return arg  # most of an a0 command line: no regex pass
 
     def replace(match: re.Match) -> str:
         return values.get(match.group(1).lower(), match.group(0))
