@@ -34,6 +34,7 @@ from engine.errors import (
 )
 from engine.http_gate import Gate, current_principal, send_json
 from engine.http_request import HttpError, Request
+from engine.http_protocol import BoundedHttpToolsProtocol
 from engine.names import InvalidNameError, check_action_name, check_run_name
 from engine.paths import resolves_within
 
@@ -443,7 +444,7 @@ class ApiServer:
         extra = {"ssl_certfile": str(tls[0]), "ssl_keyfile": str(tls[1])} if tls else {}
         config = uvicorn.Config(self.app, host=self.host, port=port, lifespan="off", log_level="warning",
                                 interface="asgi3", timeout_graceful_shutdown=2, access_log=False,
-                                h11_max_incomplete_event_size=64 * 1024, **extra)
+                                http=BoundedHttpToolsProtocol, **extra)
         server = _Server(config)
         task = asyncio.create_task(server.serve(), name="api-server-tls" if tls else "api-server")
         self._servers.append((server, task))

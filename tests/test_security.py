@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import base64
 import gzip
 import json
@@ -312,6 +313,42 @@ async def test_bodies_are_capped_before_and_while_reading_and_gzip_is_not_inflat
         assert response.status_code != 200 and response.json()["code"] == "resource_exhausted", response.text
     finally:
         await engine.stop()
+
+
+async def _raw_exchange(engine, head: bytes, *, endless: bool = False) -> bytes:
+    """``head`` written as is on a fresh connection (``endless``: then more header bytes, 8 KiB at a time,
+    until the engine answers); what the engine answers until it closes."""
+    url = urllib.parse.urlsplit(engine.url)
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    answer = bytearray()
+
+    async def read():
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := await reader.read(65536):
+                answer.extend(chunk)
+
+    reading = asyncio.create_task(read())
+    try:
+        writer.write(head)
+        while endless and not answer and len(head) < 1 << 20:
+            await asyncio.sleep(0.02)  # paced, so the engine has read all sent when it refuses
+            writer.write(b"a" * 8192)
+            head += b"a" * 8192
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+        await asyncio.wait_for(reading, 10)
+        return bytes(answer)
+    finally:
+        writer.close()
+
+
+async def test_a_request_head_past_64_kib_is_refused_and_the_connection_closed(engine):
+    ok = await _raw_exchange(engine, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"a" * 8000 +
+                             b"\r\nConnection: close\r\n\r\n")
+    assert ok.startswith(b"HTTP/1.1 200")  # a large head within the bound is served
+    # An endless header: the engine stops buffering it at the bound instead of growing with it.
+    endless = await _raw_exchange(engine, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: ", endless=True)
+    assert endless.startswith(b"HTTP/1.1 431") and b"exceed 65536 bytes" in endless
 
 
 async def test_undecodable_connect_messages_are_invalid_argument(engine):
