@@ -76,6 +76,7 @@ async def test_an_engine_gone_before_the_launch_was_recorded_gets_nothing_run(zy
     os.kill(zygote.pid, signal.SIGSTOP)
     zygote.process.stdin.write(encode(request))
     zygote.process.stdin.close()
+    await zygote.process.stdin.wait_closed()  # the pipe's end is closed in a later turn of the loop
     os.kill(zygote.pid, signal.SIGCONT)
     await asyncio.wait_for(zygote.process.wait(), 30)
     assert not marker.exists()  # nothing recorded, so nothing may run: the supervisor exits 111
