@@ -273,7 +273,13 @@ class Server:
                                    "strerror": exc.error.strerror or str(exc.error)}})
             return
         go_r, go_w = os.pipe()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:  # no memory or process slots left: refused, nothing ran
+            os.close(go_r)
+            os.close(go_w)
+            self.reply({"op": "error", "id": ident, "message": f"cannot fork: {exc.strerror or exc}"})
+            return
         if pid == 0:
             self.supervise(go_r, go_w, argv, env, cwd, log_path)
         os.close(go_r)
