@@ -341,9 +341,8 @@ class RunsService:
                 run_name=run_name, project=project, domain=domain, action_name=action_name,
                 parent_action_name=parent_action_name, input_uri=input_uri, run_output_base=output_base,
                 task_type=template.type, short_name=(spec.short_name or template.id.name)[:63],
-                task_template=template.SerializeToString(), env_vars=dict(parent.spec.env_vars) if parent.spec.env_vars is not None else None,
-                group=group,
-                cache_key=cache_key,
+                task_template=template.SerializeToString(), group=group, cache_key=cache_key,
+                env_vars=dict(parent.spec.env_vars) if parent.spec.env_vars is not None else None,  # not shared
                 interruptible=template.metadata.interruptible if template.metadata.HasField("interruptible") else None,
             ),
         )

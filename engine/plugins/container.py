@@ -41,7 +41,7 @@ from engine.plugins.core import (
 )
 from engine.plugins.launcher import stamped
 from engine.plugins.outcome import read_outcome
-from engine.plugins.process import alive, gone, kill_group, launch, process_start_ticks, stop
+from engine.plugins.process import alive, gone, kill_group, launch, stop
 from engine.plugins.slots import ProcessSlots, default_capacity
 from engine.plugins.attempt_files import LayoutError, lay_out, write_marker
 from engine.plugins.task_setup import TaskProcessSetup, layout_failure
@@ -57,6 +57,10 @@ ADOPTED_POLL_SECONDS = 0.5
 EXIT_CODES_KEPT = 4096
 START_OPTION = "TASKDECK_START"  # in a task's env: "exec" for a fresh interpreter instead of a fork
 START_MODES = ("fork", "exec")
+
+def _marker_path(tctx: TaskExecutionContext) -> str:
+    return os.path.join(tctx.output_prefix, MARKER)
+
 
 class _Running:
     """A launched process until it is reaped: its pid, how to await its exit, what started it."""
@@ -159,7 +163,7 @@ class LocalContainerPlugin(Plugin):
     async def _fork(self, zygote, argv, env, cwd, layout, state, tctx) -> _Running | PhaseInfo | None:
         """The fork server lays out the attempt, records the launch and starts it: the engine's file work
         per action is one request. None: it could not, and nothing runs (start a fresh process)."""
-        marker = str(Path(tctx.output_prefix) / MARKER)
+        marker = _marker_path(tctx)
         state = {**state, "start": "fork"}
         try:
             pid, ticks = await zygote.spawn(argv, env, cwd, str(tctx.log_path), layout,
@@ -193,30 +197,30 @@ class LocalContainerPlugin(Plugin):
             process = await launch(argv, env=env, cwd=cwd, log_path=tctx.log_path, stamped=True, gated=True)
         except OSError as exc:
             raise PluginError(f"could not start {argv[0]}: {exc}") from exc
-        state = {**state, "start": "exec", "pid": process.pid, "startTicks": process_start_ticks(process.pid)}
-        marker = Path(tctx.output_prefix) / MARKER
+        state = {**state, "start": "exec", "pid": process.pid, "startTicks": process.start_ticks}
+        marker = _marker_path(tctx)
         try:
-            write_marker(str(marker), state)
+            write_marker(marker, state)
         except OSError as exc:  # a launch we cannot record must not run: the launcher still waits
             kill_group(process.pid, signal.SIGKILL)
             await process.wait()
-            raise StorageFaultError(str(marker), exc) from exc
+            raise StorageFaultError(marker, exc) from exc
         await process.go()  # recorded: now the task may run
         return _Running(process.pid, process.wait, state)
 
     def _adopt_marker(self, tctx: TaskExecutionContext) -> PhaseInfo | None:
         """A process this attempt launched but whose status write was lost: adopt it, don't launch again."""
         name = tctx.metadata.generated_name
-        marker = Path(tctx.output_prefix) / MARKER
-        if name not in self._running and not marker.exists():
+        marker = _marker_path(tctx)
+        if name not in self._running and not os.path.exists(marker):
             return None
         try:
-            state = json.loads(marker.read_text())
+            with open(marker) as f:
+                state = json.load(f)
         except (OSError, ValueError):
             if name not in self._running:
                 return None
-            running = self._running[name]
-            state = {"phase": "Started", "pid": running.pid, "startTicks": process_start_ticks(running.pid)}
+            state = self._running[name].state  # what its launch recorded
         tctx.plugin_state.put(STATE_VERSION, state)
         return self._observe(tctx, state)
 
@@ -265,7 +269,7 @@ class LocalContainerPlugin(Plugin):
         """Stop the attempt's whole process group and forget it: the next launch starts afresh."""
         name = tctx.metadata.generated_name
         with contextlib.suppress(OSError):
-            os.unlink(os.path.join(tctx.output_prefix, MARKER))
+            os.unlink(_marker_path(tctx))
         running = self._running.pop(name, None)
         self._exit_codes.pop(name, None)
         try:
