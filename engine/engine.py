@@ -255,7 +255,7 @@ class Engine:
         self.runs = RunsService(self.store, self.data_dir, report_file_fault=self.health.report_file_fault,
                                 passed_env=passed_env, secrets=self.secrets,
                                 plugin_for=lambda task_type: self.registry.resolve(task_type).id, files=self.files,
-                                mounts_secret_files=self._mounts_secret_files)
+                                why_no_secret_files=self._why_no_secret_files)
         self.services = EngineServices(self.runs, ChangeFeed(self.store, self.health), self.health,
                                        LogService(self.data_dir), self.data_dir, self._workers,
                                        KubernetesRenderer(self.reconciler.build_context,
@@ -285,11 +285,17 @@ class Engine:
         return await self.runs.create_run(spec, inputs, project=task.project, domain=task.domain, name=name,
                                           code_dir=code_dir, annotations=annotations, run_start_time=scheduled)
 
-    def _mounts_secret_files(self, task_type: str) -> bool:
-        """Whether this task type's objects are Pods (or make pods: RayJob, DaskJob, SparkApplication) on the
-        cluster, which can mount the namespace's Secrets as files."""
-        return self.config.tasks_on == "pods" and self.registry.resolve(task_type).id in ("pod", "ray", "dask",
-                                                                                          "spark")
+    async def _why_no_secret_files(self, task_type: str) -> str | None:
+        """Why tasks of this type cannot have secrets mounted as files, or None: they can. Pods (and what
+        makes pods: RayJob, DaskJob, SparkApplication) get the namespace's Secrets as a volume; a local task
+        process in a mount namespace of its own, where the machine allows one."""
+        plugin = self.registry.resolve(task_type)
+        if self.config.tasks_on == "pods" and plugin.id in ("pod", "ray", "dask", "spark"):
+            return None
+        if plugin.mounts_secret_values:
+            return await self.container_plugin.why_no_secret_mounts()
+        return (f"{task_type!r} tasks run here through the {plugin.id} plugin's local processes, which get no "
+                "mounted files (tasks as Pods do: --tasks-on pods)")
 
     def _passed_env(self) -> frozenset[str]:
         """Engine variables task processes get (--pass-env) that are set: they stand in for missing secrets."""

@@ -25,7 +25,14 @@ from google.protobuf.message import DecodeError
 
 from engine.cache import CACHE_MISS, CacheConfig, CacheError, TaskCache
 from engine.quotas import ANNOTATION_QUEUE, ResourceManager
-from engine.secret_store import SecretNotFoundError, mask, secret_env, secret_file_refs, secret_refs
+from engine.secret_store import (
+    SecretNotFoundError,
+    mask,
+    secret_env,
+    secret_file_refs,
+    secret_file_values,
+    secret_refs,
+)
 from engine.events import attempt_prefix, build_action_event
 from engine.model import (
     COMPLETED_TIME_FORMAT,
@@ -330,8 +337,12 @@ class TaskActionReconciler:
                         tctx.secret_env = await self._secret_env(task_action, template)
                         tctx.secret_refs = await secret_refs(self.secrets, template, task_action.spec.project,
                                                              task_action.spec.domain)
-                        tctx.secret_files = await secret_file_refs(self.secrets, template, task_action.spec.project,
-                                                                   task_action.spec.domain)
+                        if plugin.mounts_secret_values:  # a local process: the values, to mount for it
+                            tctx.secret_file_values = await secret_file_values(
+                                self.secrets, template, task_action.spec.project, task_action.spec.domain)
+                        else:  # pods: references to the cluster's Secrets
+                            tctx.secret_files = await secret_file_refs(
+                                self.secrets, template, task_action.spec.project, task_action.spec.domain)
                     except SecretNotFoundError as exc:  # deleted since the run was created
                         return await self.finalize_permanent_failure(
                             task_action, original, ExecutionError("SecretNotFound", str(exc), USER))
@@ -346,7 +357,8 @@ class TaskActionReconciler:
                     return await self.record_system_error(task_action, original, plugin.id, exc)
                 info = transition.info
                 if info.err is not None and template.security_context.secrets:  # its error text may quote one
-                    values = list((tctx.secret_env or await self._secret_env_or_none(task_action, template)).values())
+                    values = [*(tctx.secret_env or await self._secret_env_or_none(task_action, template)).values(),
+                              *tctx.secret_file_values.values()]
                     info.err = dataclasses.replace(info.err, message=mask(info.err.message, values))
                 self._storage_waits.pop(task_action.name, None)
                 if cache is not None:

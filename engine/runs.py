@@ -19,7 +19,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from engine.events import build_action_event
 from engine.data_store import DataStore
 from engine.literals import inputs_message, outputs_to_dict, read_inputs, read_outputs
 from engine.quotas import ANNOTATION_QUEUE
+from engine.secret_store import is_file_request
 from engine.support import check_secrets, check_supported
 from engine.names import check_action_name, check_env_vars, check_run_id, check_run_name
 from engine.model import (
@@ -180,12 +181,13 @@ class RunsService:
                  report_file_fault: Callable[[str, OSError], None] | None = None,
                  passed_env: Callable[[], frozenset[str]] = frozenset,
                  plugin_for: Callable[[str], str] | None = None, secrets=None, files: DataStore | None = None,
-                 mounts_secret_files: Callable[[str], bool] = lambda task_type: False):
+                 why_no_secret_files: Callable[[str], Awaitable[str | None]] | None = None):
         self.store = store
         self.files = files or DataStore(data_dir)  # inputs and outputs: the data directory or an object store
         self.secrets = secrets  # the SecretStore the up-front check of a task's secret requests reads
         self.plugin_for = plugin_for  # task type → the id of the plugin that would run it
-        self.mounts_secret_files = mounts_secret_files  # task type → whether its objects' pods can mount secrets
+        # task type → why its tasks cannot have secrets mounted as files, or None: they can
+        self.why_no_secret_files = why_no_secret_files
         self.passed_env = passed_env  # engine variables task processes get (--pass-env) and that are set
         self.data_dir = Path(data_dir)
         self._data_root = self.files.root
@@ -356,8 +358,12 @@ class RunsService:
         """What the task needs that this engine cannot give is refused before anything is written."""
         check_supported(template, self.passed_env, self.plugin_for)
         if template.security_context.secrets:
+            no_file_mounts = "this engine mounts no secret files"
+            if self.why_no_secret_files is not None and any(is_file_request(s)
+                                                            for s in template.security_context.secrets):
+                no_file_mounts = await self.why_no_secret_files(template.type)
             await check_secrets(template, project, domain, self.secrets or _NoSecrets(), self.passed_env,
-                                mounts_files=self.mounts_secret_files(template.type))
+                                no_file_mounts)
 
     @staticmethod
     def _check_child(run_name: str, action_name: str, parent_action_name: str) -> None:

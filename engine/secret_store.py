@@ -58,6 +58,10 @@ def check_secret_value(value: bytes) -> None:
                                "variable", field="value") from None
 
 
+def is_file_request(request: security_pb2.Secret) -> bool:
+    return request.mount_requirement == security_pb2.Secret.FILE or not request.env_var
+
+
 def secret_requests(template: tasks_pb2.TaskTemplate) -> list[security_pb2.Secret]:
     return list(template.security_context.secrets)
 
@@ -68,7 +72,7 @@ async def secret_env(store: SecretStore, template: tasks_pb2.TaskTemplate, proje
     with --pass-env stands in for a missing one); SecretNotFoundError naming the first it cannot give."""
     env: dict[str, str] = {}
     for request in secret_requests(template):
-        if request.mount_requirement == security_pb2.Secret.FILE or not request.env_var:
+        if is_file_request(request):
             continue  # refused when the run was created
         try:
             env[request.env_var] = (await store.resolve(request.key, project=project, domain=domain)).decode()
@@ -87,7 +91,7 @@ async def secret_refs(store: SecretStore, template: tasks_pb2.TaskTemplate, proj
     if reference is None:
         return refs
     for request in secret_requests(template):
-        if request.mount_requirement == security_pb2.Secret.FILE or not request.env_var:
+        if is_file_request(request):
             continue
         try:
             refs[request.env_var] = await reference(request.key, project=project, domain=domain)
@@ -109,13 +113,21 @@ async def secret_file_refs(store: SecretStore, template: tasks_pb2.TaskTemplate,
     reference = getattr(store, "reference", None)
     found = []
     for request in secret_requests(template):
-        if request.mount_requirement != security_pb2.Secret.FILE and request.env_var:
+        if not is_file_request(request):
             continue
         if reference is None:
             raise SecretNotFoundError(f"secret {request.key!r} is asked for as a file, which this secret store "
                                       "cannot mount")
         found.append((secret_file_path(request), *await reference(request.key, project=project, domain=domain)))
     return found
+
+
+async def secret_file_values(store: SecretStore, template: tasks_pb2.TaskTemplate, project: str,
+                             domain: str) -> dict[str, str]:
+    """(path under /etc/flyte/secrets → value) for each secret the task asks for as a file, for a local
+    process to mount (``plugins/secret_mounts.py``); SecretNotFoundError naming the first missing one."""
+    return {secret_file_path(request): (await store.resolve(request.key, project=project, domain=domain)).decode()
+            for request in secret_requests(template) if is_file_request(request)}
 
 
 class SecretStore(abc.ABC):

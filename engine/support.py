@@ -4,16 +4,17 @@ with the feature named, rather than failing deep inside the SDK once the task ru
 Secrets: each one a task asks for as an environment variable must exist for its project and domain in the
 secret store (``taskdeck secret create``), or be an engine variable passed on with ``--pass-env NAME``, the
 way ``flyte run --local`` takes it from the shell; otherwise the run is refused, saying how to provide it.
-Secrets mounted as files (``/etc/flyte/secrets``) are refused for task processes on this machine (nothing
-may be written outside the data directory); tasks run as Pods on the Kubernetes backend get them as a
-volume of the namespace's Secrets, as Flyte's secret webhook mounts them.
+Secrets asked for as files (``/etc/flyte/secrets``) need a plugin that mounts them: a local task process
+gets them in a mount namespace of its own (``plugins/secret_mounts.py``, where the machine allows one),
+tasks run as Pods on the Kubernetes backend as a volume of the namespace's Secrets, as Flyte's secret
+webhook mounts them; anything else is refused, saying why.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from flyteidl2.core import security_pb2, tasks_pb2
+from flyteidl2.core import tasks_pb2
 
 from engine.errors import InvalidRunError
 
@@ -38,10 +39,12 @@ def check_supported(template: tasks_pb2.TaskTemplate, passed_env: Callable[[], f
 
 
 async def check_secrets(template: tasks_pb2.TaskTemplate, project: str, domain: str, store,
-                        passed_env: Callable[[], frozenset[str]], mounts_files: bool = False) -> None:
-    """Every secret the task asks for exists for its project and domain (in the secret store, or as an
-    engine variable passed on with --pass-env) and is asked for as an environment variable."""
-    from engine.secret_store import SecretNotFoundError, secret_env, secret_file_refs
+                        passed_env: Callable[[], frozenset[str]],
+                        no_file_mounts: str | None = "this engine mounts no secret files") -> None:
+    """Every secret the task asks for exists for its project and domain (in the secret store, or, asked for
+    as an environment variable, as an engine variable passed on with --pass-env); one asked for as a file
+    needs a plugin that can mount it (``no_file_mounts``: why the task's cannot, or None)."""
+    from engine.secret_store import SecretNotFoundError, is_file_request, secret_env, secret_file_path
 
     secrets = template.security_context.secrets
     if not secrets:
@@ -49,18 +52,23 @@ async def check_secrets(template: tasks_pb2.TaskTemplate, project: str, domain: 
     task = template.id.name or "the task"
     for secret in secrets:
         name = f"{secret.group}/{secret.key}" if secret.group else secret.key
-        as_file = secret.mount_requirement == security_pb2.Secret.FILE or not secret.env_var
-        if as_file and not (mounts_files and hasattr(store, "reference")):
+        if is_file_request(secret) and any(part in ("", ".", "..") for part in secret_file_path(secret).split("/")):
+            raise UnsupportedFeatureError(f"{task} asks for secret {name} as a file, but {name!r} is not a path of "
+                                          "plain names under /etc/flyte/secrets", field="secrets")
+        if is_file_request(secret) and no_file_mounts is not None:
             raise UnsupportedFeatureError(
-                f"{task} asks for secret {name} mounted as a file: TaskDeck mounts no files outside its data "
-                "directory; ask for it as an environment variable (flyte.Secret(..., as_env_var=...))",
-                field="secrets")
-    try:
-        await secret_file_refs(store, template, project, domain)
-    except SecretNotFoundError as exc:
-        raise UnsupportedFeatureError(f"{task} asks for a secret mounted as a file that does not exist: {exc}; create "
-                                      f"it with `taskdeck secret create NAME --project {project} --domain {domain}`",
-                                      field="secrets") from None
+                f"{task} asks for secret {name} mounted as a file, which cannot be done here: {no_file_mounts}; "
+                "ask for it as an environment variable (flyte.Secret(..., as_env_var=...))", field="secrets")
+    for secret in secrets:
+        if not is_file_request(secret):
+            continue
+        try:
+            await store.resolve(secret.key, project=project, domain=domain)
+        except SecretNotFoundError as exc:
+            raise UnsupportedFeatureError(
+                f"{task} asks for secret {secret.key!r} mounted as a file, which does not exist ({exc}): create it "
+                f"with `taskdeck secret create {secret.key} --project {project} --domain {domain}`",
+                field="secrets") from None
     try:
         await secret_env(store, template, project, domain, passed_env())
     except SecretNotFoundError:

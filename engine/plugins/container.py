@@ -14,7 +14,9 @@ a recorded launch that ended without outputs (a system failure, relaunched). A f
 marker are made by its fork server, which lets it run once the marker is written and only while the
 engine's pipe is open (``zygote_server.py``): the engine's part of a forked launch is one request.
 
-Task processes get a clean environment (see ``task_setup.INHERITED_ENV``), not the engine's.
+Task processes get a clean environment (see ``task_setup.INHERITED_ENV``), not the engine's, and the
+secrets they ask for as files at /etc/flyte/secrets, in a mount namespace of their own
+(``secret_mounts.py``), where this machine allows one (``why_no_secret_mounts``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import logging
 import os
 import shlex
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -57,6 +60,7 @@ ADOPTED_POLL_SECONDS = 0.5
 EXIT_CODES_KEPT = 4096
 START_OPTION = "TASKDECK_START"  # in a task's env: "exec" for a fresh interpreter instead of a fork
 START_MODES = ("fork", "exec")
+SECRET_MOUNTS = str(Path(__file__).with_name("secret_mounts.py"))
 
 def _marker_path(tctx: TaskExecutionContext) -> str:
     return os.path.join(tctx.output_prefix, MARKER)
@@ -78,6 +82,7 @@ class LocalContainerPlugin(Plugin):
     id = "container"
     task_types = ("container", "python", "raw-container", "sidecar", "pod", "python-task")
     is_default = True
+    mounts_secret_values = True
 
     def __init__(self, max_processes: int | None = None, bin_dir: str | None = None, pass_env: tuple[str, ...] = (),
                  work_dir: Path | None = None, start_mode: str = "fork", max_zygotes: int = 4):
@@ -92,6 +97,41 @@ class LocalContainerPlugin(Plugin):
         self._adopted: dict[str, tuple[int, int | None]] = {}
         self._exit_codes: dict[str, int | None] = {}  # finished processes, until finalize
         self._process_of: dict[str, str] = {}  # TaskAction name → generated name of its running process
+        self._secret_mounts: asyncio.Future | None = None  # why file secrets cannot be mounted here, or None
+
+    # ---------------------------------------------------------------- secrets asked for as files
+    @property
+    def secret_scratch(self) -> Path | None:
+        """The empty directory each task that mounts secrets covers with its tmpfs, in its namespace only."""
+        return self.work_dir / "secret-mounts" if self.work_dir is not None else None
+
+    async def why_no_secret_mounts(self) -> str | None:
+        """None when a task process here can have secrets mounted as files; else why not (probed once)."""
+        if self._secret_mounts is None:
+            self._secret_mounts = asyncio.ensure_future(self._probe_secret_mounts())
+        return await asyncio.shield(self._secret_mounts)
+
+    async def _probe_secret_mounts(self) -> str | None:
+        scratch = self.secret_scratch
+        if scratch is None:
+            return "the engine has no work directory"
+        try:
+            await asyncio.to_thread(scratch.mkdir, 0o700, True, True)
+            probe = await asyncio.create_subprocess_exec(
+                sys.executable, "-I", "-S", SECRET_MOUNTS, "--probe", str(scratch),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            _, err = await probe.communicate()
+        except OSError as exc:
+            return f"cannot probe for mount namespaces: {exc.strerror or exc}"
+        if probe.returncode == 0:
+            return None
+        reason = err.decode(errors="replace").strip() or f"the probe exited {probe.returncode}"
+        return f"a task process here cannot have a mount namespace of its own ({reason})"
+
+    def _secret_files(self, tctx: TaskExecutionContext) -> dict | None:
+        if not tctx.secret_file_values:
+            return None
+        return {"files": tctx.secret_file_values, "scratch": str(self.secret_scratch)}
 
     # ---------------------------------------------------------------- handle
     async def handle(self, tctx: TaskExecutionContext) -> Transition:
@@ -167,7 +207,7 @@ class LocalContainerPlugin(Plugin):
         state = {**state, "start": "fork"}
         try:
             pid, ticks = await zygote.spawn(argv, env, cwd, str(tctx.log_path), layout,
-                                            {"path": marker, "state": state})
+                                            {"path": marker, "state": state}, self._secret_files(tctx))
         except ZygoteRefused as exc:
             failed = exc.reply.get("layout")
             if failed:
@@ -205,7 +245,8 @@ class LocalContainerPlugin(Plugin):
             kill_group(process.pid, signal.SIGKILL)
             await process.wait()
             raise StorageFaultError(marker, exc) from exc
-        await process.go()  # recorded: now the task may run
+        secret_files = self._secret_files(tctx)
+        await process.go({"secretFiles": secret_files} if secret_files else None)  # recorded: now it may run
         return _Running(process.pid, process.wait, state)
 
     def _adopt_marker(self, tctx: TaskExecutionContext) -> PhaseInfo | None:

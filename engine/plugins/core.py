@@ -254,6 +254,8 @@ class TaskExecutionContext:
     secret_refs: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
     # the ones asked for as files: (path under /etc/flyte/secrets, Kubernetes Secret, key), mounted into pods
     secret_files: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
+    # the same for a plugin that mounts values itself (``mounts_secret_values``): path → value
+    secret_file_values: dict[str, str] = dataclasses.field(default_factory=dict)
     # where the attempt's files are when its prefix is on an object store (engine/data_store.py: read, exists,
     # aread, aexists; ``remote``); None: local paths
     files: Any = None
@@ -275,6 +277,7 @@ class Plugin(abc.ABC):
     task_types: tuple[str, ...] = ()
     is_default: bool = False
     properties: PluginProperties = PluginProperties()
+    mounts_secret_values = False  # file secrets come as values (local processes), not as cluster references
 
     @abc.abstractmethod
     async def handle(self, tctx: TaskExecutionContext) -> Transition: ...

@@ -4,7 +4,9 @@
 
 1. It reads a line from stdin and runs nothing unless that line is ``go``: the engine writes it only
    after it has recorded the launch, so a task never runs unrecorded (an engine killed before that
-   closes the pipe, and the launcher exits 111 having run nothing).
+   closes the pipe, and the launcher exits 111 having run nothing). ``go {JSON}`` also carries the
+   secrets the task asks for as files: they are mounted for it first (``secret_mounts.py``; exit 112,
+   said in the log, when they cannot be).
 2. It starts ARGV with stdin from /dev/null and stdout and stderr into a pipe, and appends each line the
    task writes to LOG, prefixed with the time it was read (UTC, milliseconds): the log carries when each
    line was written, whoever reads it later, and the task keeps its log when the engine dies.
@@ -23,6 +25,7 @@ import sys
 import time
 
 REFUSED_EXIT = 111
+SECRET_MOUNT_FAILED_EXIT = 112
 STAMP_WIDTH = 24  # "2026-12-01T18:46:24.641Z"
 MAX_LINE = 64 * 1024  # a longer unbroken line is cut here
 DRAIN_SECONDS = 0.5  # after the task ends, output its children still write is read this long
@@ -65,9 +68,15 @@ def main(argv: list[str]) -> int:
         sys.stderr.write("usage: launcher.py LOG -- ARGV...\n")
         return 2
     log_path, command = argv[1], argv[3:]
-    go = sys.stdin.buffer.readline()
-    if go.strip() != b"go":
+    go, _, payload = sys.stdin.buffer.readline().strip().partition(b" ")
+    if go != b"go":
         return REFUSED_EXIT
+    if payload:
+        import json
+
+        failed = mount_secret_files(json.loads(payload).get("secretFiles"), log_path)
+        if failed is not None:
+            return failed
 
     def run_command() -> None:
         try:
@@ -76,6 +85,32 @@ def main(argv: list[str]) -> int:
             os.write(2, f"[taskdeck] cannot run {command[0]}: {exc.strerror or exc}\n".encode())
 
     return supervise(log_path, run_command)
+
+
+def mount_secret_files(request: dict | None, log_path: str) -> int | None:
+    """Mount the secrets ``request`` (``{"files": {path: value}, "scratch": dir}``) names for this process and
+    the task it starts; SECRET_MOUNT_FAILED_EXIT, said in the log, when they cannot be mounted."""
+    if not request:
+        return None
+    import importlib.util
+
+    try:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "secret_mounts.py")
+        spec = importlib.util.spec_from_file_location("_taskdeck_secret_mounts", path)
+        mounts = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mounts)
+        mounts.mount_secret_files(request["files"], request["scratch"])
+        return None
+    except (OSError, KeyError, TypeError, AttributeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else repr(exc)
+        with _suppress():
+            fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, stamped(f"[taskdeck] cannot mount the task's secret files at /etc/flyte/secrets: "
+                                     f"{reason}", time.time()))
+            finally:
+                os.close(fd)
+        return SECRET_MOUNT_FAILED_EXIT
 
 
 def supervise(log_path: str, run_task) -> int:

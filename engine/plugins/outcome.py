@@ -23,6 +23,7 @@ from engine.plugins.core import (
     TaskExecutionContext,
     TaskInfo,
 )
+from engine.plugins.launcher import SECRET_MOUNT_FAILED_EXIT
 from engine.plugins.output_files import OutputFileGone, store_output_files
 
 
@@ -130,6 +131,10 @@ def _decide(tctx: TaskExecutionContext, exit_code: int | None, info: TaskInfo,
     if exit_code in (-signal.SIGKILL, 137, 247):
         return PhaseInfo.system_retryable_failure(
             "Interrupted", f"the task process was killed (exit {exit_code}); see {tctx.log_path}", info)
+    if exit_code == SECRET_MOUNT_FAILED_EXIT:  # the launcher ran nothing: said in the log
+        return PhaseInfo.system_retryable_failure(
+            "SecretMountFailed", f"the secrets the task asks for as files could not be mounted at "
+            f"/etc/flyte/secrets; see {tctx.log_path}", info)
     if exit_code == 0:
         return PhaseInfo.retryable_failure(
             "OutputsNotFound", f"the task exited 0 but wrote no outputs.pb in {tctx.output_prefix}", info)

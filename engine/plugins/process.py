@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -30,13 +31,14 @@ class Supervised:
     def returncode(self) -> int | None:
         return self.process.returncode
 
-    async def go(self) -> None:
-        """Let a gated process run (it is recorded). One that is gone already is reaped as it ended."""
+    async def go(self, payload: dict | None = None) -> None:
+        """Let a gated process run (it is recorded), telling the launcher ``payload`` (what it does first:
+        ``launcher.py``). One that is gone already is reaped as it ended."""
         stdin = self.process.stdin
         if stdin is None:
             return
         with contextlib.suppress(OSError):
-            stdin.write(b"go\n")
+            stdin.write(b"go " + json.dumps(payload, separators=(",", ":")).encode() + b"\n" if payload else b"go\n")
             await stdin.drain()
         stdin.close()
 

@@ -92,6 +92,7 @@ class _Launched:
 
 class ReusableTaskPlugin(Plugin):
     id = "reusable"
+    mounts_secret_values = True  # through its fallback: an action with secret files runs as its own process
     task_types = ("actor",)
 
     def __init__(self, fallback: Plugin, work_dir: Path, *, setup: TaskProcessSetup | None = None,
@@ -111,7 +112,7 @@ class ReusableTaskPlugin(Plugin):
     # ---------------------------------------------------------------- routing
     def _route(self, tctx: TaskExecutionContext) -> tuple[PoolSpec, list[str], str, dict, dict] | None:
         """(spec, argv, interpreter, shared env, own env) when the action runs on a worker; None: a process."""
-        if not self.enabled:
+        if not self.enabled or tctx.secret_file_values:  # files to mount: in a process's own namespace
             return None
         spec = pool_spec(tctx)
         if spec is None:

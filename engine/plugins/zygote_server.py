@@ -5,10 +5,12 @@
 The engine talks to it in JSON lines over stdin/stdout; its own stderr is its log. Per action:
 
 1. ``{"op": "spawn", "id": N, "argv": [...], "env": {...}, "cwd": "...", "log": "...", "layout": {...},
-   "marker": {"path": "...", "state": {...}}}``: it lays out the attempt's files (``attempt_files.lay_out``:
-   directories, working tree, stale outputs cleared, the log's first line), forks a supervisor that leads
-   a new session (so a process-group kill stops the action and nothing else), records the launch (the
-   marker, with the supervisor's pid and start time), and only then lets it run. The reply is
+   "marker": {"path": "...", "state": {...}}, "secretFiles": {...}}`` (the last only when the task asks
+   for secrets as files: the supervisor mounts them, as ``launcher.py`` does): it lays out the attempt's
+   files (``attempt_files.lay_out``: directories, working tree, stale outputs cleared, the log's first
+   line), forks a supervisor that leads a new session (so a process-group kill stops the action and
+   nothing else), records the launch (the marker, with the supervisor's pid and start time), and only
+   then lets it run. The reply is
    ``{"op": "spawned", "id": N, "pid": P, "startTicks": T}``, or ``{"op": "error", ...}`` having run
    nothing (with ``"layout": {"part", "path", "errno", "strerror"}`` when the files could not be made).
    An engine gone before the launch was recorded (its requests pipe hung up) gets nothing run: the
@@ -281,7 +283,7 @@ class Server:
             self.reply({"op": "error", "id": ident, "message": f"cannot fork: {exc.strerror or exc}"})
             return
         if pid == 0:
-            self.supervise(go_r, go_w, argv, env, cwd, log_path)
+            self.supervise(go_r, go_w, argv, env, cwd, log_path, request.get("secretFiles"))
         os.close(go_r)
         try:
             if self.engine_gone():
@@ -301,9 +303,9 @@ class Server:
         finally:
             os.close(go_w)
 
-    def supervise(self, go_r: int, go_w: int, argv, env, cwd, log_path) -> None:
-        """The forked supervisor: its own session, the go once the launch is recorded, then the task under
-        ``supervise``."""
+    def supervise(self, go_r: int, go_w: int, argv, env, cwd, log_path, secret_files=None) -> None:
+        """The forked supervisor: its own session, the go once the launch is recorded, the secrets it asks
+        for as files mounted (``launcher.mount_secret_files``), then the task under ``supervise``."""
         code = REFUSED_EXIT
         try:
             os.setsid()
@@ -317,7 +319,8 @@ class Server:
             go = os.read(go_r, 16)
             os.close(go_r)
             if go.strip() == b"go":
-                code = self.launcher.supervise(log_path, lambda: run_action(self.preloaded, argv, env, cwd))
+                code = self.launcher.mount_secret_files(secret_files, log_path) or \
+                    self.launcher.supervise(log_path, lambda: run_action(self.preloaded, argv, env, cwd))
         except BaseException:  # noqa: BLE001 - never return into the server's loop
             traceback.print_exc()
             code = 1

@@ -143,13 +143,16 @@ class Zygote:
             self._requests.pop(ident, None)
 
     async def spawn(self, argv: list[str], env: dict[str, str], cwd: str, log_path: str, layout: dict,
-                    marker: dict) -> tuple[int, int | None]:
-        """Lay out the attempt's files, fork a supervisor, record the launch (``marker``), let it run.
-        Returns (pid, start ticks). ZygoteRefused: nothing ran; ZygoteError: the server is gone or hung,
-        and whether it recorded the launch is for the marker to tell."""
+                    marker: dict, secret_files: dict | None = None) -> tuple[int, int | None]:
+        """Lay out the attempt's files, fork a supervisor, record the launch (``marker``), let it run (with
+        ``secret_files`` mounted first). Returns (pid, start ticks). ZygoteRefused: nothing ran;
+        ZygoteError: the server is gone or hung, and whether it recorded the launch is for the marker."""
         self.last_used = time.monotonic()
-        reply = await self._request({"op": "spawn", "argv": argv, "env": env, "cwd": cwd, "log": log_path,
-                                     "layout": layout, "marker": marker})
+        request = {"op": "spawn", "argv": argv, "env": env, "cwd": cwd, "log": log_path, "layout": layout,
+                   "marker": marker}
+        if secret_files:
+            request["secretFiles"] = secret_files
+        reply = await self._request(request)
         if reply.get("op") != "spawned":
             raise ZygoteRefused(reply.get("message") or f"unexpected reply {reply}", reply)
         pid = int(reply["pid"])
