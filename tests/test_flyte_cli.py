@@ -420,3 +420,34 @@ def test_the_run_page_echoes_only_a_run_name(deck):
     context = ssl.create_default_context(cafile=str(deck.data / "tls" / "ca.pem"))
     page = httpx.get(f"{url}/v2/domain/development/project/flytesnacks/runs/%3Cscript%3E", verify=context)
     assert page.status_code == 404 and "script" not in page.text
+
+
+def test_a_proxy_authorization_header_is_a_credential_on_the_plain_listener(deck):
+    """What the SDK's auth proxy command (``admin.proxyCommand``) sends: the owner token as
+    ``Proxy-Authorization: Bearer``, on plain HTTP; a wrong one, or none, is refused."""
+    import httpx
+
+    url = json.loads((deck.data / "engine.json").read_text())["url"]
+    token = (deck.data / "token").read_text().strip()
+    rpc = f"{url}/flyteidl2.project.ProjectService/ListProjects"
+    headers = {"content-type": "application/json", "connect-protocol-version": "1"}
+    shown = httpx.post(rpc, json={}, headers={**headers, "proxy-authorization": f"Bearer {token}"}, timeout=30)
+    assert shown.status_code == 200 and "flytesnacks" in shown.text, shown.text
+    for wrong in ({"proxy-authorization": "Bearer tdo_" + "x" * 40}, {}):
+        refused = httpx.post(rpc, json={}, headers={**headers, **wrong}, timeout=30)
+        assert refused.status_code == 401 and "flytesnacks" not in refused.text, refused.text
+
+
+def test_the_sdk_still_cannot_use_an_auth_proxy_command(deck, tmp_path):
+    """Why `flyte-config` writes `authType: ExternalCommand` over TLS rather than `admin.proxyCommand`:
+    flyte 2.12.1's init passes ``command=None`` along with the proxy command, and its proxy authenticator
+    then gets ``command`` twice. When this fails, the SDK is fixed: write proxyCommand instead."""
+    url = json.loads((deck.data / "engine.json").read_text())["url"].split("://")[1]
+    (tmp_path / ".flyte").mkdir()
+    (tmp_path / ".flyte" / "config.yaml").write_text(
+        f"admin:\n  endpoint: dns:///{url}\n  insecure: true\n"
+        f"  proxyCommand: [{json.dumps(sys.executable)}, -m, console.cli, token, --data-dir, "
+        f"{json.dumps(str(deck.data))}]\ntask:\n  project: flytesnacks\n  domain: development\n")
+    out = deck.flyte("get", "project", cwd=tmp_path)
+    assert out.returncode != 0
+    assert "multiple values for keyword argument 'command'" in out.stdout + out.stderr, out.stdout + out.stderr
