@@ -93,3 +93,22 @@ def _is_supervisor(pid: str, cwd) -> bool:
         return forked and os.readlink(f"/proc/{pid}/cwd") == str(cwd)
     except OSError:
         return False
+
+
+async def test_only_a_plain_http_session_skips_the_system_trust_store(monkeypatch):
+    """The fork server's warm-up: a session to a plain-HTTP endpoint builds its transport without the
+    system trust store (it makes no TLS connection); a TLS session, and a client rebuilt later, get it."""
+    from flyte.remote._client.auth import _session
+
+    from engine.plugins import zygote_server
+
+    monkeypatch.setattr(_session, "_resolve_tls_ca_cert", _session._resolve_tls_ca_cert)
+    monkeypatch.setattr(_session, "_supports_system_certs", lambda: True)  # as on pyqwest >= 0.7
+    zygote_server.plain_http_sessions_skip_the_trust_store()
+    asked = []
+    monkeypatch.setattr(_session, "_build_pyqwest_client",
+                        lambda ca=None: asked.append(ca is None and _session._supports_system_certs()))
+    await _session.create_session_config("127.0.0.1:1", None, insecure=True)
+    _session.SessionConfig("http://127.0.0.1:1", True, False, (), None).new_http_client()
+    await _session.create_session_config("127.0.0.1:1", None, insecure=False)
+    assert asked == [False, True, True]

@@ -25,9 +25,12 @@ syncify loop thread, so it is stopped after the imports and a fresh one is start
 every fork the server counts its threads (``/proc/self/task``) and refuses to fork with more than one.
 
 Done once here instead of in every task: the imports (~0.3 s), the SDK's type-transformer entry-point
-scan (idempotent in the SDK), ``gc.freeze()`` (the tasks' collections skip what is shared), and a few
+scan (idempotent in the SDK), its check of what pyqwest's transport takes (an ``inspect.signature`` that
+costs ~18 ms cold), ``gc.freeze()`` (the tasks' collections skip what is shared), and a few
 pristine TLS contexts with certifi's CA bundle loaded, which ``ssl.create_default_context(cafile=certifi)``
 hands out unused (each costs ~25 ms to build and the SDK builds two per process for its HTTP sessions).
+And a task's sessions to the engine (plain HTTP) skip loading the system trust store they never use
+(``plain_http_sessions_skip_the_trust_store``: ~5-8 ms per transport, two per task).
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ PRELOAD = (
     "flyteidl2.actions.actions_service_connect", "flyteidl2.workflow.queue_service_connect",
     "flyteidl2.workflow.state_service_connect", "opentelemetry.propagate", "opentelemetry.trace",
     "opentelemetry.baggage.propagation", "opentelemetry.trace.propagation.tracecontext",
-    "importlib.resources.readers",
+    "importlib.resources.readers", "opentelemetry.metrics", "pyqwest._glue",
 )
 
 
@@ -93,6 +96,32 @@ def thread_count() -> int:
         return threading.active_count()
 
 
+def plain_http_sessions_skip_the_trust_store() -> None:
+    """A session the SDK opens to a plain-HTTP endpoint (the engine's, for every task) makes no TLS
+    connection, yet its transport loads the system trust store (~5-8 ms, twice per task): skip it there.
+    The SDK resolves a session's CA bundle right before it builds the transport, so that step records
+    whether the session is plain; the next trust-store question consumes it, and any other (a client
+    rebuilt later, a TLS session) gets the SDK's own answer."""
+    import contextvars
+
+    from flyte.remote._client.auth import _session
+
+    resolve, supports = _session._resolve_tls_ca_cert, _session._supports_system_certs
+    plain = contextvars.ContextVar("taskdeck_plain_http_session", default=False)
+
+    async def resolve_tls_ca_cert(endpoint, *, insecure, **kwargs):
+        plain.set(bool(insecure))
+        return await resolve(endpoint, insecure=insecure, **kwargs)
+
+    def supports_system_certs() -> bool:
+        was_plain = plain.get()
+        plain.set(False)
+        return not was_plain and supports()
+
+    _session._resolve_tls_ca_cert = resolve_tls_ca_cert
+    _session._supports_system_certs = supports_system_certs
+
+
 class Preloaded:
     """What the zygote did once, and how a forked task takes it over."""
 
@@ -117,10 +146,24 @@ class Preloaded:
             _load_custom_type_transformers()
         except Exception as exc:  # noqa: BLE001
             self.failed.append(f"type transformers: {exc}")
+        self._warm_caches()
         self._stop_background_loops()
         self._prepare_tls()
         gc.collect()
         gc.freeze()
+
+    def _warm_caches(self) -> None:
+        """What every task computes once and caches, whatever its environment: computed here instead."""
+        try:  # inspect.signature of pyqwest's transport: ~18 ms, most of it compiling tokenize's regexes
+            from flyte.remote._client.auth._session import _supports_system_certs
+
+            _supports_system_certs()
+        except Exception as exc:  # noqa: BLE001 - another SDK version
+            self.failed.append(f"system certs check: {exc}")
+        try:
+            plain_http_sessions_skip_the_trust_store()
+        except Exception as exc:  # noqa: BLE001
+            self.failed.append(f"plain HTTP sessions: {exc}")
 
     def _stop_background_loops(self) -> None:
         try:
