@@ -123,7 +123,9 @@ async def test_module_state_persists_and_each_action_gets_its_own_log(engine, pr
     assert sum(counts) == 6 if len(workers) == 1 else counts[-1] <= 3  # the counter carries on per worker
     assert any(r.outputs["o0"] > 1 for r in results)
     for r in results:
-        log = engine.reconciler.log_path(r.run.run_name, "a0", 1).read_text()
+        log_file = engine.reconciler.log_path(r.run.run_name, "a0", 1)
+        assert log_file.stat().st_mode & 0o077 == 0  # owner-only, as a task process's log
+        log = log_file.read_text()
         assert f"bump number {r.outputs['o0']}" in log and "running in reusable worker" in log
         assert log.count("bump number") == 1  # its own line only, stamped as a task process's are
     events = await LocalClient(engine.services).list_events(results[0].run.run_name, "a0")
