@@ -147,8 +147,8 @@ class TaskCache:
         self.on_released = on_released  # wakes actions waiting on a key as soon as its owner finishes
         self._waiting: dict[str, set[str]] = {}  # catalog key -> TaskAction names waiting for it
 
-    def config(self, template: tasks_pb2.TaskTemplate, spec_cache_key: str, input_path: str, namespace: str,
-               name: str) -> CacheConfig | None:
+    async def config(self, template: tasks_pb2.TaskTemplate, spec_cache_key: str, input_path: str, namespace: str,
+                     name: str) -> CacheConfig | None:
         """The action's cache config, or None when its task is not discoverable or, its key needing inputs
         that cannot be read, it runs uncached (fail open).
 
@@ -161,7 +161,7 @@ class TaskCache:
         key = spec_cache_key
         if not key:
             try:
-                key = cache_key(template, self._inputs(input_path))
+                key = cache_key(template, await self._inputs(input_path))
             except (OSError, ValueError) as exc:
                 log.warning("%s/%s: no cache key (%s): running without the cache", namespace, name, exc)
                 return None
@@ -244,8 +244,10 @@ class TaskCache:
             if not waiters:
                 del self._waiting[key]
 
-    def _inputs(self, input_path: str) -> common_pb2.Inputs:
-        return inputs_message(input_path, self.files.read)
+    async def _inputs(self, input_path: str) -> common_pb2.Inputs:
+        """The action's inputs (on an object store, read off the event loop)."""
+        data = await self.files.aread(input_path)
+        return inputs_message(input_path, lambda _: data)
 
     async def _exists(self, uri: str) -> bool:
         try:

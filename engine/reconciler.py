@@ -311,7 +311,7 @@ class TaskActionReconciler:
             info = PhaseInfo.retryable_failure(code, message)  # a runtime timeout is retryable
         else:
             try:
-                cache = self.cache_config(task_action, template)
+                cache = await self.cache_config(task_action, template)
             except CacheError as exc:  # Flyte requeues such an action forever (§2.13): fail it instead
                 return await self.finalize_permanent_failure(
                     task_action, original, ExecutionError("BadTaskSpecification", str(exc), USER))
@@ -452,11 +452,11 @@ class TaskActionReconciler:
         return await secret_env(self.secrets, template, task_action.spec.project, task_action.spec.domain,
                                 self.passed_env())
 
-    def cache_config(self, task_action: TaskAction, template: tasks_pb2.TaskTemplate) -> CacheConfig | None:
+    async def cache_config(self, task_action: TaskAction, template: tasks_pb2.TaskTemplate) -> CacheConfig | None:
         """The action's cache config (None: not discoverable, or run uncached); CacheError: no task id."""
         spec = task_action.spec
-        return self.cache.config(template, spec.cache_key, input_file(spec.input_uri),
-                                 task_action.metadata.namespace, task_action.name)
+        return await self.cache.config(template, spec.cache_key, input_file(spec.input_uri),
+                                       task_action.metadata.namespace, task_action.name)
 
     async def finish_cache(self, cache: CacheConfig, info: PhaseInfo, tctx: TaskExecutionContext) -> None:
         """finalizeCacheAfterExecution: a success populates the cache; any outcome releases the reservation."""
@@ -736,7 +736,7 @@ class TaskActionReconciler:
         if isinstance(verdict[0], str):
             return
         try:
-            cache = self.cache_config(task_action, verdict[1])
+            cache = await self.cache_config(task_action, verdict[1])
         except CacheError:
             return
         if cache is not None:

@@ -377,3 +377,30 @@ def test_cli_lists_and_clears_entries_and_refuses_an_unscoped_clear(tmp_path):
     assert taskdeck("clear", listed[0]["key"]).stdout.strip() == "evicted 1 cache entry"
     assert taskdeck("clear", "--task", "test.cached").stdout.strip() == "evicted 1 cache entry"
     assert json.loads(taskdeck("list", "--json").stdout) == []
+
+
+async def test_an_action_keyed_by_its_inputs_reads_them_off_the_event_loop(tmp_path):
+    """Without a key from its spec, an action's cache key needs its inputs: read through the data store's
+    async read (an object store's blocks in a thread), never its blocking one on the event loop."""
+    inputs = int_inputs(7).SerializeToString()
+
+    class ObjectStore:
+        def read(self, uri):
+            raise AssertionError("a blocking read on the event loop")
+
+        async def aread(self, uri):
+            assert uri == "s3://bucket/run/inputs.pb"
+            return inputs
+
+    store = SqliteStore(tmp_path / "db.sqlite")
+    await store.start()
+    try:
+        task_cache = cache.TaskCache(store, files=ObjectStore())
+        template = cached_spec().task_template
+        config = await task_cache.config(template, "", "s3://bucket/run/inputs.pb", "ns", "a0")
+        again = await task_cache.config(template, "", "s3://bucket/run/inputs.pb", "ns", "a1")
+        assert config is not None and config.key == again.key
+        other = await task_cache.config(template, "spec-key", "s3://bucket/run/inputs.pb", "ns", "a2")
+        assert other.key != config.key
+    finally:
+        await store.close()
