@@ -16,7 +16,7 @@ import dataclasses
 import datetime as dt
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from flyteidl2.core import tasks_pb2
@@ -333,16 +333,16 @@ class TaskActionReconciler:
                 info = PhaseInfo.waiting_for_resources(reason=waiting)  # over a quota: nothing launches
             else:
                 if template.security_context.secrets and task_action.status.plugin_state is None:
+                    project, domain = task_action.spec.project, task_action.spec.domain
                     try:  # about to launch: the task's environment gets them
-                        tctx.secret_env = await self._secret_env(task_action, template)
-                        tctx.secret_refs = await secret_refs(self.secrets, template, task_action.spec.project,
-                                                             task_action.spec.domain)
-                        if plugin.mounts_secret_values:  # a local process: the values, to mount for it
-                            tctx.secret_file_values = await secret_file_values(
-                                self.secrets, template, task_action.spec.project, task_action.spec.domain)
-                        else:  # pods: references to the cluster's Secrets
-                            tctx.secret_files = await secret_file_refs(
-                                self.secrets, template, task_action.spec.project, task_action.spec.domain)
+                        if plugin.mounts_secret_values:  # a local process: the values (variables, files)
+                            tctx.secret_env = await self._secret_env(task_action, template)
+                            tctx.secret_file_values = await secret_file_values(self.secrets, template, project,
+                                                                               domain)
+                        else:  # pods take what the cluster's Secrets keep by reference: only the rest is read
+                            tctx.secret_refs = await secret_refs(self.secrets, template, project, domain)
+                            tctx.secret_files = await secret_file_refs(self.secrets, template, project, domain)
+                            tctx.secret_env = await self._secret_env(task_action, template, tctx.secret_refs)
                     except SecretNotFoundError as exc:  # deleted since the run was created
                         return await self.finalize_permanent_failure(
                             task_action, original, ExecutionError("SecretNotFound", str(exc), USER))
@@ -357,7 +357,9 @@ class TaskActionReconciler:
                     return await self.record_system_error(task_action, original, plugin.id, exc)
                 info = transition.info
                 if info.err is not None and template.security_context.secrets:  # its error text may quote one
-                    values = [*(tctx.secret_env or await self._secret_env_or_none(task_action, template)).values(),
+                    given = tctx.secret_env if tctx.secret_env and not tctx.secret_refs else \
+                        await self._secret_env_or_none(task_action, template)
+                    values = [*given.values(),
                               *tctx.secret_file_values.values()]
                     info.err = dataclasses.replace(info.err, message=mask(info.err.message, values))
                 self._storage_waits.pop(task_action.name, None)
@@ -445,12 +447,13 @@ class TaskActionReconciler:
         except SecretNotFoundError:
             return {}  # deleted since the launch: nothing left to mask with
 
-    async def _secret_env(self, task_action: TaskAction, template: tasks_pb2.TaskTemplate) -> dict[str, str]:
+    async def _secret_env(self, task_action: TaskAction, template: tasks_pb2.TaskTemplate,
+                          by_reference: Collection[str] = ()) -> dict[str, str]:
         """The secrets the task asks for: read when an attempt launches, and when its error is masked."""
         if self.secrets is None:
             return {}
         return await secret_env(self.secrets, template, task_action.spec.project, task_action.spec.domain,
-                                self.passed_env())
+                                self.passed_env(), by_reference)
 
     async def cache_config(self, task_action: TaskAction, template: tasks_pb2.TaskTemplate) -> CacheConfig | None:
         """The action's cache config (None: not discoverable, or run uncached); CacheError: no task id."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import os
 import re
+from collections.abc import Collection
 from pathlib import Path
 
 from flyteidl2.core import security_pb2, tasks_pb2
@@ -67,13 +68,14 @@ def secret_requests(template: tasks_pb2.TaskTemplate) -> list[security_pb2.Secre
 
 
 async def secret_env(store: SecretStore, template: tasks_pb2.TaskTemplate, project: str, domain: str,
-                     passed: frozenset[str] = frozenset()) -> dict[str, str]:
+                     passed: frozenset[str] = frozenset(), by_reference: Collection[str] = ()) -> dict[str, str]:
     """The environment a task's secret requests ask for, from the store (a variable the engine passes on
-    with --pass-env stands in for a missing one); SecretNotFoundError naming the first it cannot give."""
+    with --pass-env stands in for a missing one), but for the variables pods take ``by_reference``;
+    SecretNotFoundError naming the first it cannot give."""
     env: dict[str, str] = {}
     for request in secret_requests(template):
-        if is_file_request(request):
-            continue  # refused when the run was created
+        if is_file_request(request) or request.env_var in by_reference:
+            continue  # files: mounted, or refused when the run was created
         try:
             env[request.env_var] = (await store.resolve(request.key, project=project, domain=domain)).decode()
         except SecretNotFoundError:

@@ -153,3 +153,26 @@ async def test_a_secret_that_does_not_exist_is_refused_and_one_deleted_later_fai
         assert result.phase == ActionPhase.SUCCEEDED or result.error["code"] == "SecretNotFound", result.error
     finally:
         await engine.stop()
+
+
+async def test_variables_pods_take_by_reference_are_not_read_at_launch():
+    """On the Kubernetes backend a pod takes a secret kept in a Kubernetes Secret by reference: the engine
+    reads the values of the other requests only (each Secret read once per launch, not twice)."""
+    from flyteidl2.core import security_pb2, tasks_pb2
+
+    from engine.secret_store import secret_env
+
+    class CountingStore:
+        resolved: list[str] = []
+
+        async def resolve(self, name, *, project, domain):
+            self.resolved.append(name)
+            return f"value-of-{name}".encode()
+
+    template = tasks_pb2.TaskTemplate()
+    for key, var in (("kept", "KEPT"), ("other", "OTHER")):
+        template.security_context.secrets.add(key=key, env_var=var, mount_requirement=security_pb2.Secret.ENV_VAR)
+    store = CountingStore()
+    assert await secret_env(store, template, "p", "d", by_reference={"KEPT"}) == {"OTHER": "value-of-other"}
+    assert store.resolved == ["other"]
+    assert await secret_env(store, template, "p", "d") == {"KEPT": "value-of-kept", "OTHER": "value-of-other"}
