@@ -357,10 +357,7 @@ class TaskActionReconciler:
                     return await self.record_system_error(task_action, original, plugin.id, exc)
                 info = transition.info
                 if info.err is not None and template.security_context.secrets:  # its error text may quote one
-                    given = tctx.secret_env if tctx.secret_env and not tctx.secret_refs else \
-                        await self._secret_env_or_none(task_action, template)
-                    values = [*given.values(),
-                              *tctx.secret_file_values.values()]
+                    values = await self._given_secret_values(task_action, template, tctx)
                     info.err = dataclasses.replace(info.err, message=mask(info.err.message, values))
                 self._storage_waits.pop(task_action.name, None)
                 if cache is not None:
@@ -441,11 +438,26 @@ class TaskActionReconciler:
         return self.quotas.allocate(name, spec.run_name, parent, spec.project, spec.domain, queue,
                                     wake=lambda: self.enqueue(name))
 
-    async def _secret_env_or_none(self, task_action: TaskAction, template: tasks_pb2.TaskTemplate) -> dict[str, str]:
+    async def _given_secret_values(self, task_action: TaskAction, template: tasks_pb2.TaskTemplate,
+                                   tctx: TaskExecutionContext) -> list[str]:
+        """Every secret value the task was given (variables and files), to mask in its error text: what this
+        round's launch read, else read again (an error is mostly seen rounds after the launch, and pods took
+        what Kubernetes Secrets keep by reference)."""
+        if (tctx.secret_env or tctx.secret_file_values) and not tctx.secret_refs:
+            return [*tctx.secret_env.values(), *tctx.secret_file_values.values()]
+        if self.secrets is None:
+            return []
+        values: list[str] = []
         try:
-            return await self._secret_env(task_action, template)
+            values += (await self._secret_env(task_action, template)).values()
         except SecretNotFoundError:
-            return {}  # deleted since the launch: nothing left to mask with
+            pass  # deleted since the launch: nothing left to mask with
+        try:
+            values += (await secret_file_values(self.secrets, template, task_action.spec.project,
+                                                task_action.spec.domain)).values()
+        except SecretNotFoundError:
+            pass
+        return values
 
     async def _secret_env(self, task_action: TaskAction, template: tasks_pb2.TaskTemplate,
                           by_reference: Collection[str] = ()) -> dict[str, str]:

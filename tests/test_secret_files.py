@@ -47,6 +47,10 @@ TASKS = textwrap.dedent('''
         print(f"cert is {cert}")
         return f"{cert}|{key}|{mode}|{os.path.exists('/etc/hostname') == os.path.exists('/etc/hostname')}"
 
+    @env.task
+    async def leak_it() -> str:
+        raise ValueError("bad certificate " + open("/etc/flyte/secrets/tls-cert").read())
+
     @pooled.task
     async def pooled_read() -> str:
         return open("/etc/flyte/secrets/tls-cert").read()
@@ -97,6 +101,16 @@ async def test_a_task_reads_its_secret_files_and_nothing_else_sees_them(tmp_path
     on_disk = b"".join(p.read_bytes() for p in data.rglob("*") if p.is_file() and p.name != "outputs.pb")
     assert CERT.encode() not in on_disk.replace(f"cert is {CERT}".encode(), b"")  # the task's own print aside
     assert KEY.encode() not in on_disk
+
+
+async def test_an_error_that_quotes_a_secret_file_is_masked(tmp_path):
+    engine = await _engine(tmp_path)
+    try:
+        result = await run_sdk_task(engine, task_file(tmp_path, "mounted_tasks.py", TASKS), "leak_it")
+        assert result.phase == ActionPhase.FAILED
+        assert f"bad certificate {MASK}" in result.error["message"] and CERT not in result.error["message"]
+    finally:
+        await engine.stop()
 
 
 async def test_a_reusable_task_with_secret_files_runs_as_its_own_process(tmp_path):
