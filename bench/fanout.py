@@ -176,11 +176,18 @@ async def rss_over_runs(n: int, runs: int) -> None:
             for _ in range(runs):
                 await deck.fan_out(n)
                 sizes.append(rss_mib())
+            store = deck.engine.store
+            history_bytes, history_cap = store.history_bytes, store.history_bytes_cap
         finally:
             await deck.engine.stop()
     print(f"rss_mib_after_run_1_of_{runs}: {sizes[0]:.0f}")
     print(f"rss_mib_after_run_{runs}_of_{runs}: {sizes[-1]:.0f}")
     print(f"rss_mib_max_over_{runs}_runs: {max(sizes):.0f}")
+    # the first runs fill bounded memory (the store's watch history, capped in bytes); a leak keeps growing
+    half = runs // 2
+    print(f"rss_mib_growth_runs_{half}_to_{runs}: {sizes[-1] - sizes[half - 1]:.0f}")
+    print(f"rss_mib_by_run: {' '.join(f'{s:.0f}' for s in sizes)}")
+    print(f"watch_history_mib_at_end: {history_bytes / 2**20:.1f} (cap {history_cap / 2**20:.0f})")
 
 
 def leaf_rounds(rounds: int) -> None:

@@ -324,6 +324,15 @@ class SqliteStore(EngineStore, RunsDatabase):
     def location(self) -> str:
         return self.path
 
+    @property
+    def history_bytes(self) -> int:
+        """Bytes of TaskAction bodies the watch history keeps (for resuming watches), at most the cap."""
+        return self._history_bytes
+
+    @property
+    def history_bytes_cap(self) -> int:
+        return self._history_bytes_cap
+
     # ----------------------------------------------------------------- lifecycle
     async def start(self) -> None:
         if self.read_only:
