@@ -51,6 +51,16 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def process_cpu(pid: int | None) -> float:
+    """A live process's own CPU seconds (not its children's), from /proc; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, TypeError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mib() -> float:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
@@ -85,10 +95,10 @@ class TaskDeck:
         self.engine.manager.reconcile = counted
 
     def forked_cpu(self) -> float:
-        """CPU of task work not counted in RUSAGE_CHILDREN: forked actions (reaped by the fork servers)
-        and actions on reusable workers (still running)."""
+        """CPU of task work not counted in RUSAGE_CHILDREN: forked actions (reaped by the fork servers),
+        the fork servers' own (laying out files, forking) and actions on reusable workers (still running)."""
         zygotes = self.engine.container_plugin.zygotes
-        forked = sum(z.cpu_seconds for z in zygotes.running()) if zygotes else 0.0
+        forked = sum(z.cpu_seconds + process_cpu(z.pid) for z in zygotes.running()) if zygotes else 0.0
         pooled = sum(w["cpuSeconds"] or 0.0 for p in self.engine.reusable_plugin.snapshot() for w in p["workers"])
         return forked + pooled
 

@@ -112,3 +112,42 @@ async def test_only_a_plain_http_session_skips_the_system_trust_store(monkeypatc
     _session.SessionConfig("http://127.0.0.1:1", True, False, (), None).new_http_client()
     await _session.create_session_config("127.0.0.1:1", None, insecure=False)
     assert asked == [False, True, True]
+
+
+def test_the_config_lookup_runs_git_only_where_a_repository_can_be(monkeypatch, tmp_path):
+    """The fork server's warm-up: outside any repository the SDK's git-root config lookup answers without
+    running git; inside one (or with GIT_DIR set) the SDK asks git, and finds the root's .flyte/config.yaml."""
+    import subprocess
+
+    from flyte.config import _reader
+
+    from engine.plugins import zygote_server
+
+    monkeypatch.setattr(_reader, "_config_path_from_git_root", _reader._config_path_from_git_root)
+    zygote_server.config_lookup_skips_git_outside_a_repository()
+    ran = []
+    real_run = subprocess.run
+    monkeypatch.setattr(subprocess, "run", lambda argv, **kw: ran.append(argv) or real_run(argv, **kw))
+    for name in zygote_server.GIT_LOCATION_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+    outside = tmp_path / "data" / "attempt"
+    outside.mkdir(parents=True)
+    monkeypatch.chdir(outside)
+    assert _reader._config_path_from_git_root() is None and ran == []
+
+    repo = tmp_path / "repo"
+    (repo / ".flyte").mkdir(parents=True)
+    (repo / ".flyte" / "config.yaml").write_text("admin:\n  endpoint: dns:///example.org\n")
+    real_run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "deep" / "below").mkdir(parents=True)
+    monkeypatch.chdir(repo / "deep" / "below")
+    found = _reader._config_path_from_git_root()
+    assert found is not None and found.resolve() == (repo / ".flyte" / "config.yaml").resolve()
+    assert ran and ran[0][:2] == ["git", "rev-parse"]
+
+    ran.clear()
+    monkeypatch.chdir(outside)
+    monkeypatch.setenv("GIT_DIR", str(repo / ".git"))  # git is pointed elsewhere: only git can answer
+    _reader._config_path_from_git_root()
+    assert ran and ran[0][:2] == ["git", "rev-parse"]

@@ -30,7 +30,8 @@ costs ~18 ms cold), ``gc.freeze()`` (the tasks' collections skip what is shared)
 pristine TLS contexts with certifi's CA bundle loaded, which ``ssl.create_default_context(cafile=certifi)``
 hands out unused (each costs ~25 ms to build and the SDK builds two per process for its HTTP sessions).
 And a task's sessions to the engine (plain HTTP) skip loading the system trust store they never use
-(``plain_http_sessions_skip_the_trust_store``: ~5-8 ms per transport, two per task).
+(``plain_http_sessions_skip_the_trust_store``: ~5-8 ms per transport, two per task), and its config
+lookup skips running git where no repository can be found (``config_lookup_skips_git_outside_a_repository``).
 """
 
 from __future__ import annotations
@@ -122,6 +123,44 @@ def plain_http_sessions_skip_the_trust_store() -> None:
     _session._supports_system_certs = supports_system_certs
 
 
+GIT_LOCATION_VARIABLES = ("GIT_DIR", "GIT_WORK_TREE", "GIT_COMMON_DIR")
+
+
+def outside_any_git_work_tree(start: str) -> bool:
+    """Whether ``git rev-parse --show-toplevel`` run in ``start`` must fail: no ``.git`` in it or any
+    directory above it, and no variable pointing git elsewhere (git looks nowhere else)."""
+    if any(os.environ.get(name) for name in GIT_LOCATION_VARIABLES):
+        return False
+    directory = os.path.abspath(start)
+    while True:
+        if os.path.lexists(os.path.join(directory, ".git")):
+            return False
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return True
+        directory = parent
+
+
+def config_lookup_skips_git_outside_a_repository() -> None:
+    """The SDK looks for a config file at the git root of the working directory by running
+    ``git rev-parse --show-toplevel`` (once per task, ~5.6 ms of CPU: a fork and an exec of git) when a
+    task module defines an image. An action's working directory is in the data directory, which is
+    rarely in a repository: there the answer is known without git. Anywhere else, the SDK asks git."""
+    from flyte.config import _reader
+
+    from_git_root = _reader._config_path_from_git_root
+
+    def config_path_from_git_root():
+        try:
+            if outside_any_git_work_tree(os.getcwd()):
+                return None
+        except OSError:
+            pass
+        return from_git_root()
+
+    _reader._config_path_from_git_root = config_path_from_git_root
+
+
 class Preloaded:
     """What the zygote did once, and how a forked task takes it over."""
 
@@ -164,6 +203,10 @@ class Preloaded:
             plain_http_sessions_skip_the_trust_store()
         except Exception as exc:  # noqa: BLE001
             self.failed.append(f"plain HTTP sessions: {exc}")
+        try:
+            config_lookup_skips_git_outside_a_repository()
+        except Exception as exc:  # noqa: BLE001 - another SDK version: the SDK runs git itself
+            self.failed.append(f"config lookup: {exc}")
 
     def _stop_background_loops(self) -> None:
         try:
