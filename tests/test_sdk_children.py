@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import textwrap
 from pathlib import Path
 
@@ -114,10 +113,11 @@ async def test_aborting_a_running_parent_aborts_the_whole_subtree(engine):
     assert {ActionPhase(a.phase) for a in actions} == {ActionPhase.ABORTED}
     import json
 
-    for state in pids:
-        pid = json.loads(state)["pid"]
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
+    from engine.plugins.process import alive
+
+    for state in pids:  # gone, or its pid now another process's (pid_max can be 32768: pids come round)
+        launch = json.loads(state)
+        assert not alive(launch["pid"], launch.get("startTicks"))
 
 
 async def _all_ended(engine, run_name):
