@@ -13,11 +13,8 @@ import copy
 import re
 from pathlib import Path
 
-import yaml
-
 from engine.data_store import check_raw_data_prefix
-from engine.model import DEFAULT_NAMESPACE
-from engine.names import InvalidNameError, check_namespace
+from engine.names import DEFAULT_NAMESPACE, InvalidNameError, check_namespace
 
 CRD_FILE = Path(__file__).parent / "crd" / "flyte.org_taskactions.yaml"
 NAME = "taskdeck-engine"
@@ -78,6 +75,8 @@ def manifests(namespace: str = DEFAULT_NAMESPACE, *, in_cluster: bool = False, i
             raise InstallError(str(exc)) from None
     if in_cluster and not _IMAGE.fullmatch(image or ""):
         raise InstallError(f"--image {image!r} is not an image reference (e.g. registry/taskdeck:1.0)")
+    import yaml  # here: every taskdeck command imports this module for its parser, few need yaml
+
     labels = {"app.kubernetes.io/name": "taskdeck", "app.kubernetes.io/component": "engine"}
     meta = {"name": NAME, "namespace": namespace, "labels": labels}
     objects = [
@@ -118,6 +117,8 @@ def manifests(namespace: str = DEFAULT_NAMESPACE, *, in_cluster: bool = False, i
 
 
 def render(objects: list[dict]) -> str:
+    import yaml
+
     return yaml.safe_dump_all(objects, sort_keys=False)
 
 

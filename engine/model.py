@@ -16,11 +16,11 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSeriali
 from pydantic.alias_generators import to_camel
 
 from engine.action_types import ACTION_TYPE_CONDITION, ACTION_TYPE_TASK, ACTION_TYPE_TRACE, ROOT_ACTION_NAME  # noqa: F401
+from engine.names import DEFAULT_NAMESPACE
 from engine.phases import ConditionType
 
 API_VERSION = "flyte.org/v1"
 KIND = "TaskAction"
-DEFAULT_NAMESPACE = "flyte"
 
 FINALIZER = "flyte.org/plugin-finalizer"
 

@@ -19,6 +19,7 @@ from flyteidl2.common import identifier_pb2
 from engine.errors import InvalidRunError
 
 ORG = "local"
+DEFAULT_NAMESPACE = "flyte"  # the Kubernetes namespace of the TaskActions unless one is given
 _DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _DNS1123 = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS1123_TEXT = "lowercase letters, digits and '-', starting and ending with a letter or digit"
