@@ -330,7 +330,8 @@ class TaskActionReconciler:
             if cached is not None:
                 info = cached  # a hit, or another owner computes it: the plugin is not called
             elif waiting is not None:
-                info = PhaseInfo.waiting_for_resources(reason=waiting)  # over a quota: nothing launches
+                # over a quota: nothing launches until a grant is handed on (that wakes it)
+                info = PhaseInfo.waiting_for_resources(reason=waiting, woken=True)
             else:
                 if template.security_context.secrets and task_action.status.plugin_state is None:
                     project, domain = task_action.spec.project, task_action.spec.domain
@@ -418,9 +419,10 @@ class TaskActionReconciler:
             return Result(retry_delay(template, restart_attempts - 2))
         if info.phase == PluginPhase.RUNNING:  # a bound may start counting now
             _, next_bound = expired_timeout(task_action, template, self.clock())
+        recheck = info.recheck_seconds if info.recheck_seconds is not None else self.requeue_after
         if next_bound is not None:
-            return Result(min(self.requeue_after, next_bound + 0.01))
-        return Result(self.requeue_after)
+            return Result(min(recheck, next_bound + 0.01))
+        return Result(recheck)
 
     def _quota(self, task_action: TaskAction) -> str | None:
         """None when the action may go on: granted by every quota that applies (taken as its attempt is

@@ -38,6 +38,16 @@ TREE = textwrap.dedent('''
     @env.task
     async def flat(n: int) -> int:
         return sum(await asyncio.gather(*[leaf.aio(i) for i in range(n)]))
+
+    @env.task
+    def slow_leaf(x: int) -> int:
+        import time
+        time.sleep(1.0)
+        return x
+
+    @env.task
+    async def slow_flat(n: int) -> int:
+        return sum(await asyncio.gather(*[slow_leaf.aio(i) for i in range(n)]))
 ''')
 
 
@@ -93,8 +103,8 @@ def tree_file(tmp_path_factory) -> Path:
     return path
 
 
-async def _engine(tmp_path, limit: int) -> Engine:
-    engine = Engine(EngineConfig(data_dir=tmp_path / "data", max_processes=limit))
+async def _engine(tmp_path, limit: int, **config) -> Engine:
+    engine = Engine(EngineConfig(data_dir=tmp_path / "data", max_processes=limit, **config))
     await engine.start()
     return engine
 
@@ -130,8 +140,7 @@ async def test_a_three_level_fan_out_completes_with_the_limit_at_two(tmp_path, t
         await engine.stop()
 
 
-async def test_a_real_child_costs_at_most_four_reconciles(tmp_path, tree_file):
-    engine = await _engine(tmp_path, limit=4)
+def _count_reconciles(engine) -> collections.Counter[str]:
     reconciles: collections.Counter[str] = collections.Counter()
     reconcile = engine.manager.reconcile
 
@@ -140,11 +149,34 @@ async def test_a_real_child_costs_at_most_four_reconciles(tmp_path, tree_file):
         return await reconcile(name)
 
     engine.manager.reconcile = counted
+    return reconciles
+
+
+async def test_a_real_child_costs_at_most_four_reconciles(tmp_path, tree_file):
+    engine = await _engine(tmp_path, limit=4)
+    reconciles = _count_reconciles(engine)
     try:
         result = await run_sdk_task(engine, tree_file, "flat", n=12)
         assert result.phase == ActionPhase.SUCCEEDED
         children = {name: n for name, n in reconciles.items() if not name.endswith("-a0")}
         assert len(children) == 12
         assert max(children.values()) <= 4, children
+    finally:
+        await engine.stop()
+
+
+async def test_a_child_waiting_for_a_slot_is_woken_not_polled(tmp_path, tree_file):
+    """Children queued for a slot are reconciled when one is handed to them, not every requeue period
+    (here 0.2 s, while the last child waits ~3 s): the period only rechecks them now and then."""
+    engine = await _engine(tmp_path, limit=1, requeue_after=0.2)
+    reconciles = _count_reconciles(engine)
+    try:
+        result = await run_sdk_task(engine, tree_file, "slow_flat", n=4)
+        assert result.phase == ActionPhase.SUCCEEDED and result.outputs == {"o0": sum(range(4))}
+        children = {name: n for name, n in reconciles.items() if not name.endswith("-a0")}
+        assert len(children) == 4
+        # a running child is still rechecked every period (~5 in its 1 s); a waiting one is not
+        assert max(children.values()) <= 4 + 8, children
+        assert sum(children.values()) <= 4 * (4 + 8), children
     finally:
         await engine.stop()

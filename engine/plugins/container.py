@@ -144,7 +144,7 @@ class LocalContainerPlugin(Plugin):
             parent = self._process_of.get(tctx.metadata.parent_owner_name or "")
             if not self.slots.acquire(name, parent, tctx.enqueue_owner):  # reserved before any await
                 return Transition.of(PhaseInfo.waiting_for_resources(
-                    reason=f"waiting for a free process slot ({self.slots.capacity} running)"))
+                    reason=f"waiting for a free process slot ({self.slots.capacity} running)", woken=True))
             try:
                 return Transition.of(await self._launch(tctx))
             except BaseException:

@@ -196,7 +196,7 @@ class ReusableTaskPlugin(Plugin):
             self._waiting_in[name] = pool
             return PhaseInfo.waiting_for_resources(reason=(
                 f"waiting for a reusable worker of {spec.name} ({len(pool.live())} of {spec.max_replicas} replicas, "
-                f"{spec.concurrency} action(s) each, {pool.waiting} waiting)"))
+                f"{spec.concurrency} action(s) each, {pool.waiting} waiting)"), woken=True)
         self._waiting_in.pop(name, None)
         try:
             return await self._send(tctx, pool, worker, argv, own, name)
