@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from engine.code_bundle import loaded_files, make_bundle  # noqa: E402
 from engine.engine import Engine, EngineConfig  # noqa: E402
 from engine.phases import ActionPhase  # noqa: E402
+from engine.plugins.process import process_cpu_seconds  # noqa: E402
 from engine.sdk import inputs_from_strings, load_task, serialize_task  # noqa: E402
 from engine.uploads import UploadStore  # noqa: E402
 
@@ -49,16 +50,6 @@ BIN = Path(sys.executable).parent
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def process_cpu(pid: int | None) -> float:
-    """A live process's own CPU seconds (not its children's), from /proc; 0 once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, TypeError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mib() -> float:
@@ -98,7 +89,7 @@ class TaskDeck:
         """CPU of task work not counted in RUSAGE_CHILDREN: forked actions (reaped by the fork servers),
         the fork servers' own (laying out files, forking) and actions on reusable workers (still running)."""
         zygotes = self.engine.container_plugin.zygotes
-        forked = sum(z.cpu_seconds + process_cpu(z.pid) for z in zygotes.running()) if zygotes else 0.0
+        forked = sum(z.cpu_seconds + (process_cpu_seconds(z.pid) or 0.0) for z in zygotes.running()) if zygotes else 0.0
         pooled = sum(w["cpuSeconds"] or 0.0 for p in self.engine.reusable_plugin.snapshot() for w in p["workers"])
         return forked + pooled
 

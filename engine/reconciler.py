@@ -71,6 +71,9 @@ log = logging.getLogger(__name__)
 ANNOTATION_RUN_START_TIME = "taskdeck.flyte.org/run-start-time"
 DEFAULT_MAX_SYSTEM_FAILURES = 3
 DEFAULT_REQUEUE_SECONDS = 10.0
+# A wait that something wakes (a process slot, a quota grant, a worker handed on): its recheck is only a
+# safety net, so it need not come every requeue period (1,000 waiters every 10 s is CPU).
+WOKEN_WAIT_RECHECK_SECONDS = 60.0
 CONFLICT_RETRIES = 5
 RESTART_MESSAGE = "restarting task"
 STORAGE_RETRY_SECONDS = 2.0
@@ -419,7 +422,7 @@ class TaskActionReconciler:
             return Result(retry_delay(template, restart_attempts - 2))
         if info.phase == PluginPhase.RUNNING:  # a bound may start counting now
             _, next_bound = expired_timeout(task_action, template, self.clock())
-        recheck = info.recheck_seconds if info.recheck_seconds is not None else self.requeue_after
+        recheck = max(self.requeue_after, WOKEN_WAIT_RECHECK_SECONDS) if info.woken else self.requeue_after
         if next_bound is not None:
             return Result(min(recheck, next_bound + 0.01))
         return Result(recheck)

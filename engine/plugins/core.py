@@ -45,11 +45,6 @@ class TaskInfo:
     custom: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-# A wait that something wakes (a process slot or a quota grant handed on): the reconciler's recheck of it
-# is only a safety net, so it need not come every requeue period (1,000 waiters x every 10 s is CPU).
-WOKEN_WAIT_RECHECK_SECONDS = 60.0
-
-
 @dataclasses.dataclass
 class PhaseInfo:
     phase: PluginPhase
@@ -57,7 +52,7 @@ class PhaseInfo:
     reason: str = ""
     err: ExecutionError | None = None
     info: TaskInfo = dataclasses.field(default_factory=TaskInfo)
-    recheck_seconds: float | None = None  # set when the action is woken when it can go on (not persisted)
+    woken: bool = False  # what it waits for wakes the action when it can go on (not persisted)
 
     def __post_init__(self) -> None:
         if self.info.occurred_at is None:
@@ -79,8 +74,7 @@ class PhaseInfo:
     def waiting_for_resources(cls, version: int = 0, reason: str = "", info: TaskInfo | None = None,
                               woken: bool = False) -> PhaseInfo:
         """``woken``: whatever it waits for wakes the action (then it is rechecked only now and then)."""
-        return cls(PluginPhase.WAITING_FOR_RESOURCES, version, reason, info=info or TaskInfo(),
-                   recheck_seconds=WOKEN_WAIT_RECHECK_SECONDS if woken else None)
+        return cls(PluginPhase.WAITING_FOR_RESOURCES, version, reason, info=info or TaskInfo(), woken=woken)
 
     @classmethod
     def queued(cls, version: int = 0, reason: str = "", info: TaskInfo | None = None) -> PhaseInfo:
