@@ -199,6 +199,14 @@ class Preloaded:
             _supports_system_certs()
         except Exception as exc:  # noqa: BLE001 - another SDK version
             self.failed.append(f"system certs check: {exc}")
+        try:  # regexes every task compiles (re caches them): its environment names, its storage paths
+            import flyte._environment
+            import fsspec.utils
+
+            flyte._environment.is_snake_or_kebab_with_numbers("warm")
+            fsspec.utils.get_protocol("/warm")
+        except Exception as exc:  # noqa: BLE001 - another SDK version: the task compiles them itself
+            self.failed.append(f"regex warm-up: {exc}")
         try:
             plain_http_sessions_skip_the_trust_store()
         except Exception as exc:  # noqa: BLE001
