@@ -11,10 +11,12 @@ import asyncio
 import json
 import os
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
+from engine.client.local import LocalClient
 from engine.engine import Engine, EngineConfig
 from engine.model import task_action_name
 from engine.phases import ActionPhase
@@ -66,6 +68,18 @@ PROBES = textwrap.dedent('''
     @env.task
     def threads() -> int:
         return len(os.listdir("/proc/self/task"))
+
+    @env.task
+    def speak(last: str) -> str:
+        import logging, signal, subprocess
+        print("printed line")
+        print("stderr line", file=sys.stderr)
+        logging.getLogger("flyte.user").warning("user log line")
+        subprocess.run(["echo", "subprocess line"], check=True)
+        sys.stdout.write("no newline yet")
+        if last == "killed":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return last
 ''')
 
 
@@ -85,11 +99,16 @@ async def engine(request, tmp_path):
 
 
 async def _run(engine: Engine, file: Path, task_name: str, **inputs):
+    return (await _run_with_log(engine, file, task_name, **inputs))[0]
+
+
+async def _run_with_log(engine: Engine, file: Path, task_name: str, **inputs):
+    """The run's result, and the lines of its log."""
     record = await start_sdk_task(engine, file, task_name, **inputs)
     result = await engine.runs.wait_for_run(record.run_name, timeout=120)
     state = json.loads(engine.store.peek(task_action_name(record.run_name, "a0")).status.plugin_state)
     assert state["start"] == engine.config.task_start  # the path under test is the path taken
-    return result
+    return result, (await LocalClient(engine.services).read_log(record.run_name, "a0", 1)).lines
 
 
 async def test_module_globals_start_fresh(engine, probes):
@@ -140,6 +159,36 @@ async def test_aborting_one_of_five_concurrent_actions_leaves_the_others(engine,
         [ActionPhase.SUCCEEDED] * 2
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+async def test_a_task_log_keeps_every_line_with_the_time_it_was_written(engine, probes):
+    """What the task prints, writes to stderr, logs, and what its subprocess writes, all reach its log;
+    the task's own lines carry their time (a subprocess's too, on the exec path, where a reader stamps)."""
+    before = time.time()
+    result, lines = await _run_with_log(engine, probes, "speak", last="ok")
+    assert result.phase == ActionPhase.SUCCEEDED
+    texts = [line.text for line in lines]
+    for expected in ("printed line", "stderr line", "subprocess line"):
+        assert expected in texts, "\n".join(texts)
+    assert any(text.endswith("user log line") for text in texts), texts
+    assert any(text.startswith("no newline yet") for text in texts), texts  # the last, unfinished line
+    timed = {line.text: line.time for line in lines if line.time is not None}
+    for own in ("printed line", "stderr line"):
+        assert before - 1 <= timed[own] <= time.time() + 1
+    assert texts.index("printed line") < texts.index("stderr line") < texts.index("subprocess line")
+    if engine.config.task_start == "exec":
+        assert "subprocess line" in timed
+
+
+async def test_a_task_killed_by_a_signal_keeps_the_lines_it_wrote(engine, probes):
+    """A task's lines reach its log as it prints them (no buffer it loses): killed by SIGKILL, every
+    whole line it printed is there, and it fails with the signal."""
+    record = await start_sdk_task(engine, probes, "speak", last="killed")
+    result = await engine.runs.wait_for_run(record.run_name, timeout=120)
+    assert result.phase == ActionPhase.FAILED and "killed (exit 137)" in result.error["message"], result.error
+    texts = [line.text for line in (await LocalClient(engine.services).read_log(record.run_name, "a0", 1)).lines]
+    assert "printed line" in texts and "stderr line" in texts and "subprocess line" in texts, texts
+    assert "no newline yet" in texts  # a line it never finished, ended when the log is next written
 
 
 @pytest.mark.parametrize("engine", ["fork"], indirect=True)

@@ -66,8 +66,11 @@ def lay_out(layout: dict) -> None:
     header = layout.get("header")
     if header:
         try:
-            fd = os.open(layout["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = os.open(layout["log"], os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":  # a task killed mid-line: start a new one
+                    header = "\n" + header
                 os.write(fd, header.encode())
             finally:
                 os.close(fd)

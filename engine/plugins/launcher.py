@@ -18,6 +18,7 @@ It imports nothing but the standard library and starts in ~10 ms (``-I -S``).
 
 from __future__ import annotations
 
+import io
 import os
 import select
 import signal
@@ -61,6 +62,57 @@ class _Stamper:
     def close(self) -> None:
         if self.pending:
             self.feed(b"\n")
+
+
+class StampedLines(io.RawIOBase):
+    """A writable stream onto ``fd`` that writes through at once, each line starting with its stamp: what
+    a forked task's ``sys.stdout`` and ``sys.stderr`` share (one stream, as the launcher's one pipe is), so
+    the fork server's tasks stamp their own lines and a kill loses none of what they wrote."""
+
+    def __init__(self, fd: int):
+        super().__init__()
+        self.fd = fd
+        self.at_line_start = True
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def write(self, data) -> int:
+        data = bytes(data)
+        if not data:
+            return 0
+        prefix = stamp(time.time())
+        parts = data.split(b"\n")
+        out = []
+        for index, part in enumerate(parts):
+            if index == len(parts) - 1 and not part:
+                break  # it ended with a newline
+            if self.at_line_start:
+                out.append(prefix)
+            out.append(part)
+            self.at_line_start = index < len(parts) - 1
+            if self.at_line_start:
+                out.append(b"\n")
+        out = b"".join(out)
+        while out:
+            out = out[os.write(self.fd, out):]
+        return len(data)
+
+    def finish(self) -> None:
+        """End the last line, if it has no newline (at exit: whatever is appended next starts a line)."""
+        if not self.at_line_start:
+            os.write(self.fd, b"\n")
+            self.at_line_start = True
+
+
+def stamped_text_stream(raw: StampedLines, like) -> io.TextIOWrapper:
+    """A text stream as ``like`` (``sys.stdout``, ``sys.stderr``) encodes, writing through to ``raw`` (as
+    ``PYTHONUNBUFFERED``, which the engine sets for every task, has Python's own streams do)."""
+    return io.TextIOWrapper(raw, encoding=getattr(like, "encoding", None) or "utf-8",
+                            errors=getattr(like, "errors", None) or "backslashreplace", write_through=True)
 
 
 def main(argv: list[str]) -> int:

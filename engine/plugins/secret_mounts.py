@@ -2,7 +2,7 @@
 mount path ``flyte.Secret`` allows), in a mount namespace of the task's own.
 
 The host's ``/etc`` is not touched, and no value reaches a disk: the task's process (the launcher, or a
-fork server's supervisor, before it starts the task) leaves the engine's mount namespace, mounts a tmpfs
+task a fork server forked, before it runs the task) leaves the engine's mount namespace, mounts a tmpfs
 on an empty directory of the data directory (``scratch``: only in its namespace), writes the files there,
 and lays an overlay over ``/etc`` whose top layer adds ``flyte/secrets`` (mounts under ``/etc``, such as a
 container's resolv.conf, are bound back on top). The task's writes to ``/etc`` land in the tmpfs too and
