@@ -169,9 +169,26 @@ def test_the_regexes_every_task_compiles_are_compiled_once_in_the_server(monkeyp
                          (_reader, "_config_path_from_git_root")):  # the other warm-ups patch these
         monkeypatch.setattr(module, name, getattr(module, name))
     re.purge()
-    zygote_server.Preloaded()._warm_caches()
+    preloaded = zygote_server.Preloaded()
+    preloaded._warm_caches()
+    assert preloaded.failed == []  # every warm-up applies to the SDK we test against
     compiled = len(re._cache)
     assert compiled >= 2
     assert flyte._environment.is_snake_or_kebab_with_numbers("my-env_2")
     assert fsspec.utils.get_protocol("/data/attempt/outputs.pb") == "file"
     assert len(re._cache) == compiled
+
+
+def test_the_a0_parse_warm_up_parses_the_engines_command_line_and_runs_nothing(monkeypatch):
+    """The fork server warms click by parsing a command line like the engine's: every option it names is
+    one a0 takes, nothing runs, and no click context is left behind for the tasks it forks."""
+    import click
+    from flyte._bin import runtime
+
+    from engine.plugins import zygote_server
+
+    ran = []
+    monkeypatch.setattr(runtime, "_run_action", lambda *a, **kw: ran.append(kw))
+    ctx = runtime.main.make_context("a0", list(zygote_server.A0_WARM_UP_ARGS))
+    assert ctx.params["resolver_args"] == ("mod", "warm", "instance", "warm") and ctx.params["tgz"] == "/warm/code.tgz"
+    assert ran == [] and click.get_current_context(silent=True) is None
