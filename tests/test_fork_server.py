@@ -192,3 +192,23 @@ def test_the_a0_parse_warm_up_parses_the_engines_command_line_and_runs_nothing(m
     ctx = runtime.main.make_context("a0", list(zygote_server.A0_WARM_UP_ARGS))
     assert ctx.params["resolver_args"] == ("mod", "warm", "instance", "warm") and ctx.params["tgz"] == "/warm/code.tgz"
     assert ran == [] and click.get_current_context(silent=True) is None
+
+
+def _huge_pages_available() -> bool:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            setting = f.read()
+    except OSError:
+        return False
+    release = tuple(int(part) for part in os.uname().release.split("-")[0].split(".")[:2])
+    return "[never]" not in setting and release >= (6, 1)
+
+
+@pytest.mark.skipif(not _huge_pages_available(), reason="needs transparent huge pages and Linux >= 6.1")
+async def test_the_servers_memory_is_in_huge_pages_before_it_forks(zygote):
+    """The imported modules' memory is collapsed into 2 MiB pages (a fork copies far fewer page-table
+    entries); the server says how much, and the kernel agrees."""
+    assert zygote.info["hugePageBytes"] >= 8 << 20
+    with open(f"/proc/{zygote.pid}/smaps_rollup") as f:
+        huge_kib = next(int(line.split()[1]) for line in f if line.startswith("AnonHugePages"))
+    assert huge_kib * 1024 >= 8 << 20
