@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 from engine.client.local import LocalClient
@@ -42,3 +43,39 @@ def test_a_line_without_a_stamp_reads_as_it_is():
     stamped = parse_line("2026-12-01T18:46:24.641Z hello world")
     assert stamped.text == "hello world" and abs(stamped.time - 1796150784.641) < 1e-3
     assert parse_line("2026-13-01T18:46:24.641Z not a date").time is None
+
+
+def test_a_forked_tasks_streams_stamp_every_line_once_whichever_thread_writes(tmp_path):
+    """A forked task's sys.stdout and sys.stderr share one stamping stream (``launcher.StampedLines``):
+    lines three threads write at once (one write each: print's text and newline are two, which threads
+    interleave on any stream) each arrive whole, with one stamp; an unfinished last line is ended at exit."""
+    import sys
+    import threading
+
+    from engine.plugins import launcher
+
+    path = tmp_path / "1.log"
+    raw = launcher.StampedLines(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    out, err = launcher.stamped_text_stream(raw, sys.stdout), launcher.stamped_text_stream(raw, sys.stderr)
+
+    def write_lines(stream, tag):
+        for i in range(2000):
+            stream.write(f"{tag} line {i}\n")
+
+    threads = [threading.Thread(target=write_lines, args=pair) for pair in ((out, "out"), (err, "err"), (out, "more"))]
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # the threads switch as often as they can
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(switch)
+    out.write("unfinished")
+    raw.finish()
+    lines = [parse_line(line) for line in path.read_text().splitlines()]
+    assert len(lines) == 6001 and all(line.time is not None for line in lines)
+    texts = {line.text for line in lines}
+    assert {f"{tag} line {i}" for tag in ("out", "err", "more") for i in range(2000)} <= texts
+    assert lines[-1].text == "unfinished"

@@ -73,6 +73,9 @@ class StampedLines(io.RawIOBase):
         super().__init__()
         self.fd = fd
         self.at_line_start = True
+        import threading  # here, not at the top: the launcher itself starts without it
+
+        self.lock = threading.Lock()  # the task's threads write too (the SDK logs from its own)
 
     def writable(self) -> bool:
         return True
@@ -86,26 +89,28 @@ class StampedLines(io.RawIOBase):
             return 0
         prefix = stamp(time.time())
         parts = data.split(b"\n")
-        out = []
-        for index, part in enumerate(parts):
-            if index == len(parts) - 1 and not part:
-                break  # it ended with a newline
-            if self.at_line_start:
-                out.append(prefix)
-            out.append(part)
-            self.at_line_start = index < len(parts) - 1
-            if self.at_line_start:
-                out.append(b"\n")
-        out = b"".join(out)
-        while out:
-            out = out[os.write(self.fd, out):]
+        with self.lock:
+            out = []
+            for index, part in enumerate(parts):
+                if index == len(parts) - 1 and not part:
+                    break  # it ended with a newline
+                if self.at_line_start:
+                    out.append(prefix)
+                out.append(part)
+                self.at_line_start = index < len(parts) - 1
+                if self.at_line_start:
+                    out.append(b"\n")
+            out = b"".join(out)
+            while out:
+                out = out[os.write(self.fd, out):]
         return len(data)
 
     def finish(self) -> None:
         """End the last line, if it has no newline (at exit: whatever is appended next starts a line)."""
-        if not self.at_line_start:
-            os.write(self.fd, b"\n")
-            self.at_line_start = True
+        with self.lock:
+            if not self.at_line_start:
+                os.write(self.fd, b"\n")
+                self.at_line_start = True
 
 
 def stamped_text_stream(raw: StampedLines, like) -> io.TextIOWrapper:
@@ -175,12 +180,7 @@ def supervise(log_path: str, run_task) -> int:
         try:
             os.close(read_end)
             os.close(log_fd)
-            devnull = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(devnull, 0)
-            os.dup2(write_end, 1)
-            os.dup2(write_end, 2)
-            os.close(write_end)
-            os.close(devnull)
+            standard_streams_onto(write_end)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
             run_task()
@@ -217,6 +217,16 @@ def supervise(log_path: str, run_task) -> int:
     if os.WIFSIGNALED(status):
         return 128 + os.WTERMSIG(status)
     return os.WEXITSTATUS(status)
+
+
+def standard_streams_onto(fd: int) -> None:
+    """In a task about to run: stdin from /dev/null, stdout and stderr onto ``fd`` (which is closed)."""
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    for spare in {fd, devnull} - {0, 1, 2}:
+        os.close(spare)
 
 
 class _suppress:

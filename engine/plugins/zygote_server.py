@@ -308,20 +308,14 @@ class Preloaded:
             loop.__init__(loop.thread.name)
 
 
-def write_output_to_the_log(launcher, log_path: str) -> list:
+def write_output_to_the_log(launcher, log_path: str):
     """In the forked task: stdin from /dev/null, fd 1 and 2 appended to the action's log (what a C library
     or a subprocess writes lands there as it is), ``sys.stdout``/``sys.stderr`` stamped line by line as
     the launcher stamps (``launcher.StampedLines``), and the logging handlers that held the server's
     streams moved to the new ones. Returns the stream they share, to finish at exit."""
     import logging
 
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.dup2(log_fd, 1)
-    os.dup2(log_fd, 2)
-    os.close(devnull)
-    os.close(log_fd)
+    launcher.standard_streams_onto(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
     raw = launcher.StampedLines(1)
     stdout, stderr = launcher.stamped_text_stream(raw, sys.stdout), launcher.stamped_text_stream(raw, sys.stderr)
     replaced = {id(sys.__stdout__): stdout, id(sys.stdout): stdout, id(sys.__stderr__): stderr, id(sys.stderr): stderr}
