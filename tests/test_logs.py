@@ -55,7 +55,7 @@ def test_a_forked_tasks_streams_stamp_every_line_once_whichever_thread_writes(tm
     from engine.plugins import launcher
 
     path = tmp_path / "1.log"
-    raw = launcher.StampedLines(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    raw = launcher.StampedLines(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), threading.Lock())
     out, err = launcher.stamped_text_stream(raw, sys.stdout), launcher.stamped_text_stream(raw, sys.stderr)
 
     def write_lines(stream, tag):
@@ -79,3 +79,20 @@ def test_a_forked_tasks_streams_stamp_every_line_once_whichever_thread_writes(tm
     texts = {line.text for line in lines}
     assert {f"{tag} line {i}" for tag in ("out", "err", "more") for i in range(2000)} <= texts
     assert lines[-1].text == "unfinished"
+
+
+def test_a_line_longer_than_the_limit_is_cut_into_stamped_lines_whole_or_in_pieces(tmp_path):
+    """A reader takes whole lines only, so an unbroken line longer than MAX_LINE goes on in a stamped
+    line of its own, whether it arrives in one write or in many; empty lines keep their stamp too."""
+    from engine.plugins import launcher
+
+    for pieces in ([b"x" * (2 * launcher.MAX_LINE + 10) + b"\nnext\n\n"],
+                   [b"x" * 1024] * (2 * launcher.MAX_LINE // 1024) + [b"x" * 10 + b"\nnext\n", b"\n"]):
+        path = tmp_path / f"{len(pieces)}.log"
+        raw = launcher.StampedLines(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+        for piece in pieces:
+            raw.write(piece)
+        raw.finish()
+        lines = [parse_line(line) for line in path.read_bytes().decode().split("\n")[:-1]]
+        assert [len(line.text) for line in lines] == [launcher.MAX_LINE, launcher.MAX_LINE, 10, 4, 0]
+        assert all(line.time is not None for line in lines)

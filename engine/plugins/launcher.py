@@ -44,38 +44,28 @@ def stamped(text: str, now: float) -> bytes:
     return b"".join(prefix + line.encode() + b"\n" for line in text.splitlines())
 
 
-class _Stamper:
-    def __init__(self, fd: int):
-        self.fd = fd
-        self.pending = b""
+class _Unlocked:
+    """The lock of a stream with one writer (the launcher's loop)."""
 
-    def feed(self, data: bytes) -> None:
-        prefix = stamp(time.time())
-        lines = (self.pending + data).split(b"\n")
-        self.pending = lines.pop()
-        while len(self.pending) > MAX_LINE:
-            lines.append(self.pending[:MAX_LINE])
-            self.pending = self.pending[MAX_LINE:]
-        if lines:
-            os.write(self.fd, b"".join(prefix + line + b"\n" for line in lines))
+    def __enter__(self):
+        return self
 
-    def close(self) -> None:
-        if self.pending:
-            self.feed(b"\n")
+    def __exit__(self, *exc) -> bool:
+        return False
 
 
 class StampedLines(io.RawIOBase):
-    """A writable stream onto ``fd`` that writes through at once, each line starting with its stamp: what
-    a forked task's ``sys.stdout`` and ``sys.stderr`` share (one stream, as the launcher's one pipe is), so
-    the fork server's tasks stamp their own lines and a kill loses none of what they wrote."""
+    """A writable stream onto ``fd`` that writes through at once, each line starting with its stamp and
+    cut at MAX_LINE (a reader takes whole lines only): the launcher feeds it what the task writes into
+    its pipe; a forked task's ``sys.stdout`` and ``sys.stderr`` share one (as the launcher's one pipe is,
+    with ``lock`` taken: the SDK's threads write as the task does), so a kill loses nothing it wrote."""
 
-    def __init__(self, fd: int):
+    def __init__(self, fd: int, lock=None):
         super().__init__()
         self.fd = fd
+        self.lock = lock or _Unlocked()
         self.at_line_start = True
-        import threading  # here, not at the top: the launcher itself starts without it
-
-        self.lock = threading.Lock()  # the task's threads write too (the SDK logs from its own)
+        self.line_length = 0
 
     def writable(self) -> bool:
         return True
@@ -88,18 +78,26 @@ class StampedLines(io.RawIOBase):
         if not data:
             return 0
         prefix = stamp(time.time())
-        parts = data.split(b"\n")
+        pieces = data.split(b"\n")
         with self.lock:
             out = []
-            for index, part in enumerate(parts):
-                if index == len(parts) - 1 and not part:
-                    break  # it ended with a newline
-                if self.at_line_start:
-                    out.append(prefix)
-                out.append(part)
-                self.at_line_start = index < len(parts) - 1
-                if self.at_line_start:
+            for index, piece in enumerate(pieces):
+                while piece:
+                    if self.line_length >= MAX_LINE:  # a longer unbroken line goes on in a line of its own
+                        out.append(b"\n")
+                        self.at_line_start, self.line_length = True, 0
+                    if self.at_line_start:
+                        out.append(prefix)
+                        self.at_line_start = False
+                    room = MAX_LINE - self.line_length
+                    out.append(piece[:room])
+                    self.line_length += len(piece[:room])
+                    piece = piece[room:]
+                if index < len(pieces) - 1:  # a newline followed this piece
+                    if self.at_line_start:
+                        out.append(prefix)  # an empty line
                     out.append(b"\n")
+                    self.at_line_start, self.line_length = True, 0
             out = b"".join(out)
             while out:
                 out = out[os.write(self.fd, out):]
@@ -110,7 +108,7 @@ class StampedLines(io.RawIOBase):
         with self.lock:
             if not self.at_line_start:
                 os.write(self.fd, b"\n")
-                self.at_line_start = True
+                self.at_line_start, self.line_length = True, 0
 
 
 def stamped_text_stream(raw: StampedLines, like) -> io.TextIOWrapper:
@@ -191,7 +189,7 @@ def supervise(log_path: str, run_task) -> int:
     os.close(write_end)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # the task decides; we keep its last words
         signal.signal(sig, signal.SIG_IGN)
-    stamper = _Stamper(log_fd)
+    stamper = StampedLines(log_fd)
     status = None
     drain_until = None
     while True:
@@ -201,7 +199,7 @@ def supervise(log_path: str, run_task) -> int:
             data = os.read(read_end, 65536)
             if not data:
                 break  # every writer closed: the task and its children are done with it
-            stamper.feed(data)
+            stamper.write(data)
         if status is None:
             done, status_code = os.waitpid(pid, os.WNOHANG)
             if done:
@@ -209,7 +207,7 @@ def supervise(log_path: str, run_task) -> int:
                 drain_until = time.monotonic() + DRAIN_SECONDS
         elif not readable and time.monotonic() >= drain_until:
             break  # a child of the task keeps the pipe open: stop waiting for it
-    stamper.close()
+    stamper.finish()
     os.close(log_fd)
     os.close(read_end)
     if status is None:

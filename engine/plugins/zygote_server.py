@@ -314,9 +314,10 @@ def write_output_to_the_log(launcher, log_path: str):
     the launcher stamps (``launcher.StampedLines``), and the logging handlers that held the server's
     streams moved to the new ones. Returns the stream they share, to finish at exit."""
     import logging
+    import threading
 
     launcher.standard_streams_onto(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
-    raw = launcher.StampedLines(1)
+    raw = launcher.StampedLines(1, threading.Lock())
     stdout, stderr = launcher.stamped_text_stream(raw, sys.stdout), launcher.stamped_text_stream(raw, sys.stderr)
     replaced = {id(sys.__stdout__): stdout, id(sys.stdout): stdout, id(sys.__stderr__): stderr, id(sys.stderr): stderr}
     sys.stdout, sys.stderr = stdout, stderr
@@ -336,8 +337,6 @@ def run_action(preloaded: Preloaded, launcher, argv: list[str], env: dict[str, s
     stamped = None
     try:
         stamped = write_output_to_the_log(launcher, log_path)
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_DFL)
         os.environ.clear()
         os.environ.update(env)
         os.chdir(cwd)
